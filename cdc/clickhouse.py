@@ -1,0 +1,70 @@
+"""Open a ClickHouse client from a URL: `chdb://path` (the embedded engine) or `http(s)://`.
+
+The embedded engine is the real ClickHouse running in-process through clickhouse-connect's
+chdb backend. Only one chdb data path can be open per process: callers keep one client
+and close it before opening another path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import clickhouse_connect
+
+from cdc.errors import CdcError, ErrorKind
+from cdc.settings import redact_url
+
+EMBEDDED_SCHEME = "chdb"
+DEFAULT_PORTS = {"http": 8123, "https": 8443}
+
+
+def quote_identifier(name: str) -> str:
+    """A ClickHouse identifier in backticks, with backslashes and backticks escaped."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def embedded_path(url: str) -> Path | None:
+    """The data directory of a `chdb://` URL (relative paths are resolved), else None."""
+    parts = urlsplit(url)
+    if parts.scheme != EMBEDDED_SCHEME:
+        return None
+    raw = url[len(EMBEDDED_SCHEME) + 3 :]
+    return Path(raw).resolve()
+
+
+def connect(url: str, database: str | None = None) -> Any:
+    """A clickhouse-connect client for `url`, optionally bound to `database`."""
+    path = embedded_path(url)
+    try:
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+            if database is not None:
+                client.database = database
+            return client
+        parts = urlsplit(url)
+        if parts.scheme not in DEFAULT_PORTS:
+            raise CdcError(
+                ErrorKind.CONFIG,
+                f"ClickHouse URL {redact_url(url)} must start with chdb://, http:// or https://",
+            )
+        options: dict[str, Any] = dict(parse_qsl(parts.query))
+        return clickhouse_connect.get_client(
+            host=parts.hostname or "localhost",
+            port=parts.port or DEFAULT_PORTS[parts.scheme],
+            username=unquote(parts.username or "default"),
+            password=unquote(parts.password or ""),
+            secure=parts.scheme == "https",
+            database=database or "default",
+            **options,
+        )
+    except CdcError:
+        raise
+    except Exception as exc:
+        raise CdcError(
+            ErrorKind.SINK_CONNECTION,
+            f"cannot connect to ClickHouse at {redact_url(url)}: {type(exc).__name__}: "
+            f"{redact_url(str(exc))}",
+        ) from exc

@@ -1,0 +1,88 @@
+"""The project's one error type: every failure has a kind, and the kind decides the policy.
+
+`ErrorKind` names what went wrong; `POLICIES` says what the daemon does about it (retry
+with backoff, stop and tell the operator, or quarantine one table while others flow) and
+gives the operator a hint. Code raises `CdcError(kind, message)` with `from exc` to keep
+the cause; nothing matches on message text.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ErrorKind(enum.Enum):
+    CONFIG = "config"
+    SOURCE_CONNECTION = "source_connection"
+    SINK_CONNECTION = "sink_connection"
+    DECODE = "decode"
+    PROTOCOL = "protocol"
+    SCHEMA = "schema"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    VALUE_OUT_OF_RANGE = "value_out_of_range"
+    SLOT_LOST = "slot_lost"
+    PERMISSION = "permission"
+    SETUP = "setup"
+
+
+class Action(enum.Enum):
+    RETRY = "retry"
+    STOP = "stop"
+    QUARANTINE_TABLE = "quarantine_table"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    action: Action
+    hint: str
+
+
+POLICIES: dict[ErrorKind, Policy] = {
+    ErrorKind.CONFIG: Policy(Action.STOP, "fix the setting named in the message and restart"),
+    ErrorKind.SOURCE_CONNECTION: Policy(
+        Action.RETRY, "check that the source Postgres is up and reachable"
+    ),
+    ErrorKind.SINK_CONNECTION: Policy(
+        Action.RETRY, "check that the historic Postgres and ClickHouse are up and reachable"
+    ),
+    ErrorKind.DECODE: Policy(
+        Action.STOP, "the replication stream could not be decoded; report it with the LSN"
+    ),
+    ErrorKind.PROTOCOL: Policy(Action.RETRY, "the replication connection misbehaved; reconnecting"),
+    ErrorKind.SCHEMA: Policy(
+        Action.STOP, "an incompatible schema change; follow the message, then restart"
+    ),
+    ErrorKind.UNSUPPORTED_TYPE: Policy(
+        Action.QUARANTINE_TABLE, "change the column type or exclude the table from the publication"
+    ),
+    ErrorKind.VALUE_OUT_OF_RANGE: Policy(
+        Action.QUARANTINE_TABLE, "the value cannot be stored in ClickHouse; fix it at the source"
+    ),
+    ErrorKind.SLOT_LOST: Policy(
+        Action.STOP, "the slot is gone or invalidated: run `cdc slot recreate` then `cdc backfill`"
+    ),
+    ErrorKind.PERMISSION: Policy(Action.STOP, "grant the privileges named; see `cdc check-grants`"),
+    ErrorKind.SETUP: Policy(Action.STOP, "fix the environment as the message says"),
+}
+
+
+class CdcError(Exception):
+    """Base error of the project. `kind` selects the policy in `POLICIES`."""
+
+    kind: ErrorKind
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def policy(self) -> Policy:
+        return POLICIES[self.kind]
+
+
+class DecodeError(CdcError):
+    """Bytes from the replication stream that are truncated, unknown or malformed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.DECODE, message)

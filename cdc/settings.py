@@ -1,0 +1,122 @@
+"""Settings: one frozen object, loaded once from a TOML file and then the environment.
+
+Precedence, lowest first: built-in defaults, the local stack's record (`.stack/stack.json`,
+written by `cdc stack up`) for the DSNs, the TOML file given with `--config`, then `CDC_*`
+environment variables. Secrets (DSNs, URLs with passwords) are `SecretStr`, so their
+`repr` is redacted; `redact_url` renders them for logs without the password.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cdc.errors import CdcError, ErrorKind
+
+STACK_DIR = Path(".stack")
+ENV_PREFIX = "CDC_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    source_dsn: SecretStr | None = None
+    source_schema: str = "director"
+    historic_dsn: SecretStr | None = None
+    historic_schema: str = "historic"
+    clickhouse_url: SecretStr = SecretStr(f"chdb://{STACK_DIR / 'clickhouse'}")
+    clickhouse_database: str = "analytics"
+    slot: str = "cdc"
+    publication: str = "cdc"
+    batch_size: int = Field(default=20_000, ge=1)
+    batch_latency_ms: int = Field(default=200, ge=1)
+    memory_budget_mb: int = Field(default=256, ge=1)
+    status_interval_s: float = Field(default=5.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides what the file (passed as init values) says.
+        return (env_settings, init_settings)
+
+    def require_source_dsn(self) -> str:
+        if self.source_dsn is None:
+            raise CdcError(
+                ErrorKind.CONFIG,
+                "no source database: set CDC_SOURCE_DSN (or source_dsn in the --config file), "
+                "or run `make up` to start the local stack",
+            )
+        return self.source_dsn.get_secret_value()
+
+    def require_historic_dsn(self) -> str:
+        if self.historic_dsn is not None:
+            return self.historic_dsn.get_secret_value()
+        return self.require_source_dsn()
+
+
+def _stack_defaults(stack_dir: Path) -> dict[str, Any]:
+    state_file = stack_dir / "stack.json"
+    if not state_file.exists():
+        return {}
+    state = json.loads(state_file.read_text())
+    return {"source_dsn": state["dsn"], "clickhouse_url": state["clickhouse_url"]}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise CdcError(ErrorKind.CONFIG, f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise CdcError(ErrorKind.CONFIG, f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            known = ", ".join(sorted(Settings.model_fields))
+            problems.append(f"'{key}' is not a setting (known settings: {known})")
+        else:
+            problems.append(f"'{key}': {item['msg']}")
+    return f"invalid settings in {origin}: " + "; ".join(problems)
+
+
+def load_settings(config_file: Path | None = None, stack_dir: Path = STACK_DIR) -> Settings:
+    values = _stack_defaults(stack_dir)
+    origin = f"CDC_* environment variables{' or ' + str(config_file) if config_file else ''}"
+    if config_file is not None:
+        values.update(_read_toml(config_file))
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise CdcError(ErrorKind.CONFIG, _describe(exc, origin)) from exc
+
+
+def redact_url(url: str) -> str:
+    """A DSN or URL with its password replaced by `***` (key/value DSNs too)."""
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    words = []
+    for word in url.split():
+        key, sep, _ = word.partition("=")
+        words.append(f"{key}=***" if sep and key.strip().lower() == "password" else word)
+    return " ".join(words)
