@@ -123,8 +123,9 @@ class ClusterPaths:
 class LocalCluster:
     """One private cluster rooted at `root` (data, socket and log inside it)."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path, port: int, overrides: dict[str, str] | None = None) -> None:
         self.paths = ClusterPaths(data=root / "data", socket=root / "run", port=port)
+        self.settings = {**LOGICAL_SETTINGS, **(overrides or {})}
         self.bindir = find_bindir()
 
     def _run(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -178,7 +179,7 @@ class LocalCluster:
             raise CdcError(ErrorKind.SETUP, f"initdb failed: {result.stderr.strip()}")
         with (self.paths.data / "postgresql.conf").open("a") as conf:
             conf.write("\n# local stack settings\n")
-            for key, value in LOGICAL_SETTINGS.items():
+            for key, value in self.settings.items():
                 conf.write(f"{key} = {value}\n")
 
     def start(self) -> None:

@@ -1,0 +1,78 @@
+"""Settings precedence, validation messages and secret redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdc.errors import CdcError, ErrorKind
+from cdc.settings import Settings, load_settings, redact_url
+
+
+def test_defaults_without_file_or_env(tmp_path: Path) -> None:
+    settings = load_settings(stack_dir=tmp_path)
+    assert settings.source_schema == "director"
+    assert settings.historic_schema == "historic"
+    assert settings.source_dsn is None
+    with pytest.raises(CdcError, match="CDC_SOURCE_DSN") as info:
+        settings.require_source_dsn()
+    assert info.value.kind is ErrorKind.CONFIG
+
+
+def test_env_overrides_file_which_overrides_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "stack.json").write_text(
+        '{"dsn": "postgresql://stack/db", "clickhouse_url": "chdb:///x"}'
+    )
+    config = tmp_path / "cdc.toml"
+    config.write_text('slot = "from_file"\npublication = "pub_file"\nbatch_size = 5\n')
+    monkeypatch.setenv("CDC_SLOT", "from_env")
+    settings = load_settings(config, stack_dir=tmp_path)
+    assert settings.slot == "from_env"
+    assert settings.publication == "pub_file"
+    assert settings.batch_size == 5
+    assert settings.require_source_dsn() == "postgresql://stack/db"
+    assert settings.require_historic_dsn() == "postgresql://stack/db"
+
+
+def test_unknown_key_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    config = tmp_path / "cdc.toml"
+    config.write_text('slott = "x"\n')
+    with pytest.raises(CdcError, match="'slott' is not a setting") as info:
+        load_settings(config, stack_dir=tmp_path)
+    assert "publication" in str(info.value)
+    assert info.value.kind is ErrorKind.CONFIG
+
+
+def test_malformed_file_and_bad_values(tmp_path: Path) -> None:
+    config = tmp_path / "cdc.toml"
+    config.write_text("slot = \n")
+    with pytest.raises(CdcError, match="not valid TOML"):
+        load_settings(config, stack_dir=tmp_path)
+    config.write_text("batch_size = 0\n")
+    with pytest.raises(CdcError, match="'batch_size'"):
+        load_settings(config, stack_dir=tmp_path)
+    with pytest.raises(CdcError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml", stack_dir=tmp_path)
+
+
+def test_secrets_are_redacted_in_repr() -> None:
+    settings = Settings(source_dsn="postgresql://u:hunter2@h/db")  # type: ignore[arg-type]
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u:hunter2@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("http://default:s3cr%40t@ch:8123", "http://default:***@ch:8123"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("host=h password=hunter2 dbname=x", "host=h password=*** dbname=x"),
+        ("chdb:///tmp/x", "chdb:///tmp/x"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
