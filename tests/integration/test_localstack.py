@@ -48,6 +48,6 @@ def test_wal_level_other_than_logical_is_refused(cluster_root: Path) -> None:
 def test_missing_binaries_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setenv("CDC_PG_BINDIR", "/nonexistent")
-    monkeypatch.setattr(localstack.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr("glob.glob", lambda pattern: [])
     with pytest.raises(CdcError, match="apt-get install postgresql"):
         localstack.find_bindir()
