@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc.errors import CdcError, ErrorKind
 from cdc.feedback import Progress, flush_lsn
@@ -36,6 +37,21 @@ XLOG_DATA_HEADER = 25  # 'w' + wal start + wal end + send time
 # SQLSTATEs (and classes) that mean the slot cannot be used any more.
 SLOT_LOST_STATES = {"42704", "55000"}  # undefined_object, object_not_in_prerequisite_state
 PERMISSION_STATE = "42501"  # insufficient_privilege
+
+
+# Session settings that make the text form of every value canonical and independent of the
+# server's or role's defaults (the walsender prints values with its session's settings).
+CANONICAL_TEXT_OPTIONS = (
+    "-c DateStyle=ISO,MDY -c TimeZone=UTC -c IntervalStyle=postgres "
+    "-c extra_float_digits=3 -c bytea_output=hex"
+)
+
+
+def canonical_dsn(dsn: str) -> str:
+    """`dsn` with `CANONICAL_TEXT_OPTIONS` appended to its `options`."""
+    params = conninfo_to_dict(dsn)
+    existing = str(params.get("options") or "")
+    return make_conninfo(dsn, options=f"{existing} {CANONICAL_TEXT_OPTIONS}".strip())
 
 
 def protocol_version(server_version: int) -> int:
@@ -118,7 +134,9 @@ class ReplicationStream:
         """Connect and start streaming from `start` (the server never goes below the slot's
         confirmed_flush_lsn, so 0/0 means "where the slot is")."""
         try:
-            conn = psycopg.connect(self._dsn, replication="database", autocommit=True)
+            conn = psycopg.connect(
+                canonical_dsn(self._dsn), replication="database", autocommit=True
+            )
         except psycopg.Error as exc:
             raise classify(exc, "cannot open a replication connection") from exc
         self._conn = conn
