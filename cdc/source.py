@@ -19,7 +19,8 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from cdc.assembler import Assembler, Event
@@ -77,7 +78,8 @@ class ChangeSource:
     def _open(self) -> None:
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
-            wait=wait_exponential_jitter(initial=0.2, max=self.config.max_backoff),
+            wait=wait_exponential(multiplier=0.2, max=self.config.max_backoff)
+            + wait_random(0, 0.2),
             sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,

@@ -13,19 +13,17 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from cdc import clickhouse, localstack, preflight
+from tests.harness import FIXTURE_ORIGINS, ClickHouseServer, PgServer
 
 HERE = Path(__file__).parent
-FIXTURE_ORIGINS: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,18 +49,6 @@ def _docker_available() -> bool:
         return False
     finally:
         client.close()
-
-
-@dataclass(frozen=True)
-class PgServer:
-    dsn: str
-    origin: str
-
-    def __post_init__(self) -> None:
-        FIXTURE_ORIGINS["postgres"] = self.origin
-
-    def dsn_for(self, dbname: str) -> str:
-        return make_conninfo(self.dsn, dbname=dbname)
 
 
 @pytest.fixture(scope="session")
@@ -127,16 +113,6 @@ def pg_dsn(pg_server: PgServer) -> Iterator[str]:
 def pg(pg_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         yield conn
-
-
-@dataclass(frozen=True)
-class ClickHouseServer:
-    url: str
-    origin: str
-    client: Any
-
-    def __post_init__(self) -> None:
-        FIXTURE_ORIGINS["clickhouse"] = self.origin
 
 
 @pytest.fixture(scope="session")
