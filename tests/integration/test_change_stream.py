@@ -39,7 +39,9 @@ def drain(source: ChangeSource, want: int, timeout: float = 20.0) -> list[Transa
 
 
 def ids(txns: list[Transaction]) -> list[int]:
-    return [int(c.new[0]) for t in txns for c in t.changes() if c.new and c.new[0] is not None]
+    return [
+        int(c.new[0]) for t in txns for c in t.changes() if c.new and isinstance(c.new[0], bytes)
+    ]
 
 
 def slot_position(pg: psycopg.Connection[Any]) -> Lsn:
