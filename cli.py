@@ -9,13 +9,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import psycopg
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from cdc import localstack
-from cdc.errors import CdcError
-from cdc.settings import STACK_DIR
+from cdc import localstack, slots
+from cdc.errors import CdcError, ErrorKind
+from cdc.settings import STACK_DIR, Settings, load_settings, redact_url
 
 app = typer.Typer(
     help="Ordered, versioned change data capture: Postgres → historic schema + ClickHouse.",
@@ -25,6 +28,13 @@ stack_app = typer.Typer(
     help="The local stack: a private PostgreSQL cluster under .stack/.", no_args_is_help=True
 )
 app.add_typer(stack_app, name="stack")
+slot_app = typer.Typer(help="The pipeline's logical replication slot.", no_args_is_help=True)
+app.add_typer(slot_app, name="slot")
+publication_app = typer.Typer(
+    help="The publication of the source schema's tables.", no_args_is_help=True
+)
+app.add_typer(publication_app, name="publication")
+console = Console()
 
 DEFAULT_STACK_PORT = int(os.environ.get("CDC_STACK_PORT", "54329"))
 
@@ -32,6 +42,195 @@ DEFAULT_STACK_PORT = int(os.environ.get("CDC_STACK_PORT", "54329"))
 def fail(error: CdcError) -> typer.Exit:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=1)
+
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (env CDC_* overrides)")
+]
+
+
+@app.callback()
+def main(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Settings come from --config, then CDC_* environment variables."""
+    ctx.obj = config
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    try:
+        return load_settings(ctx.find_root().obj)
+    except CdcError as exc:
+        raise fail(exc) from exc
+
+
+def source_connection(settings: Settings) -> psycopg.Connection[Any]:
+    dsn = settings.require_source_dsn()
+    try:
+        return psycopg.connect(dsn, autocommit=True)
+    except psycopg.Error as exc:
+        raise CdcError(
+            ErrorKind.SOURCE_CONNECTION,
+            f"cannot connect to the source {redact_url(dsn)}: {redact_url(str(exc).strip())}",
+        ) from exc
+
+
+def lsn_text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def size_text(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(size) < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def slot_table(found: list[slots.SlotInfo]) -> Table:
+    table = Table(
+        "slot",
+        "database",
+        "active",
+        "confirmed_flush_lsn",
+        "restart_lsn",
+        "wal_status",
+        "retained WAL",
+    )
+    for s in found:
+        table.add_row(
+            s.name,
+            s.database or "-",
+            f"yes (pid {s.active_pid})" if s.active else "no",
+            lsn_text(s.confirmed_flush_lsn),
+            lsn_text(s.restart_lsn),
+            s.wal_status or "-",
+            size_text(s.retained_bytes),
+        )
+    return table
+
+
+@slot_app.command("create")
+def slot_create(ctx: typer.Context) -> None:
+    """Create the pipeline's pgoutput slot (CDC_SLOT)."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            lsn = slots.create_slot(conn, settings.slot)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    typer.echo(f"created slot {settings.slot} at {lsn}")
+
+
+@slot_app.command("drop")
+def slot_drop(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option(help="terminate the consumer if active")] = False,
+) -> None:
+    """Drop the pipeline's slot (WAL it retained is released)."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            slots.drop_slot(conn, settings.slot, force=force)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    typer.echo(f"dropped slot {settings.slot}")
+
+
+@slot_app.command("list")
+def slot_list(ctx: typer.Context) -> None:
+    """All logical slots of the source server."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            found = slots.list_slots(conn)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    console.print(slot_table(found))
+
+
+@slot_app.command("status")
+def slot_status(ctx: typer.Context) -> None:
+    """The pipeline's slot: positions, WAL status, retained WAL, consumer."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            slot = slots.get_slot(conn, settings.slot)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    if slot is None:
+        typer.secho(
+            f"error: slot {settings.slot!r} does not exist (create it with "
+            "`cdc slot create` or start `cdc run`)",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    console.print(slot_table([slot]))
+
+
+@publication_app.command("create")
+def publication_create(ctx: typer.Context) -> None:
+    """Create the publication (CDC_PUBLICATION) for every table of CDC_SOURCE_SCHEMA."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            tables = slots.create_publication(conn, settings.publication, settings.source_schema)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    typer.echo(
+        f"created publication {settings.publication} with {len(tables)} tables: "
+        + ", ".join(tables)
+    )
+
+
+@publication_app.command("add-table")
+def publication_add_table(ctx: typer.Context, table: str) -> None:
+    """Add a table of the source schema (then run `cdc backfill TABLE`)."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            slots.add_table(conn, settings.publication, settings.source_schema, table)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    typer.echo(
+        f"added {settings.source_schema}.{table} to {settings.publication}; "
+        f"copy its existing rows with `cdc backfill {table}`"
+    )
+
+
+@publication_app.command("drop-table")
+def publication_drop_table(ctx: typer.Context, table: str) -> None:
+    """Stop replicating a table (its target copies are kept)."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            slots.drop_table(conn, settings.publication, settings.source_schema, table)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    typer.echo(f"dropped {settings.source_schema}.{table} from {settings.publication}")
+
+
+@publication_app.command("show")
+def publication_show(ctx: typer.Context) -> None:
+    """The tables in the publication."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            if not slots.publication_exists(conn, settings.publication):
+                raise CdcError(
+                    ErrorKind.SETUP,
+                    f"publication {settings.publication!r} does "
+                    "not exist; create it with `cdc publication create`",
+                )
+            tables = slots.publication_tables(conn, settings.publication)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    table = Table("schema", "table", title=f"publication {settings.publication}")
+    for schema, name in tables:
+        table.add_row(schema, name)
+    console.print(table)
 
 
 @stack_app.command("up")
