@@ -6,8 +6,10 @@ Logic lives in the `cdc` package; each command group is a typer sub-app.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cdc import localstack, slots
+from cdc import faults, localstack, logs, slots
+from cdc.daemon import Daemon
 from cdc.errors import CdcError, ErrorKind
 from cdc.settings import STACK_DIR, Settings, load_settings, redact_url
 
@@ -231,6 +234,29 @@ def publication_show(ctx: typer.Context) -> None:
     for schema, name in tables:
         table.add_row(schema, name)
     console.print(table)
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    log_format: Annotated[
+        str, typer.Option(help="auto (console on a terminal, else JSON), json or console")
+    ] = "auto",
+) -> None:
+    """Run the daemon: stream the slot into the historic schema and ClickHouse."""
+    settings = settings_of(ctx)
+    logs.configure(json=None if log_format == "auto" else log_format == "json")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        faults.configure(os.environ.get("CDC_FAULTS"))
+        Daemon(settings).run(stop)
+    except CdcError as exc:
+        logs.get_logger().error(
+            "daemon_failed", kind=exc.kind.value, error=str(exc), hint=exc.policy.hint
+        )
+        raise typer.Exit(code=2) from exc
 
 
 @stack_app.command("up")

@@ -1,0 +1,215 @@
+"""Fold committed transactions into one batch: the last image of every row, per table.
+
+Pure: no I/O. Each change becomes a row image versioned `(commit_lsn << 64) | ordinal`;
+later changes of the same key replace earlier ones (their unchanged TOAST values are
+taken from the image they replace); deletes become tombstones carrying only the key; a
+primary-key change is a tombstone for the old key plus an image for the new one; a
+TRUNCATE drops the table's earlier images and records its version. Rows are laid out in
+the table's latest column order, plus columns that a schema change inside the batch
+removed (values are matched by column name, so nothing is lost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from cdc.changes import Op, Transaction
+from cdc.errors import CdcError, ErrorKind
+from cdc.lsn import Lsn
+from cdc.pgoutput import UNCHANGED_TOAST, Relation, TupleData, TupleValue
+
+TableName = tuple[str, str]
+Key = tuple[TupleValue, ...]
+# Key positions of a relation's columns; None when the table cannot be replicated (it is
+# quarantined: its changes are skipped while the other tables keep flowing).
+KeyResolver = Callable[[Relation], tuple[int, ...] | None]
+
+
+class RowImage(NamedTuple):
+    version: int
+    deleted: bool
+    values: TupleData  # in the table batch's column layout; UNCHANGED_TOAST = keep target's
+
+
+@dataclass
+class TableBatch:
+    relation: Relation
+    columns: tuple[str, ...]
+    type_oids: tuple[int, ...]
+    key_positions: tuple[int, ...]
+    rows: dict[Key, RowImage] = field(default_factory=dict)
+    truncate_version: int | None = None
+    earlier_relations: list[Relation] = field(default_factory=list)
+
+    @property
+    def name(self) -> TableName:
+        return (self.relation.namespace, self.relation.name)
+
+
+@dataclass
+class Batch:
+    tables: dict[TableName, TableBatch] = field(default_factory=dict)
+    transactions: int = 0
+    changes: int = 0
+    skipped: int = 0
+    end_lsn: Lsn = Lsn.ZERO
+    last_commit_ts: int = 0
+
+
+def _layout_of(relation: Relation) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    return (
+        tuple(c.name for c in relation.columns),
+        tuple(c.type_oid for c in relation.columns),
+    )
+
+
+class BatchBuilder:
+    """Accumulate transactions with `add`; `build` returns the batch and starts a new one."""
+
+    def __init__(self, key_positions: KeyResolver) -> None:
+        self._key_positions = key_positions
+        self._batch = Batch()
+        self._remaps: dict[tuple[int, int], tuple[int, ...] | None] = {}
+
+    @property
+    def changes(self) -> int:
+        return self._batch.changes
+
+    @property
+    def transactions(self) -> int:
+        return self._batch.transactions
+
+    def build(self) -> Batch:
+        batch, self._batch = self._batch, Batch()
+        self._remaps.clear()
+        return batch
+
+    def add(self, txn: Transaction) -> None:
+        batch = self._batch
+        commit_high = txn.commit_lsn << 64
+        count = skipped = 0
+        for change in txn.changes():
+            count += 1
+            table = self._table(change.relation)
+            if table is None:
+                skipped += 1
+                continue
+            version = commit_high | change.ordinal
+            op = change.op
+            if op is Op.TRUNCATE:
+                table.rows.clear()
+                table.truncate_version = version
+                continue
+            remap = self._remap(table, change.relation)
+            if op is Op.DELETE:
+                assert change.old is not None
+                self._tombstone(table, _relayout(change.old, remap), version)
+                continue
+            assert change.new is not None
+            new = _relayout(change.new, remap)
+            if change.old is not None:
+                old = _relayout(change.old, remap)
+                old_key = tuple(old[i] for i in table.key_positions)
+                if old_key != tuple(new[i] for i in table.key_positions):
+                    self._tombstone(table, old, version)
+                if UNCHANGED_TOAST in new and len(old) == len(new):
+                    # REPLICA IDENTITY FULL: the old row holds the unchanged values.
+                    new = tuple(
+                        o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=True)
+                    )
+            self._upsert(table, new, version)
+        batch.transactions += 1
+        batch.changes += count
+        batch.skipped += skipped
+        batch.end_lsn = txn.end_lsn
+        batch.last_commit_ts = txn.commit_ts
+
+    def _table(self, relation: Relation) -> TableBatch | None:
+        name = (relation.namespace, relation.name)
+        table = self._batch.tables.get(name)
+        if table is None:
+            key_positions = self._key_positions(relation)
+            if key_positions is None:
+                return None
+            columns, type_oids = _layout_of(relation)
+            table = TableBatch(relation, columns, type_oids, key_positions)
+            self._batch.tables[name] = table
+        elif table.relation is not relation:
+            self._adopt(table, relation)
+        return table
+
+    def _adopt(self, table: TableBatch, relation: Relation) -> None:
+        """A new Relation for a table already in the batch: widen the layout by name."""
+        columns, type_oids = _layout_of(relation)
+        known = dict(zip(table.columns, table.type_oids, strict=True))
+        for name, oid in zip(columns, type_oids, strict=True):
+            if name in known and known[name] != oid:
+                raise CdcError(
+                    ErrorKind.SCHEMA,
+                    f"column {name!r} of {relation.namespace}.{relation.name} changed type "
+                    f"(oid {known[name]} -> {oid}) inside one batch; see `cdc run --help` on "
+                    "incompatible type changes",
+                )
+        added = [(n, o) for n, o in zip(columns, type_oids, strict=True) if n not in known]
+        if added:
+            table.columns += tuple(n for n, _ in added)
+            table.type_oids += tuple(o for _, o in added)
+            pad = (None,) * len(added)
+            table.rows = {
+                key: image._replace(values=image.values + pad) for key, image in table.rows.items()
+            }
+        table.relation = relation
+
+    def _remap(self, table: TableBatch, relation: Relation) -> tuple[int, ...] | None:
+        """Positions of the table layout's columns in `relation`'s tuple (None: same)."""
+        cache_key = (id(table), id(relation))
+        if cache_key in self._remaps:
+            return self._remaps[cache_key]
+        names = tuple(c.name for c in relation.columns)
+        remap = (
+            None
+            if names == table.columns
+            else tuple(names.index(c) if c in names else -1 for c in table.columns)
+        )
+        self._remaps[cache_key] = remap
+        return remap
+
+    @staticmethod
+    def _tombstone(table: TableBatch, old: TupleData, version: int) -> None:
+        """A deleted row keeps its last known values: from this batch, else the target's."""
+        key = tuple(old[i] for i in table.key_positions)
+        previous = table.rows.get(key)
+        if previous is not None and not previous.deleted:
+            table.rows[key] = RowImage(version, True, previous.values)
+            return
+        values: list[TupleValue] = [UNCHANGED_TOAST] * len(table.columns)
+        for i in table.key_positions:
+            values[i] = old[i]
+        table.rows[key] = RowImage(version, True, tuple(values))
+
+    @staticmethod
+    def _upsert(table: TableBatch, new: TupleData, version: int) -> None:
+        key = tuple(new[i] for i in table.key_positions)
+        if UNCHANGED_TOAST in new:
+            previous = table.rows.get(key)
+            if previous is not None and not previous.deleted:
+                new = tuple(
+                    p if n is UNCHANGED_TOAST else n
+                    for n, p in zip(new, previous.values, strict=True)
+                )
+        table.rows[key] = RowImage(version, False, new)
+
+
+def _relayout(values: TupleData, remap: tuple[int, ...] | None) -> TupleData:
+    if remap is None:
+        return values
+    return tuple(values[i] if i >= 0 else None for i in remap)
+
+
+def build_batch(transactions: Iterable[Transaction], key_positions: KeyResolver) -> Batch:
+    builder = BatchBuilder(key_positions)
+    for txn in transactions:
+        builder.add(txn)
+    return builder.build()

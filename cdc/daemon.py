@@ -1,0 +1,216 @@
+"""The daemon: ordered, versioned apply of one slot to the historic schema and ClickHouse.
+
+On start it creates what is missing (publication for the source schema's tables, slot,
+target schema) with a log line for each, then streams: committed transactions are folded
+into batches (by size and age), each batch is applied to the historic sink, then to
+ClickHouse, and only then acknowledged, so the flush LSN reported to Postgres never passes
+what both sinks hold durably (DESIGN.md invariant 5). A stop request drains the current
+batch, acknowledges it and returns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psycopg
+
+from cdc import faults, preflight, slots
+from cdc.assembler import Event
+from cdc.batch import Batch, BatchBuilder, TableBatch
+from cdc.changes import Transaction
+from cdc.errors import CdcError, ErrorKind
+from cdc.logs import get_logger
+from cdc.lsn import Lsn
+from cdc.pgoutput import Relation
+from cdc.schema import TableSchema, describe_relation
+from cdc.settings import Settings, redact_url
+from cdc.sinks.base import Layouts, Sink
+from cdc.sinks.clickhouse import ClickHouseSink
+from cdc.sinks.historic import HistoricSink
+from cdc.source import ChangeSource, SourceConfig
+from cdc.stream import canonical_dsn
+
+
+@dataclass
+class Stats:
+    transactions: int = 0
+    changes: int = 0
+    batches: int = 0
+    skipped: int = 0
+    applied_lsn: Lsn = Lsn.ZERO
+
+
+class Daemon:
+    def __init__(self, settings: Settings, sinks: list[Sink] | None = None) -> None:
+        self.settings = settings
+        self.source_dsn = settings.require_source_dsn()
+        self.log = get_logger(slot=settings.slot)
+        self.sinks: list[Sink] = (
+            sinks
+            if sinks is not None
+            else [
+                HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
+                ClickHouseSink(
+                    settings.clickhouse_url.get_secret_value(), settings.clickhouse_database
+                ),
+            ]
+        )
+        self.stats = Stats()
+        self._catalog: psycopg.Connection[Any] | None = None
+        self._schemas: dict[int, tuple[Relation, TableSchema]] = {}
+        self._quarantined: dict[tuple[str, str], str] = {}
+        self._last_progress = time.monotonic()
+        self._last_progress_changes = 0
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _connect_source(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(canonical_dsn(self.source_dsn), autocommit=True)
+        except psycopg.Error as exc:
+            raise CdcError(
+                ErrorKind.SOURCE_CONNECTION,
+                f"cannot connect to the source {redact_url(self.source_dsn)}: "
+                f"{redact_url(str(exc).strip())}",
+            ) from exc
+
+    def setup(self) -> None:
+        """Create the publication and the slot if they are missing."""
+        settings = self.settings
+        with self._connect_source() as conn:
+            preflight.check_wal_level(conn)
+            if not slots.publication_exists(conn, settings.publication):
+                tables = slots.create_publication(
+                    conn, settings.publication, settings.source_schema
+                )
+                self.log.info(
+                    "publication_created", publication=settings.publication, tables=tables
+                )
+            if slots.get_slot(conn, settings.slot) is None:
+                lsn = slots.create_slot(conn, settings.slot)
+                self.log.info("slot_created", lsn=str(lsn))
+
+    # -- schemas ---------------------------------------------------------------------------
+
+    def _catalog_conn(self) -> psycopg.Connection[Any]:
+        if self._catalog is None or self._catalog.closed:
+            self._catalog = self._connect_source()
+        return self._catalog
+
+    def schema_for(self, relation: Relation) -> TableSchema:
+        cached = self._schemas.get(id(relation))
+        if cached is not None and cached[0] is relation:
+            return cached[1]
+        schema = describe_relation(self._catalog_conn(), relation)
+        self._schemas[id(relation)] = (relation, schema)
+        return schema
+
+    def key_positions(self, relation: Relation) -> tuple[int, ...] | None:
+        name = (relation.namespace, relation.name)
+        if name in self._quarantined:
+            return None
+        try:
+            return self.schema_for(relation).key_indexes
+        except CdcError as exc:
+            if exc.kind not in (ErrorKind.SCHEMA, ErrorKind.UNSUPPORTED_TYPE):
+                raise
+            self._quarantined[name] = str(exc)
+            self.log.error(
+                "table_quarantined", table=f"{name[0]}.{name[1]}", error=str(exc),
+                hint=exc.policy.hint,
+            )  # fmt: skip
+            return None
+
+    def layout(self, table: TableBatch) -> TableSchema:
+        """The table's schema with columns in the batch's row layout."""
+        schema = self.schema_for(table.relation)
+        if schema.column_names == table.columns:
+            return schema
+        by_name = {c.name: c for c in schema.columns}
+        for earlier in reversed(table.earlier_relations):
+            for column in self.schema_for(earlier).columns:
+                by_name.setdefault(column.name, replace(column, nullable=True))
+        return replace(schema, columns=tuple(by_name[n] for n in table.columns))
+
+    # -- streaming -------------------------------------------------------------------------
+
+    def apply(self, batch: Batch, source: ChangeSource | None) -> None:
+        layouts: Layouts = {name: self.layout(t) for name, t in batch.tables.items()}
+        faults.point("before_historic")
+        self.sinks[0].apply(batch, layouts)
+        faults.point("after_historic")
+        for sink in self.sinks[1:]:
+            sink.apply(batch, layouts)
+        faults.point("after_clickhouse")
+        faults.point("before_ack")
+        if source is not None:
+            source.acknowledge(batch.end_lsn)
+        faults.point("after_ack")
+        self.stats.batches += 1
+        self.stats.transactions += batch.transactions
+        self.stats.changes += batch.changes
+        self.stats.skipped += batch.skipped
+        self.stats.applied_lsn = batch.end_lsn
+
+    def run(self, stop: threading.Event) -> None:
+        self.setup()
+        settings = self.settings
+        source = ChangeSource(
+            SourceConfig(
+                self.source_dsn,
+                settings.slot,
+                settings.publication,
+                memory_budget=settings.memory_budget_mb << 20,
+                status_interval=min(settings.status_interval_s, 10.0),
+            )
+        )
+        builder = BatchBuilder(self.key_positions)
+        latency = settings.batch_latency_ms / 1000
+        self.log.info("daemon_started", publication=settings.publication)
+        try:
+            source.start()
+            batch_started = time.monotonic()
+            for event in source.events(latency):
+                if isinstance(event, Transaction):
+                    if builder.transactions == 0:
+                        batch_started = time.monotonic()
+                    builder.add(event)
+                    event.close()
+                full = builder.changes >= settings.batch_size
+                due = time.monotonic() - batch_started >= latency
+                if builder.transactions and (full or due or stop.is_set()):
+                    self.apply(builder.build(), source)
+                self._report(source, event)
+                if stop.is_set() and builder.transactions == 0:
+                    break
+        finally:
+            source.close()
+            for sink in self.sinks:
+                sink.close()
+            if self._catalog is not None:
+                self._catalog.close()
+        self.log.info(
+            "daemon_stopped", applied_lsn=str(self.stats.applied_lsn), changes=self.stats.changes
+        )
+
+    def _report(self, source: ChangeSource, event: Event | None) -> None:
+        now = time.monotonic()
+        elapsed = now - self._last_progress
+        if elapsed < self.settings.status_interval_s:
+            return
+        progress = source.stream.progress
+        rate = (self.stats.changes - self._last_progress_changes) / elapsed
+        self.log.info(
+            "progress",
+            applied_lsn=str(self.stats.applied_lsn),
+            lag_bytes=max(0, progress.server_wal_end - self.stats.applied_lsn),
+            changes_per_s=round(rate),
+            changes=self.stats.changes,
+            batches=self.stats.batches,
+            quarantined=sorted(f"{s}.{t}" for s, t in self._quarantined),
+        )
+        self._last_progress = now
+        self._last_progress_changes = self.stats.changes

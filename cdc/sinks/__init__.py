@@ -1,0 +1,1 @@
+"""Targets of the change stream: the historic Postgres schema and ClickHouse."""

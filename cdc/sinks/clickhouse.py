@@ -1,0 +1,158 @@
+"""The ClickHouse sink: one TabSeparated insert per table and batch into versioned tables.
+
+Tables are `ReplacingMergeTree(_version, _is_deleted)` (Replicated on a cluster), so a
+replayed or reordered insert never wins over a newer version; reads go through the
+`<table>_current` view (FINAL, no tombstones, newer than the truncate watermark). A
+TRUNCATE raises the table's watermark and deletes rows below it (a version-guarded
+delete: replaying it removes nothing newer). Values are the text Postgres sent, encoded
+by `cdc.chvalues` and parsed by ClickHouse itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from cdc import clickhouse, ddl
+from cdc.batch import Batch, TableBatch, TableName
+from cdc.chvalues import INSERT_SETTINGS, RowEncoder
+from cdc.clickhouse import quote_identifier
+from cdc.errors import CdcError, ErrorKind
+from cdc.pgoutput import UNCHANGED_TOAST
+from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
+from cdc.settings import redact_url
+from cdc.sinks.base import Layouts
+
+MUTATION_SETTINGS = {"mutations_sync": 2}
+
+
+class ClickHouseSink:
+    """Applies batches to `<database>.<table>` in ClickHouse. See `cdc.sinks.base.Sink`."""
+
+    name = "clickhouse"
+
+    def __init__(
+        self, url: str, database: str, cluster: str | None = None, client: Any = None
+    ) -> None:
+        self.url = url
+        self.database = database
+        self.cluster = cluster
+        self._client = client
+        self._owns_client = client is None
+        self._columns: dict[TableName, list[str]] = {}
+        self._encoders: dict[int, RowEncoder] = {}
+        self._database_ready = False
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = clickhouse.connect(self.url)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            self._client.close()
+            self._client = None
+
+    def apply(self, batch: Batch, layouts: Layouts) -> None:
+        try:
+            for name, table in batch.tables.items():
+                layout = layouts[name]
+                self._ensure(name, layout)
+                self._apply_table(table, layout)
+        except CdcError:
+            raise
+        except Exception as exc:  # the client raises its own types per backend
+            raise CdcError(
+                ErrorKind.SINK_CONNECTION,
+                f"ClickHouse write to {redact_url(self.url)} failed: {type(exc).__name__}: "
+                f"{redact_url(str(exc))[:500]}",
+            ) from exc
+
+    # -- targets ---------------------------------------------------------------------------
+
+    def _ensure(self, name: TableName, layout: TableSchema) -> None:
+        client = self.client
+        if not self._database_ready:
+            client.command(ddl.clickhouse_database(self.database, self.cluster))
+            client.command(ddl.clickhouse_truncations_table(self.database, self.cluster))
+            self._database_ready = True
+        known = self._columns.get(name)
+        if known is None:
+            known = self._target_columns(layout.name)
+            if not known:
+                client.command(ddl.clickhouse_table(self.database, layout, self.cluster))
+                client.command(ddl.clickhouse_current_view(self.database, layout, self.cluster))
+                known = list(layout.column_names)
+            self._columns[name] = known
+        missing = [c for c in layout.columns if c.name not in known]
+        if missing:
+            for column in missing:
+                client.command(
+                    ddl.clickhouse_add_column(self.database, layout.name, column, self.cluster)
+                )
+                known.append(column.name)
+            view_layout = replace(
+                layout, columns=tuple(c for c in layout.columns if c.name in known)
+            )
+            client.command(ddl.clickhouse_current_view(self.database, view_layout, self.cluster))
+
+    def _target_columns(self, table: str) -> list[str]:
+        result = self.client.query(
+            "SELECT name FROM system.columns WHERE database = {db:String} "
+            "AND table = {table:String} ORDER BY position",
+            parameters={"db": self.database, "table": table},
+        )
+        return [r[0] for r in result.result_rows if r[0] not in (VERSION_COLUMN, DELETED_COLUMN)]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _encoder(self, layout: TableSchema) -> RowEncoder:
+        encoder = self._encoders.get(id(layout))
+        if encoder is None or encoder.table is not layout:
+            encoder = RowEncoder(layout)
+            self._encoders[id(layout)] = encoder
+        return encoder
+
+    def _apply_table(self, table: TableBatch, layout: TableSchema) -> None:
+        client = self.client
+        database = quote_identifier(self.database)
+        target = f"{database}.{quote_identifier(layout.name)}"
+        if table.truncate_version is not None:
+            client.command(
+                f"INSERT INTO {database}.{quote_identifier(TRUNCATIONS_TABLE)}"
+                " (table_name, version) VALUES ({name:String}, {version:UInt128})",
+                parameters={"name": layout.name, "version": table.truncate_version},
+            )
+            client.command(
+                f"ALTER TABLE {target} DELETE WHERE {quote_identifier(VERSION_COLUMN)} "
+                "< {version:UInt128}",
+                parameters={"version": table.truncate_version},
+                settings=MUTATION_SETTINGS,
+            )
+        if not table.rows:
+            return
+        encoder = self._encoder(layout)
+        encode = encoder.encode_versioned
+        lines = []
+        for key, image in table.rows.items():
+            values = image.values
+            if UNCHANGED_TOAST in values:
+                values = tuple(None if v is UNCHANGED_TOAST else v for v in values)
+            try:
+                lines.append(encode(values, image.version, image.deleted))  # type: ignore[arg-type]
+            except CdcError as exc:
+                shown_key = ", ".join(
+                    "NULL" if k is None else bytes(k).decode(errors="replace")  # type: ignore[arg-type]
+                    for k in key
+                )
+                raise CdcError(
+                    exc.kind, f"table {layout.qualified_name}, key ({shown_key}): {exc}"
+                ) from exc
+        client.raw_insert(
+            target,  # quoted here: the client puts the table name into the query as is
+            column_names=list(encoder.insert_columns),
+            insert_block=b"".join(lines),
+            fmt="TabSeparated",
+            settings=INSERT_SETTINGS,
+        )

@@ -1,0 +1,296 @@
+"""The historic sink: versioned upserts into a Postgres schema, one transaction per batch.
+
+Per table and batch: truncations first (rows below the truncate's version are deleted and
+the version is kept as the table's watermark), then the batch's rows are COPYed (text
+format, values exactly as Postgres sent them) into a temp staging table, values the
+stream did not resend (unchanged TOAST, the non-key columns of tombstones) are filled
+from the current historic row, and one `INSERT ... ON CONFLICT DO UPDATE ... WHERE
+target._version < excluded._version` applies them. The filled values are written back
+into the batch, so the ClickHouse sink receives complete rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc import ddl
+from cdc.batch import Batch, RowImage, TableBatch, TableName
+from cdc.errors import CdcError, ErrorKind
+from cdc.pgoutput import UNCHANGED_TOAST, TupleValue
+from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
+from cdc.settings import redact_url
+from cdc.sinks.base import Layouts
+from cdc.stream import canonical_dsn
+from cdc.typemap import PgType
+
+STAGE_TABLE = "_cdc_stage"
+UNCHANGED_COLUMN = "_cdc_unchanged"
+COPY_NULL = b"\\N"
+# Types whose text output never contains a backslash, tab, newline or carriage return.
+COPY_SAFE_TYPES = frozenset(
+    {
+        PgType.INT2, PgType.INT4, PgType.INT8, PgType.OID, PgType.FLOAT4, PgType.FLOAT8,
+        PgType.NUMERIC, PgType.BOOL, PgType.UUID, PgType.DATE, PgType.TIMESTAMP,
+        PgType.TIMESTAMPTZ,
+    }
+)  # fmt: skip
+
+
+def copy_escape(value: bytes) -> bytes:
+    """A value in COPY text format (backslash, newline, carriage return, tab escaped)."""
+    if b"\\" in value:
+        value = value.replace(b"\\", b"\\\\")
+    if b"\n" in value:
+        value = value.replace(b"\n", b"\\n")
+    if b"\r" in value:
+        value = value.replace(b"\r", b"\\r")
+    if b"\t" in value:
+        value = value.replace(b"\t", b"\\t")
+    return value
+
+
+def copy_rows(layout: TableSchema, table: TableBatch) -> tuple[bytes, bool]:
+    """COPY text of the batch's rows for `stage_columns`; and whether any needs filling."""
+    escaped = [c.type_oid not in COPY_SAFE_TYPES for c in layout.columns]
+    lines = []
+    any_unchanged = False
+    for image in table.rows.values():
+        fields: list[bytes] = []
+        unchanged: list[int] = []
+        for position, (value, escape) in enumerate(zip(image.values, escaped, strict=True)):
+            if value is None:
+                fields.append(COPY_NULL)
+            elif value is UNCHANGED_TOAST:
+                fields.append(COPY_NULL)
+                unchanged.append(position + 1)
+            elif isinstance(value, bytes):
+                fields.append(copy_escape(value) if escape else value)
+            else:
+                raise CdcError(ErrorKind.DECODE, "binary tuple values are not supported")
+        marker = b"{%s}" % b",".join(b"%d" % p for p in unchanged) if unchanged else COPY_NULL
+        any_unchanged = any_unchanged or bool(unchanged)
+        fields.append(b"%d" % image.version)
+        fields.append(b"t" if image.deleted else b"f")
+        fields.append(marker)
+        lines.append(b"\t".join(fields))
+    lines.append(b"")
+    return b"\n".join(lines), any_unchanged
+
+
+def stage_columns(layout: TableSchema) -> list[str]:
+    return [*layout.column_names, VERSION_COLUMN, DELETED_COLUMN, UNCHANGED_COLUMN]
+
+
+def fill_sql(schema: str, layout: TableSchema) -> sql.Composed:
+    """Take values marked unchanged from the current historic row."""
+    stage, target = sql.Identifier("s"), sql.Identifier("t")
+    keep = sql.SQL("{col} = CASE WHEN {pos} = ANY(s.{unchanged}) THEN t.{col} ELSE s.{col} END")
+    sets = [
+        keep.format(
+            col=sql.Identifier(name),
+            pos=sql.Literal(position + 1),
+            unchanged=sql.Identifier(UNCHANGED_COLUMN),
+        )
+        for position, name in enumerate(layout.column_names)
+        if name not in layout.primary_key
+    ]
+    match = sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(stage, sql.Identifier(k), target, sql.Identifier(k))
+        for k in layout.primary_key
+    )
+    return sql.SQL(
+        "UPDATE {stage_table} AS s SET {sets} FROM {schema}.{table} AS t "
+        "WHERE s.{unchanged} IS NOT NULL AND {match}"
+    ).format(
+        stage_table=sql.Identifier(STAGE_TABLE),
+        sets=sql.SQL(", ").join(sets),
+        schema=sql.Identifier(schema),
+        table=sql.Identifier(layout.name),
+        unchanged=sql.Identifier(UNCHANGED_COLUMN),
+        match=match,
+    )
+
+
+def filled_rows_sql(layout: TableSchema) -> sql.Composed:
+    return sql.SQL("SELECT {} FROM {} WHERE {} IS NOT NULL AND NOT {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("{}::text").format(sql.Identifier(n)) for n in layout.column_names
+        ),
+        sql.Identifier(STAGE_TABLE),
+        sql.Identifier(UNCHANGED_COLUMN),
+        sql.Identifier(DELETED_COLUMN),
+    )
+
+
+def upsert_sql(schema: str, layout: TableSchema) -> sql.Composed:
+    columns = [*layout.column_names, VERSION_COLUMN, DELETED_COLUMN]
+    updates = [c for c in columns if c not in layout.primary_key]
+    return sql.SQL(
+        "INSERT INTO {schema}.{table} AS t ({columns}) SELECT {columns} FROM {stage} "
+        "WHERE {version} > coalesce((SELECT version FROM {schema}.{truncations} "
+        "WHERE table_name = {name}), 0) "
+        "ON CONFLICT ({key}) DO UPDATE SET ({updates}) = ROW({excluded}) "
+        "WHERE t.{version} < excluded.{version}"
+    ).format(
+        schema=sql.Identifier(schema),
+        table=sql.Identifier(layout.name),
+        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        stage=sql.Identifier(STAGE_TABLE),
+        version=sql.Identifier(VERSION_COLUMN),
+        truncations=sql.Identifier(TRUNCATIONS_TABLE),
+        name=sql.Literal(layout.name),
+        key=sql.SQL(", ").join(map(sql.Identifier, layout.primary_key)),
+        updates=sql.SQL(", ").join(map(sql.Identifier, updates)),
+        excluded=sql.SQL(", ").join(
+            sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in updates
+        ),
+    )
+
+
+def truncate_sql(schema: str, table: str) -> list[sql.Composed]:
+    """Delete rows below the truncate version, and raise the table's watermark to it."""
+    return [
+        sql.SQL("DELETE FROM {}.{} WHERE {} < %(version)s").format(
+            sql.Identifier(schema), sql.Identifier(table), sql.Identifier(VERSION_COLUMN)
+        ),
+        sql.SQL(
+            "INSERT INTO {schema}.{truncations} AS w (table_name, version) "
+            "VALUES (%(name)s, %(version)s) ON CONFLICT (table_name) "
+            "DO UPDATE SET version = greatest(w.version, excluded.version)"
+        ).format(schema=sql.Identifier(schema), truncations=sql.Identifier(TRUNCATIONS_TABLE)),
+    ]
+
+
+class HistoricSink:
+    """Applies batches to `<schema>.<table>` in Postgres. See `cdc.sinks.base.Sink`."""
+
+    name = "historic"
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self.schema = schema
+        self._dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+        self._columns: dict[TableName, list[str]] = {}
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(canonical_dsn(self._dsn))
+            except psycopg.Error as exc:
+                raise CdcError(
+                    ErrorKind.SINK_CONNECTION,
+                    f"cannot connect to the historic database {redact_url(self._dsn)}: "
+                    f"{redact_url(str(exc).strip())}",
+                ) from exc
+            self._columns.clear()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def apply(self, batch: Batch, layouts: Layouts) -> None:
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                for name, table in batch.tables.items():
+                    layout = layouts[name]
+                    self._ensure(conn, name, layout)
+                    self._apply_table(conn, table, layout)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise CdcError(
+                ErrorKind.SINK_CONNECTION, f"historic write failed: {str(exc).strip()}"
+            ) from exc
+
+    def _ensure(self, conn: psycopg.Connection[Any], name: TableName, layout: TableSchema) -> None:
+        known = self._columns.get(name)
+        if known is None:
+            conn.execute(ddl.historic_schema(self.schema))
+            conn.execute(ddl.historic_truncations_table(self.schema))
+            known = self._target_columns(conn, layout.name)
+            if not known:
+                conn.execute(ddl.historic_table(self.schema, layout))
+                conn.execute(ddl.historic_current_view(self.schema, layout))
+                known = list(layout.column_names)
+            self._columns[name] = known
+        missing = [c for c in layout.columns if c.name not in known]
+        if missing:
+            for column in missing:
+                conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
+                known.append(column.name)
+            conn.execute(ddl.historic_current_view(self.schema, _with_columns(layout, known)))
+
+    def _target_columns(self, conn: psycopg.Connection[Any], table: str) -> list[str]:
+        rows = conn.execute(
+            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND a.attname NOT IN (%s, %s) ORDER BY a.attnum",
+            (self.schema, table, VERSION_COLUMN, DELETED_COLUMN),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def _apply_table(
+        self, conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema
+    ) -> None:
+        if table.truncate_version is not None:
+            params = {"name": layout.name, "version": table.truncate_version}
+            for statement in truncate_sql(self.schema, layout.name):
+                conn.execute(statement, params)
+        if not table.rows:
+            return
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
+                "SELECT {columns} FROM {schema}.{table} WITH NO DATA"
+            ).format(
+                stage=sql.Identifier(STAGE_TABLE),
+                columns=sql.SQL(", ").join(
+                    map(sql.Identifier, [*layout.column_names, VERSION_COLUMN, DELETED_COLUMN])
+                ),
+                schema=sql.Identifier(self.schema),
+                table=sql.Identifier(layout.name),
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN {} int2[]").format(
+                sql.Identifier(STAGE_TABLE), sql.Identifier(UNCHANGED_COLUMN)
+            )
+        )
+        data, any_unchanged = copy_rows(layout, table)
+        copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(STAGE_TABLE),
+            sql.SQL(", ").join(map(sql.Identifier, stage_columns(layout))),
+        )
+        with conn.cursor() as cur, cur.copy(copy) as pipe:
+            pipe.write(data)
+        if any_unchanged:
+            conn.execute(fill_sql(self.schema, layout))
+            self._write_back(conn, table, layout)
+        conn.execute(upsert_sql(self.schema, layout))
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
+
+    @staticmethod
+    def _write_back(conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema) -> None:
+        """Put the filled values into the batch for the sinks after this one."""
+        key_positions = layout.key_indexes
+        for row in conn.execute(filled_rows_sql(layout)).fetchall():
+            values: tuple[TupleValue, ...] = tuple(None if v is None else v.encode() for v in row)
+            key = tuple(values[i] for i in key_positions)
+            image = table.rows.get(key)
+            if image is not None:
+                table.rows[key] = RowImage(image.version, image.deleted, values)
+
+
+def _with_columns(layout: TableSchema, names: list[str]) -> TableSchema:
+    """`layout` restricted/ordered to `names` that it knows (for the current view)."""
+    from dataclasses import replace
+
+    by_name = {c.name: c for c in layout.columns}
+    columns = tuple(by_name[n] for n in names if n in by_name)
+    return replace(layout, columns=columns)
