@@ -25,7 +25,7 @@ from cdc.errors import CdcError, ErrorKind
 from cdc.logs import get_logger
 from cdc.lsn import Lsn
 from cdc.pgoutput import Relation
-from cdc.schema import TableSchema, describe_relation
+from cdc.schema import TableSchema, describe_relation, describe_table
 from cdc.settings import Settings, redact_url
 from cdc.sinks.base import Layouts, Sink
 from cdc.sinks.clickhouse import ClickHouseSink
@@ -59,6 +59,7 @@ class Daemon:
             ]
         )
         self.stats = Stats()
+        self.streaming = threading.Event()  # set once replication has started
         self._catalog: psycopg.Connection[Any] | None = None
         self._schemas: dict[int, tuple[Relation, TableSchema]] = {}
         self._quarantined: dict[tuple[str, str], str] = {}
@@ -83,15 +84,37 @@ class Daemon:
         with self._connect_source() as conn:
             preflight.check_wal_level(conn)
             if not slots.publication_exists(conn, settings.publication):
-                tables = slots.create_publication(
+                published = slots.create_publication(
                     conn, settings.publication, settings.source_schema
                 )
                 self.log.info(
-                    "publication_created", publication=settings.publication, tables=tables
+                    "publication_created", publication=settings.publication, tables=published
                 )
             if slots.get_slot(conn, settings.slot) is None:
                 lsn = slots.create_slot(conn, settings.slot)
                 self.log.info("slot_created", lsn=str(lsn))
+            tables = self._published_schemas(conn)
+        for sink in self.sinks:
+            sink.prepare(tables)
+        self.log.info("targets_ready", tables=[t.qualified_name for t in tables])
+
+    def _published_schemas(self, conn: psycopg.Connection[Any]) -> list[TableSchema]:
+        found = []
+        for schema, name in slots.publication_tables(conn, self.settings.publication):
+            try:
+                found.append(describe_table(conn, schema, name))
+            except CdcError as exc:
+                if exc.kind not in (ErrorKind.SCHEMA, ErrorKind.UNSUPPORTED_TYPE):
+                    raise
+                self._quarantine((schema, name), exc)
+        return found
+
+    def _quarantine(self, name: tuple[str, str], exc: CdcError) -> None:
+        self._quarantined[name] = str(exc)
+        self.log.error(
+            "table_quarantined", table=f"{name[0]}.{name[1]}", error=str(exc),
+            hint=exc.policy.hint,
+        )  # fmt: skip
 
     # -- schemas ---------------------------------------------------------------------------
 
@@ -117,11 +140,7 @@ class Daemon:
         except CdcError as exc:
             if exc.kind not in (ErrorKind.SCHEMA, ErrorKind.UNSUPPORTED_TYPE):
                 raise
-            self._quarantined[name] = str(exc)
-            self.log.error(
-                "table_quarantined", table=f"{name[0]}.{name[1]}", error=str(exc),
-                hint=exc.policy.hint,
-            )  # fmt: skip
+            self._quarantine(name, exc)
             return None
 
     def layout(self, table: TableBatch) -> TableSchema:
@@ -172,6 +191,7 @@ class Daemon:
         self.log.info("daemon_started", publication=settings.publication)
         try:
             source.start()
+            self.streaming.set()
             batch_started = time.monotonic()
             for event in source.events(latency):
                 if isinstance(event, Transaction):

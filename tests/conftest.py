@@ -20,8 +20,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cdc import clickhouse, localstack, preflight
-from tests.harness import FIXTURE_ORIGINS, ClickHouseServer, PgServer
+pytest.register_assert_rewrite("tests.pipeline")
+
+from cdc import clickhouse, localstack, preflight  # noqa: E402
+from tests.harness import FIXTURE_ORIGINS, ClickHouseServer, PgServer  # noqa: E402
 
 HERE = Path(__file__).parent
 

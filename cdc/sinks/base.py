@@ -15,7 +15,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from cdc.batch import Batch, TableName
@@ -27,6 +27,10 @@ Layouts = Mapping[TableName, TableSchema]
 
 class Sink(Protocol):
     name: str
+
+    def prepare(self, tables: Sequence[TableSchema]) -> None:
+        """Create the targets of `tables` that are missing (idempotent)."""
+        ...
 
     def apply(self, batch: Batch, layouts: Layouts) -> None:
         """Apply `batch`; durable on return (see the module docstring for the contract)."""

@@ -10,6 +10,7 @@ by `cdc.chvalues` and parsed by ClickHouse itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -53,6 +54,10 @@ class ClickHouseSink:
         if self._client is not None and self._owns_client:
             self._client.close()
             self._client = None
+
+    def prepare(self, tables: Sequence[TableSchema]) -> None:
+        for table in tables:
+            self._ensure((table.schema, table.name), table)
 
     def apply(self, batch: Batch, layouts: Layouts) -> None:
         try:

@@ -11,6 +11,7 @@ into the batch, so the ClickHouse sink receives complete rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -192,6 +193,12 @@ class HistoricSink:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def prepare(self, tables: Sequence[TableSchema]) -> None:
+        conn = self._connection()
+        with conn.transaction():
+            for table in tables:
+                self._ensure(conn, (table.schema, table.name), table)
 
     def apply(self, batch: Batch, layouts: Layouts) -> None:
         conn = self._connection()

@@ -1,0 +1,222 @@
+"""The daemon end to end: racing writers, TOAST, key changes, truncate, schema changes."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.harness import ClickHouseServer
+from tests.pipeline import (
+    clickhouse_rows,
+    director_rows,
+    historic_rows,
+    make_settings,
+    running_daemon,
+    wait_in_step,
+    wait_until,
+)
+
+SCORECARDS = """
+CREATE SCHEMA director;
+CREATE TABLE director.scorecards (
+    id uuid PRIMARY KEY, agent_id int NOT NULL, status text NOT NULL DEFAULT 'draft',
+    total_score numeric, notes text, updated_at timestamptz NOT NULL DEFAULT now(),
+    submitted_at timestamptz);
+CREATE TABLE director.scores (
+    scorecard_id uuid NOT NULL, criterion_id int NOT NULL, score numeric(6,2),
+    comment text, PRIMARY KEY (scorecard_id, criterion_id));
+"""
+
+
+@pytest.fixture
+def director(pg: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    pg.execute(SCORECARDS)
+    return pg
+
+
+def racing_writer(dsn: str, ids: list[uuid.UUID], seed: int, rounds: int) -> None:
+    rng = random.Random(seed)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(rounds):
+            card = rng.choice(ids)
+            action = rng.random()
+            try:
+                with conn.transaction():
+                    if action < 0.35:
+                        conn.execute(
+                            "UPDATE director.scorecards SET notes = %s, updated_at = now(), "
+                            "total_score = %s WHERE id = %s",
+                            (f"edit {rng.random()} ✓", rng.randint(0, 100), card),
+                        )
+                    elif action < 0.55:
+                        conn.execute(
+                            "INSERT INTO director.scores VALUES (%s, %s, %s, %s) "
+                            "ON CONFLICT (scorecard_id, criterion_id) DO UPDATE "
+                            "SET score = excluded.score, comment = excluded.comment",
+                            (card, rng.randint(1, 4), rng.randint(0, 500) / 100, "c"),
+                        )
+                    elif action < 0.75:
+                        conn.execute(
+                            "UPDATE director.scorecards SET status = 'submitted', "
+                            "submitted_at = now(), updated_at = now() WHERE id = %s",
+                            (card,),
+                        )
+                    elif action < 0.88:
+                        conn.execute("DELETE FROM director.scores WHERE scorecard_id = %s", (card,))
+                        conn.execute("DELETE FROM director.scorecards WHERE id = %s", (card,))
+                    else:
+                        conn.execute(
+                            "INSERT INTO director.scorecards (id, agent_id) VALUES (%s, %s) "
+                            "ON CONFLICT (id) DO UPDATE SET status = 'draft', "
+                            "submitted_at = NULL",
+                            (card, rng.randint(1, 9)),
+                        )
+            except psycopg.errors.ForeignKeyViolation:
+                pass
+
+
+def test_racing_writers_leave_all_three_stores_equal(
+    director: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    ids = [uuid.uuid4() for _ in range(15)]
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, batch_size=200)
+    with running_daemon(settings, clickhouse_server.client):
+        writers = [
+            threading.Thread(target=racing_writer, args=(pg_dsn, ids, seed, 150))
+            for seed in range(6)
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        wait_in_step(director, clickhouse_server.client, ch_database, ["scorecards", "scores"])
+    submitted = director.execute(
+        "SELECT count(*) FROM director.scorecards WHERE status = 'submitted'"
+    ).fetchone()
+    assert submitted is not None and submitted[0] > 0
+    versions = director.execute(
+        "SELECT count(*), count(DISTINCT _version) FROM historic.scorecards"
+    ).fetchone()
+    assert versions is not None and versions[0] == versions[1]
+
+
+def test_toast_key_change_truncate_and_schema_changes(
+    director: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    ch = clickhouse_server.client
+    big = director.execute(
+        "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 4000) g"
+    ).fetchone()
+    assert big is not None
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    with running_daemon(settings, ch):
+        a, b = uuid.uuid4(), uuid.uuid4()
+        director.execute(
+            "INSERT INTO director.scorecards (id, agent_id, notes) VALUES (%s, 1, %s), "
+            "(%s, 2, 'short')",
+            (a, big[0], b),
+        )
+        tables = ["scorecards", "scores"]
+        wait_in_step(director, ch, ch_database, tables)
+        # TOAST: the 128 kB note is not resent when another column changes.
+        director.execute("UPDATE director.scorecards SET status = 'submitted' WHERE id = %s", (a,))
+        wait_in_step(director, ch, ch_database, tables)
+        notes = director.execute(
+            "SELECT length(notes) FROM historic.scorecards_current WHERE id = %s", (a,)
+        ).fetchone()
+        assert notes == (128000,)
+
+        # Primary-key change: the old key disappears from both targets.
+        c = uuid.uuid4()
+        director.execute("UPDATE director.scorecards SET id = %s WHERE id = %s", (c, b))
+        director.execute("INSERT INTO director.scores VALUES (%s, 1, 1.5, 'x')", (c,))
+        wait_in_step(director, ch, ch_database, tables)
+
+        # TRUNCATE, then new rows: only the new rows survive.
+        director.execute("TRUNCATE director.scores")
+        director.execute("INSERT INTO director.scores VALUES (%s, 7, 2.25, 'after')", (a,))
+        wait_in_step(director, ch, ch_database, tables)
+        assert len(historic_rows(director, "scores")) == 1
+
+        # A column added at the source appears in both targets before rows use it.
+        director.execute("ALTER TABLE director.scorecards ADD COLUMN reviewer_id int")
+        director.execute("UPDATE director.scorecards SET reviewer_id = 42 WHERE id = %s", (a,))
+        wait_in_step(director, ch, ch_database, tables)
+        # A dropped column stays in the targets, nullable; the views keep working.
+        director.execute("ALTER TABLE director.scorecards DROP COLUMN submitted_at")
+        director.execute("INSERT INTO director.scorecards (id, agent_id) VALUES (%s, 3)", (b,))
+        wait_until(
+            lambda: len(clickhouse_rows(ch, ch_database, "scorecards")) == 3,
+            what="row inserted after the column drop",
+        )
+        rows = director.execute(
+            "SELECT submitted_at FROM historic.scorecards_current WHERE id = %s", (b,)
+        ).fetchall()
+        assert rows == [(None,)]
+
+
+def test_table_without_primary_key_is_refused_while_others_flow(
+    director: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    director.execute("CREATE TABLE director.audit_log (line text)")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    with running_daemon(settings, clickhouse_server.client) as running:
+        director.execute("INSERT INTO director.audit_log VALUES ('no key')")
+        director.execute(
+            "INSERT INTO director.scorecards (id, agent_id) VALUES (%s, 1)", (uuid.uuid4(),)
+        )
+        wait_in_step(director, clickhouse_server.client, ch_database, ["scorecards"])
+        assert ("director", "audit_log") in running.daemon._quarantined
+        assert "primary key" in running.daemon._quarantined[("director", "audit_log")]
+
+
+def test_large_streamed_transaction_and_edge_values(
+    director: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    director.execute(
+        "CREATE TABLE director.edges (id int PRIMARY KEY, f float8, t text, ts timestamptz, "
+        "d date, n numeric(12,4))"
+    )
+    from psycopg.conninfo import make_conninfo
+
+    streaming_dsn = make_conninfo(pg_dsn, options="-c logical_decoding_work_mem=64kB")
+    settings = make_settings(streaming_dsn, clickhouse_server.url, ch_database, memory_budget_mb=1)
+    with running_daemon(settings, clickhouse_server.client) as running:
+        director.execute(
+            "INSERT INTO director.edges VALUES "
+            "(1, 'NaN', 'ünïcödé ✓ 🎉 e\u0301', '1900-01-01 00:00:00+00', '1900-01-01', 0),"
+            "(2, 'Infinity', E'tab\\there\\nnewline \\\\ back', "
+            "'2299-12-31 23:59:59.999999+00', '2299-12-31', 99999999.9999),"
+            "(3, '-Infinity', '', '2024-02-29 12:00:00+05:30', '2024-02-29', -0.0001),"
+            "(4, -0.0, NULL, NULL, NULL, NULL)"
+        )
+        director.execute(
+            "INSERT INTO director.scorecards (id, agent_id, notes) "
+            "SELECT gen_random_uuid(), g, repeat('x', 100) FROM generate_series(1, 20000) g"
+        )
+        wait_in_step(
+            director,
+            clickhouse_server.client,
+            ch_database,
+            ["edges", "scorecards"],
+            timeout=120,
+            running=running,
+        )
+    assert len(director_rows(director, "director", "scorecards")) == 20000

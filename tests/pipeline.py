@@ -1,0 +1,160 @@
+"""Test support for whole pipelines: run the daemon, wait for it, compare the three stores."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.clickhouse import quote_identifier
+from cdc.daemon import Daemon
+from cdc.settings import Settings
+from cdc.sinks.clickhouse import ClickHouseSink
+from cdc.sinks.historic import HistoricSink
+
+Rows = list[tuple[Any, ...]]
+
+
+def make_settings(pg_dsn: str, ch_url: str, ch_database: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "source_dsn": pg_dsn,
+        "clickhouse_url": ch_url,
+        "clickhouse_database": ch_database,
+        "slot": f"slot_{uuid.uuid4().hex[:8]}",
+        "publication": "cdc_pub",
+        "batch_latency_ms": 50,
+        "status_interval_s": 0.5,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+class RunningDaemon:
+    def __init__(self, daemon: Daemon, thread: threading.Thread, stop: threading.Event) -> None:
+        self.daemon = daemon
+        self.thread = thread
+        self.stop = stop
+        self.error: BaseException | None = None
+
+
+@contextmanager
+def running_daemon(settings: Settings, ch_client: Any) -> Iterator[RunningDaemon]:
+    """The daemon in a thread of this process, sharing the test's ClickHouse client."""
+    sinks = [
+        HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
+        ClickHouseSink(
+            settings.clickhouse_url.get_secret_value(),
+            settings.clickhouse_database,
+            client=ch_client,
+        ),
+    ]
+    daemon = Daemon(settings, sinks=sinks)  # type: ignore[arg-type]
+    stop = threading.Event()
+    running: RunningDaemon
+
+    def target() -> None:
+        try:
+            daemon.run(stop)
+        except BaseException as exc:
+            running.error = exc
+            raise
+
+    thread = threading.Thread(target=target, name="cdc-daemon", daemon=True)
+    running = RunningDaemon(daemon, thread, stop)
+    thread.start()
+    try:
+        wait_until(
+            lambda: daemon.streaming.is_set() or not thread.is_alive(), what="daemon to stream"
+        )
+        yield running
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "daemon did not stop within 30 s"
+    if running.error is not None:
+        raise running.error
+
+
+def normalize(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"  # NaN never equals itself
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    if isinstance(value, Decimal):
+        return value.normalize() if value.is_finite() else value
+    if isinstance(value, list):
+        return tuple(normalize(v) for v in value)
+    return value
+
+
+def director_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> Rows:
+    rows = conn.execute(
+        sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+    ).fetchall()
+    return sorted((tuple(normalize(v) for v in r) for r in rows), key=repr)
+
+
+def historic_rows(conn: psycopg.Connection[Any], table: str, schema: str = "historic") -> Rows:
+    return director_rows(conn, schema, f"{table}_current")
+
+
+def clickhouse_rows(client: Any, database: str, table: str) -> Rows:
+    result = client.query(
+        f"SELECT * FROM {quote_identifier(database)}.{quote_identifier(table + '_current')}"
+    )
+    return sorted((tuple(normalize(v) for v in r) for r in result.result_rows), key=repr)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def wait_in_step(
+    conn: psycopg.Connection[Any],
+    ch_client: Any,
+    ch_database: str,
+    tables: list[str],
+    source_schema: str = "director",
+    timeout: float = 60.0,
+    running: RunningDaemon | None = None,
+) -> None:
+    """Wait until historic and ClickHouse hold exactly the source's rows, then assert it.
+    With `running`, fail at once if that daemon died."""
+
+    def in_step() -> bool:
+        if running is not None and not running.thread.is_alive():
+            raise AssertionError(f"the daemon died: {running.error!r}")
+        for table in tables:
+            source = director_rows(conn, source_schema, table)
+            try:
+                if historic_rows(conn, table) != source:
+                    return False
+                if clickhouse_rows(ch_client, ch_database, table) != source:
+                    return False
+            except Exception:  # targets not created yet
+                return False
+        return True
+
+    try:
+        wait_until(in_step, timeout, "historic and ClickHouse to match the source")
+    except AssertionError:
+        for table in tables:
+            source = director_rows(conn, source_schema, table)
+            assert historic_rows(conn, table) == source, f"historic.{table} differs"
+            assert clickhouse_rows(ch_client, ch_database, table) == source, (
+                f"ClickHouse {table} differs"
+            )
+        raise

@@ -1,0 +1,136 @@
+"""DDL text for the historic schema and ClickHouse, with identifiers that need quoting."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdc import ddl
+from cdc.errors import CdcError, ErrorKind
+from cdc.schema import Column, TableSchema, TypeKind
+from cdc.typemap import PgType
+
+
+def column(name: str, oid: int, pg_type: str, nullable: bool = True) -> Column:
+    return Column(name, oid, -1, pg_type, nullable, TypeKind.BASE)
+
+
+TABLE = TableSchema(
+    "director",
+    "Score Card",
+    (
+        column("id", PgType.INT8, "bigint", nullable=False),
+        column("Order", PgType.INT4, "integer", nullable=False),
+        column("it's", 25, "text"),
+        column("ünï`\\", PgType.TIMESTAMPTZ, "timestamp with time zone"),
+        column("select", 25, "text", nullable=False),
+    ),
+    ("id", "Order"),
+    "d",
+)
+
+
+def test_quote_string() -> None:
+    assert ddl.quote_string("plain") == "'plain'"
+    assert ddl.quote_string("it's \\ 'x'") == "'it\\'s \\\\ \\'x\\''"
+
+
+def test_historic_table() -> None:
+    assert ddl.historic_table("historic", TABLE).as_string(None) == (
+        'CREATE TABLE IF NOT EXISTS "historic"."Score Card" ('
+        '"id" bigint NOT NULL, "Order" integer NOT NULL, "it\'s" text, '
+        '"ünï`\\" timestamp with time zone, "select" text, '
+        '"_version" numeric(39,0) NOT NULL, "_is_deleted" boolean NOT NULL DEFAULT false, '
+        'PRIMARY KEY ("id", "Order"))'
+    )
+
+
+def test_historic_current_view_and_truncations() -> None:
+    assert ddl.historic_current_view("hist ory", TABLE).as_string(None) == (
+        'CREATE OR REPLACE VIEW "hist ory"."Score Card_current" AS '
+        'SELECT "id", "Order", "it\'s", "ünï`\\", "select" FROM "hist ory"."Score Card" '
+        'WHERE NOT "_is_deleted" AND "_version" > coalesce((SELECT version FROM '
+        '"hist ory"."_cdc_truncations" WHERE table_name = \'Score Card\'), 0)'
+    )
+    assert ddl.historic_truncations_table("historic").as_string(None) == (
+        'CREATE TABLE IF NOT EXISTS "historic"."_cdc_truncations" '
+        "(table_name text PRIMARY KEY, version numeric(39,0) NOT NULL)"
+    )
+    assert ddl.historic_schema('a"b').as_string(None) == 'CREATE SCHEMA IF NOT EXISTS "a""b"'
+
+
+def test_historic_alterations() -> None:
+    new = column("New Col", 3802, "jsonb", nullable=False)
+    assert ddl.historic_add_column("historic", "Score Card", new).as_string(None) == (
+        'ALTER TABLE "historic"."Score Card" ADD COLUMN IF NOT EXISTS "New Col" jsonb'
+    )
+    assert ddl.historic_drop_not_null("historic", "Score Card", "select").as_string(None) == (
+        'ALTER TABLE "historic"."Score Card" ALTER COLUMN "select" DROP NOT NULL'
+    )
+
+
+def test_view_names_postgres_would_truncate_are_refused() -> None:
+    long = TableSchema("s", "t" * 56, TABLE.columns, ("id",), "d")
+    with pytest.raises(CdcError, match="longer than 63 bytes") as info:
+        ddl.historic_current_view("historic", long)
+    assert info.value.kind is ErrorKind.SCHEMA
+    ddl.historic_current_view("historic", TableSchema("s", "t" * 55, TABLE.columns, ("id",), "d"))
+
+
+def test_clickhouse_table() -> None:
+    assert ddl.clickhouse_table("db", TABLE) == (
+        "CREATE TABLE IF NOT EXISTS `db`.`Score Card` ("
+        "`id` Int64, `Order` Int32, `it's` Nullable(String), "
+        "`ünï\\`\\\\` Nullable(DateTime64(6, 'UTC')), `select` String, "
+        "`_version` UInt128, `_is_deleted` UInt8) "
+        "ENGINE = ReplacingMergeTree(`_version`, `_is_deleted`) ORDER BY (`id`, `Order`)"
+    )
+
+
+def test_clickhouse_table_on_a_cluster() -> None:
+    assert ddl.clickhouse_table("my db", TABLE, cluster="main cluster") == (
+        "CREATE TABLE IF NOT EXISTS `my db`.`Score Card` ON CLUSTER `main cluster` ("
+        "`id` Int64, `Order` Int32, `it's` Nullable(String), "
+        "`ünï\\`\\\\` Nullable(DateTime64(6, 'UTC')), `select` String, "
+        "`_version` UInt128, `_is_deleted` UInt8) "
+        "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/my db/Score Card', "
+        "'{replica}', `_version`, `_is_deleted`) ORDER BY (`id`, `Order`)"
+    )
+    quoted = TableSchema("s", "it's", TABLE.columns, ("id",), "d")
+    assert "'/clickhouse/tables/{shard}/db/it\\'s'" in ddl.clickhouse_table("db", quoted, "c")
+
+
+def test_clickhouse_truncations_table() -> None:
+    assert ddl.clickhouse_truncations_table("db") == (
+        "CREATE TABLE IF NOT EXISTS `db`.`_cdc_truncations` (table_name String, version UInt128) "
+        "ENGINE = ReplacingMergeTree(version) ORDER BY table_name"
+    )
+    assert ddl.clickhouse_truncations_table("db", cluster="c") == (
+        "CREATE TABLE IF NOT EXISTS `db`.`_cdc_truncations` ON CLUSTER `c` "
+        "(table_name String, version UInt128) ENGINE = ReplicatedReplacingMergeTree("
+        "'/clickhouse/tables/{shard}/db/_cdc_truncations', '{replica}', version) "
+        "ORDER BY table_name"
+    )
+
+
+def test_clickhouse_current_view() -> None:
+    quoted = TableSchema("s", "it's", TABLE.columns, ("id",), "d")
+    assert ddl.clickhouse_current_view("db", quoted) == (
+        "CREATE OR REPLACE VIEW `db`.`it's_current` AS "
+        "SELECT `id`, `Order`, `it's`, `ünï\\`\\\\`, `select` FROM `db`.`it's` FINAL "
+        "WHERE `_is_deleted` = 0 AND `_version` > ifNull((SELECT max(version) FROM "
+        "`db`.`_cdc_truncations` FINAL WHERE table_name = 'it\\'s'), 0)"
+    )
+    assert " ON CLUSTER `c` AS " in ddl.clickhouse_current_view("db", quoted, cluster="c")
+
+
+def test_clickhouse_alterations() -> None:
+    new = column("New Col", PgType.INT8, "bigint", nullable=False)
+    assert ddl.clickhouse_add_column("db", "Score Card", new) == (
+        "ALTER TABLE `db`.`Score Card` ADD COLUMN IF NOT EXISTS `New Col` Nullable(Int64)"
+    )
+    assert ddl.clickhouse_make_nullable("db", "Score Card", new, cluster="c") == (
+        "ALTER TABLE `db`.`Score Card` ON CLUSTER `c` MODIFY COLUMN `New Col` Nullable(Int64)"
+    )
+    assert ddl.clickhouse_database("db", cluster="c") == (
+        "CREATE DATABASE IF NOT EXISTS `db` ON CLUSTER `c`"
+    )
