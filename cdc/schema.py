@@ -283,13 +283,3 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> Tab
     identity = rows[0][0]
     key = _choose_key(f"{schema}.{name}", identity, primary, identity_key)
     return _table_schema(schema, name, identity, columns, key)
-
-
-def published_tables(conn: psycopg.Connection[Any], publication: str) -> list[tuple[str, str]]:
-    """(schema, table) of every table in `publication`, sorted."""
-    rows = conn.execute(
-        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s "
-        "ORDER BY schemaname, tablename",
-        (publication,),
-    ).fetchall()
-    return [(schema, table) for schema, table in rows]

@@ -30,8 +30,8 @@ from cdc.schema import (
     TypeKind,
     describe_relation,
     describe_table,
-    published_tables,
 )
+from cdc.slots import publication_tables
 from cdc.typemap import PgType, clickhouse_type
 
 SESSION_SETTINGS = (
@@ -428,7 +428,7 @@ def test_describe_table_and_published_tables(pg: psycopg.Connection[Any]) -> Non
     pg.execute('CREATE TABLE "Dir"."Odd Name" ("Key" int PRIMARY KEY, v text)')
     pg.execute("CREATE TABLE plain (id int PRIMARY KEY)")
     pg.execute('CREATE PUBLICATION pub FOR TABLE "Dir"."Odd Name", plain')
-    assert published_tables(pg, "pub") == [("Dir", "Odd Name"), ("public", "plain")]
+    assert publication_tables(pg, "pub") == [("Dir", "Odd Name"), ("public", "plain")]
     table = describe_table(pg, "Dir", "Odd Name")
     assert table.primary_key == ("Key",) and table.replica_identity == "d"
     with pytest.raises(CdcError, match="does not exist"):
