@@ -96,11 +96,11 @@ def test_batches_applied_twice_or_reversed_give_the_same_state(
     in_order = Daemon(settings, sinks=[
         HistoricSink(pg_dsn, "hist_in_order"),
         ClickHouseSink(clickhouse_server.url, f"{ch_database}_a", client=ch),
-    ])  # type: ignore[list-item]  # fmt: skip
+    ])  # fmt: skip
     reversed_ = Daemon(settings, sinks=[
         HistoricSink(pg_dsn, "hist_reversed"),
         ClickHouseSink(clickhouse_server.url, f"{ch_database}_b", client=ch),
-    ])  # type: ignore[list-item]  # fmt: skip
+    ])  # fmt: skip
     try:
         batches = capture(pg_dsn, in_order)
         assert len(batches) > 10
