@@ -1,0 +1,170 @@
+"""Streaming throughput against the receive limit, all in one run on one slot's copies.
+
+(a) `pg_recvlogical` to /dev/null: what the walsender can deliver (the baseline);
+(b) this project's change source: decode and assemble every transaction;
+(c) the daemon end to end: into the historic schema and ClickHouse.
+Every figure is reported with its ratio to (a). Usage: python bench/streaming.py [changes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from cdc import clickhouse, localstack
+from cdc.changes import Transaction
+from cdc.daemon import Daemon
+from cdc.lsn import Lsn
+from cdc.settings import Settings
+from cdc.source import ChangeSource, SourceConfig
+
+TABLE = """
+CREATE SCHEMA director;
+CREATE TABLE director.events (
+    id bigint PRIMARY KEY, name text, at timestamptz, amount numeric(14,4), doc jsonb,
+    active bool, ref uuid, qty int, ratio float8, note text)
+"""
+WORKLOAD = """
+CREATE PROCEDURE director.load(n int) LANGUAGE plpgsql AS $$
+DECLARE i int := 0;
+BEGIN
+  -- 60% inserts, 30% updates, 10% deletes, 1,000 changes per transaction
+  WHILE i < n * 6 / 10 LOOP
+    INSERT INTO director.events
+    SELECT g, 'name ' || g, now() - g * interval '1 second', g * 1.25,
+           jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b')),
+           g % 2 = 0, gen_random_uuid(), g % 1000, g / 3.0, repeat('x', 20)
+    FROM generate_series(i + 1, i + 1000) g;
+    i := i + 1000; COMMIT;
+  END LOOP;
+  i := 0;
+  WHILE i < n * 3 / 10 LOOP
+    UPDATE director.events SET amount = amount + 1, note = 'updated', active = NOT active
+    WHERE id > i AND id <= i + 1000;
+    i := i + 1000; COMMIT;
+  END LOOP;
+  i := 0;
+  WHILE i < n / 10 LOOP
+    DELETE FROM director.events WHERE id > n * 6 / 10 - i - 1000 AND id <= n * 6 / 10 - i;
+    i := i + 1000; COMMIT;
+  END LOOP;
+END $$
+"""
+
+
+def timed(label: str, fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - start
+    print(f"  {label}: {elapsed:.2f} s", flush=True)
+    return elapsed
+
+
+def recvlogical(cluster: localstack.LocalCluster, dsn: str, slot: str, end: Lsn) -> None:
+    subprocess.run(
+        [str(cluster.bindir / "pg_recvlogical"), "-d", dsn, "--slot", slot, "--start",
+         "--endpos", str(end), "-o", "proto_version=1", "-o", "publication_names=bench",
+         "-f", "/dev/null", "--no-loop"],
+        check=True,
+    )  # fmt: skip
+
+
+def decode_only(dsn: str, slot: str, end: Lsn, expected: int) -> None:
+    changes = 0
+    with ChangeSource(SourceConfig(dsn, slot, "bench", streaming=False)) as source:
+        source.start()
+        for event in source.events(2.0):
+            if isinstance(event, Transaction):
+                changes += sum(1 for _ in event.changes())
+                event.close()
+                source.acknowledge(event.end_lsn)
+                if event.end_lsn >= end:
+                    break
+    assert changes == expected, (changes, expected)
+
+
+def end_to_end(settings: Settings, expected: int) -> None:
+    daemon = Daemon(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon.run, args=(stop,))
+    thread.start()
+    while daemon.stats.changes < expected and thread.is_alive():
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    assert daemon.stats.changes == expected, (daemon.stats.changes, expected)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("changes", type=int, nargs="?", default=1_000_000)
+    args = parser.parse_args()
+    n = args.changes
+    root = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
+    root.chmod(0o755)
+    cluster = localstack.LocalCluster(root / "pg", localstack.free_port())
+    cluster.start()
+    try:
+        dsn = cluster.paths.dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(TABLE)
+            conn.execute(WORKLOAD)
+            conn.execute("CREATE PUBLICATION bench FOR TABLE director.events")
+            conn.execute("CREATE PUBLICATION cdc FOR TABLE director.events")
+            conn.execute("SELECT pg_create_logical_replication_slot('base', 'pgoutput')")
+            timed(
+                f"workload of {n:,} changes", lambda: conn.execute("CALL director.load(%s)", (n,))
+            )
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            assert row is not None
+            end = Lsn.parse(row[0])
+            for copy in ("recv", "decode", "cdc"):
+                conn.execute("SELECT pg_copy_logical_replication_slot('base', %s)", (copy,))
+        print("measuring", flush=True)
+        results = {
+            "pg_recvlogical": timed(
+                "(a) pg_recvlogical", lambda: recvlogical(cluster, dsn, "recv", end)
+            ),
+            "decode": timed("(b) decode + assemble", lambda: decode_only(dsn, "decode", end, n)),
+        }
+        ch_path = root / "clickhouse"
+        settings = Settings(
+            source_dsn=dsn,
+            clickhouse_url=f"chdb://{ch_path}",
+            slot="cdc",  # type: ignore[arg-type]
+            publication="cdc",
+            status_interval_s=5.0,
+        )
+        results["end_to_end"] = timed("(c) end to end", lambda: end_to_end(settings, n))
+        base = results["pg_recvlogical"]
+        print(
+            json.dumps(
+                {
+                    name: {
+                        "seconds": round(s, 2),
+                        "changes_per_s": round(n / s),
+                        "ratio_to_a": round(base / s, 3),
+                    }
+                    for name, s in results.items()
+                },
+                indent=2,
+            )
+        )
+        client = clickhouse.connect(f"chdb://{ch_path}")
+        count = client.query("SELECT count() FROM analytics.events_current").result_rows[0][0]
+        client.close()
+        assert count == n * 6 // 10 - n // 10, count
+    finally:
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    main()
