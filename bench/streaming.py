@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pydantic import SecretStr
 
 from cdc import clickhouse, localstack
 from cdc.changes import Transaction
@@ -137,9 +138,9 @@ def main() -> None:
         }
         ch_path = root / "clickhouse"
         settings = Settings(
-            source_dsn=dsn,
-            clickhouse_url=f"chdb://{ch_path}",
-            slot="cdc",  # type: ignore[arg-type]
+            source_dsn=SecretStr(dsn),
+            clickhouse_url=SecretStr(f"chdb://{ch_path}"),
+            slot="cdc",
             publication="cdc",
             status_interval_s=5.0,
         )
