@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,6 +20,7 @@ import psycopg
 
 from cdc import faults, preflight, slots
 from cdc.assembler import Event
+from cdc.backfill import Backfill
 from cdc.batch import Batch, BatchBuilder, TableBatch
 from cdc.changes import Transaction
 from cdc.errors import CdcError, ErrorKind
@@ -30,6 +32,7 @@ from cdc.settings import Settings, redact_url
 from cdc.sinks.base import Layouts, Sink
 from cdc.sinks.clickhouse import ClickHouseSink
 from cdc.sinks.historic import HistoricSink
+from cdc.snapshot import Snapshot, exported_snapshot
 from cdc.source import ChangeSource, SourceConfig
 from cdc.stream import canonical_dsn
 
@@ -43,21 +46,31 @@ class Stats:
     applied_lsn: Lsn = Lsn.ZERO
 
 
+INITIAL_LOAD_JOB = "initial"
+SinkFactory = Callable[[], list[Sink]]
+
+
+def default_sinks(settings: Settings) -> SinkFactory:
+    """Historic first (it completes rows for the sinks after it), then ClickHouse."""
+
+    def make() -> list[Sink]:
+        return [
+            HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
+            ClickHouseSink(
+                settings.clickhouse_url.get_secret_value(), settings.clickhouse_database
+            ),
+        ]
+
+    return make
+
+
 class Daemon:
-    def __init__(self, settings: Settings, sinks: list[Sink] | None = None) -> None:
+    def __init__(self, settings: Settings, sink_factory: SinkFactory | None = None) -> None:
         self.settings = settings
         self.source_dsn = settings.require_source_dsn()
         self.log = get_logger(slot=settings.slot)
-        self.sinks: list[Sink] = (
-            sinks
-            if sinks is not None
-            else [
-                HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
-                ClickHouseSink(
-                    settings.clickhouse_url.get_secret_value(), settings.clickhouse_database
-                ),
-            ]
-        )
+        self.sink_factory = sink_factory or default_sinks(settings)
+        self.sinks: list[Sink] = self.sink_factory()
         self.stats = Stats()
         self.streaming = threading.Event()  # set once replication has started
         self._catalog: psycopg.Connection[Any] | None = None
@@ -79,7 +92,7 @@ class Daemon:
             ) from exc
 
     def setup(self) -> None:
-        """Create the publication and the slot if they are missing."""
+        """Create what is missing: publication, targets, slot; load existing rows once."""
         settings = self.settings
         with self._connect_source() as conn:
             preflight.check_wal_level(conn)
@@ -90,13 +103,42 @@ class Daemon:
                 self.log.info(
                     "publication_created", publication=settings.publication, tables=published
                 )
-            if slots.get_slot(conn, settings.slot) is None:
-                lsn = slots.create_slot(conn, settings.slot)
-                self.log.info("slot_created", lsn=str(lsn))
             tables = self._published_schemas(conn)
+            slot_exists = slots.get_slot(conn, settings.slot) is not None
         for sink in self.sinks:
             sink.prepare(tables)
         self.log.info("targets_ready", tables=[t.qualified_name for t in tables])
+        load = self._initial_load(tables)
+        if not slot_exists:
+            with exported_snapshot(self.source_dsn, slot=settings.slot) as snapshot:
+                self.log.info("slot_created", lsn=str(snapshot.lsn))
+                if settings.initial_load:
+                    self._run_load(load, snapshot)
+        elif settings.initial_load and load.planned() and load.pending_chunks():
+            with exported_snapshot(self.source_dsn) as snapshot:
+                self.log.info("initial_load_resumed", snapshot_lsn=str(snapshot.lsn))
+                self._run_load(load, snapshot)
+
+    def _initial_load(self, tables: list[TableSchema]) -> Backfill:
+        settings = self.settings
+        return Backfill(
+            self.source_dsn,
+            settings.require_historic_dsn(),
+            settings.historic_schema,
+            INITIAL_LOAD_JOB,
+            tables,
+            self.sink_factory,
+            chunk_size=settings.backfill_chunk_size,
+            workers=settings.backfill_workers,
+        )
+
+    def _run_load(self, load: Backfill, snapshot: Snapshot) -> None:
+        self.log.info("initial_load_started", snapshot_lsn=str(snapshot.lsn))
+        progress = load.run(snapshot)
+        self.log.info(
+            "initial_load_done", rows=progress.rows, chunks=progress.done_chunks,
+            rows_per_s=round(progress.rows_per_s),
+        )  # fmt: skip
 
     def _published_schemas(self, conn: psycopg.Connection[Any]) -> list[TableSchema]:
         found = []

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     batch_latency_ms: int = Field(default=200, ge=1)
     memory_budget_mb: int = Field(default=256, ge=1)
     status_interval_s: float = Field(default=5.0, gt=0)
+    initial_load: bool = True
+    backfill_workers: int = Field(default=2, ge=1, le=64)
+    backfill_chunk_size: int = Field(default=50_000, ge=1)
 
     @classmethod
     def settings_customise_sources(

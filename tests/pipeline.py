@@ -16,8 +16,9 @@ import psycopg
 from psycopg import sql
 
 from cdc.clickhouse import quote_identifier
-from cdc.daemon import Daemon
+from cdc.daemon import Daemon, SinkFactory
 from cdc.settings import Settings
+from cdc.sinks.base import Sink
 from cdc.sinks.clickhouse import ClickHouseSink
 from cdc.sinks.historic import HistoricSink
 
@@ -46,18 +47,26 @@ class RunningDaemon:
         self.error: BaseException | None = None
 
 
+def shared_client_sinks(settings: Settings, ch_client: Any) -> SinkFactory:
+    """Sinks whose ClickHouse side uses the test's client (one embedded engine per process)."""
+
+    def make() -> list[Sink]:
+        return [
+            HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
+            ClickHouseSink(
+                settings.clickhouse_url.get_secret_value(),
+                settings.clickhouse_database,
+                client=ch_client,
+            ),
+        ]
+
+    return make
+
+
 @contextmanager
 def running_daemon(settings: Settings, ch_client: Any) -> Iterator[RunningDaemon]:
     """The daemon in a thread of this process, sharing the test's ClickHouse client."""
-    sinks = [
-        HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
-        ClickHouseSink(
-            settings.clickhouse_url.get_secret_value(),
-            settings.clickhouse_database,
-            client=ch_client,
-        ),
-    ]
-    daemon = Daemon(settings, sinks=sinks)  # type: ignore[arg-type]
+    daemon = Daemon(settings, sink_factory=shared_client_sinks(settings, ch_client))
     stop = threading.Event()
     running: RunningDaemon
 

@@ -93,11 +93,11 @@ def test_batches_applied_twice_or_reversed_give_the_same_state(
     workload(pg, seed=7)
     ch = clickhouse_server.client
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    in_order = Daemon(settings, sinks=[
+    in_order = Daemon(settings, sink_factory=lambda: [
         HistoricSink(pg_dsn, "hist_in_order"),
         ClickHouseSink(clickhouse_server.url, f"{ch_database}_a", client=ch),
     ])  # fmt: skip
-    reversed_ = Daemon(settings, sinks=[
+    reversed_ = Daemon(settings, sink_factory=lambda: [
         HistoricSink(pg_dsn, "hist_reversed"),
         ClickHouseSink(clickhouse_server.url, f"{ch_database}_b", client=ch),
     ])  # fmt: skip

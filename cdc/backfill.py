@@ -1,0 +1,337 @@
+"""Copy tables into both targets at an exported snapshot: chunked, parallel, resumable.
+
+A job splits each table into primary-key ranges (chunks) and copies each range with
+`COPY (SELECT ...) TO STDOUT` inside a transaction that imports the snapshot; every row
+gets `_version = snapshot_lsn << 64`, so it never overwrites a newer streamed change and
+every later change overwrites it (DESIGN.md invariant 3). Progress is kept in the historic
+database (`_cdc_backfill` chunks, `_cdc_tables` per-table state `pending -> copying ->
+ready | failed`): a restarted job copies only the chunks not done yet, at a fresh snapshot,
+which the versioning makes just as correct.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc import faults
+from cdc.batch import Batch, RowImage, TableBatch
+from cdc.copytext import parse_row, split_lines
+from cdc.errors import CdcError, ErrorKind
+from cdc.pgoutput import Relation, RelationColumn
+from cdc.pgoutput.tags import ReplicaIdentity
+from cdc.schema import TableSchema
+from cdc.sinks.base import Sink
+from cdc.snapshot import Snapshot, import_snapshot
+from cdc.stream import canonical_dsn
+
+CHUNKS_TABLE = "_cdc_backfill"
+TABLES_TABLE = "_cdc_tables"
+
+Key = list[str] | None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    table: str
+    number: int
+    lower: Key  # exclusive; None: from the start
+    upper: Key  # inclusive; None: to the end
+
+
+@dataclass
+class Progress:
+    """Shared counters; `on_change` is called (from worker threads) after each chunk."""
+
+    total_chunks: int = 0
+    done_chunks: int = 0
+    rows: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, rows: int) -> None:
+        with self.lock:
+            self.done_chunks += 1
+            self.rows += rows
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / max(time.monotonic() - self.started, 1e-9)
+
+
+# -- SQL (pure) -------------------------------------------------------------------------------
+
+
+def state_ddl(schema: str) -> list[sql.Composed]:
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.{} (job text NOT NULL, table_name text NOT NULL, "
+            "chunk int NOT NULL, lower_key text[], upper_key text[], done boolean NOT NULL "
+            "DEFAULT false, rows bigint, snapshot_lsn pg_lsn, "
+            "PRIMARY KEY (job, table_name, chunk))"
+        ).format(sql.Identifier(schema), sql.Identifier(CHUNKS_TABLE)),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.{} (table_name text PRIMARY KEY, job text, "
+            "state text NOT NULL, error text, updated_at timestamptz NOT NULL DEFAULT now())"
+        ).format(sql.Identifier(schema), sql.Identifier(TABLES_TABLE)),
+    ]
+
+
+def _key_row(table: TableSchema, params: Sequence[str]) -> sql.Composed:
+    return sql.SQL("ROW({})").format(
+        sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Literal(value), sql.SQL(table.column(name).pg_type))
+            for name, value in zip(table.primary_key, params, strict=True)
+        )
+    )
+
+
+def _key_columns(table: TableSchema) -> sql.Composable:
+    return sql.SQL("ROW({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
+
+
+def chunk_filter(table: TableSchema, chunk: Chunk, where: str | None) -> sql.Composable:
+    parts: list[sql.Composable] = []
+    if chunk.lower is not None:
+        parts.append(sql.SQL("{} > {}").format(_key_columns(table), _key_row(table, chunk.lower)))
+    if chunk.upper is not None:
+        parts.append(sql.SQL("{} <= {}").format(_key_columns(table), _key_row(table, chunk.upper)))
+    if where:
+        parts.append(sql.SQL("({})").format(sql.SQL(where)))  # operator-supplied predicate
+    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+
+def boundaries_sql(table: TableSchema, chunk_size: int, where: str | None) -> sql.Composed:
+    """Every `chunk_size`-th key, in key order: the upper bounds of all chunks but the last."""
+    keys = sql.SQL(", ").join(
+        sql.SQL("{}::text").format(sql.Identifier(k)) for k in table.primary_key
+    )
+    order = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
+    return sql.SQL(
+        "SELECT ARRAY[{keys}] FROM (SELECT {order}, row_number() OVER (ORDER BY {order}) AS n "
+        "FROM {schema}.{table} WHERE {where}) numbered WHERE n % {size} = 0 ORDER BY n"
+    ).format(
+        keys=keys,
+        order=order,
+        schema=sql.Identifier(table.schema),
+        table=sql.Identifier(table.name),
+        where=sql.SQL(f"({where})") if where else sql.SQL("true"),
+        size=sql.Literal(chunk_size),
+    )
+
+
+def copy_sql(table: TableSchema, chunk: Chunk, where: str | None) -> sql.Composed:
+    return sql.SQL("COPY (SELECT {columns} FROM {schema}.{table} WHERE {filter}) TO STDOUT").format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
+        schema=sql.Identifier(table.schema),
+        table=sql.Identifier(table.name),
+        filter=chunk_filter(table, chunk, where),
+    )
+
+
+def relation_for(table: TableSchema) -> Relation:
+    """A Relation message equivalent to `table`, so copied rows travel like streamed ones."""
+    return Relation(
+        xid=None,
+        oid=0,
+        namespace=table.schema,
+        name=table.name,
+        replica_identity=ReplicaIdentity.DEFAULT,
+        columns=tuple(
+            RelationColumn(c.name in table.primary_key, c.name, c.type_oid, c.type_modifier)
+            for c in table.columns
+        ),
+    )
+
+
+# -- the job ----------------------------------------------------------------------------------
+
+
+class Backfill:
+    """One job over `tables`, its state in `state_dsn` (the historic database)."""
+
+    def __init__(
+        self,
+        source_dsn: str,
+        state_dsn: str,
+        state_schema: str,
+        job: str,
+        tables: Sequence[TableSchema],
+        make_sinks: Callable[[], list[Sink]],
+        *,
+        chunk_size: int = 50_000,
+        workers: int = 2,
+        where: str | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.source_dsn = canonical_dsn(source_dsn)
+        self.state_dsn = state_dsn
+        self.schema = state_schema
+        self.job = job
+        self.tables = {t.name: t for t in tables}
+        self.make_sinks = make_sinks
+        self.chunk_size = chunk_size
+        self.workers = workers
+        self.where = where
+        self.on_progress = on_progress
+        self.progress = Progress()
+
+    def _state(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.state_dsn, autocommit=True)
+
+    def _ident(self, name: str) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
+
+    def pending_chunks(self) -> list[Chunk]:
+        with self._state() as conn:
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT table_name, chunk, lower_key, upper_key FROM {} "
+                    "WHERE job = %s AND NOT done ORDER BY table_name, chunk"
+                ).format(self._ident(CHUNKS_TABLE)),
+                (self.job,),
+            ).fetchall()
+        return [Chunk(r[0], r[1], r[2], r[3]) for r in rows if r[0] in self.tables]
+
+    def planned(self) -> bool:
+        with self._state() as conn:
+            for statement in state_ddl(self.schema):
+                conn.execute(statement)
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE job = %s").format(self._ident(CHUNKS_TABLE)),
+                (self.job,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def plan(self, snapshot: Snapshot) -> None:
+        """Split every table into chunks (in `snapshot`) and record them, once per job."""
+        if self.planned():
+            return
+        with psycopg.connect(self.source_dsn) as source, self._state() as state:
+            import_snapshot(source, snapshot)
+            for table in self.tables.values():
+                bounds = [
+                    r[0]
+                    for r in source.execute(
+                        boundaries_sql(table, self.chunk_size, self.where)
+                    ).fetchall()
+                ]
+                edges: list[Key] = [None, *bounds, None]
+                with state.transaction():
+                    for number, (lower, upper) in enumerate(itertools.pairwise(edges)):
+                        state.execute(
+                            sql.SQL(
+                                "INSERT INTO {} (job, table_name, chunk, lower_key, upper_key) "
+                                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                            ).format(self._ident(CHUNKS_TABLE)),
+                            (self.job, table.name, number, lower, upper),
+                        )
+                    self._set_state(state, table.name, "pending")
+            source.rollback()
+
+    def _set_state(self, conn: psycopg.Connection[Any], table: str, state: str,
+                   error: str | None = None) -> None:  # fmt: skip
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (table_name, job, state, error) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (table_name) DO UPDATE SET job = excluded.job, "
+                "state = excluded.state, error = excluded.error, updated_at = now()"
+            ).format(self._ident(TABLES_TABLE)),
+            (table, self.job, state, error),
+        )
+
+    def run(self, snapshot: Snapshot) -> Progress:
+        """Copy every chunk not done yet, at `snapshot`."""
+        self.plan(snapshot)
+        chunks = self.pending_chunks()
+        self.progress = Progress(total_chunks=len(chunks))
+        with self._state() as state:
+            for name in {c.table for c in chunks}:
+                self._set_state(state, name, "copying")
+        queue = list(chunks)
+        lock = threading.Lock()
+
+        def worker() -> None:
+            sinks = self.make_sinks()
+            try:
+                with psycopg.connect(self.source_dsn) as source, self._state() as state:
+                    import_snapshot(source, snapshot)
+                    while True:
+                        with lock:
+                            if not queue:
+                                return
+                            chunk = queue.pop(0)
+                        rows = self._copy_chunk(source, sinks, chunk, snapshot)
+                        state.execute(
+                            sql.SQL(
+                                "UPDATE {} SET done = true, rows = %s, snapshot_lsn = %s "
+                                "WHERE job = %s AND table_name = %s AND chunk = %s"
+                            ).format(self._ident(CHUNKS_TABLE)),
+                            (rows, str(snapshot.lsn), self.job, chunk.table, chunk.number),
+                        )
+                        self.progress.add(rows)
+                        if self.on_progress is not None:
+                            self.on_progress(self.progress)
+            finally:
+                for sink in sinks:
+                    sink.close()
+
+        failures: list[BaseException] = []
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            futures = [pool.submit(worker) for _ in range(max(1, self.workers))]
+            for future in futures:
+                if (exc := future.exception()) is not None:
+                    failures.append(exc)
+        with self._state() as state:
+            left = {c.table for c in self.pending_chunks()}
+            for name in {c.table for c in chunks}:
+                if name in left:
+                    self._set_state(state, name, "failed", str(failures[0]) if failures else None)
+                else:
+                    self._set_state(state, name, "ready")
+        if failures:
+            raise failures[0]
+        return self.progress
+
+    def _copy_chunk(
+        self, source: psycopg.Connection[Any], sinks: list[Sink], chunk: Chunk, snapshot: Snapshot
+    ) -> int:
+        table = self.tables[chunk.table]
+        relation = relation_for(table)
+        batch_table = TableBatch(
+            relation, table.column_names, tuple(c.type_oid for c in table.columns),
+            table.key_indexes,
+        )  # fmt: skip
+        version = snapshot.version
+        key_indexes = table.key_indexes
+        width = len(table.columns)
+        with source.cursor() as cur, cur.copy(copy_sql(table, chunk, self.where)) as copy:
+            for line in split_lines(bytes(block) for block in copy):
+                values = parse_row(line, width)
+                key = tuple(values[i] for i in key_indexes)
+                batch_table.rows[key] = RowImage(version, False, values)
+        faults.point("mid_backfill_chunk")
+        batch = Batch(tables={batch_table.name: batch_table}, end_lsn=snapshot.lsn)
+        layouts = {batch_table.name: table}
+        for sink in sinks:
+            sink.apply(batch, layouts)
+        return len(batch_table.rows)
+
+
+def check_tables(requested: Sequence[str], published: Sequence[str]) -> None:
+    unknown = sorted(set(requested) - set(published))
+    if unknown:
+        raise CdcError(
+            ErrorKind.CONFIG,
+            f"not in the publication: {', '.join(unknown)}; add them with "
+            "`cdc publication add-table`",
+        )

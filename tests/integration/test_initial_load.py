@@ -1,0 +1,169 @@
+"""Initial load: a consistent copy under concurrent writes, resumable after a kill."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from cdc.lsn import Lsn
+from tests.harness import ClickHouseServer
+from tests.integration.test_crash_safety import read_clickhouse, slot_caught_up
+from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = 20_000
+
+
+def populate(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE SCHEMA director")
+    conn.execute(
+        "CREATE TABLE director.items (id int PRIMARY KEY, grp int, val text, "
+        "amount numeric(12,2), flag boolean NOT NULL DEFAULT false)"
+    )
+    conn.execute("CREATE TABLE director.pairs (a uuid, b text, note text, PRIMARY KEY (a, b))")
+    conn.execute(
+        "INSERT INTO director.items SELECT g, g % 7, 'v' || g, g / 4.0, g % 3 = 0 "
+        f"FROM generate_series(1, {ROWS}) g"
+    )
+    conn.execute(
+        "INSERT INTO director.pairs SELECT gen_random_uuid(), 'k' || g, E'tab\\there' "
+        "FROM generate_series(1, 3000) g"
+    )
+
+
+def writer(dsn: str, stop: threading.Event, seed: int) -> None:
+    rng = random.Random(seed)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set():
+            key = rng.randint(1, ROWS + 500)
+            roll = rng.random()
+            if roll < 0.5:
+                conn.execute(
+                    "INSERT INTO director.items VALUES (%s, 1, 'new', 1, true) "
+                    "ON CONFLICT (id) DO UPDATE SET val = director.items.val || '+', "
+                    "amount = director.items.amount + 1",
+                    (key,),
+                )
+            elif roll < 0.8:
+                conn.execute("DELETE FROM director.items WHERE id = %s", (key,))
+            else:
+                conn.execute(
+                    "UPDATE director.pairs SET note = %s WHERE b = %s",
+                    (f"n{rng.random()}", f"k{rng.randint(1, 3000)}"),
+                )
+
+
+def test_initial_load_under_concurrent_writes(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    populate(pg)
+    stop = threading.Event()
+    writers = [threading.Thread(target=writer, args=(pg_dsn, stop, s)) for s in range(2)]
+    for thread in writers:
+        thread.start()
+    settings = make_settings(
+        pg_dsn, clickhouse_server.url, ch_database, backfill_chunk_size=1500, backfill_workers=3
+    )
+    try:
+        time.sleep(0.3)
+        with running_daemon(settings, clickhouse_server.client) as running:
+            time.sleep(1.0)
+            stop.set()
+            for thread in writers:
+                thread.join()
+            wait_in_step(pg, clickhouse_server.client, ch_database, ["items", "pairs"],
+                         running=running)  # fmt: skip
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join()
+    chunks = pg.execute(
+        "SELECT count(*), bool_and(done), count(DISTINCT snapshot_lsn) FROM historic._cdc_backfill"
+    ).fetchone()
+    assert chunks is not None
+    assert chunks[0] > 10 and chunks[1] and chunks[2] == 1
+    states = pg.execute("SELECT table_name, state FROM historic._cdc_tables ORDER BY 1").fetchall()
+    assert states == [("items", "ready"), ("pairs", "ready")]
+
+
+def test_killed_load_resumes_without_copying_finished_chunks_again(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+    tmp_path: Path,
+) -> None:
+    populate(pg)
+    embedded = clickhouse_server.url.startswith("chdb://")
+    ch_url = f"chdb://{tmp_path / 'clickhouse'}" if embedded else clickhouse_server.url
+    env = {
+        **os.environ,
+        "CDC_SOURCE_DSN": pg_dsn,
+        "CDC_CLICKHOUSE_URL": ch_url,
+        "CDC_CLICKHOUSE_DATABASE": ch_database,
+        "CDC_SLOT": "load_slot",
+        "CDC_PUBLICATION": "load_pub",
+        "CDC_BACKFILL_CHUNK_SIZE": "1000",
+        "CDC_BACKFILL_WORKERS": "1",
+        "CDC_BATCH_LATENCY_MS": "30",
+        "CDC_STATUS_INTERVAL_S": "0.5",
+    }
+    command = [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"]
+    log = (tmp_path / "daemon.log").open("ab")
+    killed = subprocess.run(
+        command, cwd=ROOT, env={**env, "CDC_FAULTS": "mid_backfill_chunk=kill@8"},
+        stdout=log, stderr=subprocess.STDOUT, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    first = pg.execute(
+        "SELECT table_name, chunk, snapshot_lsn::text FROM historic._cdc_backfill WHERE done"
+    ).fetchall()
+    total = pg.execute("SELECT count(*) FROM historic._cdc_backfill").fetchone()
+    assert total is not None
+    assert len(first) == 7, "the kill at the 8th chunk left 7 chunks done"
+    assert total[0] > len(first)
+    pg.execute("UPDATE director.items SET val = 'changed while down' WHERE id <= 100")
+
+    daemon = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        row = pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        wait_until(lambda: slot_caught_up(pg, "load_slot", Lsn.parse(row[0])), 120,
+                   "the restarted daemon to finish the load and catch up")  # fmt: skip
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+        log.close()
+    after = pg.execute(
+        "SELECT table_name, chunk, snapshot_lsn::text FROM historic._cdc_backfill "
+        "WHERE (table_name, chunk) IN (SELECT table_name, chunk FROM historic._cdc_backfill) "
+        "AND done"
+    ).fetchall()
+    snapshot_of = {(t, c): lsn for t, c, lsn in after}
+    for table, chunk, lsn in first:
+        assert snapshot_of[(table, chunk)] == lsn, "a finished chunk was copied again"
+    assert len(after) == total[0]
+    assert len({lsn for _, _, lsn in after}) == 2  # the first snapshot and the resumed one
+
+    source = sorted(
+        [r[0], r[1], r[2], str(r[3]), r[4]]
+        for r in pg.execute("SELECT id, grp, val, amount, flag FROM director.items").fetchall()
+    )
+    historic = sorted(
+        [r[0], r[1], r[2], str(r[3]), r[4]]
+        for r in pg.execute("SELECT id, grp, val, amount, flag FROM historic.items_current")
+    )
+    assert historic == source
+    assert read_clickhouse(ch_url, ch_database)["rows"] == source
