@@ -10,18 +10,33 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import psycopg
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from cdc import faults, localstack, logs, slots
+from cdc.backfill import Backfill, published_schemas
+from cdc.backfill import Progress as BackfillProgress
 from cdc.daemon import Daemon
 from cdc.errors import CdcError, ErrorKind
 from cdc.settings import STACK_DIR, Settings, load_settings, redact_url
+from cdc.sinks.factory import default_sinks
+from cdc.snapshot import exported_snapshot
 
 app = typer.Typer(
     help="Ordered, versioned change data capture: Postgres → historic schema + ClickHouse.",
@@ -257,6 +272,91 @@ def run(
             "daemon_failed", kind=exc.kind.value, error=str(exc), hint=exc.policy.hint
         )
         raise typer.Exit(code=2) from exc
+
+
+@app.command("backfill")
+def backfill(
+    ctx: typer.Context,
+    tables: Annotated[
+        list[str] | None, typer.Argument(help="tables (default: all published)")
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option(help="SQL predicate limiting the rows copied")
+    ] = None,
+    chunk_size: Annotated[int | None, typer.Option(min=1, help="rows per chunk")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, max=64, help="parallel copiers")] = None,
+) -> None:
+    """Copy tables again at a fresh snapshot, while the daemon keeps streaming (safe: rows
+    are versioned by the snapshot, so nothing newer is overwritten)."""
+    settings = settings_of(ctx)
+    log = logs.get_logger(command="backfill")
+    try:
+        source_dsn = settings.require_source_dsn()
+        with source_connection(settings) as conn:
+            schemas = published_schemas(conn, settings.publication, tables or [])
+        sink_factory = default_sinks(settings)
+        for sink in sink_factory():
+            sink.prepare(schemas)
+            sink.close()
+        job = f"backfill-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+        with progress_display(log) as on_progress, exported_snapshot(source_dsn) as snapshot:
+            typer.echo(f"snapshot at {snapshot.lsn}; copying {len(schemas)} tables")
+            done = Backfill(
+                source_dsn,
+                settings.require_historic_dsn(),
+                settings.historic_schema,
+                job,
+                schemas,
+                sink_factory,
+                chunk_size=chunk_size or settings.backfill_chunk_size,
+                workers=workers or settings.backfill_workers,
+                where=where,
+                on_progress=on_progress,
+            ).run(snapshot)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    typer.echo(
+        f"copied {done.rows} rows in {done.done_chunks} chunks "
+        f"({done.rows_per_s:,.0f} rows/s), job {job}"
+    )
+
+
+@contextmanager
+def progress_display(log: Any) -> Iterator[Callable[[BackfillProgress], None]]:
+    """A progress bar with rows/s and ETA on a terminal, else a log line every few seconds."""
+    if sys.stderr.isatty():
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rows]:,} rows, {task.fields[rate]:,.0f} rows/s"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        task = bar.add_task("chunks", total=None, rows=0, rate=0.0)
+
+        def show(p: BackfillProgress) -> None:
+            bar.update(
+                task, total=p.total_chunks, completed=p.done_chunks, rows=p.rows, rate=p.rows_per_s
+            )
+
+        with bar:
+            yield show
+        return
+    last = [0.0]
+
+    def report(p: BackfillProgress) -> None:
+        if time.monotonic() - last[0] >= 5 or p.done_chunks == p.total_chunks:
+            last[0] = time.monotonic()
+            log.info(
+                "backfill_progress",
+                chunks_done=p.done_chunks,
+                chunks=p.total_chunks,
+                rows=p.rows,
+                rows_per_s=round(p.rows_per_s),
+            )
+
+    yield report
 
 
 @stack_app.command("up")

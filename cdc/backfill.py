@@ -28,8 +28,9 @@ from cdc.copytext import parse_row, split_lines
 from cdc.errors import CdcError, ErrorKind
 from cdc.pgoutput import Relation, RelationColumn
 from cdc.pgoutput.tags import ReplicaIdentity
-from cdc.schema import TableSchema
+from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import Sink
+from cdc.slots import publication_tables
 from cdc.snapshot import Snapshot, import_snapshot
 from cdc.stream import canonical_dsn
 
@@ -335,3 +336,14 @@ def check_tables(requested: Sequence[str], published: Sequence[str]) -> None:
             f"not in the publication: {', '.join(unknown)}; add them with "
             "`cdc publication add-table`",
         )
+
+
+def published_schemas(
+    conn: psycopg.Connection[Any], publication: str, only: Sequence[str] = ()
+) -> list[TableSchema]:
+    """Schemas of the publication's tables (all, or the ones named in `only`)."""
+    published = publication_tables(conn, publication)
+    check_tables(only, [name for _, name in published])
+    return [
+        describe_table(conn, schema, name) for schema, name in published if not only or name in only
+    ]

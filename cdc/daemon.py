@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,8 +29,7 @@ from cdc.pgoutput import Relation
 from cdc.schema import TableSchema, describe_relation, describe_table
 from cdc.settings import Settings, redact_url
 from cdc.sinks.base import Layouts, Sink
-from cdc.sinks.clickhouse import ClickHouseSink
-from cdc.sinks.historic import HistoricSink
+from cdc.sinks.factory import SinkFactory, default_sinks
 from cdc.snapshot import Snapshot, exported_snapshot
 from cdc.source import ChangeSource, SourceConfig
 from cdc.stream import canonical_dsn
@@ -47,21 +45,6 @@ class Stats:
 
 
 INITIAL_LOAD_JOB = "initial"
-SinkFactory = Callable[[], list[Sink]]
-
-
-def default_sinks(settings: Settings) -> SinkFactory:
-    """Historic first (it completes rows for the sinks after it), then ClickHouse."""
-
-    def make() -> list[Sink]:
-        return [
-            HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
-            ClickHouseSink(
-                settings.clickhouse_url.get_secret_value(), settings.clickhouse_database
-            ),
-        ]
-
-    return make
 
 
 class Daemon:

@@ -16,10 +16,11 @@ import psycopg
 from psycopg import sql
 
 from cdc.clickhouse import quote_identifier
-from cdc.daemon import Daemon, SinkFactory
+from cdc.daemon import Daemon
 from cdc.settings import Settings
 from cdc.sinks.base import Sink
 from cdc.sinks.clickhouse import ClickHouseSink
+from cdc.sinks.factory import SinkFactory
 from cdc.sinks.historic import HistoricSink
 
 Rows = list[tuple[Any, ...]]

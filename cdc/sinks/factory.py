@@ -1,0 +1,26 @@
+"""The pipeline's sinks from settings, in apply order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cdc.settings import Settings
+from cdc.sinks.base import Sink
+from cdc.sinks.clickhouse import ClickHouseSink
+from cdc.sinks.historic import HistoricSink
+
+SinkFactory = Callable[[], list[Sink]]
+
+
+def default_sinks(settings: Settings) -> SinkFactory:
+    """Historic first (it completes rows for the sinks after it), then ClickHouse."""
+
+    def make() -> list[Sink]:
+        return [
+            HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
+            ClickHouseSink(
+                settings.clickhouse_url.get_secret_value(), settings.clickhouse_database
+            ),
+        ]
+
+    return make
