@@ -10,9 +10,10 @@ batch, acknowledges it and returns.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -22,7 +23,7 @@ from cdc.assembler import Event
 from cdc.backfill import Backfill
 from cdc.batch import Batch, BatchBuilder, TableBatch
 from cdc.changes import Transaction
-from cdc.errors import CdcError, ErrorKind
+from cdc.errors import Action, CdcError, ErrorKind
 from cdc.logs import get_logger
 from cdc.lsn import Lsn
 from cdc.pgoutput import Relation
@@ -42,6 +43,7 @@ class Stats:
     batches: int = 0
     skipped: int = 0
     applied_lsn: Lsn = Lsn.ZERO
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 INITIAL_LOAD_JOB = "initial"
@@ -56,6 +58,7 @@ class Daemon:
         self.sinks: list[Sink] = self.sink_factory()
         self.stats = Stats()
         self.streaming = threading.Event()  # set once replication has started
+        self._stop: threading.Event | None = None
         self._catalog: psycopg.Connection[Any] | None = None
         self._schemas: dict[int, tuple[Relation, TableSchema]] = {}
         self._quarantined: dict[tuple[str, str], str] = {}
@@ -182,13 +185,33 @@ class Daemon:
     # -- streaming -------------------------------------------------------------------------
 
     def apply(self, batch: Batch, source: ChangeSource | None) -> None:
-        layouts: Layouts = {name: self.layout(t) for name, t in batch.tables.items()}
-        faults.point("before_historic")
-        self.sinks[0].apply(batch, layouts)
-        faults.point("after_historic")
-        for sink in self.sinks[1:]:
-            sink.apply(batch, layouts)
-        faults.point("after_clickhouse")
+        """Apply to every sink, then acknowledge. Transient failures are retried with
+        backoff (re-applying is harmless); a table whose rows cannot be stored is
+        quarantined and the batch applied without it; anything else stops the daemon."""
+        attempt = 0
+        while True:
+            try:
+                self._apply_once(batch)
+                break
+            except CdcError as exc:
+                action = exc.policy.action
+                if action is Action.QUARANTINE_TABLE and exc.table in batch.tables:
+                    self._quarantine(exc.table, exc)
+                    del batch.tables[exc.table]
+                    continue
+                if action is not Action.RETRY or self._stopping():
+                    raise
+                attempt += 1
+                delay = min(self.settings.max_retry_delay_s, 0.2 * 2**attempt)
+                delay *= random.uniform(0.5, 1.0)
+                self.log.warning(
+                    "apply_retry", kind=exc.kind.value, error=str(exc), attempt=attempt,
+                    retry_in_s=round(delay, 2),
+                )  # fmt: skip
+                self.stats.errors[exc.kind.value] = self.stats.errors.get(exc.kind.value, 0) + 1
+                for sink in self.sinks:
+                    sink.close()  # reconnects on the next apply
+                time.sleep(delay)
         faults.point("before_ack")
         if source is not None:
             source.acknowledge(batch.end_lsn)
@@ -199,7 +222,21 @@ class Daemon:
         self.stats.skipped += batch.skipped
         self.stats.applied_lsn = batch.end_lsn
 
+    def _apply_once(self, batch: Batch) -> None:
+        layouts: Layouts = {name: self.layout(t) for name, t in batch.tables.items()}
+        faults.point("before_historic")
+        self.sinks[0].apply(batch, layouts)
+        faults.point("after_historic")
+        for sink in self.sinks[1:]:
+            faults.point("before_clickhouse")
+            sink.apply(batch, layouts)
+        faults.point("after_clickhouse")
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         self.setup()
         settings = self.settings
         source = ChangeSource(

@@ -68,13 +68,16 @@ POLICIES: dict[ErrorKind, Policy] = {
 
 
 class CdcError(Exception):
-    """Base error of the project. `kind` selects the policy in `POLICIES`."""
+    """Base error of the project. `kind` selects the policy in `POLICIES`; `table`
+    (schema, name) says which table a quarantine applies to, when there is one."""
 
     kind: ErrorKind
+    table: tuple[str, str] | None
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str, table: tuple[str, str] | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.table = table
 
     @property
     def policy(self) -> Policy:

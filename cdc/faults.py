@@ -18,6 +18,7 @@ from cdc.errors import CdcError, ErrorKind
 POINTS = (
     "before_historic",
     "after_historic",
+    "before_clickhouse",
     "after_clickhouse",
     "before_ack",
     "after_ack",

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     memory_budget_mb: int = Field(default=256, ge=1)
     status_interval_s: float = Field(default=5.0, gt=0)
     initial_load: bool = True
+    max_retry_delay_s: float = Field(default=30.0, gt=0)
     backfill_workers: int = Field(default=2, ge=1, le=64)
     backfill_chunk_size: int = Field(default=50_000, ge=1)
 

@@ -152,7 +152,9 @@ class ClickHouseSink:
                     for k in key
                 )
                 raise CdcError(
-                    exc.kind, f"table {layout.qualified_name}, key ({shown_key}): {exc}"
+                    exc.kind,
+                    f"table {layout.qualified_name}, key ({shown_key}): {exc}",
+                    table=(layout.schema, layout.name),
                 ) from exc
         client.raw_insert(
             target,  # quoted here: the client puts the table name into the query as is
