@@ -1,0 +1,1 @@
+"""The coaching API: scorecards written to the director schema only (`api.app` is the app)."""

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from cdc import faults, preflight, slots
+from cdc.applier import Applier
 from cdc.assembler import Event
 from cdc.backfill import Backfill
 from cdc.batch import Batch, BatchBuilder, TableBatch
@@ -184,7 +185,7 @@ class Daemon:
 
     # -- streaming -------------------------------------------------------------------------
 
-    def apply(self, batch: Batch, source: ChangeSource | None) -> None:
+    def apply(self, batch: Batch) -> None:
         """Apply to every sink, then acknowledge. Transient failures are retried with
         backoff (re-applying is harmless); a table whose rows cannot be stored is
         quarantined and the batch applied without it; anything else stops the daemon."""
@@ -212,10 +213,6 @@ class Daemon:
                 for sink in self.sinks:
                     sink.close()  # reconnects on the next apply
                 time.sleep(delay)
-        faults.point("before_ack")
-        if source is not None:
-            source.acknowledge(batch.end_lsn)
-        faults.point("after_ack")
         self.stats.batches += 1
         self.stats.transactions += batch.transactions
         self.stats.changes += batch.changes
@@ -251,6 +248,8 @@ class Daemon:
         builder = BatchBuilder(self.key_positions)
         latency = settings.batch_latency_ms / 1000
         self.log.info("daemon_started", publication=settings.publication)
+        applier = Applier(self.apply)
+        acknowledged = Lsn.ZERO
         try:
             source.start()
             self.streaming.set()
@@ -264,11 +263,15 @@ class Daemon:
                 full = builder.changes >= settings.batch_size
                 due = time.monotonic() - batch_started >= latency
                 if builder.transactions and (full or due or stop.is_set()):
-                    self.apply(builder.build(), source)
+                    applier.submit(builder.build())
+                if stop.is_set() and builder.transactions == 0:
+                    applier.drain()
+                acknowledged = self._acknowledge(source, applier, acknowledged)
                 self._report(source, event)
                 if stop.is_set() and builder.transactions == 0:
                     break
         finally:
+            applier.close()
             source.close()
             for sink in self.sinks:
                 sink.close()
@@ -277,6 +280,17 @@ class Daemon:
         self.log.info(
             "daemon_stopped", applied_lsn=str(self.stats.applied_lsn), changes=self.stats.changes
         )
+
+    @staticmethod
+    def _acknowledge(source: ChangeSource, applier: Applier, acknowledged: Lsn) -> Lsn:
+        """Let the stream report what every sink holds durably (DESIGN.md invariant 5)."""
+        applier.check()
+        applied = applier.applied
+        if applied > acknowledged:
+            faults.point("before_ack")
+            source.acknowledge(applied)
+            faults.point("after_ack")
+        return applied
 
     def _report(self, source: ChangeSource, event: Event | None) -> None:
         now = time.monotonic()

@@ -7,6 +7,7 @@ racing clients are checked against invariants that lost updates would break.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -31,6 +32,7 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from api.migrations import MIGRATIONS, migrate
+from cdc.errors import CdcError, ErrorKind
 from cdc.settings import Settings
 from tests.harness import PgServer
 
@@ -417,6 +419,24 @@ def test_module_app_loads_settings_when_it_starts(
         assert client.get("/healthz").json() == {"status": "ok"}
         new_card(client)
     assert len(snapshot(pg)[0]) == 1
+
+
+def test_start_fails_clearly_without_the_database(clean_env: None) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dsn = f"postgresql://coach:s3cret@127.0.0.1:{port}/coaching"
+    app = create_app(Settings(source_dsn=SecretStr(dsn)))
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(CdcError, match="cannot connect to the director database") as failure:
+        asyncio.run(start())
+    assert failure.value.kind is ErrorKind.SOURCE_CONNECTION
+    assert "coach:***@127.0.0.1" in str(failure.value)
+    assert "s3cret" not in str(failure.value)
 
 
 def test_custom_schema_name_is_quoted(

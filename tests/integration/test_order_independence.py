@@ -106,9 +106,9 @@ def test_batches_applied_twice_or_reversed_give_the_same_state(
         assert len(batches) > 10
         assert any(t.truncate_version for b in batches for t in b.tables.values())
         for batch in batches + batches:  # in order, then all of it again
-            in_order.apply(batch, None)
+            in_order.apply(batch)
         for batch in reversed(batches):
-            reversed_.apply(batch, None)
+            reversed_.apply(batch)
         for table in TABLES:
             source = director_rows(pg, "director", table)
             assert source, f"the workload left {table} empty"
