@@ -66,7 +66,7 @@ else
 endif
 
 demo: up
-	$(CDC) --help
+	$(CDC) demo
 
 clean:
 	-$(CDC) stack down --purge

@@ -55,7 +55,7 @@ class Batch:
     changes: int = 0
     skipped: int = 0
     end_lsn: Lsn = Lsn.ZERO
-    last_commit_ts: int = 0
+    commit_times: list[int] = field(default_factory=list)  # Postgres-epoch microseconds
 
 
 def _layout_of(relation: Relation) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -124,7 +124,7 @@ class BatchBuilder:
         batch.changes += count
         batch.skipped += skipped
         batch.end_lsn = txn.end_lsn
-        batch.last_commit_ts = txn.commit_ts
+        batch.commit_times.append(txn.commit_ts)
 
     def _table(self, relation: Relation) -> TableBatch | None:
         name = (relation.namespace, relation.name)

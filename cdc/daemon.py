@@ -13,7 +13,9 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -27,7 +29,7 @@ from cdc.changes import Transaction
 from cdc.errors import Action, CdcError, ErrorKind
 from cdc.logs import get_logger
 from cdc.lsn import Lsn
-from cdc.pgoutput import Relation
+from cdc.pgoutput import Relation, datetime_to_pg_timestamp
 from cdc.schema import TableSchema, describe_relation, describe_table
 from cdc.settings import Settings, redact_url
 from cdc.sinks.base import Layouts, Sink
@@ -45,6 +47,8 @@ class Stats:
     skipped: int = 0
     applied_lsn: Lsn = Lsn.ZERO
     errors: dict[str, int] = field(default_factory=dict)
+    # Seconds from commit at the source to durable in every sink, per transaction.
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
 
 INITIAL_LOAD_JOB = "initial"
@@ -213,6 +217,8 @@ class Daemon:
                 for sink in self.sinks:
                     sink.close()  # reconnects on the next apply
                 time.sleep(delay)
+        now = datetime_to_pg_timestamp(datetime.now(UTC))
+        self.stats.lags.extend((now - t) / 1e6 for t in batch.commit_times)
         self.stats.batches += 1
         self.stats.transactions += batch.transactions
         self.stats.changes += batch.changes

@@ -23,7 +23,12 @@ from psycopg import sql
 pytest.register_assert_rewrite("tests.pipeline")
 
 from cdc import clickhouse, localstack, preflight  # noqa: E402
-from tests.harness import FIXTURE_ORIGINS, ClickHouseServer, PgServer  # noqa: E402
+from tests.harness import (  # noqa: E402
+    FIXTURE_ORIGINS,
+    ClickHouseServer,
+    PgServer,
+    drop_database,
+)
 
 HERE = Path(__file__).parent
 
@@ -78,25 +83,6 @@ def pg_server() -> Iterator[PgServer]:
     finally:
         cluster.destroy()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def drop_database(admin_dsn: str, dbname: str) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        slots = conn.execute(
-            "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s",
-            (dbname,),
-        ).fetchall()
-        for slot_name, pid in slots:
-            if pid is not None:
-                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            conn.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE slot_name = %s AND NOT active",
-                (slot_name,),
-            )
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
-        )
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 FIXTURE_ORIGINS: dict[str, str] = {}
@@ -30,3 +32,22 @@ class ClickHouseServer:
 
     def __post_init__(self) -> None:
         FIXTURE_ORIGINS["clickhouse"] = self.origin
+
+
+def drop_database(admin_dsn: str, dbname: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        slots = conn.execute(
+            "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s",
+            (dbname,),
+        ).fetchall()
+        for slot_name, pid in slots:
+            if pid is not None:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND NOT active",
+                (slot_name,),
+            )
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
