@@ -11,6 +11,7 @@ removed (values are matched by column name, so nothing is lost).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -56,6 +57,7 @@ class Batch:
     skipped: int = 0
     end_lsn: Lsn = Lsn.ZERO
     commit_times: list[int] = field(default_factory=list)  # Postgres-epoch microseconds
+    ops: Counter[tuple[TableName, Op]] = field(default_factory=Counter)
 
 
 def _layout_of(relation: Relation) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -90,12 +92,14 @@ class BatchBuilder:
         batch = self._batch
         commit_high = txn.commit_lsn << 64
         count = skipped = 0
+        ops = batch.ops
         for change in txn.changes():
             count += 1
             table = self._table(change.relation)
             if table is None:
                 skipped += 1
                 continue
+            ops[table.name, change.op] += 1
             version = commit_high | change.ordinal
             op = change.op
             if op is Op.TRUNCATE:

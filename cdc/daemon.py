@@ -29,6 +29,7 @@ from cdc.changes import Transaction
 from cdc.errors import Action, CdcError, ErrorKind
 from cdc.logs import get_logger
 from cdc.lsn import Lsn
+from cdc.metrics import HealthState, Metrics, serve
 from cdc.pgoutput import Relation, datetime_to_pg_timestamp
 from cdc.schema import TableSchema, describe_relation, describe_table
 from cdc.settings import Settings, redact_url
@@ -63,6 +64,8 @@ class Daemon:
         self.sinks: list[Sink] = self.sink_factory()
         self.stats = Stats()
         self.streaming = threading.Event()  # set once replication has started
+        self.metrics = Metrics()
+        self.health = HealthState(settings.ready_max_lag_s)
         self._stop: threading.Event | None = None
         self._catalog: psycopg.Connection[Any] | None = None
         self._schemas: dict[int, tuple[Relation, TableSchema]] = {}
@@ -194,9 +197,11 @@ class Daemon:
         backoff (re-applying is harmless); a table whose rows cannot be stored is
         quarantined and the batch applied without it; anything else stops the daemon."""
         attempt = 0
+        started = time.monotonic()
         while True:
             try:
                 self._apply_once(batch)
+                self.health.last_apply_ok = True
                 break
             except CdcError as exc:
                 action = exc.policy.action
@@ -214,11 +219,20 @@ class Daemon:
                     retry_in_s=round(delay, 2),
                 )  # fmt: skip
                 self.stats.errors[exc.kind.value] = self.stats.errors.get(exc.kind.value, 0) + 1
+                self.metrics.errors.labels(exc.kind.value).inc()
+                self.health.last_apply_ok = False
                 for sink in self.sinks:
                     sink.close()  # reconnects on the next apply
                 time.sleep(delay)
         now = datetime_to_pg_timestamp(datetime.now(UTC))
         self.stats.lags.extend((now - t) / 1e6 for t in batch.commit_times)
+        if batch.commit_times:
+            self.health.lag_s = (now - batch.commit_times[-1]) / 1e6
+            self.metrics.lag_seconds.set(self.health.lag_s)
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
+        self.metrics.batches.inc()
+        for ((schema, table), op), count in batch.ops.items():
+            self.metrics.changes.labels(f"{schema}.{table}", op.name.lower()).inc(count)
         self.stats.batches += 1
         self.stats.transactions += batch.transactions
         self.stats.changes += batch.changes
@@ -256,9 +270,15 @@ class Daemon:
         self.log.info("daemon_started", publication=settings.publication)
         applier = Applier(self.apply)
         acknowledged = Lsn.ZERO
+        server = (
+            serve(settings.metrics_port, self.metrics, self.health, settings.metrics_host)
+            if settings.metrics_port
+            else None
+        )
         try:
             source.start()
             self.streaming.set()
+            self.health.streaming = True
             batch_started = time.monotonic()
             for event in source.events(latency):
                 if isinstance(event, Transaction):
@@ -273,10 +293,14 @@ class Daemon:
                 if stop.is_set() and builder.transactions == 0:
                     applier.drain()
                 acknowledged = self._acknowledge(source, applier, acknowledged)
+                self.health.tick()
                 self._report(source, event)
                 if stop.is_set() and builder.transactions == 0:
                     break
         finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
             applier.close()
             source.close()
             for sink in self.sinks:
@@ -286,6 +310,23 @@ class Daemon:
         self.log.info(
             "daemon_stopped", applied_lsn=str(self.stats.applied_lsn), changes=self.stats.changes
         )
+
+    def _check_slot(self) -> None:
+        """Retained WAL as a metric; warnings before Postgres invalidates the slot."""
+        slot = slots.get_slot(self._catalog_conn(), self.settings.slot)
+        if slot is None or slot.wal_status == "lost":
+            raise CdcError(
+                ErrorKind.SLOT_LOST,
+                f"replication slot {self.settings.slot!r} is "
+                + ("gone" if slot is None else "invalidated (wal_status lost)")
+                + ": run `cdc slot recreate`, then `cdc backfill` to copy what was missed",
+            )
+        if slot.retained_bytes is not None:
+            self.metrics.retained_wal.set(slot.retained_bytes)
+        warning = slots.wal_status_warning(slot)
+        if warning:
+            self.log.warning("slot_at_risk", wal_status=slot.wal_status,
+                             safe_wal_size=slot.safe_wal_size, hint=warning)  # fmt: skip
 
     @staticmethod
     def _acknowledge(source: ChangeSource, applier: Applier, acknowledged: Lsn) -> Lsn:
@@ -305,10 +346,13 @@ class Daemon:
             return
         progress = source.stream.progress
         rate = (self.stats.changes - self._last_progress_changes) / elapsed
+        lag_bytes = max(0, progress.server_wal_end - self.stats.applied_lsn)
+        self.metrics.lag_bytes.set(lag_bytes)
+        self._check_slot()
         self.log.info(
             "progress",
             applied_lsn=str(self.stats.applied_lsn),
-            lag_bytes=max(0, progress.server_wal_end - self.stats.applied_lsn),
+            lag_bytes=lag_bytes,
             changes_per_s=round(rate),
             changes=self.stats.changes,
             batches=self.stats.batches,

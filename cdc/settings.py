@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     status_interval_s: float = Field(default=5.0, gt=0)
     initial_load: bool = True
     max_retry_delay_s: float = Field(default=30.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "0.0.0.0"
+    ready_max_lag_s: float = Field(default=60.0, gt=0)
     backfill_workers: int = Field(default=2, ge=1, le=64)
     backfill_chunk_size: int = Field(default=50_000, ge=1)
 

@@ -63,6 +63,26 @@ def get_slot(conn: psycopg.Connection[Any], name: str) -> SlotInfo | None:
     return found[0] if found else None
 
 
+SAFE_WAL_WARNING_BYTES = 1 << 30
+
+
+def wal_status_warning(slot: SlotInfo) -> str | None:
+    """What to tell the operator when Postgres may soon invalidate the slot, else None."""
+    if slot.wal_status == "unreserved":
+        return (
+            "the slot's WAL is past max_slot_wal_keep_size and will be removed at the next "
+            "checkpoint: the daemon must catch up now, or raise max_slot_wal_keep_size"
+        )
+    if slot.safe_wal_size is not None and slot.safe_wal_size < SAFE_WAL_WARNING_BYTES:
+        return (
+            f"only {slot.safe_wal_size >> 20} MB of WAL can still be written before the slot "
+            "is invalidated (max_slot_wal_keep_size); check why the daemon lags"
+        )
+    if slot.wal_status == "extended":
+        return "the slot retains more than max_wal_size of WAL; the daemon is behind"
+    return None
+
+
 def create_slot(conn: psycopg.Connection[Any], name: str) -> Lsn:
     """Create a logical `pgoutput` slot; returns its starting LSN."""
     if get_slot(conn, name) is not None:

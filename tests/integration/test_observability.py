@@ -1,0 +1,45 @@
+"""The daemon's endpoint: Prometheus metrics, liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import psycopg
+
+from cdc import localstack
+from tests.harness import ClickHouseServer
+from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
+
+
+def test_metrics_health_and_readiness(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, v text)")
+    port = localstack.free_port()
+    settings = make_settings(
+        pg_dsn, clickhouse_server.url, ch_database, metrics_port=port, metrics_host="127.0.0.1"
+    )
+    base = f"http://127.0.0.1:{port}"
+    with running_daemon(settings, clickhouse_server.client) as running:
+        pg.execute("INSERT INTO director.t SELECT g, 'x' FROM generate_series(1, 30) g")
+        pg.execute("UPDATE director.t SET v = 'y' WHERE id <= 10")
+        pg.execute("DELETE FROM director.t WHERE id <= 5")
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["t"], running=running)
+        wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, what="readiness")
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'cdc_changes_applied_total{op="insert",table="director.t"} 30.0' in metrics
+        assert 'cdc_changes_applied_total{op="update",table="director.t"} 10.0' in metrics
+        assert 'cdc_changes_applied_total{op="delete",table="director.t"} 5.0' in metrics
+        assert "cdc_batch_apply_seconds_bucket" in metrics
+        assert "cdc_apply_lag_seconds" in metrics
+        assert httpx.get(f"{base}/nope").status_code == 404
+        running.daemon.health.last_apply_ok = False
+        not_ready = httpx.get(f"{base}/readyz")
+        assert not_ready.status_code == 503
+        assert "last apply failed" in not_ready.text
