@@ -29,7 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cdc import demo, faults, localstack, logs, slots
+from cdc import demo, faults, localstack, logs, slots, status
 from cdc.backfill import Backfill, published_schemas
 from cdc.backfill import Progress as BackfillProgress
 from cdc.daemon import Daemon
@@ -186,6 +186,61 @@ def slot_status(ctx: typer.Context) -> None:
         )
         raise typer.Exit(code=1)
     console.print(slot_table([slot]))
+
+
+@slot_app.command("recreate")
+def slot_recreate(ctx: typer.Context) -> None:
+    """Recovery after the slot was lost: drop it if it remains (terminating its consumer)
+    and create it again. Then run `cdc backfill`: changes made while there was no slot
+    were never streamed, and the backfill copies them."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            if slots.get_slot(conn, settings.slot) is not None:
+                slots.drop_slot(conn, settings.slot, force=True)
+            lsn = slots.create_slot(conn, settings.slot)
+    except CdcError as exc:
+        raise fail(exc) from exc
+    typer.echo(
+        f"recreated slot {settings.slot} at {lsn}; now run `cdc backfill` to copy what "
+        "the lost slot missed (safe while the daemon streams)"
+    )
+
+
+@app.command("status")
+def status_command(ctx: typer.Context) -> None:
+    """Slot, lag, the daemon's state and last error, and each table's state."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            slot = slots.get_slot(conn, settings.slot)
+        with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
+            daemon_state, tables = status.read(conn, settings.historic_schema, settings.slot)
+    except (CdcError, psycopg.Error) as exc:
+        error = (
+            exc
+            if isinstance(exc, CdcError)
+            else CdcError(ErrorKind.SINK_CONNECTION, redact_url(str(exc).strip()))
+        )
+        raise fail(error) from exc
+    if slot is None:
+        typer.secho(f"slot {settings.slot!r} does not exist", fg=typer.colors.YELLOW)
+    else:
+        console.print(slot_table([slot]))
+        if warning := slots.wal_status_warning(slot):
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW)
+    if daemon_state is None:
+        typer.echo("daemon: never started for this slot")
+    else:
+        typer.echo(
+            f"daemon: {daemon_state.state} (since {daemon_state.updated_at:%Y-%m-%d %H:%M:%S %Z})"
+        )
+        if daemon_state.last_error:
+            typer.secho(f"last error: {daemon_state.last_error}", fg=typer.colors.RED)
+    table = Table("table", "state", "since", "error", title="tables")
+    for t in tables:
+        table.add_row(t.table, t.state, f"{t.updated_at:%Y-%m-%d %H:%M:%S}", t.error or "")
+    console.print(table)
 
 
 @publication_app.command("create")

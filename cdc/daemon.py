@@ -10,17 +10,19 @@ batch, acknowledges it and returns.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
-from cdc import faults, preflight, slots
+from cdc import faults, preflight, slots, status
 from cdc.applier import Applier
 from cdc.assembler import Event
 from cdc.backfill import Backfill
@@ -147,6 +149,8 @@ class Daemon:
 
     def _quarantine(self, name: tuple[str, str], exc: CdcError) -> None:
         self._quarantined[name] = str(exc)
+        status.record_table(self.settings.require_historic_dsn(), self.settings.historic_schema,
+                            name[1], "quarantined", str(exc))  # fmt: skip
         self.log.error(
             "table_quarantined", table=f"{name[0]}.{name[1]}", error=str(exc),
             hint=exc.policy.hint,
@@ -253,6 +257,20 @@ class Daemon:
         return self._stop is not None and self._stop.is_set()
 
     def run(self, stop: threading.Event) -> None:
+        """Stream until `stop` is set; records the daemon's state (and a fatal error)."""
+        settings = self.settings
+        record = functools.partial(
+            status.record_daemon, settings.require_historic_dsn(), settings.historic_schema,
+            settings.slot,
+        )  # fmt: skip
+        try:
+            self._run(stop, record)
+        except CdcError as exc:
+            record("failed", f"{exc.kind.value}: {exc}")
+            raise
+        record("stopped")
+
+    def _run(self, stop: threading.Event, record: Callable[[str], None]) -> None:
         self._stop = stop
         self.setup()
         settings = self.settings
@@ -279,6 +297,7 @@ class Daemon:
             source.start()
             self.streaming.set()
             self.health.streaming = True
+            record("streaming")
             batch_started = time.monotonic()
             for event in source.events(latency):
                 if isinstance(event, Transaction):

@@ -9,10 +9,10 @@ environment variables. Secrets (DSNs, URLs with passwords) are `SecretStr`, so t
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -114,16 +114,12 @@ def load_settings(config_file: Path | None = None, stack_dir: Path = STACK_DIR) 
         raise CdcError(ErrorKind.CONFIG, _describe(exc, origin)) from exc
 
 
-def redact_url(url: str) -> str:
-    """A DSN or URL with its password replaced by `***` (key/value DSNs too)."""
-    if "://" in url:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
-    words = []
-    for word in url.split():
-        key, sep, _ = word.partition("=")
-        words.append(f"{key}=***" if sep and key.strip().lower() == "password" else word)
-    return " ".join(words)
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)")
+_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
+def redact_url(text: str) -> str:
+    """`text` with every password replaced by `***`: in URLs (`scheme://user:pw@host`) and in
+    key/value DSNs (`password=pw`), also when they appear inside a longer message."""
+    text = _URL_PASSWORD.sub(r"\g<head>***\g<at>", text)
+    return _KEYWORD_PASSWORD.sub(r"\g<head>***", text)

@@ -71,3 +71,30 @@ def test_unreachable_source_is_a_clear_error(env: dict[str, str]) -> None:
     assert result.exit_code == 1
     assert "cannot connect to the source" in result.output
     assert "secret" not in result.output
+
+
+def test_status_and_slot_recreate(pg: psycopg.Connection[Any], env: dict[str, str]) -> None:
+    from cdc import status
+
+    assert runner.invoke(app, ["slot", "create"], env=env).exit_code == 0
+    status.record_daemon(env["CDC_SOURCE_DSN"], "historic", "cli_slot", "failed",
+                         "slot_lost: postgresql://u:secret@h/db gone")  # fmt: skip
+    status.record_table(env["CDC_SOURCE_DSN"], "historic", "scorecards", "quarantined", "bad")
+    shown = runner.invoke(app, ["status"], env={**env, "COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "cli_slot" in shown.output
+    assert "daemon: failed" in shown.output
+    assert "slot_lost" in shown.output and "secret" not in shown.output
+    assert "quarantined" in shown.output
+    before = pg.execute(
+        "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'cli_slot'"
+    ).fetchone()
+    pg.execute("SELECT pg_switch_wal()")
+    pg.execute("CREATE TABLE bump (x int)")
+    recreated = runner.invoke(app, ["slot", "recreate"], env=env)
+    assert recreated.exit_code == 0, recreated.output
+    assert "cdc backfill" in recreated.output
+    after = pg.execute(
+        "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'cli_slot'"
+    ).fetchone()
+    assert before is not None and after is not None and after[0] > before[0]

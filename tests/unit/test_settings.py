@@ -72,6 +72,9 @@ def test_secrets_are_redacted_in_repr() -> None:
         ("postgresql://u@h/db", "postgresql://u@h/db"),
         ("host=h password=hunter2 dbname=x", "host=h password=*** dbname=x"),
         ("chdb:///tmp/x", "chdb:///tmp/x"),
+        ("failed: postgresql://u:pw@h/db gone", "failed: postgresql://u:***@h/db gone"),
+        ("host=h password='a b' x=1", "host=h password=*** x=1"),
+        ("no secrets here", "no secrets here"),
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
