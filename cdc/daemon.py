@@ -29,6 +29,7 @@ from cdc.backfill import Backfill
 from cdc.batch import Batch, BatchBuilder, TableBatch
 from cdc.changes import Transaction
 from cdc.errors import Action, CdcError, ErrorKind
+from cdc.leader import Leadership
 from cdc.logs import get_logger
 from cdc.lsn import Lsn
 from cdc.metrics import HealthState, Metrics, serve
@@ -263,11 +264,17 @@ class Daemon:
             status.record_daemon, settings.require_historic_dsn(), settings.historic_schema,
             settings.slot,
         )  # fmt: skip
+        leadership = Leadership(self.source_dsn, settings.slot)
+        if not leadership.acquire(stop, on_wait=lambda why: self.log.info("standby", reason=why)):
+            return
+        self.log.info("leadership_acquired")
         try:
             self._run(stop, record)
         except CdcError as exc:
             record("failed", f"{exc.kind.value}: {exc}")
             raise
+        finally:
+            leadership.release()
         record("stopped")
 
     def _run(self, stop: threading.Event, record: Callable[[str], None]) -> None:

@@ -1,0 +1,75 @@
+"""One active daemon per pipeline: a session advisory lock on the source, held while streaming.
+
+Several daemons may run for one slot; the one holding the lock streams, the others wait
+and poll. When the holder dies its connection closes and Postgres releases the lock, so a
+standby takes over within a poll interval (Postgres also refuses a second consumer on an
+active slot, which the stream treats as retryable, covering the moment the dead walsender
+takes to exit).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+
+from cdc.errors import CdcError, ErrorKind
+from cdc.settings import redact_url
+
+LOCK_NAMESPACE = "cdc pipeline:"
+
+
+class Leadership:
+    def __init__(self, dsn: str, slot: str, poll_interval: float = 1.0) -> None:
+        self._dsn = dsn
+        self._key = LOCK_NAMESPACE + slot
+        self.poll_interval = poll_interval
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def acquire(self, stop: threading.Event, on_wait: Any = None) -> bool:
+        """Block until the lock is ours (True) or `stop` is set (False)."""
+        waited = False
+        while not stop.is_set():
+            try:
+                if self._try():
+                    return True
+            except CdcError as exc:
+                if on_wait is not None:
+                    on_wait(str(exc))
+            else:
+                if not waited and on_wait is not None:
+                    on_wait("another daemon holds the pipeline lock")
+                waited = True
+            stop.wait(self.poll_interval)
+        return False
+
+    def _try(self) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self._dsn, autocommit=True)
+            row = self._conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self._key,)
+            ).fetchone()
+        except psycopg.OperationalError as exc:
+            self.release()
+            raise CdcError(
+                ErrorKind.SOURCE_CONNECTION,
+                f"cannot reach the source for the pipeline lock: {redact_url(str(exc).strip())}",
+            ) from exc
+        return bool(row and row[0])
+
+    def held(self) -> bool:
+        """Still ours: the lock's session is alive."""
+        if self._conn is None or self._conn.closed:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
