@@ -265,16 +265,28 @@ class Daemon:
             settings.slot,
         )  # fmt: skip
         leadership = Leadership(self.source_dsn, settings.slot)
-        if not leadership.acquire(stop, on_wait=lambda why: self.log.info("standby", reason=why)):
-            return
-        self.log.info("leadership_acquired")
+        server = (
+            serve(settings.metrics_port, self.metrics, self.health, settings.metrics_host)
+            if settings.metrics_port
+            else None
+        )
         try:
+            if not leadership.acquire(
+                stop,
+                on_wait=lambda why: self.log.info("standby", reason=why),
+                on_poll=self.health.tick,
+            ):
+                return
+            self.log.info("leadership_acquired")
             self._run(stop, record)
         except CdcError as exc:
             record("failed", f"{exc.kind.value}: {exc}")
             raise
         finally:
             leadership.release()
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         record("stopped")
 
     def _run(self, stop: threading.Event, record: Callable[[str], None]) -> None:
@@ -295,11 +307,6 @@ class Daemon:
         self.log.info("daemon_started", publication=settings.publication)
         applier = Applier(self.apply)
         acknowledged = Lsn.ZERO
-        server = (
-            serve(settings.metrics_port, self.metrics, self.health, settings.metrics_host)
-            if settings.metrics_port
-            else None
-        )
         try:
             source.start()
             self.streaming.set()
@@ -324,9 +331,6 @@ class Daemon:
                 if stop.is_set() and builder.transactions == 0:
                     break
         finally:
-            if server is not None:
-                server.shutdown()
-                server.server_close()
             applier.close()
             source.close()
             for sink in self.sinks:

@@ -34,6 +34,7 @@ CH_DELETED_TYPE: Final = "UInt8"
 PG_MAX_IDENTIFIER_BYTES: Final = 63  # NAMEDATALEN - 1; longer names are truncated silently
 REPLICA_PATH: Final = "/clickhouse/tables/{{shard}}/{database}/{table}"
 REPLICA_NAME: Final = "{replica}"
+DISTRIBUTED_SUFFIX: Final = "_all"
 
 
 def quote_string(value: str) -> str:
@@ -176,19 +177,42 @@ def clickhouse_truncations_table(database: str, cluster: str | None = None) -> s
     )
 
 
+def distributed_name(table_name: str) -> str:
+    """The Distributed table over a replicated table's shards (cluster mode)."""
+    return table_name + DISTRIBUTED_SUFFIX
+
+
+def clickhouse_distributed_table(
+    database: str, table_name: str, key: tuple[str, ...], cluster: str
+) -> str:
+    """`<table>_all`: writes are sharded by a hash of the key, so every version of a row
+    lands on the same shard and FINAL (which works per shard) sees them all."""
+    sharding = f"cityHash64({', '.join(map(quote_identifier, key))})"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {_qualified(database, distributed_name(table_name))}"
+        f"{_on_cluster(cluster)} AS {_qualified(database, table_name)} "
+        f"ENGINE = Distributed({quote_identifier(cluster)}, {quote_identifier(database)}, "
+        f"{quote_identifier(table_name)}, {sharding})"
+    )
+
+
 def clickhouse_current_view(database: str, table: TableSchema, cluster: str | None = None) -> str:
-    """`<table>_current`: live rows after FINAL, newer than the truncate watermark.
+    """`<table>_current`: live rows after FINAL, newer than the truncate watermark. On a
+    cluster it reads the Distributed tables, so it sees every shard.
 
     Recreate it after every column change: ClickHouse freezes a view's columns."""
     columns = ", ".join(map(quote_identifier, table.column_names))
+    rows, truncations = table.name, TRUNCATIONS_TABLE
+    if cluster is not None:
+        rows, truncations = distributed_name(rows), distributed_name(truncations)
     watermark = (
-        f"SELECT max(version) FROM {_qualified(database, TRUNCATIONS_TABLE)} FINAL "
+        f"SELECT max(version) FROM {_qualified(database, truncations)} FINAL "
         f"WHERE table_name = {quote_string(table.name)}"
     )
     view = _qualified(database, current_view_name(table.name))
     return (
         f"CREATE OR REPLACE VIEW {view}{_on_cluster(cluster)} AS SELECT {columns} "
-        f"FROM {_qualified(database, table.name)} FINAL "
+        f"FROM {_qualified(database, rows)} FINAL "
         f"WHERE {quote_identifier(DELETED_COLUMN)} = 0 "
         f"AND {quote_identifier(VERSION_COLUMN)} > ifNull(({watermark}), 0)"
     )

@@ -27,10 +27,14 @@ class Leadership:
         self.poll_interval = poll_interval
         self._conn: psycopg.Connection[Any] | None = None
 
-    def acquire(self, stop: threading.Event, on_wait: Any = None) -> bool:
-        """Block until the lock is ours (True) or `stop` is set (False)."""
+    def acquire(self, stop: threading.Event, on_wait: Any = None, on_poll: Any = None) -> bool:
+        """Block until the lock is ours (True) or `stop` is set (False). `on_wait(reason)`
+        is called when waiting starts (or the source is unreachable), `on_poll()` on every
+        poll (a standby is alive too)."""
         waited = False
         while not stop.is_set():
+            if on_poll is not None:
+                on_poll()
             try:
                 if self._try():
                     return True

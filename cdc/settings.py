@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     historic_schema: str = "historic"
     clickhouse_url: SecretStr = SecretStr(f"chdb://{STACK_DIR / 'clickhouse'}")
     clickhouse_database: str = "analytics"
+    clickhouse_cluster: str | None = None  # set: ON CLUSTER DDL, Replicated + Distributed
     slot: str = "cdc"
     publication: str = "cdc"
     batch_size: int = Field(default=20_000, ge=1)

@@ -25,6 +25,8 @@ from cdc.settings import redact_url
 from cdc.sinks.base import Layouts
 
 MUTATION_SETTINGS = {"mutations_sync": 2}
+# On a cluster an insert into a Distributed table returns only once every shard has it.
+SYNC_INSERT = {"distributed_foreground_insert": 1}
 
 
 class ClickHouseSink:
@@ -78,24 +80,41 @@ class ClickHouseSink:
 
     def _ensure(self, name: TableName, layout: TableSchema) -> None:
         client = self.client
+        cluster = self.cluster
         if not self._database_ready:
-            client.command(ddl.clickhouse_database(self.database, self.cluster))
-            client.command(ddl.clickhouse_truncations_table(self.database, self.cluster))
+            client.command(ddl.clickhouse_database(self.database, cluster))
+            client.command(ddl.clickhouse_truncations_table(self.database, cluster))
+            if cluster is not None:
+                client.command(
+                    ddl.clickhouse_distributed_table(
+                        self.database, TRUNCATIONS_TABLE, ("table_name",), cluster
+                    )
+                )
             self._database_ready = True
         known = self._columns.get(name)
         if known is None:
             known = self._target_columns(layout.name)
             if not known:
-                client.command(ddl.clickhouse_table(self.database, layout, self.cluster))
-                client.command(ddl.clickhouse_current_view(self.database, layout, self.cluster))
+                client.command(ddl.clickhouse_table(self.database, layout, cluster))
+                if cluster is not None:
+                    client.command(
+                        ddl.clickhouse_distributed_table(
+                            self.database, layout.name, layout.primary_key, cluster
+                        )
+                    )
+                client.command(ddl.clickhouse_current_view(self.database, layout, cluster))
                 known = list(layout.column_names)
             self._columns[name] = known
         missing = [c for c in layout.columns if c.name not in known]
         if missing:
+            tables = [layout.name]
+            if cluster is not None:
+                tables.append(ddl.distributed_name(layout.name))  # its columns are its own
             for column in missing:
-                client.command(
-                    ddl.clickhouse_add_column(self.database, layout.name, column, self.cluster)
-                )
+                for table_name in tables:
+                    client.command(
+                        ddl.clickhouse_add_column(self.database, table_name, column, cluster)
+                    )
                 known.append(column.name)
             view_layout = replace(
                 layout, columns=tuple(c for c in layout.columns if c.name in known)
@@ -119,18 +138,25 @@ class ClickHouseSink:
             self._encoders[id(layout)] = encoder
         return encoder
 
+    def _written(self, table_name: str) -> str:
+        """The table inserts go to: the local table, or on a cluster the Distributed one."""
+        name = table_name if self.cluster is None else ddl.distributed_name(table_name)
+        return f"{quote_identifier(self.database)}.{quote_identifier(name)}"
+
     def _apply_table(self, table: TableBatch, layout: TableSchema) -> None:
         client = self.client
-        database = quote_identifier(self.database)
-        target = f"{database}.{quote_identifier(layout.name)}"
+        local = f"{quote_identifier(self.database)}.{quote_identifier(layout.name)}"
+        on_cluster = "" if self.cluster is None else f" ON CLUSTER {quote_identifier(self.cluster)}"
+        settings = INSERT_SETTINGS if self.cluster is None else {**INSERT_SETTINGS, **SYNC_INSERT}
         if table.truncate_version is not None:
             client.command(
-                f"INSERT INTO {database}.{quote_identifier(TRUNCATIONS_TABLE)}"
+                f"INSERT INTO {self._written(TRUNCATIONS_TABLE)}"
                 " (table_name, version) VALUES ({name:String}, {version:UInt128})",
                 parameters={"name": layout.name, "version": table.truncate_version},
+                settings=settings,
             )
             client.command(
-                f"ALTER TABLE {target} DELETE WHERE {quote_identifier(VERSION_COLUMN)} "
+                f"ALTER TABLE {local}{on_cluster} DELETE WHERE {quote_identifier(VERSION_COLUMN)} "
                 "< {version:UInt128}",
                 parameters={"version": table.truncate_version},
                 settings=MUTATION_SETTINGS,
@@ -157,9 +183,9 @@ class ClickHouseSink:
                     table=(layout.schema, layout.name),
                 ) from exc
         client.raw_insert(
-            target,  # quoted here: the client puts the table name into the query as is
+            self._written(layout.name),  # quoted: the client puts the name into the query as is
             column_names=list(encoder.insert_columns),
             insert_block=b"".join(lines),
             fmt="TabSeparated",
-            settings=INSERT_SETTINGS,
+            settings=settings,
         )

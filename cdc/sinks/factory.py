@@ -19,7 +19,9 @@ def default_sinks(settings: Settings) -> SinkFactory:
         return [
             HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
             ClickHouseSink(
-                settings.clickhouse_url.get_secret_value(), settings.clickhouse_database
+                settings.clickhouse_url.get_secret_value(),
+                settings.clickhouse_database,
+                cluster=settings.clickhouse_cluster,
             ),
         ]
 

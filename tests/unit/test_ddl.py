@@ -134,3 +134,16 @@ def test_clickhouse_alterations() -> None:
     assert ddl.clickhouse_database("db", cluster="c") == (
         "CREATE DATABASE IF NOT EXISTS `db` ON CLUSTER `c`"
     )
+
+
+def test_cluster_mode_reads_and_writes_through_distributed_tables() -> None:
+    assert ddl.clickhouse_distributed_table("db", "Score Card", ("id", "Part"), "c") == (
+        "CREATE TABLE IF NOT EXISTS `db`.`Score Card_all` ON CLUSTER `c` AS `db`.`Score Card` "
+        "ENGINE = Distributed(`c`, `db`, `Score Card`, cityHash64(`id`, `Part`))"
+    )
+    view = ddl.clickhouse_current_view("db", TABLE, cluster="c")
+    assert "FROM `db`.`Score Card_all` FINAL" in view
+    assert "FROM `db`.`_cdc_truncations_all` FINAL" in view
+    local = ddl.clickhouse_current_view("db", TABLE)
+    assert "FROM `db`.`Score Card` FINAL" in local
+    assert "_all" not in local
