@@ -56,6 +56,7 @@ class Stats:
 
 
 INITIAL_LOAD_JOB = "initial"
+HEARTBEAT_PREFIX = "cdc_heartbeat"
 
 
 class Daemon:
@@ -74,6 +75,7 @@ class Daemon:
         self._schemas: dict[int, tuple[Relation, TableSchema]] = {}
         self._quarantined: dict[tuple[str, str], str] = {}
         self._last_progress = time.monotonic()
+        self._last_event_at = time.monotonic()
         self._last_progress_changes = 0
 
     # -- setup -----------------------------------------------------------------------------
@@ -100,6 +102,10 @@ class Daemon:
                 self.log.info(
                     "publication_created", publication=settings.publication, tables=published
                 )
+            for finding in preflight.source_findings(
+                conn, settings.publication, settings.source_schema
+            ):
+                self.log.warning("preflight", check=finding.check, hint=finding.message)
             tables = self._published_schemas(conn)
             slot_exists = slots.get_slot(conn, settings.slot) is not None
         for sink in self.sinks:
@@ -327,6 +333,7 @@ class Daemon:
                     applier.drain()
                 acknowledged = self._acknowledge(source, applier, acknowledged)
                 self.health.tick()
+                self._heartbeat(event)
                 self._report(source, event)
                 if stop.is_set() and builder.transactions == 0:
                     break
@@ -340,6 +347,20 @@ class Daemon:
         self.log.info(
             "daemon_stopped", applied_lsn=str(self.stats.applied_lsn), changes=self.stats.changes
         )
+
+    def _heartbeat(self, event: object) -> None:
+        """While nothing arrives, write a tiny WAL record into the source database, so the
+        slot keeps moving even if the published tables never change."""
+        interval = self.settings.heartbeat_interval_s
+        now = time.monotonic()
+        if event is not None or not interval:
+            self._last_event_at = now
+            return
+        if now - self._last_event_at >= interval:
+            self._catalog_conn().execute(
+                "SELECT pg_logical_emit_message(false, %s, now()::text)", (HEARTBEAT_PREFIX,)
+            )
+            self._last_event_at = now
 
     def _check_slot(self) -> None:
         """Retained WAL as a metric; warnings before Postgres invalidates the slot."""

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "0.0.0.0"
     ready_max_lag_s: float = Field(default=60.0, gt=0)
+    heartbeat_interval_s: float = Field(default=30.0, ge=0)  # 0: no heartbeat
     backfill_workers: int = Field(default=2, ge=1, le=64)
     backfill_chunk_size: int = Field(default=50_000, ge=1)
 

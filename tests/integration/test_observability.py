@@ -43,3 +43,27 @@ def test_metrics_health_and_readiness(
         not_ready = httpx.get(f"{base}/readyz")
         assert not_ready.status_code == 503
         assert "last apply failed" in not_ready.text
+
+
+def test_heartbeat_moves_an_idle_slot(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    from cdc.lsn import Lsn
+
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY)")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, heartbeat_interval_s=0.2)
+
+    def confirmed() -> Lsn:
+        row = pg.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (settings.slot,),
+        ).fetchone()
+        return Lsn.parse(row[0]) if row and row[0] else Lsn.ZERO
+
+    with running_daemon(settings, clickhouse_server.client):
+        start = confirmed()
+        wait_until(lambda: confirmed() > start, 15, "the heartbeat to move the slot")

@@ -1,0 +1,552 @@
+"""Verify that historic and ClickHouse hold exactly the source's rows; name and repair drift.
+
+Method: each table is split into key ranges (every `range_size`-th source key, in an order
+both engines share). Per range, each store computes `count(*)` and `sum(row hash)` itself
+(`cdc.rowhash`), so a range that agrees costs one small query per store and no rows move.
+A range that differs is split again (an eighth of its rows per piece) until a piece holds
+at most `LEAF_ROWS` source rows; for those pieces keys and row hashes are fetched and
+matched: missing in a target, extra in a target, or changed.
+
+Changes in flight are not drift. Before the targets are read for a re-check, verify waits
+until the slot's `confirmed_flush_lsn` has passed the WAL position noted right after the
+source read (the daemon has then applied everything that read saw); a target row whose
+`_version` was committed after the source read began is newer than the read and does not
+count. Keys are checked up to `MAX_CHECKS` times; what differs every time is drift,
+"unconfirmed" when the slot could not confirm the daemon had caught up.
+
+Repair copies the source rows of each differing range into both targets with a `Backfill`
+at a fresh exported snapshot, and tombstones, at the snapshot's version, target keys the
+snapshot does not hold. A snapshot-versioned row never overwrites a newer change (DESIGN.md
+invariant 3), so repair is safe while the daemon streams. The repaired ranges are verified
+again.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, NamedTuple
+
+import psycopg
+from psycopg import sql
+from rich.table import Table
+
+from cdc import clickhouse, rowhash, slots
+from cdc.backfill import Backfill, published_schemas, relation_for
+from cdc.batch import Batch, RowImage, TableBatch
+from cdc.ddl import current_view_name
+from cdc.errors import CdcError, ErrorKind
+from cdc.lsn import Lsn
+from cdc.pgoutput import UNCHANGED_TOAST, TupleValue
+from cdc.rowhash import Key, KeyRange
+from cdc.schema import TableSchema
+from cdc.settings import Settings, redact_url
+from cdc.sinks.factory import default_sinks
+from cdc.snapshot import Snapshot, exported_snapshot, import_snapshot
+from cdc.stream import canonical_dsn
+
+LEAF_ROWS: Final = 200  # ranges this small are compared key by key
+FANOUT: Final = 8  # a differing range is split into about this many pieces
+MAX_CHECKS: Final = 3  # key comparisons per differing range
+POLL_S: Final = 0.1
+SAMPLE_KEYS: Final = 5  # keys named per target and kind
+
+Ident = tuple[str, ...]  # a key's canonical texts: equal in every store
+
+
+class Target(enum.Enum):
+    HISTORIC = "historic"
+    CLICKHOUSE = "clickhouse"
+
+
+class DiffKind(enum.Enum):
+    MISSING = "missing"  # at the source, not live in the target
+    EXTRA = "extra"  # live in the target, not at the source
+    CHANGED = "changed"  # in both, with different values
+
+
+class SourceRow(NamedTuple):
+    key: Key
+    hashes: tuple[int, int]  # over all columns; over the columns ClickHouse can compare
+
+
+class TargetRow(NamedTuple):
+    key: Key
+    hash: int
+    version: int
+    live: bool
+
+
+class KeyDiff(NamedTuple):
+    target: Target
+    kind: DiffKind
+    ident: Ident
+    key: Key
+    in_flight: bool  # the target row is newer than the source read
+
+
+def classify(
+    target: Target,
+    source: Mapping[Ident, SourceRow],
+    rows: Mapping[Ident, TargetRow],
+    window: tuple[int, int],
+) -> list[KeyDiff]:
+    """The keys of one range that differ between the source and `target`. A difference is
+    in flight when the target row's commit LSN lies in `window`: from before the source
+    read began to after the target read ended."""
+    which = 0 if target is Target.HISTORIC else 1
+    diffs = []
+    for ident in sorted(source.keys() | rows.keys()):
+        src, row = source.get(ident), rows.get(ident)
+        live = row is not None and row.live
+        if src is not None and not live:
+            kind = DiffKind.MISSING
+        elif src is None and live:
+            kind = DiffKind.EXTRA
+        elif src is not None and row is not None and src.hashes[which] != row.hash:
+            kind = DiffKind.CHANGED
+        else:
+            continue
+        key = src.key if src is not None else rows[ident].key
+        in_flight = row is not None and window[0] <= row.version >> 64 <= window[1]
+        diffs.append(KeyDiff(target, kind, ident, key, in_flight))
+    return diffs
+
+
+@dataclass
+class TableResult:
+    table: TableSchema
+    ranges: int
+    source_rows: int
+    targets: tuple[Target, ...]
+    drift: dict[KeyRange, list[KeyDiff]] = field(default_factory=dict)  # per piece
+    in_flight: int = 0  # differences explained by changes newer than the source read
+    unconfirmed: str | None = None  # why drift could not be confirmed as such
+    not_in_clickhouse: tuple[str, ...] = ()  # "column (type)" left out of ClickHouse hashes
+    clickhouse_skipped: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not self.drift
+
+    def diffs(self, target: Target) -> list[KeyDiff]:
+        return [d for diffs in self.drift.values() for d in diffs if d.target is target]
+
+    def differing_ranges(self, target: Target) -> int:
+        return len({
+            rng.root for rng, diffs in self.drift.items()
+            if any(d.target is target for d in diffs)
+        })  # fmt: skip
+
+
+class SlotWatch:
+    """Waits, bounded, until the pipeline's slot has confirmed a WAL position."""
+
+    def __init__(self, conn: psycopg.Connection[Any], slot: str, timeout_s: float) -> None:
+        self.conn = conn
+        self.slot = slot
+        self.timeout_s = timeout_s
+        self.confirmed = Lsn.ZERO
+        self.problem: str | None = None  # set once a wait failed; later waits only look
+
+    def wait_past(self, lsn: Lsn) -> bool:
+        deadline = time.monotonic() + (0.0 if self.problem else self.timeout_s)
+        while self.confirmed < lsn:
+            info = slots.get_slot(self.conn, self.slot)
+            if info is None:
+                self.problem = (
+                    f"slot {self.slot!r} does not exist, so verify cannot tell drift from "
+                    "changes the daemon has not applied yet"
+                )
+                return False
+            self.confirmed = max(self.confirmed, info.confirmed_flush_lsn or Lsn.ZERO)
+            if self.confirmed >= lsn:
+                break
+            if time.monotonic() >= deadline:
+                self.problem = (
+                    f"slot {self.slot!r} did not pass {lsn} within {self.timeout_s:g} s (it "
+                    f"is at {self.confirmed}): is the daemon running and keeping up?"
+                )
+                return False
+            time.sleep(POLL_S)
+        return True
+
+
+class TableStores:
+    """One table's reads in the three stores: aggregates, rows, split points, WAL position."""
+
+    def __init__(
+        self,
+        table: TableSchema,
+        source: psycopg.Connection[Any],
+        historic: psycopg.Connection[Any],
+        historic_schema: str,
+        ch_client: Any,
+        ch_database: str,
+    ) -> None:
+        self.table = table
+        self.source = source
+        self.historic = historic
+        self.historic_schema = historic_schema
+        self.ch_client = ch_client
+        self.ch_database = ch_database
+        ch_columns = [c for c in table.columns if rowhash.clickhouse_comparable(c)]
+        self.not_in_clickhouse = tuple(
+            f"{c.name} ({c.pg_type})" for c in table.columns if c not in ch_columns
+        )
+        self.clickhouse_skipped = rowhash.clickhouse_key_problem(table)
+        self.targets = (Target.HISTORIC,) + (
+            (Target.CLICKHOUSE,) if self.clickhouse_skipped is None else ()
+        )
+        self._pg_hash = rowhash.pg_row_hash(table.columns)
+        self._pg_hashes = [self._pg_hash]
+        if self.not_in_clickhouse:
+            self._pg_hashes.append(rowhash.pg_row_hash(ch_columns))
+        self._ch_hash = rowhash.ch_row_hash(ch_columns)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _pg(self, conn: psycopg.Connection[Any], query: rowhash.PgQuery, what: str
+            ) -> list[tuple[Any, ...]]:  # fmt: skip
+        try:
+            return conn.execute(query[0], query[1]).fetchall()
+        except psycopg.Error as exc:
+            kind = (
+                ErrorKind.SCHEMA if isinstance(exc, psycopg.ProgrammingError)
+                else ErrorKind.SOURCE_CONNECTION if conn is self.source
+                else ErrorKind.SINK_CONNECTION
+            )  # fmt: skip
+            raise CdcError(kind, f"cannot read {what}: {str(exc).strip()}") from exc
+
+    def _ch(self, query: rowhash.ChQuery) -> list[tuple[Any, ...]]:
+        try:
+            return list(self.ch_client.query(query[0], parameters=query[1]).result_rows)
+        except Exception as exc:  # the client raises its own types per backend
+            raise CdcError(
+                ErrorKind.SINK_CONNECTION,
+                f"cannot read {self.table.name} in ClickHouse: {type(exc).__name__}: "
+                f"{str(exc)[:500]}",
+            ) from exc
+
+    def wal_lsn(self, insert: bool = False) -> Lsn:
+        function = "pg_current_wal_insert_lsn" if insert else "pg_current_wal_lsn"
+        query = sql.SQL("SELECT {}()::text").format(sql.Identifier(function))
+        row = self._pg(self.source, (query, []), "the WAL end")
+        return Lsn.parse(row[0][0])
+
+    def boundaries(self, rng: KeyRange, size: int) -> list[Key]:
+        query = rowhash.pg_boundaries(self.table, rng, size)
+        return [tuple(r[0]) for r in self._pg(self.source, query, self.table.qualified_name)]
+
+    def source_aggregate(self, rng: KeyRange) -> tuple[int, int, int]:
+        """(rows, hash sum over all columns, hash sum over the ClickHouse columns)."""
+        query = rowhash.pg_aggregate(
+            (self.table.schema, self.table.name), self.table, rng, self._pg_hashes
+        )
+        row = self._pg(self.source, query, self.table.qualified_name)[0]
+        return int(row[0]), int(row[1]), int(row[-1])
+
+    def target_aggregate(self, target: Target, rng: KeyRange) -> tuple[int, int]:
+        view = current_view_name(self.table.name)
+        if target is Target.HISTORIC:
+            query = rowhash.pg_aggregate(
+                (self.historic_schema, view), self.table, rng, [self._pg_hash]
+            )
+            row = self._pg(self.historic, query, f"{self.historic_schema}.{view}")[0]
+        else:
+            row = self._ch(
+                rowhash.ch_aggregate(self.ch_database, view, self.table, rng, self._ch_hash)
+            )[0]
+        return int(row[0]), int(row[1])
+
+    def differs(self, rng: KeyRange, source: tuple[int, int, int]) -> bool:
+        expected = {Target.HISTORIC: source[:2], Target.CLICKHOUSE: (source[0], source[2])}
+        return any(self.target_aggregate(t, rng) != expected[t] for t in self.targets)
+
+    def source_rows(self, rng: KeyRange) -> dict[Ident, SourceRow]:
+        query = rowhash.pg_source_rows(self.table, rng, self._pg_hashes)
+        return {
+            tuple(r[0]): SourceRow(tuple(r[1]), (int(r[2]), int(r[-1])))
+            for r in self._pg(self.source, query, self.table.qualified_name)
+        }
+
+    def target_rows(self, target: Target, rng: KeyRange) -> dict[Ident, TargetRow]:
+        if target is Target.HISTORIC:
+            query = rowhash.pg_historic_rows(self.historic_schema, self.table, rng, self._pg_hash)
+            rows = self._pg(self.historic, query, f"{self.historic_schema}.{self.table.name}")
+        else:
+            rows = self._ch(rowhash.ch_rows(self.ch_database, self.table, rng, self._ch_hash))
+        return {tuple(r[0]): TargetRow(tuple(r[1]), int(r[2]), int(r[3]), bool(r[4])) for r in rows}
+
+
+class Verifier:
+    """Verifies (and repairs) tables; open with `with`, it holds one connection per store."""
+
+    def __init__(self, settings: Settings, *, range_size: int = 10_000, wait_s: float = 30.0
+                 ) -> None:  # fmt: skip
+        self.settings = settings
+        self.range_size = range_size
+        self.wait_s = wait_s
+        self.source_dsn = canonical_dsn(settings.require_source_dsn())
+        self.historic_dsn = canonical_dsn(settings.require_historic_dsn())
+        self._source: psycopg.Connection[Any] | None = None
+        self._historic: psycopg.Connection[Any] | None = None
+        self._ch: Any = None
+
+    def __enter__(self) -> Verifier:
+        try:
+            self._source = self._connect(self.source_dsn, ErrorKind.SOURCE_CONNECTION)
+            self._historic = self._connect(self.historic_dsn, ErrorKind.SINK_CONNECTION)
+            self._ch = clickhouse.connect(self.settings.clickhouse_url.get_secret_value())
+        except BaseException:
+            self.close()
+            raise
+        self.watch = SlotWatch(self._source, self.settings.slot, self.wait_s)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for conn in (self._source, self._historic):
+            if conn is not None:
+                conn.close()
+        if self._ch is not None:
+            self._ch.close()
+        self._source = self._historic = self._ch = None
+
+    @staticmethod
+    def _connect(dsn: str, kind: ErrorKind) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(dsn, autocommit=True)
+        except psycopg.Error as exc:
+            raise CdcError(
+                kind, f"cannot connect to {redact_url(dsn)}: {redact_url(str(exc).strip())}"
+            ) from exc
+
+    def stores(self, table: TableSchema) -> TableStores:
+        assert self._source is not None and self._historic is not None
+        return TableStores(
+            table, self._source, self._historic, self.settings.historic_schema, self._ch,
+            self.settings.clickhouse_database,
+        )  # fmt: skip
+
+    def tables(self, names: Sequence[str]) -> list[TableSchema]:
+        assert self._source is not None
+        return published_schemas(self._source, self.settings.publication, names)
+
+    # -- checking ---------------------------------------------------------------------------
+
+    def verify(self, stores: TableStores) -> TableResult:
+        """Compare the whole table."""
+        bounds = stores.boundaries(KeyRange(None, None), self.range_size)
+        ranges = [KeyRange(r.lower, r.upper, i) for i, r in enumerate(
+            rowhash.ranges_between(None, None, bounds))]  # fmt: skip
+        pending: list[tuple[KeyRange, int]] = []
+        total = 0
+        for rng in ranges:  # the first look needs no wait: most ranges agree
+            source = stores.source_aggregate(rng)
+            total += source[0]
+            if stores.differs(rng, source):
+                pending.append((rng, source[0]))
+        return self._narrow(stores, pending, len(ranges), total)
+
+    def recheck(self, stores: TableStores, pieces: Sequence[KeyRange], ranges: int
+                ) -> TableResult:  # fmt: skip
+        """Compare `pieces` of a table again (after a repair)."""
+        return self._narrow(stores, self._aggregate_round(stores, pieces), ranges, -1)
+
+    def _aggregate_round(self, stores: TableStores, ranges: Sequence[KeyRange]
+                         ) -> list[tuple[KeyRange, int]]:  # fmt: skip
+        """The ranges that still differ once the slot has passed the source read."""
+        sources = [stores.source_aggregate(rng) for rng in ranges]
+        self.watch.wait_past(stores.wal_lsn())
+        return [
+            (rng, source[0])
+            for rng, source in zip(ranges, sources, strict=True)
+            if stores.differs(rng, source)
+        ]
+
+    def _narrow(self, stores: TableStores, pending: list[tuple[KeyRange, int]], ranges: int,
+                source_rows: int) -> TableResult:  # fmt: skip
+        leaves: list[KeyRange] = []
+        while pending:
+            pieces: list[KeyRange] = []
+            for rng, count in pending:
+                if count <= LEAF_ROWS:
+                    leaves.append(rng)
+                    continue
+                size = max(LEAF_ROWS, -(-count // FANOUT))
+                bounds = stores.boundaries(rng, size)
+                pieces += rowhash.ranges_between(rng.lower, rng.upper, bounds, rng.root)
+            pending = self._aggregate_round(stores, pieces) if pieces else []
+        result = TableResult(
+            stores.table, ranges, source_rows, stores.targets,
+            not_in_clickhouse=stores.not_in_clickhouse,
+            clickhouse_skipped=stores.clickhouse_skipped,
+        )  # fmt: skip
+        last: dict[KeyRange, list[KeyDiff]] = {}
+        for _ in range(MAX_CHECKS):
+            if not leaves:
+                break
+            found, confirmed = self._key_round(stores, leaves)
+            last.update(found)
+            leaves = [leaf for leaf, diffs in found.items() if any(not d.in_flight for d in diffs)]
+            result.unconfirmed = None if confirmed else self.watch.problem
+        for leaf, diffs in last.items():
+            drift = [d for d in diffs if not d.in_flight]
+            result.in_flight += len(diffs) - len(drift)
+            if drift:
+                result.drift[leaf] = drift
+        if result.clean:
+            result.unconfirmed = None
+        return result
+
+    def _key_round(self, stores: TableStores, leaves: Sequence[KeyRange]
+                   ) -> tuple[dict[KeyRange, list[KeyDiff]], bool]:  # fmt: skip
+        low = stores.wal_lsn()
+        sources = [stores.source_rows(leaf) for leaf in leaves]
+        confirmed = self.watch.wait_past(stores.wal_lsn())
+        rows = [{t: stores.target_rows(t, leaf) for t in stores.targets} for leaf in leaves]
+        window = (int(low), int(stores.wal_lsn(insert=True)))
+        found = {
+            leaf: [d for t in stores.targets for d in classify(t, source, targets[t], window)]
+            for leaf, source, targets in zip(leaves, sources, rows, strict=True)
+        }
+        return found, confirmed
+
+    # -- repair -----------------------------------------------------------------------------
+
+    def repair(self, stores: TableStores, result: TableResult) -> TableResult:
+        """Copy the differing pieces again at a fresh snapshot, tombstone keys the source
+        does not hold, then compare the pieces again."""
+        table = stores.table
+        pieces = list(result.drift)
+        where = sql.SQL(" OR ").join(
+            sql.SQL("({})").format(rowhash.pg_range_filter(table, piece, inline=True)[0])
+            for piece in pieces
+        )
+        assert self._source is not None
+        predicate = where.as_string(self._source)
+        extras = {d.ident: d.key for d in result.diffs(Target.HISTORIC) if d.kind is DiffKind.EXTRA}
+        extras.update(
+            (d.ident, d.key) for d in result.diffs(Target.CLICKHOUSE) if d.kind is DiffKind.EXTRA
+        )
+        job = f"verify-repair-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+        with exported_snapshot(self.source_dsn) as snapshot:
+            Backfill(
+                self.source_dsn, self.historic_dsn, self.settings.historic_schema, job, [table],
+                default_sinks(self.settings), chunk_size=self.settings.backfill_chunk_size,
+                workers=1, where=predicate,
+            ).run(snapshot)  # fmt: skip
+            gone = self._absent_at(snapshot, table, list(extras.values()))
+            if gone:
+                self._tombstone(table, gone, snapshot)
+        return self.recheck(stores, pieces, len({p.root for p in pieces}))
+
+    def _absent_at(self, snapshot: Snapshot, table: TableSchema, keys: Sequence[Key]
+                   ) -> list[Key]:  # fmt: skip
+        """The keys the source does not hold at `snapshot`."""
+        if not keys:
+            return []
+        with self._connect(self.source_dsn, ErrorKind.SOURCE_CONNECTION) as conn:
+            import_snapshot(conn, snapshot)
+            absent = []
+            for key in keys:
+                query, params = rowhash.pg_key_exists(table, key)
+                row = conn.execute(query, params).fetchone()
+                if row is not None and not row[0]:
+                    absent.append(key)
+            conn.execute("ROLLBACK")
+        return absent
+
+    def _tombstone(self, table: TableSchema, keys: Sequence[Key], snapshot: Snapshot) -> None:
+        """Delete `keys` in both targets at the snapshot's version: a newer row stays."""
+        batch_table = TableBatch(
+            relation_for(table), table.column_names, tuple(c.type_oid for c in table.columns),
+            table.key_indexes,
+        )  # fmt: skip
+        for key in keys:
+            values: list[TupleValue] = [UNCHANGED_TOAST] * len(table.columns)
+            for index, text in zip(table.key_indexes, key, strict=True):
+                values[index] = text.encode()
+            key_values = tuple(values[i] for i in table.key_indexes)
+            batch_table.rows[key_values] = RowImage(snapshot.version, True, tuple(values))
+        batch = Batch(tables={batch_table.name: batch_table}, end_lsn=snapshot.lsn)
+        sinks = default_sinks(self.settings)()
+        try:
+            for sink in sinks:  # historic first: it completes rows for the sinks after it
+                sink.apply(batch, {batch_table.name: table})
+        finally:
+            for sink in sinks:
+                sink.close()
+
+
+# -- running and reporting ------------------------------------------------------------------
+
+
+def run(settings: Settings, tables: Sequence[str], *, range_size: int, wait_s: float,
+        repair: bool) -> tuple[list[TableResult], list[TableResult]]:  # fmt: skip
+    """Verify the published tables (or `tables`); with `repair`, repair the drift found.
+    Returns the results, and the results of re-checking what was repaired."""
+    results: list[TableResult] = []
+    repaired: list[TableResult] = []
+    with Verifier(settings, range_size=range_size, wait_s=wait_s) as verifier:
+        for table in verifier.tables(tables):
+            stores = verifier.stores(table)
+            result = verifier.verify(stores)
+            results.append(result)
+            if repair and not result.clean:
+                repaired.append(verifier.repair(stores, result))
+    return results, repaired
+
+
+def all_clean(results: Sequence[TableResult], repaired: Sequence[TableResult]) -> bool:
+    """Whether every table agrees (after its repair, when it was repaired)."""
+    fixed = {r.table.qualified_name: r for r in repaired}
+    return all(fixed.get(r.table.qualified_name, r).clean for r in results)
+
+
+def key_text(key: Key) -> str:
+    return "(" + ", ".join(key) + ")"
+
+
+def report(result: TableResult, heading: str) -> tuple[Table, list[str]]:
+    """A table of counts per target, and lines naming sample keys and caveats."""
+    rows = f", {result.source_rows} source rows" if result.source_rows >= 0 else ""
+    table = Table(
+        "target", "ranges", "differing", "missing", "extra", "changed", "status",
+        title=f"{heading} {result.table.qualified_name}: {result.ranges} ranges{rows}",
+        title_justify="left",
+    )  # fmt: skip
+    notes: list[str] = []
+    for target in Target:
+        if target not in result.targets:
+            table.add_row(target.value, *["-"] * 5, "not compared")
+            notes.append(f"{target.value} not compared: {result.clickhouse_skipped}")
+            continue
+        diffs = result.diffs(target)
+        counts = {kind: [d.key for d in diffs if d.kind is kind] for kind in DiffKind}
+        status = "equal" if not diffs else "drift, unconfirmed" if result.unconfirmed else "drift"
+        table.add_row(
+            target.value, str(result.ranges), str(result.differing_ranges(target)),
+            *(str(len(counts[kind])) for kind in DiffKind), status,
+        )  # fmt: skip
+        for kind, keys in counts.items():
+            if keys:
+                more = f" and {len(keys) - SAMPLE_KEYS} more" if len(keys) > SAMPLE_KEYS else ""
+                sample = ", ".join(key_text(k) for k in keys[:SAMPLE_KEYS])
+                notes.append(f"{target.value} {kind.value}: {sample}{more}")
+    if result.not_in_clickhouse and Target.CLICKHOUSE in result.targets:
+        notes.append("not compared in ClickHouse: " + ", ".join(result.not_in_clickhouse))
+    if result.in_flight:
+        notes.append(
+            f"{result.in_flight} differences were changes newer than the source read "
+            "(in flight), not drift"
+        )
+    if result.unconfirmed:
+        notes.append(f"unconfirmed: {result.unconfirmed}")
+    return table, notes
