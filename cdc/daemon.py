@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -57,6 +57,8 @@ class Stats:
 
 INITIAL_LOAD_JOB = "initial"
 HEARTBEAT_PREFIX = "cdc_heartbeat"
+CATALOG_ATTEMPTS = 30
+T = TypeVar("T")
 
 
 class Daemon:
@@ -170,11 +172,34 @@ class Daemon:
             self._catalog = self._connect_source()
         return self._catalog
 
+    def _with_catalog(self, query: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run `query` on the source catalog connection, reconnecting with backoff while
+        the source is unreachable (a restart of the source is not a reason to stop)."""
+        attempt = 0
+        while True:
+            try:
+                return query(self._catalog_conn())
+            except (psycopg.OperationalError, CdcError) as exc:
+                if isinstance(exc, CdcError) and exc.kind is not ErrorKind.SOURCE_CONNECTION:
+                    raise
+                if self._catalog is not None:
+                    self._catalog.close()
+                attempt += 1
+                if self._stopping() or attempt > CATALOG_ATTEMPTS:
+                    raise CdcError(
+                        ErrorKind.SOURCE_CONNECTION,
+                        f"source catalog unreachable: {redact_url(str(exc).strip())}",
+                    ) from exc
+                delay = min(self.settings.max_retry_delay_s, 0.2 * 2**attempt)
+                self.log.warning("source_catalog_retry", error=redact_url(str(exc).strip()),
+                                 attempt=attempt, retry_in_s=round(delay, 2))  # fmt: skip
+                time.sleep(delay)
+
     def schema_for(self, relation: Relation) -> TableSchema:
         cached = self._schemas.get(id(relation))
         if cached is not None and cached[0] is relation:
             return cached[1]
-        schema = describe_relation(self._catalog_conn(), relation)
+        schema = self._with_catalog(lambda conn: describe_relation(conn, relation))
         self._schemas[id(relation)] = (relation, schema)
         return schema
 
@@ -357,14 +382,16 @@ class Daemon:
             self._last_event_at = now
             return
         if now - self._last_event_at >= interval:
-            self._catalog_conn().execute(
-                "SELECT pg_logical_emit_message(false, %s, now()::text)", (HEARTBEAT_PREFIX,)
+            self._with_catalog(
+                lambda conn: conn.execute(
+                    "SELECT pg_logical_emit_message(false, %s, now()::text)", (HEARTBEAT_PREFIX,)
+                )
             )
             self._last_event_at = now
 
     def _check_slot(self) -> None:
         """Retained WAL as a metric; warnings before Postgres invalidates the slot."""
-        slot = slots.get_slot(self._catalog_conn(), self.settings.slot)
+        slot = self._with_catalog(lambda conn: slots.get_slot(conn, self.settings.slot))
         if slot is None or slot.wal_status == "lost":
             raise CdcError(
                 ErrorKind.SLOT_LOST,

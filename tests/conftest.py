@@ -79,7 +79,12 @@ def pg_server() -> Iterator[PgServer]:
     cluster = localstack.LocalCluster(root / "pg", localstack.free_port())
     cluster.start()
     try:
-        yield PgServer(cluster.paths.dsn, f"local binaries in {cluster.bindir}")
+
+        def restart() -> None:
+            cluster.stop(mode="immediate")
+            cluster.start()
+
+        yield PgServer(cluster.paths.dsn, f"local binaries in {cluster.bindir}", restart)
     finally:
         cluster.destroy()
         shutil.rmtree(root, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ FIXTURE_ORIGINS: dict[str, str] = {}
 class PgServer:
     dsn: str
     origin: str
+    # Restart the server (immediate shutdown, like a crash); None when it is not ours.
+    restart: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         FIXTURE_ORIGINS["postgres"] = self.origin
