@@ -111,7 +111,8 @@ class Daemon:
             tables = self._published_schemas(conn)
             slot_exists = slots.get_slot(conn, settings.slot) is not None
         for sink in self.sinks:
-            sink.prepare(tables)
+            sink.prepare([])  # reach every sink now: an unreachable one fails the start
+        tables = [t for t in tables if self._prepared(t)]
         self.log.info("targets_ready", tables=[t.qualified_name for t in tables])
         load = self._initial_load(tables)
         if not slot_exists:
@@ -123,6 +124,18 @@ class Daemon:
             with exported_snapshot(self.source_dsn) as snapshot:
                 self.log.info("initial_load_resumed", snapshot_lsn=str(snapshot.lsn))
                 self._run_load(load, snapshot)
+
+    def _prepared(self, table: TableSchema) -> bool:
+        """Create the table's targets; a table they cannot hold is quarantined."""
+        try:
+            for sink in self.sinks:
+                sink.prepare([table])
+        except CdcError as exc:
+            if exc.policy.action is not Action.QUARANTINE_TABLE:
+                raise
+            self._quarantine((table.schema, table.name), exc)
+            return False
+        return True
 
     def _initial_load(self, tables: list[TableSchema]) -> Backfill:
         settings = self.settings
@@ -306,6 +319,7 @@ class Daemon:
                 stop,
                 on_wait=lambda why: self.log.info("standby", reason=why),
                 on_poll=self.health.tick,
+                unreachable_for=settings.connect_timeout_s,
             ):
                 return
             self.log.info("leadership_acquired")
@@ -320,7 +334,39 @@ class Daemon:
                 server.server_close()
         record("stopped")
 
+    def _explain_lost(self, exc: CdcError) -> CdcError:
+        """The server says 'does not exist' for a dropped slot and a dropped publication
+        alike (same SQLSTATE): look which one it is and say what to do."""
+        try:
+            with self._connect_source() as conn:
+                slot_gone = slots.get_slot(conn, self.settings.slot) is None
+                publication_gone = not slots.publication_exists(conn, self.settings.publication)
+        except CdcError:
+            return exc
+        if slot_gone:
+            return CdcError(
+                ErrorKind.SLOT_LOST,
+                f"{exc}; to recover: `cdc slot recreate`, restart the daemon, then "
+                "`cdc backfill` to copy the changes made while there was no slot",
+            )
+        if publication_gone:
+            return CdcError(
+                ErrorKind.SETUP,
+                f"publication {self.settings.publication!r} was dropped while streaming: "
+                "recreate it (`cdc publication create`), restart, then `cdc backfill` the "
+                "tables to copy changes made without it",
+            )
+        return exc
+
     def _run(self, stop: threading.Event, record: Callable[[str], None]) -> None:
+        try:
+            self._stream(stop, record)
+        except CdcError as exc:
+            if exc.kind is ErrorKind.SLOT_LOST:
+                raise self._explain_lost(exc) from exc
+            raise
+
+    def _stream(self, stop: threading.Event, record: Callable[[str], None]) -> None:
         self._stop = stop
         self.setup()
         settings = self.settings

@@ -10,6 +10,7 @@ takes to exit).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -27,18 +28,34 @@ class Leadership:
         self.poll_interval = poll_interval
         self._conn: psycopg.Connection[Any] | None = None
 
-    def acquire(self, stop: threading.Event, on_wait: Any = None, on_poll: Any = None) -> bool:
+    def acquire(
+        self,
+        stop: threading.Event,
+        on_wait: Any = None,
+        on_poll: Any = None,
+        unreachable_for: float = 60.0,
+    ) -> bool:
         """Block until the lock is ours (True) or `stop` is set (False). `on_wait(reason)`
         is called when waiting starts (or the source is unreachable), `on_poll()` on every
-        poll (a standby is alive too)."""
+        poll (a standby is alive too). A source never reached within `unreachable_for`
+        seconds is a setup error (wrong host, database or password), not an outage."""
         waited = False
+        reached = False
+        first_failure: float | None = None
         while not stop.is_set():
             if on_poll is not None:
                 on_poll()
             try:
                 if self._try():
                     return True
+                reached = True
             except CdcError as exc:
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                if not reached and now - first_failure >= unreachable_for:
+                    raise CdcError(
+                        exc.kind, f"{exc} (gave up after {unreachable_for:.0f} s)"
+                    ) from exc
                 if on_wait is not None:
                     on_wait(str(exc))
             else:
@@ -62,16 +79,6 @@ class Leadership:
                 f"cannot reach the source for the pipeline lock: {redact_url(str(exc).strip())}",
             ) from exc
         return bool(row and row[0])
-
-    def held(self) -> bool:
-        """Still ours: the lock's session is alive."""
-        if self._conn is None or self._conn.closed:
-            return False
-        try:
-            self._conn.execute("SELECT 1")
-        except psycopg.Error:
-            return False
-        return True
 
     def release(self) -> None:
         if self._conn is not None:

@@ -43,7 +43,7 @@ from typing import Any, Final
 from psycopg import sql
 
 from cdc.clickhouse import quote_identifier
-from cdc.ddl import quote_string
+from cdc.ddl import distributed_name, quote_string
 from cdc.schema import (
     DELETED_COLUMN,
     TRUNCATIONS_TABLE,
@@ -141,7 +141,7 @@ def ch_text(column: Column) -> str | None:
     if form in (Form.INTEGER, Form.NUMERIC, Form.UUID, Form.DATE):
         return f"toString({ref})"
     if form is Form.FLOAT8 or form is Form.FLOAT4:
-        return f"if(isNaN({ref}), 'NaN', lower(hex(reverse(reinterpretAsString({ref})))))"
+        return f"if(isNaN({ref}), 'NaN', lower(hex(reverse(reinterpretAsFixedString({ref})))))"
     if form is Form.BOOL:
         return f"toString(toUInt8({ref}))"
     if form is Form.TIMESTAMP:
@@ -237,8 +237,9 @@ class KeyRange:
     root: int = 0
 
 
-def ranges_between(lower: Key | None, upper: Key | None, bounds: Sequence[Key], root: int = 0
-                   ) -> list[KeyRange]:  # fmt: skip
+def ranges_between(
+    lower: Key | None, upper: Key | None, bounds: Sequence[Key], root: int = 0
+) -> list[KeyRange]:
     """Split `(lower, upper]` at `bounds` (ascending keys inside it)."""
     edges = [lower, *bounds, upper]
     return [KeyRange(edges[i], edges[i + 1], root) for i in range(len(edges) - 1)]
@@ -249,8 +250,9 @@ def _row(items: Sequence[sql.Composable]) -> sql.Composable:
     return joined if len(items) == 1 else sql.SQL("ROW({})").format(joined)
 
 
-def pg_range_filter(table: TableSchema, rng: KeyRange, inline: bool = False
-                    ) -> tuple[sql.Composable, list[str]]:  # fmt: skip
+def pg_range_filter(
+    table: TableSchema, rng: KeyRange, inline: bool = False
+) -> tuple[sql.Composable, list[str]]:
     """The predicate `key in (lower, upper]` and its parameters. `inline`: the values as
     quoted literals instead, no parameters (for a predicate handed on as SQL text)."""
     columns = [table.column(name) for name in table.primary_key]
@@ -329,8 +331,9 @@ def pg_boundaries(table: TableSchema, rng: KeyRange, size: int) -> PgQuery:
     return query, [*params, size]
 
 
-def pg_aggregate(relation: tuple[str, str], table: TableSchema, rng: KeyRange,
-                 hashes: Sequence[sql.Composable]) -> PgQuery:  # fmt: skip
+def pg_aggregate(
+    relation: tuple[str, str], table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Composable]
+) -> PgQuery:
     """`count(*)` and `sum(hash)` per hash expression of the range's rows in `relation`."""
     where, params = pg_range_filter(table, rng)
     sums = sql.SQL(", ").join(sql.SQL("coalesce(sum({}), 0)").format(h) for h in hashes)
@@ -340,8 +343,7 @@ def pg_aggregate(relation: tuple[str, str], table: TableSchema, rng: KeyRange,
     return query, params
 
 
-def pg_source_rows(table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Composable]
-                   ) -> PgQuery:  # fmt: skip
+def pg_source_rows(table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Composable]) -> PgQuery:
     """Canonical key texts, key output texts and hashes of the range's source rows."""
     where, params = pg_range_filter(table, rng)
     query = sql.SQL("SELECT {}, {} FROM {}.{} WHERE {}").format(
@@ -354,8 +356,9 @@ def pg_source_rows(table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Compo
     return query, params
 
 
-def pg_historic_rows(schema: str, table: TableSchema, rng: KeyRange, hash_: sql.Composable
-                     ) -> PgQuery:  # fmt: skip
+def pg_historic_rows(
+    schema: str, table: TableSchema, rng: KeyRange, hash_: sql.Composable
+) -> PgQuery:
     """Like `pg_source_rows` from the historic table, tombstones too: plus `_version` and
     whether the row is live (not deleted, above the truncate watermark)."""
     where, params = pg_range_filter(table, rng)
@@ -388,8 +391,9 @@ def pg_key_exists(table: TableSchema, key: Key) -> PgQuery:
     return query, list(key)
 
 
-def ch_aggregate(database: str, view: str, table: TableSchema, rng: KeyRange, hash_: str
-                 ) -> ChQuery:  # fmt: skip
+def ch_aggregate(
+    database: str, view: str, table: TableSchema, rng: KeyRange, hash_: str
+) -> ChQuery:
     where, params = ch_range_filter(table, rng)
     query = (
         f"SELECT count(), sum(toInt128({hash_})) FROM "
@@ -398,22 +402,30 @@ def ch_aggregate(database: str, view: str, table: TableSchema, rng: KeyRange, ha
     return query, params
 
 
-def ch_rows(database: str, table: TableSchema, rng: KeyRange, hash_: str) -> ChQuery:
-    """Canonical key texts, key texts, hash, `_version` and liveness of the range's rows
-    after FINAL (tombstones too)."""
+def ch_rows(
+    database: str, table: TableSchema, rng: KeyRange, hash_: str, distributed: bool = False
+) -> ChQuery:
+    """Canonical key texts, key texts, hash, `_version` and liveness of the newest row of
+    each key in the range, tombstones too (FINAL would hide them). `distributed`: read the
+    cluster's Distributed tables."""
     where, params = ch_range_filter(table, rng)
+    rows, truncations = table.name, TRUNCATIONS_TABLE
+    if distributed:
+        rows, truncations = distributed_name(rows), distributed_name(truncations)
     columns = [table.column(name) for name in table.primary_key]
     ids = ", ".join(ch_text(c) or "" for c in columns)
     outs = ", ".join(f"toString({quote_identifier(c.name)})" for c in columns)
     db = quote_identifier(database)
     version = quote_identifier(VERSION_COLUMN)
     watermark = (
-        f"SELECT max(version) FROM {db}.{quote_identifier(TRUNCATIONS_TABLE)} FINAL "
+        f"SELECT max(version) FROM {db}.{quote_identifier(truncations)} FINAL "
         "WHERE table_name = {verify_table:String}"
     )
     query = (
-        f"SELECT [{ids}], [{outs}], {hash_}, {version}, "
-        f"{quote_identifier(DELETED_COLUMN)} = 0 AND {version} > ifNull(({watermark}), 0) "
-        f"FROM {db}.{quote_identifier(table.name)} FINAL WHERE {where}"
+        f"SELECT [{ids}], [{outs}], argMax({hash_}, {version}), max({version}), "
+        f"argMax({quote_identifier(DELETED_COLUMN)}, {version}) = 0 "
+        f"AND max({version}) > ifNull(({watermark}), 0) "
+        f"FROM {db}.{quote_identifier(rows)} WHERE {where} "
+        f"GROUP BY {', '.join(quote_identifier(c.name) for c in columns)}"
     )
     return query, {**params, "verify_table": table.name}

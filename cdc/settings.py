@@ -9,8 +9,10 @@ environment variables. Secrets (DSNs, URLs with passwords) are `SecretStr`, so t
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "0.0.0.0"
     ready_max_lag_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=60.0, gt=0)  # at start: then it is a setup error
     heartbeat_interval_s: float = Field(default=30.0, ge=0)  # 0: no heartbeat
     backfill_workers: int = Field(default=2, ge=1, le=64)
     backfill_chunk_size: int = Field(default=50_000, ge=1)
@@ -105,11 +108,36 @@ def _describe(error: ValidationError, origin: str) -> str:
     return f"invalid settings in {origin}: " + "; ".join(problems)
 
 
-def load_settings(config_file: Path | None = None, stack_dir: Path = STACK_DIR) -> Settings:
+SECRET_SETTINGS = ("source_dsn", "historic_dsn", "clickhouse_url")
+
+
+def _secret_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """`CDC_<SECRET>_FILE=/path` reads that secret from a file (a mounted Kubernetes or
+    Docker secret), so it never has to be in the environment or the config file."""
+    values: dict[str, str] = {}
+    for name in SECRET_SETTINGS:
+        path = environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+        if not path:
+            continue
+        try:
+            values[name] = Path(path).read_text().strip()
+        except OSError as exc:
+            raise CdcError(
+                ErrorKind.CONFIG, f"{ENV_PREFIX}{name.upper()}_FILE: cannot read {path}: {exc}"
+            ) from exc
+    return values
+
+
+def load_settings(
+    config_file: Path | None = None,
+    stack_dir: Path = STACK_DIR,
+    environ: Mapping[str, str] = os.environ,
+) -> Settings:
     values = _stack_defaults(stack_dir)
     origin = f"CDC_* environment variables{' or ' + str(config_file) if config_file else ''}"
     if config_file is not None:
         values.update(_read_toml(config_file))
+    values.update(_secret_files(environ))
     try:
         return Settings(**values)
     except ValidationError as exc:

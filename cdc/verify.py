@@ -8,11 +8,12 @@ at most `LEAF_ROWS` source rows; for those pieces keys and row hashes are fetche
 matched: missing in a target, extra in a target, or changed.
 
 Changes in flight are not drift. Before the targets are read for a re-check, verify waits
-until the slot's `confirmed_flush_lsn` has passed the WAL position noted right after the
-source read (the daemon has then applied everything that read saw); a target row whose
-`_version` was committed after the source read began is newer than the read and does not
-count. Keys are checked up to `MAX_CHECKS` times; what differs every time is drift,
-"unconfirmed" when the slot could not confirm the daemon had caught up.
+(bounded) until the slot's `confirmed_flush_lsn` has passed the WAL position noted right
+after the source read: the daemon has then applied everything that read saw. A target row
+whose `_version` was committed at or after the WAL flush position noted before the source
+read is newer than that read (a commit becomes visible only once flushed) and does not
+count. Pieces are compared key by key up to `MAX_CHECKS` times; what still differs is
+drift, "unconfirmed" when the slot could not confirm that the daemon had caught up.
 
 Repair copies the source rows of each differing range into both targets with a `Backfill`
 at a fresh exported snapshot, and tombstones, at the snapshot's version, target keys the
@@ -60,6 +61,14 @@ Ident = tuple[str, ...]  # a key's canonical texts: equal in every store
 class Target(enum.Enum):
     HISTORIC = "historic"
     CLICKHOUSE = "clickhouse"
+
+
+class WalPosition(enum.Enum):
+    """The source's WAL positions, as the functions that read them."""
+
+    FLUSHED = "pg_current_wal_flush_lsn"  # a commit becomes visible only once flushed
+    WRITTEN = "pg_current_wal_lsn"  # past the commit of every transaction a read saw
+    INSERTED = "pg_current_wal_insert_lsn"  # past every commit record written so far
 
 
 class DiffKind(enum.Enum):
@@ -118,9 +127,11 @@ def classify(
 
 @dataclass
 class TableResult:
+    """What verifying one table found: the drift per piece (a key range), and caveats."""
+
     table: TableSchema
     ranges: int
-    source_rows: int
+    source_rows: int | None  # None: only pieces were re-checked
     targets: tuple[Target, ...]
     drift: dict[KeyRange, list[KeyDiff]] = field(default_factory=dict)  # per piece
     in_flight: int = 0  # differences explained by changes newer than the source read
@@ -136,10 +147,13 @@ class TableResult:
         return [d for diffs in self.drift.values() for d in diffs if d.target is target]
 
     def differing_ranges(self, target: Target) -> int:
-        return len({
-            rng.root for rng, diffs in self.drift.items()
-            if any(d.target is target for d in diffs)
-        })  # fmt: skip
+        return len(
+            {
+                rng.root
+                for rng, diffs in self.drift.items()
+                if any(d.target is target for d in diffs)
+            }
+        )
 
 
 class SlotWatch:
@@ -186,6 +200,7 @@ class TableStores:
         historic_schema: str,
         ch_client: Any,
         ch_database: str,
+        ch_cluster: bool = False,
     ) -> None:
         self.table = table
         self.source = source
@@ -193,6 +208,7 @@ class TableStores:
         self.historic_schema = historic_schema
         self.ch_client = ch_client
         self.ch_database = ch_database
+        self.ch_cluster = ch_cluster
         ch_columns = [c for c in table.columns if rowhash.clickhouse_comparable(c)]
         self.not_in_clickhouse = tuple(
             f"{c.name} ({c.pg_type})" for c in table.columns if c not in ch_columns
@@ -209,16 +225,19 @@ class TableStores:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _pg(self, conn: psycopg.Connection[Any], query: rowhash.PgQuery, what: str
-            ) -> list[tuple[Any, ...]]:  # fmt: skip
+    def _pg(
+        self, conn: psycopg.Connection[Any], query: rowhash.PgQuery, what: str
+    ) -> list[tuple[Any, ...]]:
         try:
             return conn.execute(query[0], query[1]).fetchall()
         except psycopg.Error as exc:
             kind = (
-                ErrorKind.SCHEMA if isinstance(exc, psycopg.ProgrammingError)
-                else ErrorKind.SOURCE_CONNECTION if conn is self.source
+                ErrorKind.SCHEMA
+                if isinstance(exc, psycopg.ProgrammingError)
+                else ErrorKind.SOURCE_CONNECTION
+                if conn is self.source
                 else ErrorKind.SINK_CONNECTION
-            )  # fmt: skip
+            )
             raise CdcError(kind, f"cannot read {what}: {str(exc).strip()}") from exc
 
     def _ch(self, query: rowhash.ChQuery) -> list[tuple[Any, ...]]:
@@ -231,11 +250,9 @@ class TableStores:
                 f"{str(exc)[:500]}",
             ) from exc
 
-    def wal_lsn(self, insert: bool = False) -> Lsn:
-        function = "pg_current_wal_insert_lsn" if insert else "pg_current_wal_lsn"
-        query = sql.SQL("SELECT {}()::text").format(sql.Identifier(function))
-        row = self._pg(self.source, (query, []), "the WAL end")
-        return Lsn.parse(row[0][0])
+    def wal(self, position: WalPosition) -> Lsn:
+        query = sql.SQL("SELECT {}()::text").format(sql.Identifier(position.value))
+        return Lsn.parse(self._pg(self.source, (query, []), "the WAL position")[0][0])
 
     def boundaries(self, rng: KeyRange, size: int) -> list[Key]:
         query = rowhash.pg_boundaries(self.table, rng, size)
@@ -278,15 +295,18 @@ class TableStores:
             query = rowhash.pg_historic_rows(self.historic_schema, self.table, rng, self._pg_hash)
             rows = self._pg(self.historic, query, f"{self.historic_schema}.{self.table.name}")
         else:
-            rows = self._ch(rowhash.ch_rows(self.ch_database, self.table, rng, self._ch_hash))
+            rows = self._ch(
+                rowhash.ch_rows(self.ch_database, self.table, rng, self._ch_hash, self.ch_cluster)
+            )
         return {tuple(r[0]): TargetRow(tuple(r[1]), int(r[2]), int(r[3]), bool(r[4])) for r in rows}
 
 
 class Verifier:
     """Verifies (and repairs) tables; open with `with`, it holds one connection per store."""
 
-    def __init__(self, settings: Settings, *, range_size: int = 10_000, wait_s: float = 30.0
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self, settings: Settings, *, range_size: int = 10_000, wait_s: float = 30.0
+    ) -> None:
         self.settings = settings
         self.range_size = range_size
         self.wait_s = wait_s
@@ -330,9 +350,14 @@ class Verifier:
     def stores(self, table: TableSchema) -> TableStores:
         assert self._source is not None and self._historic is not None
         return TableStores(
-            table, self._source, self._historic, self.settings.historic_schema, self._ch,
+            table,
+            self._source,
+            self._historic,
+            self.settings.historic_schema,
+            self._ch,
             self.settings.clickhouse_database,
-        )  # fmt: skip
+            self.settings.clickhouse_cluster is not None,
+        )
 
     def tables(self, names: Sequence[str]) -> list[TableSchema]:
         assert self._source is not None
@@ -343,8 +368,10 @@ class Verifier:
     def verify(self, stores: TableStores) -> TableResult:
         """Compare the whole table."""
         bounds = stores.boundaries(KeyRange(None, None), self.range_size)
-        ranges = [KeyRange(r.lower, r.upper, i) for i, r in enumerate(
-            rowhash.ranges_between(None, None, bounds))]  # fmt: skip
+        ranges = [
+            KeyRange(r.lower, r.upper, i)
+            for i, r in enumerate(rowhash.ranges_between(None, None, bounds))
+        ]
         pending: list[tuple[KeyRange, int]] = []
         total = 0
         for rng in ranges:  # the first look needs no wait: most ranges agree
@@ -354,24 +381,30 @@ class Verifier:
                 pending.append((rng, source[0]))
         return self._narrow(stores, pending, len(ranges), total)
 
-    def recheck(self, stores: TableStores, pieces: Sequence[KeyRange], ranges: int
-                ) -> TableResult:  # fmt: skip
+    def recheck(self, stores: TableStores, pieces: Sequence[KeyRange], ranges: int) -> TableResult:
         """Compare `pieces` of a table again (after a repair)."""
-        return self._narrow(stores, self._aggregate_round(stores, pieces), ranges, -1)
+        return self._narrow(stores, self._aggregate_round(stores, pieces), ranges, None)
 
-    def _aggregate_round(self, stores: TableStores, ranges: Sequence[KeyRange]
-                         ) -> list[tuple[KeyRange, int]]:  # fmt: skip
+    def _aggregate_round(
+        self, stores: TableStores, ranges: Sequence[KeyRange]
+    ) -> list[tuple[KeyRange, int]]:
         """The ranges that still differ once the slot has passed the source read."""
         sources = [stores.source_aggregate(rng) for rng in ranges]
-        self.watch.wait_past(stores.wal_lsn())
+        self.watch.wait_past(stores.wal(WalPosition.WRITTEN))
         return [
             (rng, source[0])
             for rng, source in zip(ranges, sources, strict=True)
             if stores.differs(rng, source)
         ]
 
-    def _narrow(self, stores: TableStores, pending: list[tuple[KeyRange, int]], ranges: int,
-                source_rows: int) -> TableResult:  # fmt: skip
+    def _narrow(
+        self,
+        stores: TableStores,
+        pending: list[tuple[KeyRange, int]],
+        ranges: int,
+        source_rows: int | None,
+    ) -> TableResult:
+        """Narrow the differing ranges down to small pieces, then compare those by key."""
         leaves: list[KeyRange] = []
         while pending:
             pieces: list[KeyRange] = []
@@ -384,10 +417,21 @@ class Verifier:
                 pieces += rowhash.ranges_between(rng.lower, rng.upper, bounds, rng.root)
             pending = self._aggregate_round(stores, pieces) if pieces else []
         result = TableResult(
-            stores.table, ranges, source_rows, stores.targets,
+            stores.table,
+            ranges,
+            source_rows,
+            stores.targets,
             not_in_clickhouse=stores.not_in_clickhouse,
             clickhouse_skipped=stores.clickhouse_skipped,
-        )  # fmt: skip
+        )
+        self._compare_keys(stores, leaves, result)
+        return result
+
+    def _compare_keys(
+        self, stores: TableStores, leaves: list[KeyRange], result: TableResult
+    ) -> None:
+        """Up to `MAX_CHECKS` key comparisons of the pieces; what differs at the last one,
+        and is not newer than its source read, is drift."""
         last: dict[KeyRange, list[KeyDiff]] = {}
         for _ in range(MAX_CHECKS):
             if not leaves:
@@ -403,15 +447,15 @@ class Verifier:
                 result.drift[leaf] = drift
         if result.clean:
             result.unconfirmed = None
-        return result
 
-    def _key_round(self, stores: TableStores, leaves: Sequence[KeyRange]
-                   ) -> tuple[dict[KeyRange, list[KeyDiff]], bool]:  # fmt: skip
-        low = stores.wal_lsn()
+    def _key_round(
+        self, stores: TableStores, leaves: Sequence[KeyRange]
+    ) -> tuple[dict[KeyRange, list[KeyDiff]], bool]:
+        low = stores.wal(WalPosition.FLUSHED)
         sources = [stores.source_rows(leaf) for leaf in leaves]
-        confirmed = self.watch.wait_past(stores.wal_lsn())
+        confirmed = self.watch.wait_past(stores.wal(WalPosition.WRITTEN))
         rows = [{t: stores.target_rows(t, leaf) for t in stores.targets} for leaf in leaves]
-        window = (int(low), int(stores.wal_lsn(insert=True)))
+        window = (int(low), int(stores.wal(WalPosition.INSERTED)))
         found = {
             leaf: [d for t in stores.targets for d in classify(t, source, targets[t], window)]
             for leaf, source, targets in zip(leaves, sources, rows, strict=True)
@@ -438,17 +482,22 @@ class Verifier:
         job = f"verify-repair-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
         with exported_snapshot(self.source_dsn) as snapshot:
             Backfill(
-                self.source_dsn, self.historic_dsn, self.settings.historic_schema, job, [table],
-                default_sinks(self.settings), chunk_size=self.settings.backfill_chunk_size,
-                workers=1, where=predicate,
-            ).run(snapshot)  # fmt: skip
+                self.source_dsn,
+                self.historic_dsn,
+                self.settings.historic_schema,
+                job,
+                [table],
+                default_sinks(self.settings),
+                chunk_size=self.settings.backfill_chunk_size,
+                workers=1,
+                where=predicate,
+            ).run(snapshot)
             gone = self._absent_at(snapshot, table, list(extras.values()))
             if gone:
                 self._tombstone(table, gone, snapshot)
         return self.recheck(stores, pieces, len({p.root for p in pieces}))
 
-    def _absent_at(self, snapshot: Snapshot, table: TableSchema, keys: Sequence[Key]
-                   ) -> list[Key]:  # fmt: skip
+    def _absent_at(self, snapshot: Snapshot, table: TableSchema, keys: Sequence[Key]) -> list[Key]:
         """The keys the source does not hold at `snapshot`."""
         if not keys:
             return []
@@ -466,9 +515,11 @@ class Verifier:
     def _tombstone(self, table: TableSchema, keys: Sequence[Key], snapshot: Snapshot) -> None:
         """Delete `keys` in both targets at the snapshot's version: a newer row stays."""
         batch_table = TableBatch(
-            relation_for(table), table.column_names, tuple(c.type_oid for c in table.columns),
+            relation_for(table),
+            table.column_names,
+            tuple(c.type_oid for c in table.columns),
             table.key_indexes,
-        )  # fmt: skip
+        )
         for key in keys:
             values: list[TupleValue] = [UNCHANGED_TOAST] * len(table.columns)
             for index, text in zip(table.key_indexes, key, strict=True):
@@ -488,8 +539,9 @@ class Verifier:
 # -- running and reporting ------------------------------------------------------------------
 
 
-def run(settings: Settings, tables: Sequence[str], *, range_size: int, wait_s: float,
-        repair: bool) -> tuple[list[TableResult], list[TableResult]]:  # fmt: skip
+def run(
+    settings: Settings, tables: Sequence[str], *, range_size: int, wait_s: float, repair: bool
+) -> tuple[list[TableResult], list[TableResult]]:
     """Verify the published tables (or `tables`); with `repair`, repair the drift found.
     Returns the results, and the results of re-checking what was repaired."""
     results: list[TableResult] = []
@@ -516,12 +568,18 @@ def key_text(key: Key) -> str:
 
 def report(result: TableResult, heading: str) -> tuple[Table, list[str]]:
     """A table of counts per target, and lines naming sample keys and caveats."""
-    rows = f", {result.source_rows} source rows" if result.source_rows >= 0 else ""
+    rows = f", {result.source_rows} source rows" if result.source_rows is not None else ""
     table = Table(
-        "target", "ranges", "differing", "missing", "extra", "changed", "status",
+        "target",
+        "ranges",
+        "differing",
+        "missing",
+        "extra",
+        "changed",
+        "status",
         title=f"{heading} {result.table.qualified_name}: {result.ranges} ranges{rows}",
         title_justify="left",
-    )  # fmt: skip
+    )
     notes: list[str] = []
     for target in Target:
         if target not in result.targets:
@@ -530,11 +588,14 @@ def report(result: TableResult, heading: str) -> tuple[Table, list[str]]:
             continue
         diffs = result.diffs(target)
         counts = {kind: [d.key for d in diffs if d.kind is kind] for kind in DiffKind}
-        status = "equal" if not diffs else "drift, unconfirmed" if result.unconfirmed else "drift"
+        status = "equal" if not diffs else "unconfirmed" if result.unconfirmed else "drift"
         table.add_row(
-            target.value, str(result.ranges), str(result.differing_ranges(target)),
-            *(str(len(counts[kind])) for kind in DiffKind), status,
-        )  # fmt: skip
+            target.value,
+            str(result.ranges),
+            str(result.differing_ranges(target)),
+            *(str(len(counts[kind])) for kind in DiffKind),
+            status,
+        )
         for kind, keys in counts.items():
             if keys:
                 more = f" and {len(keys) - SAMPLE_KEYS} more" if len(keys) > SAMPLE_KEYS else ""

@@ -74,9 +74,8 @@ def running_daemon(settings: Settings, ch_client: Any) -> Iterator[RunningDaemon
     def target() -> None:
         try:
             daemon.run(stop)
-        except BaseException as exc:
+        except BaseException as exc:  # re-raised by the context manager in the test
             running.error = exc
-            raise
 
     thread = threading.Thread(target=target, name="cdc-daemon", daemon=True)
     running = RunningDaemon(daemon, thread, stop)

@@ -58,15 +58,34 @@ class ClickHouseSink:
             self._client = None
 
     def prepare(self, tables: Sequence[TableSchema]) -> None:
+        self._ensure_database()
         for table in tables:
             self._ensure((table.schema, table.name), table)
+
+    def _ensure_database(self) -> None:
+        if self._database_ready:
+            return
+        client, cluster = self.client, self.cluster
+        client.command(ddl.clickhouse_database(self.database, cluster))
+        client.command(ddl.clickhouse_truncations_table(self.database, cluster))
+        if cluster is not None:
+            client.command(
+                ddl.clickhouse_distributed_table(
+                    self.database, TRUNCATIONS_TABLE, ("table_name",), cluster
+                )
+            )
+        self._database_ready = True
 
     def apply(self, batch: Batch, layouts: Layouts) -> None:
         try:
             for name, table in batch.tables.items():
                 layout = layouts[name]
-                self._ensure(name, layout)
-                self._apply_table(table, layout)
+                try:
+                    self._ensure(name, layout)
+                    self._apply_table(table, layout)
+                except CdcError as exc:
+                    exc.table = exc.table or name  # which table a quarantine applies to
+                    raise
         except CdcError:
             raise
         except Exception as exc:  # the client raises its own types per backend
@@ -81,16 +100,7 @@ class ClickHouseSink:
     def _ensure(self, name: TableName, layout: TableSchema) -> None:
         client = self.client
         cluster = self.cluster
-        if not self._database_ready:
-            client.command(ddl.clickhouse_database(self.database, cluster))
-            client.command(ddl.clickhouse_truncations_table(self.database, cluster))
-            if cluster is not None:
-                client.command(
-                    ddl.clickhouse_distributed_table(
-                        self.database, TRUNCATIONS_TABLE, ("table_name",), cluster
-                    )
-                )
-            self._database_ready = True
+        self._ensure_database()
         known = self._columns.get(name)
         if known is None:
             known = self._target_columns(layout.name)

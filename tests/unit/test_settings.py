@@ -79,3 +79,14 @@ def test_secrets_are_redacted_in_repr() -> None:
 )
 def test_redact_url(url: str, expected: str) -> None:
     assert redact_url(url) == expected
+
+
+def test_secrets_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "dsn"
+    secret.write_text("postgresql://u:from-file@h/db\n")
+    monkeypatch.setenv("CDC_SOURCE_DSN_FILE", str(secret))
+    settings = load_settings(stack_dir=tmp_path)
+    assert settings.require_source_dsn() == "postgresql://u:from-file@h/db"
+    monkeypatch.setenv("CDC_SOURCE_DSN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(CdcError, match="CDC_SOURCE_DSN_FILE: cannot read"):
+        load_settings(stack_dir=tmp_path)

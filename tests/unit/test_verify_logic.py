@@ -1,0 +1,367 @@
+"""`cdc verify` without a database: hash and range SQL, range splitting, classification, report."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg import sql
+
+from cdc import rowhash, verify
+from cdc.rowhash import Form, KeyRange
+from cdc.schema import Column, TableSchema, TypeKind
+from cdc.typemap import PgType
+from cdc.verify import DiffKind, Ident, KeyDiff, SourceRow, TableResult, Target, TargetRow
+
+TEXT, BPCHAR, JSONB, INTERVAL, INT4_ARRAY = 25, 1042, 3802, 1186, 1007
+
+
+def column(
+    name: str,
+    oid: int,
+    pg_type: str,
+    nullable: bool = True,
+    kind: TypeKind = TypeKind.BASE,
+    element: Column | None = None,
+    base_type: Column | None = None,
+) -> Column:
+    return Column(name, oid, -1, pg_type, nullable, kind, element, base_type)
+
+
+INT = column("id", PgType.INT4, "integer", nullable=False)
+NAME = column("it's `odd`", TEXT, "text")
+TAGS = column(
+    "tags",
+    INT4_ARRAY,
+    "integer[]",
+    kind=TypeKind.ARRAY,
+    element=column("tags", PgType.INT4, "integer"),
+)
+MOOD = column("mood", 99_001, "director.mood", kind=TypeKind.ENUM)
+TABLE = TableSchema("director", "Score Card", (INT, NAME, TAGS), ("id",), "d")
+PAIR = TableSchema(
+    "director",
+    "pairs",
+    (
+        column("team", TEXT, "text", nullable=False),
+        INT,
+        column("at", PgType.TIMESTAMPTZ, "timestamp with time zone"),
+    ),
+    ("team", "id"),
+    "d",
+)
+
+
+def text(composable: sql.Composable) -> str:
+    return composable.as_string(None)
+
+
+# -- forms and canonical texts ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("col", "form"),
+    [
+        (INT, Form.INTEGER),
+        (column("n", PgType.NUMERIC, "numeric(12,2)"), Form.NUMERIC),
+        (column("f", PgType.FLOAT8, "double precision"), Form.FLOAT8),
+        (column("r", PgType.FLOAT4, "real"), Form.FLOAT4),
+        (column("b", PgType.BOOL, "boolean"), Form.BOOL),
+        (column("u", PgType.UUID, "uuid"), Form.UUID),
+        (column("d", PgType.DATE, "date"), Form.DATE),
+        (column("t", PgType.TIMESTAMP, "timestamp without time zone"), Form.TIMESTAMP),
+        (column("t", PgType.TIMESTAMPTZ, "timestamp with time zone"), Form.TIMESTAMP),
+        (column("raw", PgType.BYTEA, "bytea"), Form.BYTEA),
+        (column("j", JSONB, "jsonb"), Form.TEXT),
+        (column("i", INTERVAL, "interval"), Form.TEXT),
+        (MOOD, Form.TEXT),
+        (TAGS, Form.ARRAY),
+        (
+            column(
+                "money",
+                99_002,
+                "director.cents",
+                kind=TypeKind.DOMAIN,
+                base_type=column("money", PgType.NUMERIC, "numeric"),
+            ),
+            Form.NUMERIC,
+        ),
+    ],
+)
+def test_forms(col: Column, form: Form) -> None:
+    assert rowhash.form_of(col) is form
+    assert rowhash.clickhouse_comparable(col) is (form is not Form.ARRAY)
+
+
+def test_canonical_texts_per_engine() -> None:
+    numeric = column("n", PgType.NUMERIC, "numeric")
+    assert text(rowhash.pg_text(numeric)) == 'trim_scale("n")::text'
+    assert rowhash.ch_text(numeric) == "toString(assumeNotNull(`n`))"
+    moment = column("at", PgType.TIMESTAMPTZ, "timestamp with time zone")
+    assert text(rowhash.pg_text(moment)) == 'trim_scale(extract(epoch FROM "at") * 1000000)::text'
+    assert rowhash.ch_text(moment) == "toString(toUnixTimestamp64Micro(assumeNotNull(`at`)))"
+    score = column("score", PgType.FLOAT8, "double precision")
+    assert "encode(float8send(\"score\"::float8), 'hex')" in text(rowhash.pg_text(score))
+    assert "'NaN'" in text(rowhash.pg_text(score))
+    # reinterpretAsString would drop the zero bytes of 0.0; the fixed string keeps all 8
+    assert "reinterpretAsFixedString(assumeNotNull(`score`))" in (rowhash.ch_text(score) or "")
+    assert "isNaN(" in (rowhash.ch_text(score) or "")
+    flag = column("ok", PgType.BOOL, "boolean")
+    assert text(rowhash.pg_text(flag)) == "CASE WHEN \"ok\" THEN '1' ELSE '0' END"
+    assert rowhash.ch_text(flag) == "toString(toUInt8(assumeNotNull(`ok`)))"
+    raw = column("raw", PgType.BYTEA, "bytea")
+    assert text(rowhash.pg_text(raw)) == "encode(\"raw\", 'hex')"
+    assert rowhash.ch_text(raw) == "lower(hex(assumeNotNull(`raw`)))"
+    # text-like values: Postgres' output function (bpchar keeps its padding, inet its form)
+    assert text(rowhash.pg_text(column("code", BPCHAR, "character(4)"))) == 'concat("code")'
+    assert rowhash.ch_text(MOOD) == "assumeNotNull(`mood`)"
+    assert rowhash.ch_text(TAGS) is None
+
+
+def test_fields_mark_null_and_prefix_the_byte_length() -> None:
+    pg = text(rowhash.pg_field(NAME))
+    assert pg == (
+        "CASE WHEN \"it's `odd`\" IS NULL THEN 'N' ELSE "
+        "octet_length(concat(\"it's `odd`\"))::text || ':' || concat(\"it's `odd`\") END"
+    )
+    ch = rowhash.ch_field(NAME)
+    assert ch == (
+        "if(isNull(`it's \\`odd\\``), 'N', concat(toString(length(assumeNotNull(`it's \\`odd\\``)))"
+        ", ':', assumeNotNull(`it's \\`odd\\``)))"
+    )
+    with pytest.raises(ValueError, match="no ClickHouse form"):
+        rowhash.ch_field(TAGS)
+
+
+def test_row_hashes_take_the_first_8_md5_bytes_as_signed_bigint() -> None:
+    pg = text(rowhash.pg_row_hash([INT, NAME]))
+    assert pg.startswith("('x' || left(md5((CASE WHEN \"id\" IS NULL")
+    assert pg.endswith(", 16))::bit(64)::bigint")
+    assert ") || (" in pg  # fields joined with ||, no argument limit
+    ch = rowhash.ch_row_hash([INT, NAME])
+    assert ch.startswith("reinterpretAsInt64(reverse(substring(MD5(concat(if(isNull(`id`)")
+    assert ch.endswith("), 1, 8)))")
+    assert rowhash.ch_row_hash([INT]).startswith("reinterpretAsInt64(reverse(substring(MD5(if(")
+
+
+# -- key order and ranges -----------------------------------------------------------------
+
+
+def test_clickhouse_orders_agree_with_postgres() -> None:
+    assert rowhash.ch_order(INT, "p") == ("`id`", "CAST({p:String} AS Int32)")
+    assert rowhash.ch_order(NAME, "p") == ("`it's \\`odd\\``", "{p:String}")
+    uuid = column("u", PgType.UUID, "uuid")
+    assert rowhash.ch_order(uuid, "p") == ("toString(`u`)", "{p:String}")  # CH sorts UUIDs its way
+    moment = column("at", PgType.TIMESTAMPTZ, "timestamp with time zone")
+    assert rowhash.ch_order(moment, "p") == (
+        "`at`",
+        "parseDateTime64BestEffort({p:String}, 6, 'UTC')",
+    )
+    assert rowhash.ch_order(column("f", PgType.FLOAT8, "double precision"), "p") is None
+    assert rowhash.clickhouse_key_problem(TABLE) is None
+    floaty = TableSchema(
+        "s", "t", (column("f", PgType.FLOAT8, "double precision", False),), ("f",), "d"
+    )
+    assert rowhash.clickhouse_key_problem(floaty) == (
+        "key column f (double precision) has no order shared with ClickHouse"
+    )
+
+
+def test_ranges_between() -> None:
+    assert rowhash.ranges_between(None, None, []) == [KeyRange(None, None)]
+    assert rowhash.ranges_between(("0",), ("9",), [("3",), ("6",)], root=4) == [
+        KeyRange(("0",), ("3",), 4),
+        KeyRange(("3",), ("6",), 4),
+        KeyRange(("6",), ("9",), 4),
+    ]
+
+
+def test_pg_range_filter_binds_values() -> None:
+    where, params = rowhash.pg_range_filter(TABLE, KeyRange(None, None))
+    assert (text(where), params) == ("true", [])
+    where, params = rowhash.pg_range_filter(TABLE, KeyRange(("10",), ("20",)))
+    assert text(where) == '"id" > %s::integer AND "id" <= %s::integer'
+    assert params == ["10", "20"]
+    where, params = rowhash.pg_range_filter(PAIR, KeyRange(("o'k", "5"), None))
+    assert text(where) == 'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer)'
+    assert params == ["o'k", "5"]
+
+
+def test_pg_range_filter_inline_quotes_values() -> None:
+    where, params = rowhash.pg_range_filter(PAIR, KeyRange(None, ("o'k", "5")), inline=True)
+    assert params == []
+    assert text(where) == (
+        'ROW("team" COLLATE "C", "id") <= ROW(\'o\'\'k\'::text COLLATE "C", \'5\'::integer)'
+    )
+
+
+def test_enum_keys_sort_by_their_label_bytes() -> None:
+    table = TableSchema(
+        "s", "t", (column("mood", 99_001, "s.mood", False, kind=TypeKind.ENUM),), ("mood",), "d"
+    )
+    where, _ = rowhash.pg_range_filter(table, KeyRange(("ok",), None))
+    assert text(where) == 'concat("mood") COLLATE "C" > %s::text COLLATE "C"'
+
+
+def test_ch_range_filter_binds_values() -> None:
+    where, params = rowhash.ch_range_filter(TABLE, KeyRange(None, None))
+    assert (where, params) == ("1", {})
+    where, params = rowhash.ch_range_filter(PAIR, KeyRange(("a'b", "1"), ("z", "9")))
+    assert where == (
+        "tuple(`team`, `id`) > tuple({lo0:String}, CAST({lo1:String} AS Int32)) AND "
+        "tuple(`team`, `id`) <= tuple({hi0:String}, CAST({hi1:String} AS Int32))"
+    )
+    assert params == {"lo0": "a'b", "lo1": "1", "hi0": "z", "hi1": "9"}
+    assert "a'b" not in where
+
+
+def test_queries_keep_parameters_in_order() -> None:
+    query, params = rowhash.pg_boundaries(TABLE, KeyRange(("1",), None), 500)
+    assert params == ["1", 500]
+    assert 'row_number() OVER (ORDER BY "id")' in text(query)
+    assert 'FROM "director"."Score Card" WHERE "id" > %s::integer' in text(query)
+    query, params = rowhash.pg_historic_rows(
+        "historic", TABLE, KeyRange(None, ("7",)), rowhash.pg_row_hash([INT])
+    )
+    assert params == ["Score Card", "7"]
+    assert text(query).index("table_name = %s") < text(query).index('"id" <= %s')
+    everything = KeyRange(None, None)
+    hashes = [rowhash.pg_row_hash(TABLE.columns)]
+    query, params = rowhash.pg_aggregate(
+        ("historic", "Score Card_current"), TABLE, everything, hashes
+    )
+    assert text(query).startswith("SELECT count(*), coalesce(sum(('x' || left(md5(")
+    assert 'FROM "historic"."Score Card_current" WHERE true' in text(query)
+    query, params = rowhash.pg_key_exists(PAIR, ("a", "1"))
+    assert text(query) == (
+        'SELECT EXISTS (SELECT FROM "director"."pairs" WHERE ROW("team" COLLATE "C", "id") = '
+        'ROW(%s::text COLLATE "C", %s::integer))'
+    )
+    assert params == ["a", "1"]
+
+
+def test_clickhouse_queries() -> None:
+    ch_hash = rowhash.ch_row_hash([INT, NAME])
+    query, params = rowhash.ch_aggregate(
+        "an`alytics", "Score Card_current", TABLE, KeyRange(("1",), None), ch_hash
+    )
+    assert query.startswith("SELECT count(), sum(toInt128(reinterpretAsInt64(")
+    assert (
+        "FROM `an\\`alytics`.`Score Card_current` WHERE `id` > CAST({lo0:String} AS Int32)" in query
+    )
+    assert params == {"lo0": "1"}
+    query, params = rowhash.ch_rows("analytics", TABLE, KeyRange(None, None), ch_hash)
+    assert "FROM `analytics`.`Score Card` WHERE 1 GROUP BY `id`" in query  # no FINAL: tombstones
+    assert "argMax(`_is_deleted`, `_version`) = 0" in query
+    assert params == {"verify_table": "Score Card"}
+    query, _ = rowhash.ch_rows("analytics", TABLE, KeyRange(None, None), ch_hash, distributed=True)
+    assert "`analytics`.`Score Card_all`" in query and "`_cdc_truncations_all` FINAL" in query
+
+
+# -- classification and report ------------------------------------------------------------
+
+LOW, HIGH = 1000, 2000
+
+
+def version(lsn: int, ordinal: int = 1) -> int:
+    return (lsn << 64) | ordinal
+
+
+def test_classify() -> None:
+    source: dict[Ident, SourceRow] = {
+        ("1",): SourceRow(("1",), (11, 21)),
+        ("2",): SourceRow(("2",), (12, 22)),
+        ("3",): SourceRow(("3",), (13, 23)),
+        ("4",): SourceRow(("4",), (14, 24)),
+        ("5",): SourceRow(("5",), (15, 25)),
+    }
+    rows: dict[Ident, TargetRow] = {
+        ("1",): TargetRow(("1",), 11, version(5), True),  # equal
+        ("2",): TargetRow(("2",), 99, version(5), True),  # changed
+        ("3",): TargetRow(("3",), 13, version(5), False),  # deleted in the target only
+        ("4",): TargetRow(("4",), 14, version(LOW + 1), False),  # deleted after the read
+        # 5: missing altogether
+        ("6",): TargetRow(("6",), 16, version(7), True),  # extra
+        ("7",): TargetRow(("7",), 17, version(HIGH), True),  # inserted after the read
+        ("8",): TargetRow(("8",), 18, version(9), False),  # a tombstone on both sides
+        ("9",): TargetRow(("9",), 19, version(HIGH + 1), True),  # a version from the future
+    }
+    diffs = verify.classify(Target.HISTORIC, source, rows, (LOW, HIGH))
+    found = [(d.key[0], d.kind, d.in_flight) for d in diffs]
+    assert found == [
+        ("2", DiffKind.CHANGED, False),
+        ("3", DiffKind.MISSING, False),
+        ("4", DiffKind.MISSING, True),
+        ("5", DiffKind.MISSING, False),
+        ("6", DiffKind.EXTRA, False),
+        ("7", DiffKind.EXTRA, True),
+        ("9", DiffKind.EXTRA, False),
+    ]
+    # ClickHouse compares the hash over its columns (the second source hash)
+    ch_rows: dict[Ident, TargetRow] = {("1",): TargetRow(("1",), 21, version(5), True)}
+    assert verify.classify(Target.CLICKHOUSE, {("1",): source[("1",)]}, ch_rows, (LOW, HIGH)) == []
+    assert verify.classify(Target.HISTORIC, {("1",): source[("1",)]}, ch_rows, (LOW, HIGH)) == [
+        KeyDiff(Target.HISTORIC, DiffKind.CHANGED, ("1",), ("1",), False)
+    ]
+
+
+def result_with(diffs: dict[KeyRange, list[KeyDiff]], **kw: object) -> TableResult:
+    return TableResult(TABLE, 4, 1234, (Target.HISTORIC, Target.CLICKHOUSE), diffs, **kw)  # type: ignore[arg-type]
+
+
+def diff(target: Target, kind: DiffKind, key: str) -> KeyDiff:
+    return KeyDiff(target, kind, (key,), (key,), False)
+
+
+def test_report_counts_and_names_keys() -> None:
+    first, second, third = (
+        KeyRange(None, ("5",), 0),
+        KeyRange(("5",), ("9",), 0),
+        KeyRange(("9",), None, 2),
+    )
+    missing = [diff(Target.HISTORIC, DiffKind.MISSING, str(i)) for i in range(7)]
+    result = result_with(
+        {
+            first: missing[:3],
+            second: [*missing[3:], diff(Target.CLICKHOUSE, DiffKind.CHANGED, "8")],
+            third: [diff(Target.CLICKHOUSE, DiffKind.EXTRA, "12")],
+        },
+        not_in_clickhouse=("tags (integer[])",),
+        in_flight=3,
+    )
+    assert not result.clean
+    assert result.differing_ranges(Target.HISTORIC) == 1  # both pieces come from range 0
+    assert result.differing_ranges(Target.CLICKHOUSE) == 2
+    table, notes = verify.report(result, "verify")
+    assert table.row_count == 2
+    assert notes == [
+        "historic missing: (0), (1), (2), (3), (4) and 2 more",
+        "clickhouse extra: (12)",
+        "clickhouse changed: (8)",
+        "not compared in ClickHouse: tags (integer[])",
+        "3 differences were changes newer than the source read (in flight), not drift",
+    ]
+    assert [str(c) for c in table.columns[6].cells] == ["drift", "drift"]
+
+
+def test_report_unconfirmed_and_skipped_targets() -> None:
+    result = result_with(
+        {KeyRange(None, None): [diff(Target.HISTORIC, DiffKind.EXTRA, "1")]},
+        unconfirmed="slot 'cdc' does not exist",
+    )
+    result.targets = (Target.HISTORIC,)
+    result.clickhouse_skipped = "key column f (real) has no order shared with ClickHouse"
+    table, notes = verify.report(result, "verify")
+    assert [str(c) for c in table.columns[6].cells] == ["unconfirmed", "not compared"]
+    assert notes == [
+        "historic extra: (1)",
+        "clickhouse not compared: key column f (real) has no order shared with ClickHouse",
+        "unconfirmed: slot 'cdc' does not exist",
+    ]
+
+
+def test_all_clean_takes_the_repaired_result() -> None:
+    drifted = result_with({KeyRange(None, None): [diff(Target.HISTORIC, DiffKind.EXTRA, "1")]})
+    fixed = result_with({})
+    assert verify.all_clean([fixed], [])
+    assert not verify.all_clean([drifted], [])
+    assert verify.all_clean([drifted], [fixed])
+    assert not verify.all_clean([drifted], [drifted])
