@@ -44,6 +44,7 @@ from cdc.verify import run as run_verify
 app = typer.Typer(
     help="Ordered, versioned change data capture: Postgres → historic schema + ClickHouse.",
     no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold DSNs with passwords
 )
 stack_app = typer.Typer(
     help="The local stack: a private PostgreSQL cluster under .stack/.", no_args_is_help=True

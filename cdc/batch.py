@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
 from cdc.changes import Op, Transaction
@@ -26,6 +27,8 @@ Key = tuple[TupleValue, ...]
 # Key positions of a relation's columns; None when the table cannot be replicated (it is
 # quarantined: its changes are skipped while the other tables keep flowing).
 KeyResolver = Callable[[Relation], tuple[int, ...] | None]
+# Per Relation object: (relation, its table batch or None if quarantined, remap, key getter)
+Route = tuple[Relation, "TableBatch | None", "tuple[int, ...] | None", Callable[[TupleData], Key]]
 
 
 class RowImage(NamedTuple):
@@ -74,6 +77,7 @@ class BatchBuilder:
         self._key_positions = key_positions
         self._batch = Batch()
         self._remaps: dict[tuple[int, int], tuple[int, ...] | None] = {}
+        self._routes: dict[int, Route] = {}
 
     @property
     def changes(self) -> int:
@@ -86,6 +90,7 @@ class BatchBuilder:
     def build(self) -> Batch:
         batch, self._batch = self._batch, Batch()
         self._remaps.clear()
+        self._routes.clear()
         return batch
 
     def add(self, txn: Transaction) -> None:
@@ -93,30 +98,39 @@ class BatchBuilder:
         commit_high = txn.commit_lsn << 64
         count = skipped = 0
         ops = batch.ops
-        for change in txn.changes():
+        routes = self._routes
+        insert, truncate, delete = Op.INSERT, Op.TRUNCATE, Op.DELETE
+        for op, relation, ordinal, new, old in txn.changes():
             count += 1
-            table = self._table(change.relation)
+            route = routes.get(id(relation))
+            if route is None or route[0] is not relation:
+                route = self._route(relation)
+            _, table, remap, key_of = route
             if table is None:
                 skipped += 1
                 continue
-            ops[table.name, change.op] += 1
-            version = commit_high | change.ordinal
-            op = change.op
-            if op is Op.TRUNCATE:
+            ops[table.name, op] += 1
+            version = commit_high | ordinal
+            if op is insert and remap is None and old is None:
+                assert new is not None
+                rows = table.rows
+                key = key_of(new)
+                if UNCHANGED_TOAST not in new or key not in rows:
+                    rows[key] = RowImage(version, False, new)
+                    continue
+            if op is truncate:
                 table.rows.clear()
                 table.truncate_version = version
                 continue
-            remap = self._remap(table, change.relation)
-            if op is Op.DELETE:
-                assert change.old is not None
-                self._tombstone(table, _relayout(change.old, remap), version)
+            if op is delete:
+                assert old is not None
+                self._tombstone(table, _relayout(old, remap), version)
                 continue
-            assert change.new is not None
-            new = _relayout(change.new, remap)
-            if change.old is not None:
-                old = _relayout(change.old, remap)
-                old_key = tuple(old[i] for i in table.key_positions)
-                if old_key != tuple(new[i] for i in table.key_positions):
+            assert new is not None
+            new = _relayout(new, remap)
+            if old is not None:
+                old = _relayout(old, remap)
+                if key_of(old) != key_of(new):
                     self._tombstone(table, old, version)
                 if UNCHANGED_TOAST in new and len(old) == len(new):
                     # REPLICA IDENTITY FULL: the old row holds the unchanged values.
@@ -129,6 +143,16 @@ class BatchBuilder:
         batch.skipped += skipped
         batch.end_lsn = txn.end_lsn
         batch.commit_times.append(txn.commit_ts)
+
+    def _route(self, relation: Relation) -> Route:
+        """Where changes of `relation` go in this batch (cached per Relation object)."""
+        table = self._table(relation)
+        if table is None:
+            route: Route = (relation, None, None, _no_key)
+        else:
+            route = (relation, table, self._remap(table, relation), _key_getter(table))
+        self._routes[id(relation)] = route
+        return route
 
     def _table(self, relation: Relation) -> TableBatch | None:
         name = (relation.namespace, relation.name)
@@ -183,7 +207,7 @@ class BatchBuilder:
     @staticmethod
     def _tombstone(table: TableBatch, old: TupleData, version: int) -> None:
         """A deleted row keeps its last known values: from this batch, else the target's."""
-        key = tuple(old[i] for i in table.key_positions)
+        key = _key_getter(table)(old)
         previous = table.rows.get(key)
         if previous is not None and not previous.deleted:
             table.rows[key] = RowImage(version, True, previous.values)
@@ -195,7 +219,7 @@ class BatchBuilder:
 
     @staticmethod
     def _upsert(table: TableBatch, new: TupleData, version: int) -> None:
-        key = tuple(new[i] for i in table.key_positions)
+        key = _key_getter(table)(new)
         if UNCHANGED_TOAST in new:
             previous = table.rows.get(key)
             if previous is not None and not previous.deleted:
@@ -204,6 +228,20 @@ class BatchBuilder:
                     for n, p in zip(new, previous.values, strict=True)
                 )
         table.rows[key] = RowImage(version, False, new)
+
+
+def _no_key(values: TupleData) -> Key:
+    raise AssertionError("a quarantined table has no key")
+
+
+def _key_getter(table: TableBatch) -> Callable[[TupleData], Key]:
+    """The key tuple of a row in `table`'s layout (itemgetter: no Python loop per row)."""
+    positions = table.key_positions
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda values: (values[only],)
+    getter = itemgetter(*positions)
+    return lambda values: getter(values)
 
 
 def _relayout(values: TupleData, remap: tuple[int, ...] | None) -> TupleData:

@@ -11,6 +11,7 @@ into the batch, so the ClickHouse sink receives complete rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from psycopg import sql
 from cdc import ddl
 from cdc.batch import Batch, RowImage, TableBatch, TableName
 from cdc.errors import CdcError, ErrorKind
-from cdc.pgoutput import UNCHANGED_TOAST, TupleValue
+from cdc.pgoutput import UNCHANGED_TOAST, TupleData, TupleValue
 from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
 from cdc.settings import redact_url
 from cdc.sinks.base import Layouts
@@ -40,45 +41,64 @@ COPY_SAFE_TYPES = frozenset(
 )  # fmt: skip
 
 
+_NEEDS_ESCAPE = re.compile(rb"[\\\n\r\t]")
+
+
 def copy_escape(value: bytes) -> bytes:
     """A value in COPY text format (backslash, newline, carriage return, tab escaped)."""
-    if b"\\" in value:
-        value = value.replace(b"\\", b"\\\\")
-    if b"\n" in value:
-        value = value.replace(b"\n", b"\\n")
-    if b"\r" in value:
-        value = value.replace(b"\r", b"\\r")
-    if b"\t" in value:
-        value = value.replace(b"\t", b"\\t")
-    return value
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
+    return (
+        value.replace(b"\\", b"\\\\")
+        .replace(b"\n", b"\\n")
+        .replace(b"\r", b"\\r")
+        .replace(b"\t", b"\\t")
+    )
 
 
 def copy_rows(layout: TableSchema, table: TableBatch) -> tuple[bytes, bool]:
-    """COPY text of the batch's rows for `stage_columns`; and whether any needs filling."""
+    """COPY text of the batch's rows for `stage_columns`; and whether any needs filling.
+
+    The hot path of the historic sink: one list comprehension per row; the rare rows with
+    values to fill from the target take the slow path."""
     escaped = [c.type_oid not in COPY_SAFE_TYPES for c in layout.columns]
-    lines = []
+    null, unchanged_marker = COPY_NULL, UNCHANGED_TOAST
+    lines: list[bytes] = []
+    append = lines.append
     any_unchanged = False
     for image in table.rows.values():
-        fields: list[bytes] = []
-        unchanged: list[int] = []
-        for position, (value, escape) in enumerate(zip(image.values, escaped, strict=True)):
-            if value is None:
-                fields.append(COPY_NULL)
-            elif value is UNCHANGED_TOAST:
-                fields.append(COPY_NULL)
-                unchanged.append(position + 1)
-            elif isinstance(value, bytes):
-                fields.append(copy_escape(value) if escape else value)
-            else:
-                raise CdcError(ErrorKind.DECODE, "binary tuple values are not supported")
-        marker = b"{%s}" % b",".join(b"%d" % p for p in unchanged) if unchanged else COPY_NULL
-        any_unchanged = any_unchanged or bool(unchanged)
+        values = image.values
+        if unchanged_marker in values:
+            any_unchanged = True
+            fields, marker = _fill_marked(values, escaped)
+        else:
+            fields = [
+                null if v is None else (copy_escape(v) if e else v)  # type: ignore[arg-type,misc]
+                for v, e in zip(values, escaped, strict=True)
+            ]
+            marker = null
         fields.append(b"%d" % image.version)
         fields.append(b"t" if image.deleted else b"f")
         fields.append(marker)
-        lines.append(b"\t".join(fields))
+        append(b"\t".join(fields))
     lines.append(b"")
     return b"\n".join(lines), any_unchanged
+
+
+def _fill_marked(values: TupleData, escaped: list[bool]) -> tuple[list[bytes], bytes]:
+    """Fields with NULL where a value is to be filled, and the int2[] of those positions."""
+    fields: list[bytes] = []
+    unchanged: list[int] = []
+    for position, (value, escape) in enumerate(zip(values, escaped, strict=True)):
+        if value is None or value is UNCHANGED_TOAST:
+            fields.append(COPY_NULL)
+            if value is UNCHANGED_TOAST:
+                unchanged.append(position + 1)
+        elif isinstance(value, bytes):
+            fields.append(copy_escape(value) if escape else value)
+        else:
+            raise CdcError(ErrorKind.DECODE, "binary tuple values are not supported")
+    return fields, b"{%s}" % b",".join(b"%d" % p for p in unchanged)
 
 
 def stage_columns(layout: TableSchema) -> list[str]:
