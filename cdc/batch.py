@@ -73,8 +73,13 @@ def _layout_of(relation: Relation) -> tuple[tuple[str, ...], tuple[int, ...]]:
 class BatchBuilder:
     """Accumulate transactions with `add`; `build` returns the batch and starts a new one."""
 
-    def __init__(self, key_positions: KeyResolver) -> None:
+    def __init__(self, key_positions: KeyResolver, max_changes: int | None = None) -> None:
+        """`max_changes`: a transaction larger than this is cut into several batches (its
+        end is acknowledged only with the batch that completes it), so memory stays bounded
+        by the batch size, not by the largest transaction."""
         self._key_positions = key_positions
+        self._max_changes = max_changes
+        self._last_end = Lsn.ZERO
         self._batch = Batch()
         self._remaps: dict[tuple[int, int], tuple[int, ...] | None] = {}
         self._routes: dict[int, Route] = {}
@@ -93,14 +98,26 @@ class BatchBuilder:
         self._routes.clear()
         return batch
 
-    def add(self, txn: Transaction) -> None:
+    def add(self, txn: Transaction) -> list[Batch]:
+        """Fold `txn` in; returns the batches that filled up on the way (usually none)."""
+        full: list[Batch] = []
+        limit = self._max_changes
         batch = self._batch
+        batch.end_lsn = self._last_end
         commit_high = txn.commit_lsn << 64
         count = skipped = 0
         ops = batch.ops
         routes = self._routes
         insert, truncate, delete = Op.INSERT, Op.TRUNCATE, Op.DELETE
         for op, relation, ordinal, new, old in txn.changes():
+            if limit is not None and count and batch.changes + count >= limit:
+                batch.changes += count
+                batch.skipped += skipped
+                count = skipped = 0
+                full.append(self.build())  # ends mid-transaction: acknowledges less
+                batch = self._batch
+                batch.end_lsn = self._last_end
+                ops = batch.ops
             count += 1
             route = routes.get(id(relation))
             if route is None or route[0] is not relation:
@@ -141,8 +158,9 @@ class BatchBuilder:
         batch.transactions += 1
         batch.changes += count
         batch.skipped += skipped
-        batch.end_lsn = txn.end_lsn
+        batch.end_lsn = self._last_end = txn.end_lsn
         batch.commit_times.append(txn.commit_ts)
+        return full
 
     def _route(self, relation: Relation) -> Route:
         """Where changes of `relation` go in this batch (cached per Relation object)."""

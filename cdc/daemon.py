@@ -379,7 +379,7 @@ class Daemon:
                 status_interval=min(settings.status_interval_s, 10.0),
             )
         )
-        builder = BatchBuilder(self.key_positions)
+        builder = BatchBuilder(self.key_positions, max_changes=settings.batch_size)
         latency = settings.batch_latency_ms / 1000
         self.log.info("daemon_started", publication=settings.publication)
         applier = Applier(self.apply)
@@ -394,7 +394,8 @@ class Daemon:
                 if isinstance(event, Transaction):
                     if builder.transactions == 0:
                         batch_started = time.monotonic()
-                    builder.add(event)
+                    for filled in builder.add(event):
+                        applier.submit(filled)
                     event.close()
                 full = builder.changes >= settings.batch_size
                 due = time.monotonic() - batch_started >= latency
