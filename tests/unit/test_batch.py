@@ -3,7 +3,7 @@ and cutting a transaction larger than the batch size."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from cdc.batch import BatchBuilder
 from cdc.changes import Change, Op, Transaction
@@ -17,7 +17,9 @@ RELATION = Relation(
 )  # fmt: skip
 
 
-def txn(commit: int, changes: list[tuple[Op, TupleData | None, TupleData | None]]) -> Transaction:
+def txn(
+    commit: int, changes: Sequence[tuple[Op, TupleData | None, TupleData | None]]
+) -> Transaction:
     def iterate() -> Iterator[Change]:
         for ordinal, (op, new, old) in enumerate(changes, start=1):
             yield Change(op, RELATION, ordinal, new, old)
