@@ -7,7 +7,7 @@ DOCKER ?=
 COMPOSE := docker compose -f deploy/docker-compose.yml
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-unit lint format up down psql demo clean
+.PHONY: help install test test-unit lint format up down psql demo bench clean
 
 help:
 	@echo "make install   create $(VENV) and install cdc with all extras"
@@ -17,6 +17,7 @@ help:
 	@echo "make psql      open psql on the local stack"
 	@echo "make down      stop the local stack"
 	@echo "make demo      start the stack and run the demo"
+	@echo "make bench     run the benchmarks, write docs/benchmarks.md (BENCH_ARGS=--quick)"
 
 $(BIN)/.installed: pyproject.toml
 	@scripts/ensure-python $(PYTHON)
@@ -67,6 +68,10 @@ endif
 
 demo: up
 	$(CDC) demo
+
+bench: install
+	@scripts/ensure-postgres
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	-$(CDC) stack down --purge

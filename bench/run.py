@@ -1,0 +1,387 @@
+"""`make bench`: every benchmark, each figure a ratio to a baseline measured in the same run;
+results written to docs/benchmarks.md.
+
+- streaming: pg_recvlogical (the receive limit) vs decode-only vs end to end, on copies of
+  one slot (`bench/streaming.py`);
+- backfill: raw binary `COPY ... TO STDOUT` vs a backfill into both targets;
+- latency: commit -> durable in both targets at a steady rate of single-row updates;
+- memory: peak RSS applying one large transaction vs a small one;
+- scaling: end-to-end throughput for 1, 4, 16 tables and 10 or 100 columns, relative to the
+  1-table, 10-column case.
+
+Usage: python bench/run.py [--quick] [--only NAME ...] [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from statistics import quantiles
+from typing import Any
+
+import psycopg
+from pydantic import SecretStr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import streaming
+from cdc import localstack
+from cdc.backfill import Backfill
+from cdc.daemon import Daemon
+from cdc.schema import describe_table
+from cdc.settings import Settings
+from cdc.sinks.factory import default_sinks
+from cdc.snapshot import exported_snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+Results = dict[str, Any]
+
+
+@contextmanager
+def cluster() -> Iterator[tuple[localstack.LocalCluster, Path]]:
+    root = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
+    root.chmod(0o755)
+    pg = localstack.LocalCluster(root / "pg", localstack.free_port())
+    pg.start()
+    try:
+        yield pg, root
+    finally:
+        pg.destroy()
+
+
+def settings_for(dsn: str, ch_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "source_dsn": SecretStr(dsn),
+        "clickhouse_url": SecretStr(f"chdb://{ch_path}"),
+        "slot": "cdc",
+        "publication": "cdc",
+        "status_interval_s": 10.0,
+        "heartbeat_interval_s": 0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# -- backfill ----------------------------------------------------------------------------------
+
+
+def bench_backfill(rows: int) -> Results:
+    with cluster() as (pg, root):
+        dsn = pg.paths.dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(streaming.TABLE)
+            conn.execute(
+                "INSERT INTO director.events SELECT g, 'name ' || g, now(), g * 1.25, "
+                "jsonb_build_object('k', g), g %% 2 = 0, gen_random_uuid(), g %% 1000, g / 3.0, "
+                "repeat('x', 20) FROM generate_series(1, %s) g",
+                (rows,),
+            )
+            conn.execute("VACUUM ANALYZE director.events")
+
+        def raw_copy() -> None:
+            with (
+                psycopg.connect(dsn) as conn,
+                conn.cursor() as cur,
+                cur.copy("COPY director.events TO STDOUT (FORMAT binary)") as copy,
+            ):
+                for _ in copy:
+                    pass
+
+        raw = timed(raw_copy)
+        settings = settings_for(dsn, root / "ch")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            table = describe_table(conn, "director", "events")
+        factory = default_sinks(settings)
+        for sink in factory():
+            sink.prepare([table])
+            sink.close()
+
+        def backfill() -> None:
+            with exported_snapshot(dsn) as snapshot:
+                Backfill(dsn, dsn, "historic", "bench", [table], factory,
+                         chunk_size=50_000, workers=2).run(snapshot)  # fmt: skip
+
+        copied = timed(backfill)
+    return {
+        "rows": rows,
+        "raw_copy_rows_per_s": round(rows / raw),
+        "backfill_rows_per_s": round(rows / copied),
+        "ratio": round(raw / copied, 3),
+    }
+
+
+# -- latency -----------------------------------------------------------------------------------
+
+
+def bench_latency(rate: int, seconds: float) -> Results:
+    with cluster() as (pg, root):
+        dsn = pg.paths.dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA director")
+            conn.execute(
+                "CREATE TABLE director.cards (id int PRIMARY KEY, n bigint, at timestamptz)"
+            )
+            conn.execute(
+                "INSERT INTO director.cards SELECT g, 0, now() FROM generate_series(1, 1000) g"
+            )
+        daemon = Daemon(settings_for(dsn, root / "ch", batch_latency_ms=50))
+        stop = threading.Event()
+        thread = threading.Thread(target=daemon.run, args=(stop,))
+        thread.start()
+        while not daemon.streaming.is_set():
+            time.sleep(0.05)
+        sent = 0
+        writers = 2
+        per_writer = rate / writers
+
+        def write(offset: int) -> None:
+            nonlocal sent
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                start = time.perf_counter()
+                i = 0
+                while time.perf_counter() - start < seconds:
+                    conn.execute(
+                        "UPDATE director.cards SET n = n + 1, at = now() WHERE id = %s",
+                        (offset + i % 500 + 1,),
+                    )
+                    i += 1
+                    sent += 1
+                    ahead = i / per_writer - (time.perf_counter() - start)
+                    if ahead > 0:
+                        time.sleep(ahead)
+
+        threads = [threading.Thread(target=write, args=(w * 500,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(2)
+        stop.set()
+        thread.join()
+        lags = sorted(daemon.stats.lags)
+    cut = quantiles(lags, n=100, method="inclusive")
+    return {
+        "target_tx_per_s": rate,
+        "achieved_tx_per_s": round(sent / seconds),
+        "transactions": len(lags),
+        "p50_ms": round(cut[49] * 1000, 1),
+        "p99_ms": round(cut[98] * 1000, 1),
+        "batch_latency_ms": 50,
+    }
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+MEMORY_SCRIPT = """
+import json, resource, sys, threading, time
+from bench.run import settings_for
+from pathlib import Path
+from cdc.daemon import Daemon
+dsn, ch, expected = sys.argv[1], Path(sys.argv[2]), int(sys.argv[4])
+daemon = Daemon(settings_for(dsn, ch, memory_budget_mb=64, initial_load=False))
+stop = threading.Event()
+thread = threading.Thread(target=daemon.run, args=(stop,))
+thread.start()
+while daemon.stats.changes < expected and thread.is_alive():
+    time.sleep(0.1)
+stop.set(); thread.join()
+print(json.dumps({"changes": daemon.stats.changes,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_memory(large: int, small: int) -> Results:
+    peaks: dict[int, float] = {}
+    for rows in (small, large):
+        with cluster() as (pg, root):
+            dsn = pg.paths.dsn
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE SCHEMA director")
+                conn.execute("CREATE TABLE director.t (id int PRIMARY KEY, note text)")
+                conn.execute("CREATE PUBLICATION cdc FOR TABLE director.t")
+                conn.execute("SELECT pg_create_logical_replication_slot('cdc', 'pgoutput')")
+                conn.execute(
+                    "INSERT INTO director.t SELECT g, md5(g::text) FROM generate_series(1, %s) g",
+                    (rows,),
+                )
+            out = subprocess.run(
+                [sys.executable, "-c", MEMORY_SCRIPT, dsn, str(root / "ch"), "-", str(rows)],
+                capture_output=True, text=True, check=True, cwd=ROOT,
+            )  # fmt: skip
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            assert result["changes"] == rows, result
+            peaks[rows] = result["peak_mb"]
+    return {
+        "small_rows": small,
+        "large_rows": large,
+        "small_peak_mb": round(peaks[small]),
+        "large_peak_mb": round(peaks[large]),
+        "difference_mb": round(peaks[large] - peaks[small]),
+    }
+
+
+# -- scaling -----------------------------------------------------------------------------------
+
+
+def bench_scaling(changes: int) -> Results:
+    cases = [(1, 10), (4, 10), (16, 10), (1, 100)]
+    rates: dict[str, float] = {}
+    for tables, width in cases:
+        with cluster() as (pg, root):
+            dsn = pg.paths.dsn
+            columns = ", ".join(f"c{i} text" for i in range(width - 1))
+            values = ", ".join(f"'v{i}-' || g" for i in range(width - 1))
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE SCHEMA director")
+                for t in range(tables):
+                    conn.execute(f"CREATE TABLE director.t{t} (id bigint PRIMARY KEY, {columns})")
+                conn.execute("CREATE PUBLICATION cdc FOR TABLES IN SCHEMA director")
+                conn.execute("SELECT pg_create_logical_replication_slot('cdc', 'pgoutput')")
+                per_table = changes // tables
+                for t in range(tables):
+                    for start in range(0, per_table, 1000):
+                        conn.execute(
+                            f"INSERT INTO director.t{t} SELECT g, {values} "
+                            f"FROM generate_series({start + 1}, {min(start + 1000, per_table)}) g"
+                        )
+            daemon = Daemon(settings_for(dsn, root / "ch", initial_load=False))
+            expected = per_table * tables
+            elapsed = timed(lambda d=daemon, e=expected: streaming.run_until(d, e))  # type: ignore[misc]
+            rates[f"{tables} tables x {width} columns"] = expected / elapsed
+    base = rates["1 tables x 10 columns"]
+    return {
+        name: {"changes_per_s": round(r), "ratio": round(r / base, 3)} for name, r in rates.items()
+    }
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def write_report(results: Results, command: str, out: Path) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Reproduce with `{command}` (written by `bench/run.py`). Machine: {machine()}; "
+        "PostgreSQL from local binaries, ClickHouse as the embedded engine (chdb), both on "
+        "the same machine as the daemon. Each figure is relative to a baseline measured in "
+        "the same run.",
+        "",
+    ]
+    if s := results.get("streaming"):
+        lines += [
+            "## Streaming (changes/s, ratio to `pg_recvlogical`)",
+            "",
+            f"{s['changes']:,} changes (60% inserts, 30% updates, 10% deletes, 1,000 per "
+            "transaction, 10 mixed-type columns), each replayed from a copy of one slot.",
+            "",
+            "| measurement | changes/s | ratio to (a) |",
+            "|---|---|---|",
+        ]
+        labels = {"pg_recvlogical": "(a) pg_recvlogical to /dev/null",
+                  "decode": "(b) decode and assemble only",
+                  "end_to_end": "(c) end to end into historic + ClickHouse"}  # fmt: skip
+        for key, label in labels.items():
+            row = s["results"][key]
+            lines.append(f"| {label} | {row['changes_per_s']:,} | {row['ratio_to_a']} |")
+        lines.append("")
+    if b := results.get("backfill"):
+        lines += [
+            "## Backfill",
+            "",
+            f"{b['rows']:,} rows of the same table: raw binary `COPY TO STDOUT` "
+            f"{b['raw_copy_rows_per_s']:,} rows/s; backfill into both targets "
+            f"{b['backfill_rows_per_s']:,} rows/s; ratio **{b['ratio']}** (target 0.3).",
+            "",
+        ]
+    if lat := results.get("latency"):
+        lines += [
+            "## Latency",
+            "",
+            f"Single-row update transactions at a target of {lat['target_tx_per_s']:,}/s "
+            f"(achieved {lat['achieved_tx_per_s']:,}/s), commit at the source to durable in "
+            f"both targets, over {lat['transactions']:,} transactions: p50 "
+            f"**{lat['p50_ms']} ms**, p99 **{lat['p99_ms']} ms** (target p99 < 1 s; batches "
+            f"close after {lat['batch_latency_ms']} ms).",
+            "",
+        ]
+    if m := results.get("memory"):
+        lines += [
+            "## Memory",
+            "",
+            f"Peak RSS of the daemon applying one {m['large_rows']:,}-row transaction: "
+            f"{m['large_peak_mb']} MB; one {m['small_rows']:,}-row transaction: "
+            f"{m['small_peak_mb']} MB; difference **{m['difference_mb']} MB** "
+            "(target < 100 MB).",
+            "",
+        ]
+    if sc := results.get("scaling"):
+        lines += [
+            "## Scaling",
+            "",
+            "| case | changes/s | ratio to 1 table x 10 columns |",
+            "|---|---|---|",
+        ]
+        for name, row in sc.items():
+            lines.append(f"| {name} | {row['changes_per_s']:,} | {row['ratio']} |")
+        lines.append("")
+    if p := results.get("profile"):
+        lines += ["## Where the time goes", "", p, ""]
+    out.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    quick = args.quick
+    changes = 100_000 if quick else 1_000_000
+    runs: dict[str, Callable[[], Any]] = {
+        "streaming": lambda: streaming.measure(changes),
+        "backfill": lambda: bench_backfill(changes),
+        "latency": lambda: bench_latency(500, 5.0) if quick else bench_latency(2_000, 20.0),
+        "memory": lambda: bench_memory(200_000 if quick else 5_000_000, 10_000),
+        "scaling": lambda: bench_scaling(50_000 if quick else 200_000),
+    }
+    results: Results = {}
+    for name, run in runs.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        results[name] = run()
+        print(json.dumps(results[name], indent=2), flush=True)
+    command = "make bench" + (" BENCH_ARGS=--quick" if quick else "")
+    write_report(results, command, args.out)
+    print(f"wrote {args.out}; peak RSS of this process "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
