@@ -26,6 +26,7 @@ from cdc import faults, preflight, slots, status
 from cdc.applier import Applier
 from cdc.assembler import Event
 from cdc.backfill import Backfill
+from cdc.backfill import Progress as BackfillProgress
 from cdc.batch import Batch, BatchBuilder, TableBatch
 from cdc.changes import Transaction
 from cdc.errors import Action, CdcError, ErrorKind
@@ -78,6 +79,7 @@ class Daemon:
         self._quarantined: dict[tuple[str, str], str] = {}
         self._last_progress = time.monotonic()
         self._last_event_at = time.monotonic()
+        self._backfill_rows_seen = 0
         self._last_progress_changes = 0
 
     # -- setup -----------------------------------------------------------------------------
@@ -148,11 +150,21 @@ class Daemon:
             self.sink_factory,
             chunk_size=settings.backfill_chunk_size,
             workers=settings.backfill_workers,
+            on_progress=self._backfill_progress,
         )
 
+    def _backfill_progress(self, progress: BackfillProgress) -> None:
+        self.metrics.backfill_rows.inc(progress.rows - self._backfill_rows_seen)
+        self._backfill_rows_seen = progress.rows
+        self.metrics.backfill_chunks_left.set(progress.total_chunks - progress.done_chunks)
+
     def _run_load(self, load: Backfill, snapshot: Snapshot) -> None:
+        self._backfill_rows_seen = 0
         self.log.info("initial_load_started", snapshot_lsn=str(snapshot.lsn))
         progress = load.run(snapshot)
+        for table, reason in progress.failed.items():
+            schema = load.tables[table].schema
+            self._quarantine((schema, table), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
         self.log.info(
             "initial_load_done", rows=progress.rows, chunks=progress.done_chunks,
             rows_per_s=round(progress.rows_per_s),

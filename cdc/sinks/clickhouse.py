@@ -95,6 +95,31 @@ class ClickHouseSink:
                 f"{redact_url(str(exc))[:500]}",
             ) from exc
 
+    def apply_copy(self, layout: TableSchema, data: bytes) -> None:
+        """Live rows in Postgres COPY text format (the layout's columns, then `_version`):
+        ClickHouse's TabSeparated reads it as is (same escapes, same `\\N`) for the types
+        `direct_copy_types` allows; `_is_deleted` takes its default, 0."""
+        try:
+            self._ensure((layout.schema, layout.name), layout)
+            self.client.raw_insert(
+                self._written(layout.name),
+                column_names=[*layout.column_names, VERSION_COLUMN],
+                insert_block=data,
+                fmt="TabSeparated",
+                settings=INSERT_SETTINGS
+                if self.cluster is None
+                else {**INSERT_SETTINGS, **SYNC_INSERT},
+            )
+        except CdcError as exc:
+            exc.table = exc.table or (layout.schema, layout.name)
+            raise
+        except Exception as exc:
+            raise CdcError(
+                ErrorKind.SINK_CONNECTION,
+                f"ClickHouse write to {redact_url(self.url)} failed: {type(exc).__name__}: "
+                f"{redact_url(str(exc))[:500]}",
+            ) from exc
+
     # -- targets ---------------------------------------------------------------------------
 
     def _ensure(self, name: TableName, layout: TableSchema) -> None:

@@ -271,6 +271,21 @@ class HistoricSink:
                 conn.execute(statement, params)
         if not table.rows:
             return
+        self._create_stage(conn, layout)
+        data, any_unchanged = copy_rows(layout, table)
+        copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(STAGE_TABLE),
+            sql.SQL(", ").join(map(sql.Identifier, stage_columns(layout))),
+        )
+        with conn.cursor() as cur, cur.copy(copy) as pipe:
+            pipe.write(data)
+        if any_unchanged:
+            conn.execute(fill_sql(self.schema, layout))
+            self._write_back(conn, table, layout)
+        conn.execute(upsert_sql(self.schema, layout))
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
+
+    def _create_stage(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
         conn.execute(
             sql.SQL(
                 "CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
@@ -285,22 +300,37 @@ class HistoricSink:
             )
         )
         conn.execute(
-            sql.SQL("ALTER TABLE {} ADD COLUMN {} int2[]").format(
-                sql.Identifier(STAGE_TABLE), sql.Identifier(UNCHANGED_COLUMN)
+            sql.SQL(
+                "ALTER TABLE {stage} ADD COLUMN {unchanged} int2[], "
+                "ALTER COLUMN {deleted} SET DEFAULT false"
+            ).format(
+                stage=sql.Identifier(STAGE_TABLE),
+                unchanged=sql.Identifier(UNCHANGED_COLUMN),
+                deleted=sql.Identifier(DELETED_COLUMN),
             )
         )
-        data, any_unchanged = copy_rows(layout, table)
-        copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            sql.Identifier(STAGE_TABLE),
-            sql.SQL(", ").join(map(sql.Identifier, stage_columns(layout))),
-        )
-        with conn.cursor() as cur, cur.copy(copy) as pipe:
-            pipe.write(data)
-        if any_unchanged:
-            conn.execute(fill_sql(self.schema, layout))
-            self._write_back(conn, table, layout)
-        conn.execute(upsert_sql(self.schema, layout))
-        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
+
+    def apply_copy(self, layout: TableSchema, data: bytes) -> None:
+        """Live rows in COPY text format (the layout's columns, then `_version`), straight
+        from a source COPY: no value is touched in Python. Same guard as `apply`."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                self._ensure(conn, (layout.schema, layout.name), layout)
+                self._create_stage(conn, layout)
+                copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    sql.Identifier(STAGE_TABLE),
+                    sql.SQL(", ").join(map(sql.Identifier, [*layout.column_names, VERSION_COLUMN])),
+                )
+                with conn.cursor() as cur, cur.copy(copy) as pipe:
+                    pipe.write(data)
+                conn.execute(upsert_sql(self.schema, layout))
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise CdcError(
+                ErrorKind.SINK_CONNECTION, f"historic write failed: {str(exc).strip()}"
+            ) from exc
 
     @staticmethod
     def _write_back(conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema) -> None:

@@ -15,8 +15,15 @@ import pytest
 
 from cdc.lsn import Lsn
 from tests.harness import ClickHouseServer, PgServer
-from tests.integration.test_crash_safety import read_clickhouse, slot_caught_up, start_daemon
 from tests.pipeline import wait_until
+from tests.processes import (
+    ITEMS_DDL,
+    daemon_env,
+    items,
+    read_clickhouse,
+    slot_caught_up,
+    start_daemon,
+)
 
 # (fault spec, how the round ends): every fault point, a ClickHouse outage, random kills.
 ROUNDS = [
@@ -81,27 +88,15 @@ def test_chaos(
 ) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA director")
-        conn.execute(
-            "CREATE TABLE director.items (id int PRIMARY KEY, grp int, val text, "
-            "amount numeric(12,2), flag boolean NOT NULL DEFAULT false)"
-        )
+        conn.execute(ITEMS_DDL)
         conn.execute(
             "INSERT INTO director.items SELECT g, g % 5, 'seed', g FROM generate_series(1, 3000) g"
         )
-    embedded = clickhouse_server.url.startswith("chdb://")
-    ch_url = f"chdb://{tmp_path / 'clickhouse'}" if embedded else clickhouse_server.url
-    env = {
-        "CDC_SOURCE_DSN": pg_dsn,
-        "CDC_CLICKHOUSE_URL": ch_url,
-        "CDC_CLICKHOUSE_DATABASE": ch_database,
-        "CDC_SLOT": "chaos_slot",
-        "CDC_PUBLICATION": "chaos_pub",
-        "CDC_BATCH_LATENCY_MS": "20",
-        "CDC_STATUS_INTERVAL_S": "0.5",
-        "CDC_BACKFILL_CHUNK_SIZE": "250",
-        "CDC_BACKFILL_WORKERS": "1",
-        "CDC_MAX_RETRY_DELAY_S": "0.3",
-    }
+    env, ch_url = daemon_env(
+        pg_dsn, clickhouse_server, ch_database, tmp_path, "chaos_slot",
+        CDC_BATCH_LATENCY_MS="20", CDC_BACKFILL_CHUNK_SIZE="250", CDC_BACKFILL_WORKERS="1",
+        CDC_MAX_RETRY_DELAY_S="0.3",
+    )  # fmt: skip
     log = tmp_path / "daemon.log"
     stop = threading.Event()
     committed = [0]
@@ -145,14 +140,8 @@ def test_chaos(
         finally:
             final.send_signal(signal.SIGTERM)
             assert final.wait(timeout=60) == 0, log.read_text()[-3000:]
-        source = sorted(
-            [r[0], r[1], r[2], str(r[3]), r[4]]
-            for r in pg.execute("SELECT id, grp, val, amount, flag FROM director.items")
-        )
-        historic = sorted(
-            [r[0], r[1], r[2], str(r[3]), r[4]]
-            for r in pg.execute("SELECT id, grp, val, amount, flag FROM historic.items_current")
-        )
+        source = items(pg, "director.items")
+        historic = items(pg, "historic.items_current")
         historic_versions = {
             str(r[0]): str(r[1]) for r in pg.execute("SELECT id, _version FROM historic.items")
         }

@@ -8,12 +8,8 @@ both targets agree on every row's version.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,21 +21,16 @@ import pytest
 from cdc.lsn import Lsn
 from tests.harness import ClickHouseServer
 from tests.pipeline import wait_until
+from tests.processes import (
+    ITEMS_DDL,
+    daemon_env,
+    items,
+    read_clickhouse,
+    slot_caught_up,
+    start_daemon,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 KILLS = 6
-
-
-def start_daemon(env: dict[str, str], log: Path, faults: str = "") -> subprocess.Popen[bytes]:
-    full_env = {**os.environ, **env, "CDC_FAULTS": faults}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"],
-            cwd=ROOT,
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def writer(dsn: str, seed: int, stop: threading.Event) -> None:
@@ -67,43 +58,6 @@ def writer(dsn: str, seed: int, stop: threading.Event) -> None:
             time.sleep(rng.random() * 0.01)
 
 
-READ_CLICKHOUSE = """
-import json, sys
-from cdc import clickhouse
-client = clickhouse.connect(sys.argv[1])
-db = sys.argv[2]
-rows = client.query(
-    f"SELECT id, grp, val, toDecimalString(amount, 2), flag FROM `{db}`.items_current"
-).result_rows
-versions = client.query(
-    f"SELECT id, toString(argMax(_version, _version)) FROM `{db}`.items GROUP BY id"
-).result_rows
-print(json.dumps({"rows": sorted(list(r) for r in rows), "versions": dict(versions)}))
-client.close()
-"""
-
-
-def read_clickhouse(url: str, database: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-c", READ_CLICKHOUSE, url, database],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
-def slot_caught_up(conn: psycopg.Connection[Any], slot: str, target: Lsn) -> bool:
-    row = conn.execute(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-        (slot,),
-    ).fetchone()
-    return row is not None and row[0] is not None and Lsn.parse(row[0]) >= target
-
-
 @pytest.mark.slow
 def test_kill_minus_nine_at_random_moments_loses_nothing(
     pg: psycopg.Connection[Any],
@@ -113,21 +67,8 @@ def test_kill_minus_nine_at_random_moments_loses_nothing(
     tmp_path: Path,
 ) -> None:
     pg.execute("CREATE SCHEMA director")
-    pg.execute(
-        "CREATE TABLE director.items (id int PRIMARY KEY, grp int, val text, "
-        "amount numeric(12,2), flag boolean NOT NULL DEFAULT false)"
-    )
-    embedded = clickhouse_server.url.startswith("chdb://")
-    ch_url = f"chdb://{tmp_path / 'clickhouse'}" if embedded else clickhouse_server.url
-    env = {
-        "CDC_SOURCE_DSN": pg_dsn,
-        "CDC_CLICKHOUSE_URL": ch_url,
-        "CDC_CLICKHOUSE_DATABASE": ch_database,
-        "CDC_SLOT": "crash_slot",
-        "CDC_PUBLICATION": "crash_pub",
-        "CDC_BATCH_LATENCY_MS": "30",
-        "CDC_STATUS_INTERVAL_S": "0.5",
-    }
+    pg.execute(ITEMS_DDL)
+    env, ch_url = daemon_env(pg_dsn, clickhouse_server, ch_database, tmp_path, "crash_slot")
     log = tmp_path / "daemon.log"
     stop = threading.Event()
     writers = [threading.Thread(target=writer, args=(pg_dsn, s, stop)) for s in range(3)]
@@ -164,16 +105,8 @@ def test_kill_minus_nine_at_random_moments_loses_nothing(
     assert kills == KILLS
     assert b"injected" not in log.read_bytes()  # the kill fault fires before any message
 
-    source = sorted(
-        [r[0], r[1], r[2], str(r[3]), r[4]]
-        for r in pg.execute("SELECT id, grp, val, amount, flag FROM director.items").fetchall()
-    )
-    historic = sorted(
-        [r[0], r[1], r[2], str(r[3]), r[4]]
-        for r in pg.execute(
-            "SELECT id, grp, val, amount, flag FROM historic.items_current"
-        ).fetchall()
-    )
+    source = items(pg, "director.items")
+    historic = items(pg, "historic.items_current")
     historic_versions = {
         str(r[0]): str(r[1])
         for r in pg.execute("SELECT id, _version FROM historic.items").fetchall()

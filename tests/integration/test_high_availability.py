@@ -11,8 +11,15 @@ import psycopg
 
 from cdc.lsn import Lsn
 from tests.harness import ClickHouseServer
-from tests.integration.test_crash_safety import read_clickhouse, slot_caught_up, start_daemon
 from tests.pipeline import wait_until
+from tests.processes import (
+    ITEMS_DDL,
+    daemon_env,
+    items,
+    read_clickhouse,
+    slot_caught_up,
+    start_daemon,
+)
 
 
 def log_has(path: Path, event: str) -> bool:
@@ -27,21 +34,8 @@ def test_standby_takes_over_within_seconds(
     tmp_path: Path,
 ) -> None:
     pg.execute("CREATE SCHEMA director")
-    pg.execute(
-        "CREATE TABLE director.items (id int PRIMARY KEY, grp int, val text, "
-        "amount numeric(12,2), flag boolean NOT NULL DEFAULT false)"
-    )
-    embedded = clickhouse_server.url.startswith("chdb://")
-    ch_url = f"chdb://{tmp_path / 'clickhouse'}" if embedded else clickhouse_server.url
-    env = {
-        "CDC_SOURCE_DSN": pg_dsn,
-        "CDC_CLICKHOUSE_URL": ch_url,
-        "CDC_CLICKHOUSE_DATABASE": ch_database,
-        "CDC_SLOT": "ha_slot",
-        "CDC_PUBLICATION": "ha_pub",
-        "CDC_BATCH_LATENCY_MS": "30",
-        "CDC_STATUS_INTERVAL_S": "0.5",
-    }
+    pg.execute(ITEMS_DDL)
+    env, ch_url = daemon_env(pg_dsn, clickhouse_server, ch_database, tmp_path, "ha_slot")
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     active = start_daemon(env, log_a)
     standby = None
@@ -69,10 +63,7 @@ def test_standby_takes_over_within_seconds(
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=60)
     assert takeover < 10, f"takeover took {takeover:.1f} s"
-    source = sorted(
-        [r[0], r[1], r[2], str(r[3]), r[4]]
-        for r in pg.execute("SELECT id, grp, val, amount, flag FROM director.items")
-    )
+    source = items(pg, "director.items")
     assert len(source) == 200
     assert read_clickhouse(ch_url, ch_database)["rows"] == source
     historic = pg.execute("SELECT count(*) FROM historic.items_current WHERE flag").fetchone()

@@ -16,19 +16,15 @@ import psycopg
 
 from cdc.lsn import Lsn
 from tests.harness import ClickHouseServer
-from tests.integration.test_crash_safety import read_clickhouse, slot_caught_up
 from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
+from tests.processes import ITEMS_DDL, ROOT, daemon_env, items, read_clickhouse, slot_caught_up
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = 20_000
 
 
 def populate(conn: psycopg.Connection[Any]) -> None:
     conn.execute("CREATE SCHEMA director")
-    conn.execute(
-        "CREATE TABLE director.items (id int PRIMARY KEY, grp int, val text, "
-        "amount numeric(12,2), flag boolean NOT NULL DEFAULT false)"
-    )
+    conn.execute(ITEMS_DDL)
     conn.execute("CREATE TABLE director.pairs (a uuid, b text, note text, PRIMARY KEY (a, b))")
     conn.execute(
         "INSERT INTO director.items SELECT g, g % 7, 'v' || g, g / 4.0, g % 3 = 0 "
@@ -106,20 +102,11 @@ def test_killed_load_resumes_without_copying_finished_chunks_again(
     tmp_path: Path,
 ) -> None:
     populate(pg)
-    embedded = clickhouse_server.url.startswith("chdb://")
-    ch_url = f"chdb://{tmp_path / 'clickhouse'}" if embedded else clickhouse_server.url
-    env = {
-        **os.environ,
-        "CDC_SOURCE_DSN": pg_dsn,
-        "CDC_CLICKHOUSE_URL": ch_url,
-        "CDC_CLICKHOUSE_DATABASE": ch_database,
-        "CDC_SLOT": "load_slot",
-        "CDC_PUBLICATION": "load_pub",
-        "CDC_BACKFILL_CHUNK_SIZE": "1000",
-        "CDC_BACKFILL_WORKERS": "1",
-        "CDC_BATCH_LATENCY_MS": "30",
-        "CDC_STATUS_INTERVAL_S": "0.5",
-    }
+    env, ch_url = daemon_env(
+        pg_dsn, clickhouse_server, ch_database, tmp_path, "load_slot",
+        CDC_BACKFILL_CHUNK_SIZE="1000", CDC_BACKFILL_WORKERS="1",
+    )  # fmt: skip
+    env = {**os.environ, **env}
     command = [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"]
     log = (tmp_path / "daemon.log").open("ab")
     killed = subprocess.run(
@@ -157,13 +144,34 @@ def test_killed_load_resumes_without_copying_finished_chunks_again(
     assert len(after) == total[0]
     assert len({lsn for _, _, lsn in after}) == 2  # the first snapshot and the resumed one
 
-    source = sorted(
-        [r[0], r[1], r[2], str(r[3]), r[4]]
-        for r in pg.execute("SELECT id, grp, val, amount, flag FROM director.items").fetchall()
-    )
-    historic = sorted(
-        [r[0], r[1], r[2], str(r[3]), r[4]]
-        for r in pg.execute("SELECT id, grp, val, amount, flag FROM historic.items_current")
-    )
+    source = items(pg, "director.items")
+    historic = items(pg, "historic.items_current")
     assert historic == source
     assert read_clickhouse(ch_url, ch_database)["rows"] == source
+
+
+def test_initial_load_quarantines_a_table_with_values_clickhouse_cannot_hold(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.events (id int PRIMARY KEY, at timestamptz, note text)")
+    pg.execute(
+        "INSERT INTO director.events SELECT g, '2024-01-01'::timestamptz + g * interval '1 s', "
+        "'n' FROM generate_series(1, 3000) g"
+    )
+    pg.execute("UPDATE director.events SET at = '1850-06-01' WHERE id = 2500")
+    pg.execute("CREATE TABLE director.fine (id int PRIMARY KEY, v text)")
+    pg.execute("INSERT INTO director.fine SELECT g, 'v' FROM generate_series(1, 100) g")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, backfill_chunk_size=1000)
+    with running_daemon(settings, clickhouse_server.client) as running:
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["fine"], running=running)
+        reason = running.daemon._quarantined[("director", "events")]
+    assert "1850-06-01" in reason and "key (2500)" in reason
+    chunks = pg.execute(
+        "SELECT count(*) FILTER (WHERE done), count(*) FROM historic._cdc_backfill "
+        "WHERE table_name = 'events'"
+    ).fetchone()
+    assert chunks == (3, 4), "every chunk but the one with the bad value was copied"

@@ -67,3 +67,35 @@ def test_heartbeat_moves_an_idle_slot(
     with running_daemon(settings, clickhouse_server.client):
         start = confirmed()
         wait_until(lambda: confirmed() > start, 15, "the heartbeat to move the slot")
+
+
+def test_readiness_follows_a_failing_sink_and_secrets_stay_out_of_logs(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    from psycopg.conninfo import make_conninfo
+    from structlog.testing import capture_logs
+
+    from cdc import faults
+
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY)")
+    port = localstack.free_port()
+    dsn = make_conninfo(pg_dsn, password="hunter2")  # trust auth: accepted, never needed
+    settings = make_settings(dsn, clickhouse_server.url, ch_database, metrics_port=port,
+                             metrics_host="127.0.0.1", max_retry_delay_s=0.3)  # fmt: skip
+    ready = f"http://127.0.0.1:{port}/readyz"
+    faults.configure("before_clickhouse=raise*15")
+    try:
+        with capture_logs() as logs, running_daemon(settings, clickhouse_server.client) as run:
+            pg.execute("INSERT INTO director.t VALUES (1)")
+            wait_until(lambda: httpx.get(ready).status_code == 503, 30, "not ready while failing")
+            wait_until(lambda: httpx.get(ready).status_code == 200, 60, "ready after recovery")
+            wait_in_step(pg, clickhouse_server.client, ch_database, ["t"], running=run)
+    finally:
+        faults.configure(None)
+    assert any(e["event"] == "apply_retry" for e in logs)
+    assert "hunter2" not in repr(logs)
+    assert "hunter2" not in repr(settings)

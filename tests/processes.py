@@ -1,0 +1,102 @@
+"""Test support for daemons run as separate processes (kill -9, standby, restarts).
+
+A daemon in another process cannot share this process's embedded ClickHouse engine (one
+data path per process), so it gets its own path, and the tests read it in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from cdc.lsn import Lsn
+from tests.harness import ClickHouseServer
+
+ROOT = Path(__file__).resolve().parents[1]
+ITEMS_DDL = (
+    "CREATE TABLE director.items (id int PRIMARY KEY, grp int, val text, "
+    "amount numeric(12,2), flag boolean NOT NULL DEFAULT false)"
+)
+
+
+def daemon_env(
+    pg_dsn: str, clickhouse_server: ClickHouseServer, ch_database: str, tmp_path: Path,
+    slot: str, **extra: str,
+) -> tuple[dict[str, str], str]:  # fmt: skip
+    """Environment for `cdc run` in another process, and the ClickHouse URL it writes to."""
+    embedded = clickhouse_server.url.startswith("chdb://")
+    ch_url = f"chdb://{tmp_path / 'clickhouse'}" if embedded else clickhouse_server.url
+    env = {
+        "CDC_SOURCE_DSN": pg_dsn,
+        "CDC_CLICKHOUSE_URL": ch_url,
+        "CDC_CLICKHOUSE_DATABASE": ch_database,
+        "CDC_SLOT": slot,
+        "CDC_PUBLICATION": f"{slot}_pub",
+        "CDC_BATCH_LATENCY_MS": "30",
+        "CDC_STATUS_INTERVAL_S": "0.5",
+        **extra,
+    }
+    return env, ch_url
+
+
+def start_daemon(env: dict[str, str], log: Path, faults: str = "") -> subprocess.Popen[bytes]:
+    full_env = {**os.environ, **env, "CDC_FAULTS": faults}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+READ_CLICKHOUSE = """
+import json, sys
+from cdc import clickhouse
+client = clickhouse.connect(sys.argv[1])
+db = sys.argv[2]
+rows = client.query(
+    f"SELECT id, grp, val, toDecimalString(amount, 2), flag FROM `{db}`.items_current"
+).result_rows
+versions = client.query(
+    f"SELECT id, toString(argMax(_version, _version)) FROM `{db}`.items GROUP BY id"
+).result_rows
+print(json.dumps({"rows": sorted(list(r) for r in rows), "versions": dict(versions)}))
+client.close()
+"""
+
+
+def read_clickhouse(url: str, database: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", READ_CLICKHOUSE, url, database],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def slot_caught_up(conn: psycopg.Connection[Any], slot: str, target: Lsn) -> bool:
+    row = conn.execute(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+    return row is not None and row[0] is not None and Lsn.parse(row[0]) >= target
+
+
+def items(conn: psycopg.Connection[Any], relation: str) -> list[list[Any]]:
+    """The items rows of `relation` (director.items or historic.items_current), sorted."""
+    return sorted(
+        [r[0], r[1], r[2], str(r[3]), r[4]]
+        for r in conn.execute(f"SELECT id, grp, val, amount, flag FROM {relation}").fetchall()
+    )
