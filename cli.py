@@ -33,12 +33,12 @@ from cdc import demo, faults, localstack, logs, preflight, slots, status
 from cdc.backfill import Backfill, published_schemas
 from cdc.backfill import Progress as BackfillProgress
 from cdc.daemon import Daemon
+from cdc.drift import all_clean
+from cdc.drift import report as verify_report
 from cdc.errors import CdcError, ErrorKind
 from cdc.settings import STACK_DIR, Settings, load_settings, redact_url
 from cdc.sinks.factory import default_sinks
 from cdc.snapshot import exported_snapshot
-from cdc.verify import all_clean
-from cdc.verify import report as verify_report
 from cdc.verify import run as run_verify
 
 app = typer.Typer(

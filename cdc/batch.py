@@ -98,9 +98,12 @@ class BatchBuilder:
         self._routes.clear()
         return batch
 
-    def add(self, txn: Transaction) -> list[Batch]:
-        """Fold `txn` in; returns the batches that filled up on the way (usually none)."""
+    def add(self, txn: Transaction, emit: Callable[[Batch], None] | None = None) -> list[Batch]:
+        """Fold `txn` in. Batches that fill up on the way (usually none) go to `emit` as soon
+        as they are full, so a huge transaction never holds more than one batch here; without
+        `emit` they are returned."""
         full: list[Batch] = []
+        hand_over = emit if emit is not None else full.append
         limit = self._max_changes
         batch = self._batch
         batch.end_lsn = self._last_end
@@ -114,7 +117,7 @@ class BatchBuilder:
                 batch.changes += count
                 batch.skipped += skipped
                 count = skipped = 0
-                full.append(self.build())  # ends mid-transaction: acknowledges less
+                hand_over(self.build())  # ends mid-transaction: acknowledges less
                 batch = self._batch
                 batch.end_lsn = self._last_end
                 ops = batch.ops

@@ -406,8 +406,7 @@ class Daemon:
                 if isinstance(event, Transaction):
                     if builder.transactions == 0:
                         batch_started = time.monotonic()
-                    for filled in builder.add(event):
-                        applier.submit(filled)
+                    builder.add(event, emit=applier.submit)
                     event.close()
                 full = builder.changes >= settings.batch_size
                 due = time.monotonic() - batch_started >= latency

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from cdc import rowhash, verify
+from cdc import drift, rowhash
+from cdc.drift import DiffKind, Ident, KeyDiff, SourceRow, TableResult, Target, TargetRow
 from cdc.rowhash import Form, KeyRange
 from cdc.schema import Column, TableSchema, TypeKind
 from cdc.typemap import PgType
-from cdc.verify import DiffKind, Ident, KeyDiff, SourceRow, TableResult, Target, TargetRow
 
 TEXT, BPCHAR, JSONB, INTERVAL, INT4_ARRAY = 25, 1042, 3802, 1186, 1007
 
@@ -284,7 +284,7 @@ def test_classify() -> None:
         ("8",): TargetRow(("8",), 18, version(9), False),  # a tombstone on both sides
         ("9",): TargetRow(("9",), 19, version(HIGH + 1), True),  # a version from the future
     }
-    diffs = verify.classify(Target.HISTORIC, source, rows, (LOW, HIGH))
+    diffs = drift.classify(Target.HISTORIC, source, rows, (LOW, HIGH))
     found = [(d.key[0], d.kind, d.in_flight) for d in diffs]
     assert found == [
         ("2", DiffKind.CHANGED, False),
@@ -297,8 +297,8 @@ def test_classify() -> None:
     ]
     # ClickHouse compares the hash over its columns (the second source hash)
     ch_rows: dict[Ident, TargetRow] = {("1",): TargetRow(("1",), 21, version(5), True)}
-    assert verify.classify(Target.CLICKHOUSE, {("1",): source[("1",)]}, ch_rows, (LOW, HIGH)) == []
-    assert verify.classify(Target.HISTORIC, {("1",): source[("1",)]}, ch_rows, (LOW, HIGH)) == [
+    assert drift.classify(Target.CLICKHOUSE, {("1",): source[("1",)]}, ch_rows, (LOW, HIGH)) == []
+    assert drift.classify(Target.HISTORIC, {("1",): source[("1",)]}, ch_rows, (LOW, HIGH)) == [
         KeyDiff(Target.HISTORIC, DiffKind.CHANGED, ("1",), ("1",), False)
     ]
 
@@ -330,7 +330,7 @@ def test_report_counts_and_names_keys() -> None:
     assert not result.clean
     assert result.differing_ranges(Target.HISTORIC) == 1  # both pieces come from range 0
     assert result.differing_ranges(Target.CLICKHOUSE) == 2
-    table, notes = verify.report(result, "verify")
+    table, notes = drift.report(result, "verify")
     assert table.row_count == 2
     assert notes == [
         "historic missing: (0), (1), (2), (3), (4) and 2 more",
@@ -349,7 +349,7 @@ def test_report_unconfirmed_and_skipped_targets() -> None:
     )
     result.targets = (Target.HISTORIC,)
     result.clickhouse_skipped = "key column f (real) has no order shared with ClickHouse"
-    table, notes = verify.report(result, "verify")
+    table, notes = drift.report(result, "verify")
     assert [str(c) for c in table.columns[6].cells] == ["unconfirmed", "not compared"]
     assert notes == [
         "historic extra: (1)",
@@ -361,7 +361,7 @@ def test_report_unconfirmed_and_skipped_targets() -> None:
 def test_all_clean_takes_the_repaired_result() -> None:
     drifted = result_with({KeyRange(None, None): [diff(Target.HISTORIC, DiffKind.EXTRA, "1")]})
     fixed = result_with({})
-    assert verify.all_clean([fixed], [])
-    assert not verify.all_clean([drifted], [])
-    assert verify.all_clean([drifted], [fixed])
-    assert not verify.all_clean([drifted], [drifted])
+    assert drift.all_clean([fixed], [])
+    assert not drift.all_clean([drifted], [])
+    assert drift.all_clean([drifted], [fixed])
+    assert not drift.all_clean([drifted], [drifted])
