@@ -8,7 +8,7 @@ import httpx
 import psycopg
 
 from cdc import localstack
-from tests.harness import ClickHouseServer
+from tests.harness import ClickHouseServer, PgServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
 
 
@@ -48,6 +48,7 @@ def test_metrics_health_and_readiness(
 def test_heartbeat_moves_an_idle_slot(
     pg: psycopg.Connection[Any],
     pg_dsn: str,
+    pg_server: PgServer,
     clickhouse_server: ClickHouseServer,
     ch_database: str,
 ) -> None:
@@ -64,9 +65,19 @@ def test_heartbeat_moves_an_idle_slot(
         ).fetchone()
         return Lsn.parse(row[0]) if row and row[0] else Lsn.ZERO
 
-    with running_daemon(settings, clickhouse_server.client):
+    with (
+        running_daemon(settings, clickhouse_server.client),
+        psycopg.connect(pg_server.dsn, autocommit=True) as other,
+    ):
+        other.execute("CREATE TABLE IF NOT EXISTS heartbeat_noise (x text)")
         start = confirmed()
-        wait_until(lambda: confirmed() > start, 15, "the heartbeat to move the slot")
+
+        def moved() -> bool:
+            other.execute("INSERT INTO heartbeat_noise VALUES (repeat('x', 100))")
+            return confirmed() > start
+
+        wait_until(moved, 15, "the heartbeat to move the slot")
+        other.execute("DROP TABLE heartbeat_noise")
 
 
 def test_readiness_follows_a_failing_sink_and_secrets_stay_out_of_logs(
