@@ -350,9 +350,8 @@ def write_report(results: Results, command: str, out: Path) -> None:
         for name, row in sc.items():
             lines.append(f"| {name} | {row['changes_per_s']:,} | {row['ratio']} |")
         lines.append("")
-    if p := results.get("profile"):
-        lines += ["## Where the time goes", "", p, ""]
-    out.write_text("\n".join(lines))
+    analysis = Path(__file__).with_name("analysis.md")  # the profile, kept by hand
+    out.write_text("\n".join(lines) + "\n" + analysis.read_text())
 
 
 def main() -> None:
