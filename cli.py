@@ -541,6 +541,10 @@ def print_demo_report(report: demo.Report) -> None:
         f"order): {report.naive_stale} scorecards wrong (stale, lost or resurrected), "
         f"{report.naive_wrong_status} submitted scorecards not shown as submitted"
     )
+    console.print(
+        f"cdc verify: {report.verified_ranges} key ranges compared by count and row hash in "
+        "all three stores: " + ("all agree" if report.verify_clean else "[red]drift found[/]")
+    )
     verdict = (
         "[bold green]all three stores agree[/]"
         if not report.differences

@@ -28,9 +28,10 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from pydantic import SecretStr
 
-from cdc import clickhouse, incident, localstack, slots
+from cdc import clickhouse, incident, localstack, slots, verify
 from cdc.clickhouse import quote_identifier
 from cdc.daemon import Daemon
+from cdc.drift import all_clean
 from cdc.errors import CdcError, ErrorKind
 from cdc.lsn import Lsn
 from cdc.settings import Settings
@@ -58,10 +59,13 @@ class Report:
     naive_stale: int
     naive_wrong_status: int
     naive_rows: int
+    verified_ranges: int = 0  # key ranges `cdc verify` compared by hash in all three stores
+    verify_clean: bool = False
 
     @property
     def differences(self) -> int:
-        return sum(c.differing for t in self.stores.values() for c in t.values())
+        differing = sum(c.differing for t in self.stores.values() for c in t.values())
+        return differing + (0 if self.verify_clean else 1)
 
 
 def _normalize(value: Any) -> Any:
@@ -163,6 +167,9 @@ def run(admin_dsn: str, clickhouse_url: str, clients: int = 8, scorecards: int =
                 raise CdcError(ErrorKind.SETUP, "the daemon did not catch up within 120 s")
             seconds = time.monotonic() - started
             report = _compare(conn, client, ch_database, recorder, daemon, seconds)
+            results, _ = verify.run(settings, [], range_size=50, wait_s=30, repair=False)
+            report.verified_ranges = sum(r.ranges for r in results)
+            report.verify_clean = all_clean(results, [])
     finally:
         stop.set()
         thread.join(timeout=60)

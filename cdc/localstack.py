@@ -259,7 +259,8 @@ def stack_up(stack_dir: Path, port: int) -> StackState:
     state = read_state(stack_dir)
     root = Path(state.cluster_root) if state else stack_cluster_root(stack_dir)
     port = state.port if state else port
-    cluster = LocalCluster(root, port)
+    # The stack is a daemon's home: cap the WAL a stopped daemon's slot may keep.
+    cluster = LocalCluster(root, port, overrides={"max_slot_wal_keep_size": "'10GB'"})
     cluster.start()
     new_state = StackState(
         cluster_root=str(root),

@@ -18,6 +18,7 @@ def test_racing_api_clients_leave_three_equal_stores(
         clickhouse_server.client.command("DROP DATABASE IF EXISTS analytics")
         drop_database(pg_server.dsn, demo.DATABASE)
     assert report.differences == 0
+    assert report.verify_clean and report.verified_ranges >= 2
     cards = report.stores["scorecards"]
     assert cards["director"].rows > 0
     assert cards["director"].submitted and cards["director"].submitted > 0
