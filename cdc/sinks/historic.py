@@ -29,6 +29,7 @@ from cdc.stream import canonical_dsn
 from cdc.typemap import PgType
 
 STAGE_TABLE = "_cdc_stage"
+FIRST_USER_OID = 16384  # FirstNormalObjectId: built-in types are below
 UNCHANGED_COLUMN = "_cdc_unchanged"
 COPY_NULL = b"\\N"
 # Types whose text output never contains a backslash, tab, newline or carriage return.
@@ -195,6 +196,7 @@ class HistoricSink:
         self._dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
         self._columns: dict[TableName, list[str]] = {}
+        self._types: dict[TableName, dict[str, tuple[int, int]]] = {}
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -207,6 +209,7 @@ class HistoricSink:
                     f"{redact_url(str(exc).strip())}",
                 ) from exc
             self._columns.clear()
+            self._types.clear()
         return self._conn
 
     def close(self) -> None:
@@ -239,28 +242,55 @@ class HistoricSink:
         if known is None:
             conn.execute(ddl.historic_schema(self.schema))
             conn.execute(ddl.historic_truncations_table(self.schema))
-            known = self._target_columns(conn, layout.name)
-            if not known:
+            types = self._target_columns(conn, layout.name)
+            if not types:
                 conn.execute(ddl.historic_table(self.schema, layout))
                 conn.execute(ddl.historic_current_view(self.schema, layout))
-                known = list(layout.column_names)
+                types = {c.name: (c.type_oid, c.type_modifier) for c in layout.columns}
+            known = list(types)
             self._columns[name] = known
+            self._types[name] = types
+        self._check_types(layout)
         missing = [c for c in layout.columns if c.name not in known]
         if missing:
             for column in missing:
                 conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
                 known.append(column.name)
+                self._types[name][column.name] = (column.type_oid, column.type_modifier)
             conn.execute(ddl.historic_current_view(self.schema, _with_columns(layout, known)))
 
-    def _target_columns(self, conn: psycopg.Connection[Any], table: str) -> list[str]:
+    def _check_types(self, layout: TableSchema) -> None:
+        """Stop on a column whose built-in type changed at the source: the targets cannot
+        follow by themselves, and a silent coercion could change values."""
+        types = self._types[(layout.schema, layout.name)]
+        for column in layout.columns:
+            target = types.get(column.name)
+            if target is None or (column.type_oid, column.type_modifier) == target:
+                continue
+            if column.type_oid >= FIRST_USER_OID or target[0] >= FIRST_USER_OID:
+                continue  # user types: their OIDs differ between databases
+            raise CdcError(
+                ErrorKind.SCHEMA,
+                f"column {column.name!r} of {layout.qualified_name} changed type at the source "
+                f"(now {column.pg_type}); the targets keep the old type. Change it in both "
+                f"(`ALTER TABLE {self.schema}.{layout.name} ALTER COLUMN ... TYPE ...` and "
+                "`ALTER TABLE ... MODIFY COLUMN` in ClickHouse), or drop both target tables "
+                f"and run `cdc backfill {layout.name}`; then restart the daemon",
+                table=(layout.schema, layout.name),
+            )
+
+    def _target_columns(
+        self, conn: psycopg.Connection[Any], table: str
+    ) -> dict[str, tuple[int, int]]:
         rows = conn.execute(
-            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "SELECT a.attname, a.atttypid::int, a.atttypmod FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
             "AND a.attname NOT IN (%s, %s) ORDER BY a.attnum",
             (self.schema, table, VERSION_COLUMN, DELETED_COLUMN),
         ).fetchall()
-        return [r[0] for r in rows]
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     def _apply_table(
         self, conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema
