@@ -16,9 +16,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
@@ -27,7 +27,8 @@ from cdc.applier import Applier
 from cdc.assembler import Event
 from cdc.backfill import Backfill
 from cdc.backfill import Progress as BackfillProgress
-from cdc.batch import Batch, BatchBuilder, TableBatch
+from cdc.batch import Batch, BatchBuilder
+from cdc.catalog import Catalog
 from cdc.changes import Transaction
 from cdc.errors import Action, CdcError, ErrorKind
 from cdc.leader import Leadership
@@ -35,7 +36,7 @@ from cdc.logs import get_logger
 from cdc.lsn import Lsn
 from cdc.metrics import HealthState, Metrics, serve
 from cdc.pgoutput import Relation, datetime_to_pg_timestamp
-from cdc.schema import TableSchema, describe_relation, describe_table
+from cdc.schema import TableSchema, describe_table
 from cdc.settings import Settings, redact_url
 from cdc.sinks.base import Layouts, Sink
 from cdc.sinks.factory import SinkFactory, default_sinks
@@ -58,8 +59,6 @@ class Stats:
 
 INITIAL_LOAD_JOB = "initial"
 HEARTBEAT_PREFIX = "cdc_heartbeat"
-CATALOG_ATTEMPTS = 30
-T = TypeVar("T")
 
 
 class Daemon:
@@ -74,8 +73,8 @@ class Daemon:
         self.metrics = Metrics()
         self.health = HealthState(settings.ready_max_lag_s)
         self._stop: threading.Event | None = None
-        self._catalog: psycopg.Connection[Any] | None = None
-        self._schemas: dict[int, tuple[Relation, TableSchema]] = {}
+        self.catalog = Catalog(self._connect_source, settings.max_retry_delay_s,
+                               self._stopping, self.log)  # fmt: skip
         self._quarantined: dict[tuple[str, str], str] = {}
         self._last_progress = time.monotonic()
         self._last_event_at = time.monotonic()
@@ -190,66 +189,17 @@ class Daemon:
             hint=exc.policy.hint,
         )  # fmt: skip
 
-    # -- schemas ---------------------------------------------------------------------------
-
-    def _catalog_conn(self) -> psycopg.Connection[Any]:
-        if self._catalog is None or self._catalog.closed:
-            self._catalog = self._connect_source()
-        return self._catalog
-
-    def _with_catalog(self, query: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run `query` on the source catalog connection, reconnecting with backoff while
-        the source is unreachable (a restart of the source is not a reason to stop)."""
-        attempt = 0
-        while True:
-            try:
-                return query(self._catalog_conn())
-            except (psycopg.OperationalError, CdcError) as exc:
-                if isinstance(exc, CdcError) and exc.kind is not ErrorKind.SOURCE_CONNECTION:
-                    raise
-                if self._catalog is not None:
-                    self._catalog.close()
-                attempt += 1
-                if self._stopping() or attempt > CATALOG_ATTEMPTS:
-                    raise CdcError(
-                        ErrorKind.SOURCE_CONNECTION,
-                        f"source catalog unreachable: {redact_url(str(exc).strip())}",
-                    ) from exc
-                delay = min(self.settings.max_retry_delay_s, 0.2 * 2**attempt)
-                self.log.warning("source_catalog_retry", error=redact_url(str(exc).strip()),
-                                 attempt=attempt, retry_in_s=round(delay, 2))  # fmt: skip
-                time.sleep(delay)
-
-    def schema_for(self, relation: Relation) -> TableSchema:
-        cached = self._schemas.get(id(relation))
-        if cached is not None and cached[0] is relation:
-            return cached[1]
-        schema = self._with_catalog(lambda conn: describe_relation(conn, relation))
-        self._schemas[id(relation)] = (relation, schema)
-        return schema
-
     def key_positions(self, relation: Relation) -> tuple[int, ...] | None:
         name = (relation.namespace, relation.name)
         if name in self._quarantined:
             return None
         try:
-            return self.schema_for(relation).key_indexes
+            return self.catalog.schema_for(relation).key_indexes
         except CdcError as exc:
             if exc.kind not in (ErrorKind.SCHEMA, ErrorKind.UNSUPPORTED_TYPE):
                 raise
             self._quarantine(name, exc)
             return None
-
-    def layout(self, table: TableBatch) -> TableSchema:
-        """The table's schema with columns in the batch's row layout."""
-        schema = self.schema_for(table.relation)
-        if schema.column_names == table.columns:
-            return schema
-        by_name = {c.name: c for c in schema.columns}
-        for earlier in reversed(table.earlier_relations):
-            for column in self.schema_for(earlier).columns:
-                by_name.setdefault(column.name, replace(column, nullable=True))
-        return replace(schema, columns=tuple(by_name[n] for n in table.columns))
 
     # -- streaming -------------------------------------------------------------------------
 
@@ -301,7 +251,7 @@ class Daemon:
         self.stats.applied_lsn = batch.end_lsn
 
     def _apply_once(self, batch: Batch) -> None:
-        layouts: Layouts = {name: self.layout(t) for name, t in batch.tables.items()}
+        layouts: Layouts = {name: self.catalog.layout(t) for name, t in batch.tables.items()}
         faults.point("before_historic")
         self.sinks[0].apply(batch, layouts)
         faults.point("after_historic")
@@ -425,8 +375,7 @@ class Daemon:
             source.close()
             for sink in self.sinks:
                 sink.close()
-            if self._catalog is not None:
-                self._catalog.close()
+            self.catalog.close()
         self.log.info(
             "daemon_stopped", applied_lsn=str(self.stats.applied_lsn), changes=self.stats.changes
         )
@@ -440,7 +389,7 @@ class Daemon:
             self._last_event_at = now
             return
         if now - self._last_event_at >= interval:
-            self._with_catalog(
+            self.catalog.query(
                 lambda conn: conn.execute(
                     "SELECT pg_logical_emit_message(false, %s, now()::text)", (HEARTBEAT_PREFIX,)
                 )
@@ -449,7 +398,7 @@ class Daemon:
 
     def _check_slot(self) -> None:
         """Retained WAL as a metric; warnings before Postgres invalidates the slot."""
-        slot = self._with_catalog(lambda conn: slots.get_slot(conn, self.settings.slot))
+        slot = self.catalog.query(lambda conn: slots.get_slot(conn, self.settings.slot))
         if slot is None or slot.wal_status == "lost":
             raise CdcError(
                 ErrorKind.SLOT_LOST,

@@ -120,7 +120,6 @@ def test_batches_applied_twice_or_reversed_give_the_same_state(
         for daemon in (in_order, reversed_):
             for sink in daemon.sinks:
                 sink.close()
-            if daemon._catalog is not None:
-                daemon._catalog.close()
+            daemon.catalog.close()
         for suffix in ("_a", "_b"):
             ch.command(f"DROP DATABASE IF EXISTS `{ch_database}{suffix}`")
