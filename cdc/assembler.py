@@ -201,7 +201,7 @@ def _transaction(
     def changes() -> Iterator[Change]:
         return _changes(buffer)
 
-    return Transaction(xid, commit_lsn, end_lsn, commit_ts, buffer.count, changes, buffer.close)
+    return Transaction(xid, commit_lsn, end_lsn, commit_ts, changes, buffer.close)
 
 
 def _changes(buffer: SpillBuffer) -> Iterator[Change]:

@@ -44,7 +44,6 @@ class Transaction:
     commit_lsn: Lsn
     end_lsn: Lsn
     commit_ts: int
-    size: int
     _changes: Callable[[], Iterator[Change]]
     _close: Callable[[], None]
 

@@ -24,7 +24,7 @@ def txn(
         for ordinal, (op, new, old) in enumerate(changes, start=1):
             yield Change(op, RELATION, ordinal, new, old)
 
-    return Transaction(1, Lsn(commit), Lsn(commit + 1), 0, len(changes), iterate, lambda: None)
+    return Transaction(1, Lsn(commit), Lsn(commit + 1), 0, iterate, lambda: None)
 
 
 def keys(relation: Relation) -> tuple[int, ...]:
