@@ -167,3 +167,16 @@ def wait_in_step(
                 f"ClickHouse {table} differs"
             )
         raise
+
+
+def stop_message(
+    settings: Settings, ch_client: Any, provoke: Callable[[RunningDaemon], None]
+) -> str:
+    """Run the daemon, `provoke` a problem it must stop on, and return its error."""
+    try:
+        with running_daemon(settings, ch_client) as running:
+            provoke(running)
+            wait_until(lambda: not running.thread.is_alive(), 60, "the daemon to stop")
+    except Exception as exc:
+        return str(exc)
+    raise AssertionError("the daemon kept running")

@@ -13,7 +13,14 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
+from tests.pipeline import (
+    RunningDaemon,
+    make_settings,
+    running_daemon,
+    stop_message,
+    wait_in_step,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,17 +110,14 @@ def test_dropped_publication_stops_with_what_to_do(
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.t (id int PRIMARY KEY)")
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    try:
-        with running_daemon(settings, clickhouse_server.client) as running:
-            pg.execute("INSERT INTO director.t VALUES (1)")
-            wait_in_step(pg, clickhouse_server.client, ch_database, ["t"], running=running)
-            pg.execute(f"DROP PUBLICATION {settings.publication}")
-            pg.execute("INSERT INTO director.t VALUES (2)")
-            wait_until(lambda: not running.thread.is_alive(), 60, "the daemon to stop")
-    except Exception as exc:
-        message = str(exc)
-    else:
-        raise AssertionError("the daemon kept running without its publication")
+
+    def drop_publication(running: RunningDaemon) -> None:
+        pg.execute("INSERT INTO director.t VALUES (1)")
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["t"], running=running)
+        pg.execute(f"DROP PUBLICATION {settings.publication}")
+        pg.execute("INSERT INTO director.t VALUES (2)")
+
+    message = stop_message(settings, clickhouse_server.client, drop_publication)
     assert "was dropped while streaming" in message and "cdc publication create" in message
     daemon_state = pg.execute("SELECT state, last_error FROM historic._cdc_daemon").fetchone()
     assert daemon_state is not None and daemon_state[0] == "failed"
@@ -128,25 +132,22 @@ def test_dropped_slot_stops_with_the_recovery_path(
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.t (id int PRIMARY KEY)")
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, max_retry_delay_s=1)
-    try:
-        with running_daemon(settings, clickhouse_server.client) as running:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # terminate the consumer, drop before it returns
-                pg.execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                    "WHERE slot_name = %s AND active",
-                    (settings.slot,),
-                )
-                try:
-                    pg.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot,))
-                    break
-                except psycopg.errors.ObjectInUse:
-                    continue
-            wait_until(lambda: not running.thread.is_alive(), 60, "the daemon to stop")
-    except Exception as exc:
-        message = str(exc)
-    else:
-        raise AssertionError("the daemon kept running without its slot")
+
+    def drop_slot(running: RunningDaemon) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # terminate the consumer, drop before it returns
+            pg.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND active",
+                (settings.slot,),
+            )
+            try:
+                pg.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot,))
+                return
+            except psycopg.errors.ObjectInUse:
+                continue
+
+    message = stop_message(settings, clickhouse_server.client, drop_slot)
     assert "does not exist" in message
     assert "cdc slot recreate" in message and "cdc backfill" in message
 
@@ -180,17 +181,14 @@ def test_incompatible_type_change_stops_with_what_to_do(
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, amount int)")
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    try:
-        with running_daemon(settings, clickhouse_server.client) as running:
-            pg.execute("INSERT INTO director.t VALUES (1, 10)")
-            wait_in_step(pg, clickhouse_server.client, ch_database, ["t"], running=running)
-            pg.execute("ALTER TABLE director.t ALTER COLUMN amount TYPE text")
-            pg.execute("INSERT INTO director.t VALUES (2, 'twenty')")
-            wait_until(lambda: not running.thread.is_alive(), 60, "the daemon to stop")
-    except Exception as exc:
-        message = str(exc)
-    else:
-        raise AssertionError("the daemon kept going after an incompatible type change")
+
+    def change_type(running: RunningDaemon) -> None:
+        pg.execute("INSERT INTO director.t VALUES (1, 10)")
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["t"], running=running)
+        pg.execute("ALTER TABLE director.t ALTER COLUMN amount TYPE text")
+        pg.execute("INSERT INTO director.t VALUES (2, 'twenty')")
+
+    message = stop_message(settings, clickhouse_server.client, change_type)
     assert "'amount' of director.t changed type" in message and "cdc backfill t" in message
     rows = pg.execute("SELECT id, amount FROM historic.t_current ORDER BY id").fetchall()
     assert rows == [(1, 10)], "nothing was written with the wrong type"
