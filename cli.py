@@ -84,6 +84,17 @@ def settings_of(ctx: typer.Context) -> Settings:
         raise fail(exc) from exc
 
 
+@contextmanager
+def source_session(ctx: typer.Context) -> Iterator[tuple[Settings, psycopg.Connection[Any]]]:
+    """The settings and a source connection; a `CdcError` inside ends the command."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            yield settings, conn
+    except CdcError as exc:
+        raise fail(exc) from exc
+
+
 def source_connection(settings: Settings) -> psycopg.Connection[Any]:
     dsn = settings.require_source_dsn()
     try:
@@ -136,12 +147,8 @@ def slot_table(found: list[slots.SlotInfo]) -> Table:
 @slot_app.command("create")
 def slot_create(ctx: typer.Context) -> None:
     """Create the pipeline's pgoutput slot (CDC_SLOT)."""
-    settings = settings_of(ctx)
-    try:
-        with source_connection(settings) as conn:
-            lsn = slots.create_slot(conn, settings.slot)
-    except CdcError as exc:
-        raise fail(exc) from exc
+    with source_session(ctx) as (settings, conn):
+        lsn = slots.create_slot(conn, settings.slot)
     typer.echo(f"created slot {settings.slot} at {lsn}")
 
 
@@ -151,36 +158,24 @@ def slot_drop(
     force: Annotated[bool, typer.Option(help="terminate the consumer if active")] = False,
 ) -> None:
     """Drop the pipeline's slot (WAL it retained is released)."""
-    settings = settings_of(ctx)
-    try:
-        with source_connection(settings) as conn:
-            slots.drop_slot(conn, settings.slot, force=force)
-    except CdcError as exc:
-        raise fail(exc) from exc
+    with source_session(ctx) as (settings, conn):
+        slots.drop_slot(conn, settings.slot, force=force)
     typer.echo(f"dropped slot {settings.slot}")
 
 
 @slot_app.command("list")
 def slot_list(ctx: typer.Context) -> None:
     """All logical slots of the source server."""
-    settings = settings_of(ctx)
-    try:
-        with source_connection(settings) as conn:
-            found = slots.list_slots(conn)
-    except CdcError as exc:
-        raise fail(exc) from exc
+    with source_session(ctx) as (_settings, conn):
+        found = slots.list_slots(conn)
     console.print(slot_table(found))
 
 
 @slot_app.command("status")
 def slot_status(ctx: typer.Context) -> None:
     """The pipeline's slot: positions, WAL status, retained WAL, consumer."""
-    settings = settings_of(ctx)
-    try:
-        with source_connection(settings) as conn:
-            slot = slots.get_slot(conn, settings.slot)
-    except CdcError as exc:
-        raise fail(exc) from exc
+    with source_session(ctx) as (settings, conn):
+        slot = slots.get_slot(conn, settings.slot)
     if slot is None:
         typer.secho(
             f"error: slot {settings.slot!r} does not exist (create it with "
@@ -197,14 +192,10 @@ def slot_recreate(ctx: typer.Context) -> None:
     """Recovery after the slot was lost: drop it if it remains (terminating its consumer)
     and create it again. Then run `cdc backfill`: changes made while there was no slot
     were never streamed, and the backfill copies them."""
-    settings = settings_of(ctx)
-    try:
-        with source_connection(settings) as conn:
-            if slots.get_slot(conn, settings.slot) is not None:
-                slots.drop_slot(conn, settings.slot, force=True)
-            lsn = slots.create_slot(conn, settings.slot)
-    except CdcError as exc:
-        raise fail(exc) from exc
+    with source_session(ctx) as (settings, conn):
+        if slots.get_slot(conn, settings.slot) is not None:
+            slots.drop_slot(conn, settings.slot, force=True)
+        lsn = slots.create_slot(conn, settings.slot)
     typer.echo(
         f"recreated slot {settings.slot} at {lsn}; now run `cdc backfill` to copy what "
         "the lost slot missed (safe while the daemon streams)"
@@ -278,12 +269,8 @@ def check_grants(ctx: typer.Context) -> None:
 @publication_app.command("create")
 def publication_create(ctx: typer.Context) -> None:
     """Create the publication (CDC_PUBLICATION) for every table of CDC_SOURCE_SCHEMA."""
-    settings = settings_of(ctx)
-    try:
-        with source_connection(settings) as conn:
-            tables = slots.create_publication(conn, settings.publication, settings.source_schema)
-    except CdcError as exc:
-        raise fail(exc) from exc
+    with source_session(ctx) as (settings, conn):
+        tables = slots.create_publication(conn, settings.publication, settings.source_schema)
     typer.echo(
         f"created publication {settings.publication} with {len(tables)} tables: "
         + ", ".join(tables)
@@ -293,12 +280,8 @@ def publication_create(ctx: typer.Context) -> None:
 @publication_app.command("add-table")
 def publication_add_table(ctx: typer.Context, table: str) -> None:
     """Add a table of the source schema (then run `cdc backfill TABLE`)."""
-    settings = settings_of(ctx)
-    try:
-        with source_connection(settings) as conn:
-            slots.add_table(conn, settings.publication, settings.source_schema, table)
-    except CdcError as exc:
-        raise fail(exc) from exc
+    with source_session(ctx) as (settings, conn):
+        slots.add_table(conn, settings.publication, settings.source_schema, table)
     typer.echo(
         f"added {settings.source_schema}.{table} to {settings.publication}; "
         f"copy its existing rows with `cdc backfill {table}`"
@@ -308,30 +291,22 @@ def publication_add_table(ctx: typer.Context, table: str) -> None:
 @publication_app.command("drop-table")
 def publication_drop_table(ctx: typer.Context, table: str) -> None:
     """Stop replicating a table (its target copies are kept)."""
-    settings = settings_of(ctx)
-    try:
-        with source_connection(settings) as conn:
-            slots.drop_table(conn, settings.publication, settings.source_schema, table)
-    except CdcError as exc:
-        raise fail(exc) from exc
+    with source_session(ctx) as (settings, conn):
+        slots.drop_table(conn, settings.publication, settings.source_schema, table)
     typer.echo(f"dropped {settings.source_schema}.{table} from {settings.publication}")
 
 
 @publication_app.command("show")
 def publication_show(ctx: typer.Context) -> None:
     """The tables in the publication."""
-    settings = settings_of(ctx)
-    try:
-        with source_connection(settings) as conn:
-            if not slots.publication_exists(conn, settings.publication):
-                raise CdcError(
-                    ErrorKind.SETUP,
-                    f"publication {settings.publication!r} does "
-                    "not exist; create it with `cdc publication create`",
-                )
-            tables = slots.publication_tables(conn, settings.publication)
-    except CdcError as exc:
-        raise fail(exc) from exc
+    with source_session(ctx) as (settings, conn):
+        if not slots.publication_exists(conn, settings.publication):
+            raise CdcError(
+                ErrorKind.SETUP,
+                f"publication {settings.publication!r} does "
+                "not exist; create it with `cdc publication create`",
+            )
+        tables = slots.publication_tables(conn, settings.publication)
     table = Table("schema", "table", title=f"publication {settings.publication}")
     for schema, name in tables:
         table.add_row(schema, name)

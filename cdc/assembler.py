@@ -62,10 +62,6 @@ class Assembler:
     def has_open_transaction(self) -> bool:
         return self._current is not None or bool(self._streams)
 
-    @property
-    def memory_bytes(self) -> int:
-        return self._memory
-
     def reset(self) -> None:
         """Forget everything tied to the connection (after a reconnect the server resends
         relations and every transaction not confirmed)."""

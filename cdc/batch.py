@@ -12,7 +12,7 @@ removed (values are matched by column name, so nothing is lost).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import NamedTuple
@@ -269,10 +269,3 @@ def _relayout(values: TupleData, remap: tuple[int, ...] | None) -> TupleData:
     if remap is None:
         return values
     return tuple(values[i] if i >= 0 else None for i in remap)
-
-
-def build_batch(transactions: Iterable[Transaction], key_positions: KeyResolver) -> Batch:
-    builder = BatchBuilder(key_positions)
-    for txn in transactions:
-        builder.add(txn)
-    return builder.build()

@@ -184,11 +184,6 @@ def drop_table(conn: psycopg.Connection[Any], name: str, schema: str, table: str
     conn.execute(alter_publication_sql(name, "drop", schema, table))
 
 
-def drop_publication(conn: psycopg.Connection[Any], name: str) -> None:
-    _require_publication(conn, name)
-    conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
-
-
 def publication_tables(conn: psycopg.Connection[Any], name: str) -> list[tuple[str, str]]:
     rows = conn.execute(
         "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s "

@@ -31,7 +31,6 @@ class SpillBuffer:
         self._pending: list[Record] = []
         self._file: IO[bytes] | None = None
         self.memory_bytes = 0
-        self.total_bytes = 0
         self.count = 0
         self.aborted_subxids: set[int] = set()
         self.relations: list[Any] = []
@@ -53,7 +52,6 @@ class SpillBuffer:
     def append(self, subxid: int | None, relation: Any, message: Any, size: int) -> None:
         record = (subxid, self.relation_index(relation), message)
         self.count += 1
-        self.total_bytes += size
         if self._file is None:
             self._memory.append(record)
             self.memory_bytes += size

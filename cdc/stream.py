@@ -126,7 +126,6 @@ class ReplicationStream:
         self.proto_version = 1
         self.progress = Progress()
         self._next_status = 0.0
-        self.status_sent = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -268,7 +267,6 @@ class ReplicationStream:
         except psycopg.Error as exc:
             raise self._lost(exc) from exc
         self._next_status = self._clock() + self.status_interval
-        self.status_sent += 1
 
     @staticmethod
     def _flush(pgconn: Any) -> None:

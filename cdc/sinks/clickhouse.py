@@ -10,7 +10,8 @@ by `cdc.chvalues` and parsed by ClickHouse itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -76,42 +77,14 @@ class ClickHouseSink:
             )
         self._database_ready = True
 
-    def apply(self, batch: Batch, layouts: Layouts) -> None:
+    @contextmanager
+    def _writing(self, table: TableName) -> Iterator[None]:
+        """Errors as `CdcError`: ours name the table (for a quarantine); the client's, which
+        differ per backend, are a sink connection failure (retried)."""
         try:
-            for name, table in batch.tables.items():
-                layout = layouts[name]
-                try:
-                    self._ensure(name, layout)
-                    self._apply_table(table, layout)
-                except CdcError as exc:
-                    exc.table = exc.table or name  # which table a quarantine applies to
-                    raise
-        except CdcError:
-            raise
-        except Exception as exc:  # the client raises its own types per backend
-            raise CdcError(
-                ErrorKind.SINK_CONNECTION,
-                f"ClickHouse write to {redact_url(self.url)} failed: {type(exc).__name__}: "
-                f"{redact_url(str(exc))[:500]}",
-            ) from exc
-
-    def apply_copy(self, layout: TableSchema, data: bytes) -> None:
-        """Live rows in Postgres COPY text format (the layout's columns, then `_version`):
-        ClickHouse's TabSeparated reads it as is (same escapes, same `\\N`) for the types
-        `direct_copy_types` allows; `_is_deleted` takes its default, 0."""
-        try:
-            self._ensure((layout.schema, layout.name), layout)
-            self.client.raw_insert(
-                self._written(layout.name),
-                column_names=[*layout.column_names, VERSION_COLUMN],
-                insert_block=data,
-                fmt="TabSeparated",
-                settings=INSERT_SETTINGS
-                if self.cluster is None
-                else {**INSERT_SETTINGS, **SYNC_INSERT},
-            )
+            yield
         except CdcError as exc:
-            exc.table = exc.table or (layout.schema, layout.name)
+            exc.table = exc.table or table
             raise
         except Exception as exc:
             raise CdcError(
@@ -119,6 +92,31 @@ class ClickHouseSink:
                 f"ClickHouse write to {redact_url(self.url)} failed: {type(exc).__name__}: "
                 f"{redact_url(str(exc))[:500]}",
             ) from exc
+
+    @property
+    def _insert_settings(self) -> dict[str, Any]:
+        return INSERT_SETTINGS if self.cluster is None else {**INSERT_SETTINGS, **SYNC_INSERT}
+
+    def apply(self, batch: Batch, layouts: Layouts) -> None:
+        for name, table in batch.tables.items():
+            layout = layouts[name]
+            with self._writing(name):
+                self._ensure(name, layout)
+                self._apply_table(table, layout)
+
+    def apply_copy(self, layout: TableSchema, data: bytes) -> None:
+        """Live rows in Postgres COPY text format (the layout's columns, then `_version`):
+        ClickHouse's TabSeparated reads it as is (same escapes, same `\\N`) for the types
+        `cdc.backfill.direct_copy_ok` allows; `_is_deleted` takes its default, 0."""
+        with self._writing((layout.schema, layout.name)):
+            self._ensure((layout.schema, layout.name), layout)
+            self.client.raw_insert(
+                self._written(layout.name),
+                column_names=[*layout.column_names, VERSION_COLUMN],
+                insert_block=data,
+                fmt="TabSeparated",
+                settings=self._insert_settings,
+            )
 
     # -- targets ---------------------------------------------------------------------------
 
@@ -182,7 +180,7 @@ class ClickHouseSink:
         client = self.client
         local = f"{quote_identifier(self.database)}.{quote_identifier(layout.name)}"
         on_cluster = "" if self.cluster is None else f" ON CLUSTER {quote_identifier(self.cluster)}"
-        settings = INSERT_SETTINGS if self.cluster is None else {**INSERT_SETTINGS, **SYNC_INSERT}
+        settings = self._insert_settings
         if table.truncate_version is not None:
             client.command(
                 f"INSERT INTO {self._written(TRUNCATIONS_TABLE)}"

@@ -12,7 +12,8 @@ into the batch, so the ClickHouse sink receives complete rows.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -218,24 +219,30 @@ class HistoricSink:
             self._conn = None
 
     def prepare(self, tables: Sequence[TableSchema]) -> None:
-        conn = self._connection()
-        with conn.transaction():
+        with self._transaction() as conn:
             for table in tables:
                 self._ensure(conn, (table.schema, table.name), table)
 
-    def apply(self, batch: Batch, layouts: Layouts) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on the historic database; a lost connection is a sink
+        connection failure (retried), and the next write reconnects."""
         conn = self._connection()
         try:
             with conn.transaction():
-                for name, table in batch.tables.items():
-                    layout = layouts[name]
-                    self._ensure(conn, name, layout)
-                    self._apply_table(conn, table, layout)
+                yield conn
         except psycopg.OperationalError as exc:
             self.close()
             raise CdcError(
                 ErrorKind.SINK_CONNECTION, f"historic write failed: {str(exc).strip()}"
             ) from exc
+
+    def apply(self, batch: Batch, layouts: Layouts) -> None:
+        with self._transaction() as conn:
+            for name, table in batch.tables.items():
+                layout = layouts[name]
+                self._ensure(conn, name, layout)
+                self._apply_table(conn, table, layout)
 
     def _ensure(self, conn: psycopg.Connection[Any], name: TableName, layout: TableSchema) -> None:
         known = self._columns.get(name)
@@ -343,24 +350,17 @@ class HistoricSink:
     def apply_copy(self, layout: TableSchema, data: bytes) -> None:
         """Live rows in COPY text format (the layout's columns, then `_version`), straight
         from a source COPY: no value is touched in Python. Same guard as `apply`."""
-        conn = self._connection()
-        try:
-            with conn.transaction():
-                self._ensure(conn, (layout.schema, layout.name), layout)
-                self._create_stage(conn, layout)
-                copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                    sql.Identifier(STAGE_TABLE),
-                    sql.SQL(", ").join(map(sql.Identifier, [*layout.column_names, VERSION_COLUMN])),
-                )
-                with conn.cursor() as cur, cur.copy(copy) as pipe:
-                    pipe.write(data)
-                conn.execute(upsert_sql(self.schema, layout))
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise CdcError(
-                ErrorKind.SINK_CONNECTION, f"historic write failed: {str(exc).strip()}"
-            ) from exc
+        with self._transaction() as conn:
+            self._ensure(conn, (layout.schema, layout.name), layout)
+            self._create_stage(conn, layout)
+            copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                sql.Identifier(STAGE_TABLE),
+                sql.SQL(", ").join(map(sql.Identifier, [*layout.column_names, VERSION_COLUMN])),
+            )
+            with conn.cursor() as cur, cur.copy(copy) as pipe:
+                pipe.write(data)
+            conn.execute(upsert_sql(self.schema, layout))
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
 
     @staticmethod
     def _write_back(conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema) -> None:
