@@ -9,9 +9,10 @@ budget: past it the largest buffer spills to a temp file. Pure apart from that t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cdc.changes import Change, Op, Transaction
 from cdc.errors import CdcError, ErrorKind
@@ -40,6 +41,7 @@ MEMORY_FACTOR = 4
 RECORD_OVERHEAD = 120
 
 Event = Transaction | LogicalMessage
+_ROW_CHANGES = frozenset({Insert, Update, Delete})
 
 
 class Assembler:
@@ -80,10 +82,11 @@ class Assembler:
     # -- feeding ---------------------------------------------------------------------------
 
     def feed(self, message: Message, size: int) -> Event | None:
-        if isinstance(message, Insert | Update | Delete):
-            self._append(message.xid, message.relation_oid, message, size)
-            return None
         kind = type(message)
+        if kind in _ROW_CHANGES:
+            change = cast(Insert | Update | Delete, message)
+            self._append(change.xid, change.relation_oid, change, size)
+            return None
         if kind is Begin:
             assert isinstance(message, Begin)
             if self._current is not None:
@@ -146,8 +149,7 @@ class Assembler:
         else:
             raise CdcError(ErrorKind.PROTOCOL, "row change outside a transaction")
         cost = size * MEMORY_FACTOR + RECORD_OVERHEAD
-        buffer.append(xid, relation, message, cost)
-        if not buffer.spilled:
+        if buffer.append(xid, relation, message, cost):
             self._memory += cost
             if self._memory > self.memory_budget:
                 self._spill_largest()
@@ -202,13 +204,14 @@ def _transaction(
 
 def _changes(buffer: SpillBuffer) -> Iterator[Change]:
     insert, update, delete = Op.INSERT, Op.UPDATE, Op.DELETE
+    change = functools.partial(tuple.__new__, Change)  # no NamedTuple __new__ per change
     for ordinal, (relation, message) in enumerate(buffer.records(), start=1):
         kind = type(message)
         if kind is Insert:
-            yield Change(insert, relation, ordinal, message.new, None)
+            yield change((insert, relation, ordinal, message.new, None))
         elif kind is Update:
-            yield Change(update, relation, ordinal, message.new, message.old)
+            yield change((update, relation, ordinal, message.new, message.old))
         elif kind is Delete:
-            yield Change(delete, relation, ordinal, None, message.old)
+            yield change((delete, relation, ordinal, None, message.old))
         else:
             yield Change(Op.TRUNCATE, relation, ordinal, None, None)

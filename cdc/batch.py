@@ -11,30 +11,44 @@ removed (values are matched by column name, so nothing is lost).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from cdc.changes import Op, Transaction
 from cdc.errors import CdcError, ErrorKind
 from cdc.lsn import Lsn
 from cdc.pgoutput import UNCHANGED_TOAST, Relation, TupleData, TupleValue
 
+if TYPE_CHECKING:
+    from cdc.rowtext import RowText
+
 TableName = tuple[str, str]
 Key = tuple[TupleValue, ...]
 # Key positions of a relation's columns; None when the table cannot be replicated (it is
 # quarantined: its changes are skipped while the other tables keep flowing).
 KeyResolver = Callable[[Relation], tuple[int, ...] | None]
+KeyGetter = Callable[[TupleData], Key]
 # Per Relation object: (relation, its table batch or None if quarantined, remap, key getter)
-Route = tuple[Relation, "TableBatch | None", "tuple[int, ...] | None", Callable[[TupleData], Key]]
+Route = tuple[Relation, "TableBatch | None", "tuple[int, ...] | None", KeyGetter]
 
 
 class RowImage(NamedTuple):
     version: int
     deleted: bool
     values: TupleData  # in the table batch's column layout; UNCHANGED_TOAST = keep target's
+    # Inserted at the source and first seen in this batch: the key is new to the targets
+    # unless a replay or a backfill wrote it already (a hint for a faster write, never
+    # trusted for correctness).
+    inserted: bool = False
+
+
+# `RowImage((version, deleted, values, inserted))` without the Python-level `__new__` of a
+# NamedTuple: one is built per change. Always all four fields.
+_image = functools.partial(tuple.__new__, RowImage)
 
 
 @dataclass
@@ -46,6 +60,7 @@ class TableBatch:
     rows: dict[Key, RowImage] = field(default_factory=dict)
     truncate_version: int | None = None
     earlier_relations: list[Relation] = field(default_factory=list)
+    text: RowText | None = None  # the rows' text, made once for every sink (`cdc.rowtext`)
 
     @property
     def name(self) -> TableName:
@@ -111,9 +126,10 @@ class BatchBuilder:
         count = skipped = 0
         ops = batch.ops
         routes = self._routes
-        insert, truncate, delete = Op.INSERT, Op.TRUNCATE, Op.DELETE
+        insert, update, truncate, delete = Op.INSERT, Op.UPDATE, Op.TRUNCATE, Op.DELETE
+        room = max(limit - batch.changes, 1) if limit is not None else -1
         for op, relation, ordinal, new, old in txn.changes():
-            if limit is not None and count and batch.changes + count >= limit:
+            if count == room:
                 batch.changes += count
                 batch.skipped += skipped
                 count = skipped = 0
@@ -121,6 +137,7 @@ class BatchBuilder:
                 batch = self._batch
                 batch.end_lsn = self._last_end
                 ops = batch.ops
+                room = limit if limit is not None else -1
             count += 1
             route = routes.get(id(relation))
             if route is None or route[0] is not relation:
@@ -131,33 +148,39 @@ class BatchBuilder:
                 continue
             ops[table.name, op] += 1
             version = commit_high | ordinal
-            if op is insert and remap is None and old is None:
-                assert new is not None
-                rows = table.rows
-                key = key_of(new)
-                if UNCHANGED_TOAST not in new or key not in rows:
-                    rows[key] = RowImage(version, False, new)
+            rows = table.rows
+            if remap is None:
+                if op is insert:
+                    key = key_of(new)  # type: ignore[arg-type]
+                    if key not in rows:
+                        rows[key] = _image((version, False, new, True))
+                        continue
+                    if UNCHANGED_TOAST not in new:  # type: ignore[operator]
+                        rows[key] = _image((version, False, new, False))
+                        continue
+                elif op is update and old is None:
+                    self._upsert(table, key_of, new, version)  # type: ignore[arg-type]
                     continue
             if op is truncate:
-                table.rows.clear()
+                rows.clear()
                 table.truncate_version = version
                 continue
             if op is delete:
                 assert old is not None
-                self._tombstone(table, _relayout(old, remap), version)
+                self._tombstone(table, key_of, _relayout(old, remap), version)
                 continue
             assert new is not None
             new = _relayout(new, remap)
             if old is not None:
                 old = _relayout(old, remap)
                 if key_of(old) != key_of(new):
-                    self._tombstone(table, old, version)
+                    self._tombstone(table, key_of, old, version)
                 if UNCHANGED_TOAST in new and len(old) == len(new):
                     # REPLICA IDENTITY FULL: the old row holds the unchanged values.
                     new = tuple(
                         o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=True)
                     )
-            self._upsert(table, new, version)
+            self._upsert(table, key_of, new, version)
         batch.transactions += 1
         batch.changes += count
         batch.skipped += skipped
@@ -226,21 +249,21 @@ class BatchBuilder:
         return remap
 
     @staticmethod
-    def _tombstone(table: TableBatch, old: TupleData, version: int) -> None:
+    def _tombstone(table: TableBatch, key_of: KeyGetter, old: TupleData, version: int) -> None:
         """A deleted row keeps its last known values: from this batch, else the target's."""
-        key = _key_getter(table)(old)
+        key = key_of(old)
         previous = table.rows.get(key)
         if previous is not None and not previous.deleted:
-            table.rows[key] = RowImage(version, True, previous.values)
+            table.rows[key] = _image((version, True, previous.values, False))
             return
         values: list[TupleValue] = [UNCHANGED_TOAST] * len(table.columns)
         for i in table.key_positions:
             values[i] = old[i]
-        table.rows[key] = RowImage(version, True, tuple(values))
+        table.rows[key] = _image((version, True, tuple(values), False))
 
     @staticmethod
-    def _upsert(table: TableBatch, new: TupleData, version: int) -> None:
-        key = _key_getter(table)(new)
+    def _upsert(table: TableBatch, key_of: KeyGetter, new: TupleData, version: int) -> None:
+        key = key_of(new)
         if UNCHANGED_TOAST in new:
             previous = table.rows.get(key)
             if previous is not None and not previous.deleted:
@@ -248,14 +271,14 @@ class BatchBuilder:
                     p if n is UNCHANGED_TOAST else n
                     for n, p in zip(new, previous.values, strict=True)
                 )
-        table.rows[key] = RowImage(version, False, new)
+        table.rows[key] = _image((version, False, new, False))
 
 
 def _no_key(values: TupleData) -> Key:
     raise AssertionError("a quarantined table has no key")
 
 
-def _key_getter(table: TableBatch) -> Callable[[TupleData], Key]:
+def _key_getter(table: TableBatch) -> KeyGetter:
     """The key tuple of a row in `table`'s layout (itemgetter: no Python loop per row)."""
     positions = table.key_positions
     if len(positions) == 1:

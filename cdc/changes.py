@@ -23,6 +23,10 @@ class Op(enum.Enum):
     DELETE = "D"
     TRUNCATE = "T"
 
+    # Members are singletons: identity hashing (in C) instead of Enum's hash of the name,
+    # since the batcher counts changes per (table, op).
+    __hash__ = object.__hash__
+
 
 class Change(NamedTuple):
     """One row change. `old` is the key (or, with REPLICA IDENTITY FULL, the whole old row)

@@ -282,6 +282,16 @@ def _converter(column: Column) -> tuple[Converter | None, bytes]:
     return convert, _DEFAULTS.get(ch_type, b"0")  # numbers and Decimals: 0
 
 
+def _reads_copy_text(column: Column) -> tuple[bool, Converter | None]:
+    """Whether ClickHouse reads the column's COPY text field as it is (`cdc.rowtext`), and
+    the check its values need first (None: none)."""
+    storage = storage_column(column)
+    if storage.kind is TypeKind.ARRAY:
+        return False, None  # array literals differ
+    check = _check(storage)
+    return check is not _bytea, check
+
+
 class RowEncoder:
     """Encodes rows of one table; build once per table shape, reuse for every row."""
 
@@ -295,6 +305,34 @@ class RowEncoder:
         for index in table.key_indexes:
             missing[index] = None  # a NULL key makes the join fail, and `_explain` says why
         self._missing = tuple(missing)
+        readable = [_reads_copy_text(column) for column in table.columns]
+        # Every column reads the shared row text as it is: lines go to ClickHouse untouched.
+        self.reads_row_text = all(ok for ok, _ in readable)
+        self._text_checks = tuple((i, check) for i, (_, check) in enumerate(readable) if check)
+        # Where a NULL is not `\\N` in ClickHouse: NOT NULL columns get a default (a key is
+        # never NULL in a complete row: primary keys are NOT NULL).
+        keys = set(table.key_indexes)
+        self._not_nullable = tuple(i for i, m in enumerate(missing) if m != NULL and i not in keys)
+
+    def needs_encoding(self, rows: Sequence[Sequence[object]]) -> set[int]:
+        """Of rows whose shared text ClickHouse reads (`reads_row_text`), the positions of
+        those to encode with `encode_versioned` instead: a value to refuse (its error then
+        names it) or a NULL where the column is not Nullable."""
+        marked: set[int] = set()
+        for index, check in self._text_checks:
+            for position, values in enumerate(rows):
+                value = values[index]
+                if value is not None:
+                    try:
+                        check(value)  # type: ignore[arg-type]
+                    except _VALUE_ERRORS:  # (a non-text value fails here too)
+                        marked.add(position)
+        not_nullable = self._not_nullable
+        if not_nullable:
+            for position, values in enumerate(rows):
+                if None in values and any(values[i] is None for i in not_nullable):
+                    marked.add(position)
+        return marked
 
     def encode(self, values: Sequence[bytes | None]) -> bytes:
         """One TSV line of the source columns, without the trailing newline."""

@@ -223,8 +223,7 @@ class Daemon:
                 if action is not Action.RETRY or self._stopping():
                     raise
                 attempt += 1
-                delay = min(self.settings.max_retry_delay_s, 0.2 * 2**attempt)
-                delay *= random.uniform(0.5, 1.0)
+                delay = self._retry_delay(attempt)
                 self.log.warning(
                     "apply_retry", kind=exc.kind.value, error=str(exc), attempt=attempt,
                     retry_in_s=round(delay, 2),
@@ -328,9 +327,40 @@ class Daemon:
                 raise self._explain_lost(exc) from exc
             raise
 
+    def _setup_until_done(self) -> None:
+        """`setup`, retried with backoff while it fails on something transient (a target or
+        the source restarting as the daemon starts) for up to `connect_timeout_s`; anything
+        else, or failing for longer, stops the daemon."""
+        attempt = 0
+        first_failure = time.monotonic()
+        limit = self.settings.connect_timeout_s
+        while True:
+            try:
+                self.setup()
+                return
+            except CdcError as exc:
+                if exc.policy.action is not Action.RETRY or self._stopping():
+                    raise
+                if time.monotonic() - first_failure >= limit:
+                    raise CdcError(exc.kind, f"{exc} (gave up after {limit:.0f} s)") from exc
+                attempt += 1
+                delay = self._retry_delay(attempt)
+                self.log.warning(
+                    "setup_retry", kind=exc.kind.value, error=str(exc), attempt=attempt,
+                    retry_in_s=round(delay, 2),
+                )  # fmt: skip
+                for sink in self.sinks:
+                    sink.close()
+                time.sleep(delay)
+
+    def _retry_delay(self, attempt: int) -> float:
+        """Capped exponential backoff with jitter."""
+        delay = min(self.settings.max_retry_delay_s, 0.2 * 2**attempt)
+        return float(delay * random.uniform(0.5, 1.0))
+
     def _stream(self, stop: threading.Event, record: Callable[[str], None]) -> None:
         self._stop = stop
-        self.setup()
+        self._setup_until_done()
         settings = self.settings
         source = ChangeSource(
             SourceConfig(

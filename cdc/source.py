@@ -123,14 +123,14 @@ class ChangeSource:
 
     def _next_event(self, timeout: float) -> Event | None:
         stream, decoder, assembler = self.stream, self.decoder, self.assembler
-        deadline = time.monotonic() + timeout
+        deadline = stream.deadline(timeout)
+        feed, decode = assembler.feed, decoder.decode
         while True:
-            remaining = deadline - time.monotonic()
-            payload = stream.read(max(remaining, 0.0))
+            payload = stream.read_until(deadline)
             if payload is None:
                 stream.note_open_transaction(assembler.has_open_transaction)
                 return None
-            event = assembler.feed(decoder.decode(payload), len(payload))
+            event = feed(decode(payload), len(payload))
             if event is None:
                 continue
             if isinstance(event, Transaction):

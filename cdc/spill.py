@@ -35,31 +35,38 @@ class SpillBuffer:
         self.aborted_subxids: set[int] = set()
         self.relations: list[Any] = []
         self._relation_index: dict[int, int] = {}
+        self._last_relation: Any = None
+        self._last_index = 0
 
     @property
     def spilled(self) -> bool:
         return self._file is not None
 
     def relation_index(self, relation: Any) -> int:
+        if relation is self._last_relation:
+            return self._last_index
         key = id(relation)
         index = self._relation_index.get(key)
         if index is None:
             index = len(self.relations)
             self.relations.append(relation)
             self._relation_index[key] = index
+        self._last_relation, self._last_index = relation, index
         return index
 
-    def append(self, subxid: int | None, relation: Any, message: Any, size: int) -> None:
+    def append(self, subxid: int | None, relation: Any, message: Any, size: int) -> bool:
+        """Add a record; True if it is held in memory (counted in `memory_bytes`)."""
         record = (subxid, self.relation_index(relation), message)
         self.count += 1
         if self._file is None:
             self._memory.append(record)
             self.memory_bytes += size
-            return
+            return True
         self._pending.append(record)
         if len(self._pending) >= CHUNK_RECORDS:
             self._write_chunk(self._pending)
             self._pending = []
+        return False
 
     def spill(self) -> None:
         """Move what is in memory to disk; later appends go to disk too."""
@@ -97,6 +104,11 @@ class SpillBuffer:
             for subxid, relation, message in chunk:
                 if subxid not in aborted:
                     yield relations[relation], message
+        if not aborted and len(relations) == 1:
+            (only,) = relations
+            for _, _, message in self._memory:
+                yield only, message
+            return
         for subxid, relation, message in self._memory:
             if subxid not in aborted:
                 yield relations[relation], message

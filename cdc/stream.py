@@ -33,6 +33,7 @@ COPY_DONE = -1
 COPY_ERROR = -2
 XLOG_DATA_TAG = ord("w")
 XLOG_DATA_HEADER = 25  # 'w' + wal start + wal end + send time
+STATUS_CHECK_EVERY = 256  # messages read back to back between looks at the status clock
 
 # SQLSTATEs (and classes) that mean the slot cannot be used any more.
 SLOT_LOST_STATES = {"42704", "55000"}  # undefined_object, object_not_in_prerequisite_state
@@ -126,6 +127,7 @@ class ReplicationStream:
         self.proto_version = 1
         self.progress = Progress()
         self._next_status = 0.0
+        self._unchecked = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -208,8 +210,17 @@ class ReplicationStream:
     def read(self, timeout: float) -> memoryview | None:
         """The next pgoutput message, or None if none arrived within `timeout` seconds.
         Keepalives and status updates are handled here and never returned."""
+        return self.read_until(self.deadline(timeout))
+
+    def deadline(self, timeout: float) -> float:
+        """The stream clock's time `timeout` seconds from now, for `read_until`."""
+        return self._clock() + timeout
+
+    def read_until(self, deadline: float) -> memoryview | None:
+        """`read`, with the clock's time to give up instead of a timeout. A message that
+        is already received is returned without looking at the clock; a due status update
+        is checked every `STATUS_CHECK_EVERY` messages and whenever the socket has nothing."""
         pgconn = self._pgconn()
-        deadline = self._clock() + timeout
         while True:
             try:
                 nbytes, data = pgconn.get_copy_data(1)
@@ -218,7 +229,10 @@ class ReplicationStream:
             if nbytes > 0:
                 view = memoryview(data)
                 if view[0] == XLOG_DATA_TAG:
-                    self._maybe_send_status(pgconn)
+                    self._unchecked += 1
+                    if self._unchecked >= STATUS_CHECK_EVERY:
+                        self._unchecked = 0
+                        self._maybe_send_status(pgconn)
                     return view[XLOG_DATA_HEADER:]
                 frame = decode_frame(view)
                 if isinstance(frame, Keepalive):

@@ -65,6 +65,7 @@ REPLICA_IDENTITY_NCOLS: Final = Struct(">BH")  # after the relation's two names
 COLUMN_FLAGS: Final = Struct(">B")  # before each column name
 COLUMN_TYPE: Final = Struct(">Ii")  # after each column name: type oid, type modifier
 ROW_HEAD: Final = Struct(">IB")  # relation oid, tuple marker
+STREAM_ROW_HEAD: Final = Struct(">IIB")  # the same inside a stream block, after the xid
 TRUNCATE_HEAD: Final = Struct(">IB")  # relation count, options
 MESSAGE_HEAD: Final = Struct(">BQ")  # flags, lsn; prefix string follows
 MESSAGE_LENGTH: Final = Struct(">I")  # after the prefix: content length
@@ -120,15 +121,17 @@ def _end(data: bytes, pos: int, what: str) -> None:
 
 
 def _tuple(data: bytes, pos: int, what: str) -> tuple[TupleData, int]:
-    """TupleData at `pos` (column count, then columns); returns it and the offset after it."""
+    """TupleData at `pos` (column count, then columns); returns it and the offset after it.
+
+    The hot path: one pass, no bounds check per column. A length running past the end is
+    caught by the caller's check that the message ends exactly where its last tuple does,
+    or by the IndexError of reading a kind byte beyond the end."""
     if len(data) - pos < 2:
         raise DecodeError(f"{what}: tuple column count truncated at offset {pos}")
     ncols = (data[pos] << 8) | data[pos + 1]
     pos += 2
-    end = len(data)
     unpack_length = COLUMN_LENGTH.unpack_from
-    values: list[TupleValue] = []
-    append = values.append
+    values: list[TupleValue] = [None] * ncols
     col = 0
     try:
         for col in range(ncols):
@@ -136,21 +139,16 @@ def _tuple(data: bytes, pos: int, what: str) -> tuple[TupleData, int]:
             if kind == _TEXT:
                 start = pos + 5
                 pos = start + unpack_length(data, pos + 1)[0]
-                if pos > end:
-                    raise IndexError
-                append(data[start:pos])
+                values[col] = data[start:pos]
             elif kind == _NULL:
-                append(None)
                 pos += 1
             elif kind == _TOAST:
-                append(UNCHANGED_TOAST)
+                values[col] = UNCHANGED_TOAST
                 pos += 1
             elif kind == _BINARY:
                 start = pos + 5
                 pos = start + unpack_length(data, pos + 1)[0]
-                if pos > end:
-                    raise IndexError
-                append(BinaryDatum(data[start:pos]))
+                values[col] = BinaryDatum(data[start:pos])
             else:
                 raise DecodeError(
                     f"{what}: unknown column kind {describe_byte(kind)}"
@@ -158,6 +156,8 @@ def _tuple(data: bytes, pos: int, what: str) -> tuple[TupleData, int]:
                 )
     except (IndexError, struct.error) as exc:
         raise DecodeError(f"{what}: tuple truncated at column {col + 1} of {ncols}") from exc
+    if pos > len(data):
+        raise DecodeError(f"{what}: tuple truncated at column {ncols} of {ncols}")
     return tuple(values), pos
 
 
@@ -210,11 +210,12 @@ class Decoder:
     def decode(self, payload: bytes | memoryview) -> Message:
         """Decode one complete message; raises `DecodeError` if it is anything else."""
         data = payload if type(payload) is bytes else bytes(payload)
-        if not data:
-            raise DecodeError("pgoutput message is empty")
-        handler = self._handlers.get(data[0])
-        if handler is None:
-            raise DecodeError(self._unknown_tag(data[0]))
+        try:
+            handler = self._handlers[data[0]]
+        except IndexError:
+            raise DecodeError("pgoutput message is empty") from None
+        except KeyError:
+            raise DecodeError(self._unknown_tag(data[0])) from None
         try:
             return handler(data)
         except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:
@@ -290,20 +291,25 @@ class Decoder:
 
     # Row changes (the hot path) ----------------------------------------------------------
 
+    def _row_head(self, data: bytes) -> tuple[int | None, int, int, int]:
+        """(xid, relation oid, tuple marker, offset after the marker) of a row change."""
+        if self._streaming:
+            xid, oid, marker = STREAM_ROW_HEAD.unpack_from(data, 1)
+            return xid, oid, marker, 1 + STREAM_ROW_HEAD.size
+        oid, marker = ROW_HEAD.unpack_from(data, 1)
+        return None, oid, marker, 1 + ROW_HEAD.size
+
     def _insert(self, data: bytes) -> Insert:
-        xid, pos = self._xid(data, "Insert") if self._streaming else (None, 1)
-        oid, marker = _unpack(ROW_HEAD, data, pos, "Insert")
+        xid, oid, marker, pos = self._row_head(data)
         if marker != _NEW:
             raise DecodeError(f"Insert: expected new tuple 'N', got {describe_byte(marker)}")
-        new, pos = _tuple(data, pos + 5, "Insert")
+        new, pos = _tuple(data, pos, "Insert")
         if pos != len(data):
             _end(data, pos, "Insert")
         return Insert(xid, oid, new)
 
     def _update(self, data: bytes) -> Update:
-        xid, pos = self._xid(data, "Update") if self._streaming else (None, 1)
-        oid, marker = _unpack(ROW_HEAD, data, pos, "Update")
-        pos += 5
+        xid, oid, marker, pos = self._row_head(data)
         old_kind = _OLD_KINDS.get(marker)
         old = None
         if old_kind is not None:
@@ -320,14 +326,13 @@ class Decoder:
         return Update(xid, oid, old_kind, old, new)
 
     def _delete(self, data: bytes) -> Delete:
-        xid, pos = self._xid(data, "Delete") if self._streaming else (None, 1)
-        oid, marker = _unpack(ROW_HEAD, data, pos, "Delete")
+        xid, oid, marker, pos = self._row_head(data)
         old_kind = _OLD_KINDS.get(marker)
         if old_kind is None:
             raise DecodeError(
                 f"Delete: expected tuple marker 'K' or 'O', got {describe_byte(marker)}"
             )
-        old, pos = _tuple(data, pos + 5, "Delete")
+        old, pos = _tuple(data, pos, "Delete")
         if pos != len(data):
             _end(data, pos, "Delete")
         return Delete(xid, oid, old_kind, old)

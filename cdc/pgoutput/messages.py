@@ -3,7 +3,8 @@
 Timestamps are kept as the raw wire value: microseconds since 2000-01-01 00:00 UTC, the
 Postgres epoch. `pg_timestamp_to_datetime` and `datetime_to_pg_timestamp` convert.
 Tuple data is a plain tuple of `TupleValue`: `None` (SQL NULL), `UNCHANGED_TOAST`, the
-column's text representation as raw `bytes`, or a `BinaryDatum`.
+column's text representation as raw `bytes`, or a `BinaryDatum`. Row changes (Insert,
+Update, Delete) are named tuples: one is built per changed row, so they must be cheap.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, NamedTuple, TypeAlias
 
 from cdc.lsn import Lsn
 from cdc.pgoutput.tags import ReplicaIdentity, TupleMarker
@@ -106,15 +107,13 @@ class Type:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Insert:
+class Insert(NamedTuple):
     xid: int | None
     relation_oid: int
     new: TupleData
 
 
-@dataclass(frozen=True, slots=True)
-class Update:
+class Update(NamedTuple):
     xid: int | None
     relation_oid: int
     old_kind: OldTupleKind | None
@@ -122,8 +121,7 @@ class Update:
     new: TupleData
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(NamedTuple):
     xid: int | None
     relation_oid: int
     old_kind: OldTupleKind

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from cdc import clickhouse, ddl
-from cdc.batch import Batch, TableBatch, TableName
+from cdc import clickhouse, ddl, rowtext
+from cdc.batch import Batch, RowImage, TableBatch, TableName
 from cdc.chvalues import INSERT_SETTINGS, RowEncoder
 from cdc.clickhouse import quote_identifier
 from cdc.errors import CdcError, ErrorKind
@@ -197,28 +197,41 @@ class ClickHouseSink:
         if not table.rows:
             return
         encoder = self._encoder(layout)
-        encode = encoder.encode_versioned
-        lines = []
-        for key, image in table.rows.items():
-            values = image.values
-            if UNCHANGED_TOAST in values:
-                values = tuple(None if v is UNCHANGED_TOAST else v for v in values)
-            try:
-                lines.append(encode(values, image.version, image.deleted))  # type: ignore[arg-type]
-            except CdcError as exc:
-                shown_key = ", ".join(
-                    "NULL" if k is None else bytes(k).decode(errors="replace")  # type: ignore[arg-type]
-                    for k in key
-                )
-                raise CdcError(
-                    exc.kind,
-                    f"table {layout.qualified_name}, key ({shown_key}): {exc}",
-                    table=(layout.schema, layout.name),
-                ) from exc
+        text = rowtext.shared_row_text(table)
+        if encoder.reads_row_text:
+            lines = text.lines
+            redo = encoder.needs_encoding([image.values for image in text.images])
+            to_encode = [text.images[i] for i in sorted(redo)]
+            if redo:
+                lines = [line for i, line in enumerate(lines) if i not in redo]
+        else:
+            lines, to_encode = [], text.images
+        to_encode = [*to_encode, *(table.rows[key] for key in text.incomplete)]
+        encoded = [self._encode_row(encoder, layout, image) for image in to_encode]
         client.raw_insert(
             self._written(layout.name),  # quoted: the client puts the name into the query as is
             column_names=list(encoder.insert_columns),
-            insert_block=b"".join(lines),
+            insert_block=b"".join(lines) + b"".join(encoded),
             fmt="TabSeparated",
             settings=settings,
         )
+
+    @staticmethod
+    def _encode_row(encoder: RowEncoder, layout: TableSchema, image: RowImage) -> bytes:
+        """One row encoded value by value; a value ClickHouse cannot store is an error
+        naming the table, the key and the value."""
+        values = image.values
+        if UNCHANGED_TOAST in values:
+            values = tuple(None if v is UNCHANGED_TOAST else v for v in values)
+        try:
+            return encoder.encode_versioned(values, image.version, image.deleted)  # type: ignore[arg-type]
+        except CdcError as exc:
+            shown_key = ", ".join(
+                "NULL" if values[i] is None else bytes(values[i]).decode(errors="replace")  # type: ignore[arg-type]
+                for i in layout.key_indexes
+            )
+            raise CdcError(
+                exc.kind,
+                f"table {layout.qualified_name}, key ({shown_key}): {exc}",
+                table=(layout.schema, layout.name),
+            ) from exc

@@ -11,7 +11,6 @@ into the batch, so the ClickHouse sink receives complete rows.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,92 +18,63 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import ddl
-from cdc.batch import Batch, RowImage, TableBatch, TableName
+from cdc import ddl, rowtext
+from cdc.batch import Batch, Key, RowImage, TableBatch, TableName
 from cdc.errors import CdcError, ErrorKind
-from cdc.pgoutput import UNCHANGED_TOAST, TupleData, TupleValue
+from cdc.pgoutput import UNCHANGED_TOAST, TupleValue
 from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
 from cdc.settings import redact_url
 from cdc.sinks.base import Layouts
 from cdc.stream import canonical_dsn
-from cdc.typemap import PgType
 
 STAGE_TABLE = "_cdc_stage"
 FIRST_USER_OID = 16384  # FirstNormalObjectId: built-in types are below
 UNCHANGED_COLUMN = "_cdc_unchanged"
-COPY_NULL = b"\\N"
-# Types whose text output never contains a backslash, tab, newline or carriage return.
-COPY_SAFE_TYPES = frozenset(
-    {
-        PgType.INT2, PgType.INT4, PgType.INT8, PgType.OID, PgType.FLOAT4, PgType.FLOAT8,
-        PgType.NUMERIC, PgType.BOOL, PgType.UUID, PgType.DATE, PgType.TIMESTAMP,
-        PgType.TIMESTAMPTZ,
-    }
-)  # fmt: skip
+# After a batch whose new rows were found in the table already (a replay, a backfill, a
+# key deleted and inserted again), this many batches of the table go the staged way only.
+DIRECT_INSERT_BACKOFF = 16
+DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
 
-_NEEDS_ESCAPE = re.compile(rb"[\\\n\r\t]")
+def incomplete_rows(table: TableBatch, keys: Sequence[Key]) -> bytes:
+    """COPY text of rows with values to fill: NULL in their place, and the int2[] of the
+    positions to take from the historic row, after `_version` and `_is_deleted`."""
+    lines = []
+    for key in keys:
+        image = table.rows[key]
+        fields: list[bytes] = []
+        unchanged: list[int] = []
+        for position, value in enumerate(image.values):
+            if value is None or value is UNCHANGED_TOAST:
+                fields.append(rowtext.NULL)
+                if value is UNCHANGED_TOAST:
+                    unchanged.append(position + 1)
+            elif isinstance(value, bytes):
+                fields.append(rowtext.escape(value))
+            else:
+                raise CdcError(ErrorKind.DECODE, "binary tuple values are not supported")
+        marker = b"{%s}" % b",".join(b"%d" % p for p in unchanged)
+        row = b"\t".join(fields)
+        lines.append(b"%s\t%d\t%d\t%s\n" % (row, image.version, image.deleted, marker))
+    return b"".join(lines)
 
 
-def copy_escape(value: bytes) -> bytes:
-    """A value in COPY text format (backslash, newline, carriage return, tab escaped)."""
-    if _NEEDS_ESCAPE.search(value) is None:
-        return value
-    return (
-        value.replace(b"\\", b"\\\\")
-        .replace(b"\n", b"\\n")
-        .replace(b"\r", b"\\r")
-        .replace(b"\t", b"\\t")
+def row_columns(layout: TableSchema) -> list[str]:
+    """The columns of a `cdc.rowtext` line."""
+    return [*layout.column_names, VERSION_COLUMN, DELETED_COLUMN]
+
+
+def copy_sql(table: sql.Composable, columns: Sequence[str]) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        table, sql.SQL(", ").join(map(sql.Identifier, columns))
     )
 
 
-def copy_rows(layout: TableSchema, table: TableBatch) -> tuple[bytes, bool]:
-    """COPY text of the batch's rows for `stage_columns`; and whether any needs filling.
-
-    The hot path of the historic sink: one list comprehension per row; the rare rows with
-    values to fill from the target take the slow path."""
-    escaped = [c.type_oid not in COPY_SAFE_TYPES for c in layout.columns]
-    null, unchanged_marker = COPY_NULL, UNCHANGED_TOAST
-    lines: list[bytes] = []
-    append = lines.append
-    any_unchanged = False
-    for image in table.rows.values():
-        values = image.values
-        if unchanged_marker in values:
-            any_unchanged = True
-            fields, marker = _fill_marked(values, escaped)
-        else:
-            fields = [
-                null if v is None else (copy_escape(v) if e else v)  # type: ignore[arg-type,misc]
-                for v, e in zip(values, escaped, strict=True)
-            ]
-            marker = null
-        fields.append(b"%d" % image.version)
-        fields.append(b"t" if image.deleted else b"f")
-        fields.append(marker)
-        append(b"\t".join(fields))
-    lines.append(b"")
-    return b"\n".join(lines), any_unchanged
-
-
-def _fill_marked(values: TupleData, escaped: list[bool]) -> tuple[list[bytes], bytes]:
-    """Fields with NULL where a value is to be filled, and the int2[] of those positions."""
-    fields: list[bytes] = []
-    unchanged: list[int] = []
-    for position, (value, escape) in enumerate(zip(values, escaped, strict=True)):
-        if value is None or value is UNCHANGED_TOAST:
-            fields.append(COPY_NULL)
-            if value is UNCHANGED_TOAST:
-                unchanged.append(position + 1)
-        elif isinstance(value, bytes):
-            fields.append(copy_escape(value) if escape else value)
-        else:
-            raise CdcError(ErrorKind.DECODE, "binary tuple values are not supported")
-    return fields, b"{%s}" % b",".join(b"%d" % p for p in unchanged)
-
-
-def stage_columns(layout: TableSchema) -> list[str]:
-    return [*layout.column_names, VERSION_COLUMN, DELETED_COLUMN, UNCHANGED_COLUMN]
+def watermark_sql(schema: str) -> sql.Composed:
+    """The truncate watermark of the table named by the one parameter (no row: none)."""
+    return sql.SQL("SELECT version FROM {}.{} WHERE table_name = %s").format(
+        sql.Identifier(schema), sql.Identifier(TRUNCATIONS_TABLE)
+    )
 
 
 def fill_sql(schema: str, layout: TableSchema) -> sql.Composed:
@@ -198,6 +168,7 @@ class HistoricSink:
         self._conn: psycopg.Connection[Any] | None = None
         self._columns: dict[TableName, list[str]] = {}
         self._types: dict[TableName, dict[str, tuple[int, int]]] = {}
+        self._direct_backoff: dict[TableName, int] = {}
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -247,6 +218,9 @@ class HistoricSink:
     def _ensure(self, conn: psycopg.Connection[Any], name: TableName, layout: TableSchema) -> None:
         known = self._columns.get(name)
         if known is None:
+            # `CREATE ... IF NOT EXISTS` is not safe against a concurrent session doing the
+            # same (the daemon and a backfill): take turns, until this transaction ends.
+            conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
             conn.execute(ddl.historic_schema(self.schema))
             conn.execute(ddl.historic_truncations_table(self.schema))
             types = self._target_columns(conn, layout.name)
@@ -260,6 +234,7 @@ class HistoricSink:
         self._check_types(layout)
         missing = [c for c in layout.columns if c.name not in known]
         if missing:
+            conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
             for column in missing:
                 conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
                 known.append(column.name)
@@ -308,19 +283,51 @@ class HistoricSink:
                 conn.execute(statement, params)
         if not table.rows:
             return
+        text = rowtext.shared_row_text(table)
+        staged = text.lines
+        inserted, others, lowest = text.by_insertion()
+        if lowest is not None and self._insert_new(conn, layout, inserted, lowest):
+            staged = others
+        if not staged and not text.incomplete:
+            return
         self._create_stage(conn, layout)
-        data, any_unchanged = copy_rows(layout, table)
-        copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            sql.Identifier(STAGE_TABLE),
-            sql.SQL(", ").join(map(sql.Identifier, stage_columns(layout))),
-        )
-        with conn.cursor() as cur, cur.copy(copy) as pipe:
-            pipe.write(data)
-        if any_unchanged:
+        stage = sql.Identifier(STAGE_TABLE)
+        with conn.cursor() as cur, cur.copy(copy_sql(stage, row_columns(layout))) as pipe:
+            pipe.write(b"".join(staged))
+        if text.incomplete:
+            columns = [*row_columns(layout), UNCHANGED_COLUMN]
+            with conn.cursor() as cur, cur.copy(copy_sql(stage, columns)) as pipe:
+                pipe.write(incomplete_rows(table, text.incomplete))
             conn.execute(fill_sql(self.schema, layout))
             self._write_back(conn, table, layout)
         conn.execute(upsert_sql(self.schema, layout))
-        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
+        conn.execute(sql.SQL("DROP TABLE {}").format(stage))
+
+    def _insert_new(
+        self, conn: psycopg.Connection[Any], layout: TableSchema, lines: list[bytes], lowest: int
+    ) -> bool:
+        """COPY rows inserted at the source straight into the table, skipping the staged
+        upsert; False (nothing written) if one of their keys is there already, or they are
+        not all newer than a truncation. The caller then stages them like the rest."""
+        name = (layout.schema, layout.name)
+        if self._direct_backoff.get(name, 0) > 0:
+            self._direct_backoff[name] -= 1
+            return False
+        row = conn.execute(watermark_sql(self.schema), (layout.name,)).fetchone()
+        if row is not None and lowest <= row[0]:
+            return False
+        target = sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(layout.name))
+        try:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(copy_sql(target, row_columns(layout))) as pipe,
+            ):
+                pipe.write(b"".join(lines))
+        except psycopg.errors.UniqueViolation:
+            self._direct_backoff[name] = DIRECT_INSERT_BACKOFF
+            return False
+        return True
 
     def _create_stage(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
         conn.execute(
@@ -353,10 +360,7 @@ class HistoricSink:
         with self._transaction() as conn:
             self._ensure(conn, (layout.schema, layout.name), layout)
             self._create_stage(conn, layout)
-            copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                sql.Identifier(STAGE_TABLE),
-                sql.SQL(", ").join(map(sql.Identifier, [*layout.column_names, VERSION_COLUMN])),
-            )
+            copy = copy_sql(sql.Identifier(STAGE_TABLE), [*layout.column_names, VERSION_COLUMN])
             with conn.cursor() as cur, cur.copy(copy) as pipe:
                 pipe.write(data)
             conn.execute(upsert_sql(self.schema, layout))

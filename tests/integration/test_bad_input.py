@@ -161,9 +161,13 @@ def test_unreachable_or_wrong_servers_fail_clearly(pg_dsn: str, tmp_path: Path) 
     assert "hunter2" not in result.stderr
 
     closed = "http://default:hunter2@127.0.0.1:1"
-    result = run_cli(["run"], {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": closed})
+    result = run_cli(
+        ["run"],
+        {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": closed, "CDC_CONNECT_TIMEOUT_S": "2"},
+    )
     assert result.returncode == 2
     assert "cannot connect to ClickHouse" in result.stderr and "hunter2" not in result.stderr
+    assert "gave up after 2 s" in result.stderr, "a target down at start is waited for a while"
 
     config = tmp_path / "cdc.toml"
     config.write_text("batch_size = 'many'\nslott = 1\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from cdc.batch import BatchBuilder
+from cdc.batch import BatchBuilder, RowImage
 from cdc.changes import Change, Op, Transaction
 from cdc.lsn import Lsn
 from cdc.pgoutput import UNCHANGED_TOAST, Relation, RelationColumn, TupleData
@@ -44,8 +44,24 @@ def test_last_image_wins_and_deletes_are_tombstones() -> None:
     rows = batch.tables["s", "t"].rows
     assert rows[(b"1",)].deleted and rows[(b"1",)].values == (b"1", b"a")
     assert rows[(b"2",)].deleted and rows[(b"2",)].values == (b"2", b"b")
-    assert rows[(b"9",)] == ((100 << 64) | 5, False, (b"9", b"moved"))
+    assert rows[(b"9",)] == RowImage((100 << 64) | 5, False, (b"9", b"moved"))
+    assert not rows[(b"2",)].inserted, "a tombstone is never a new row"
     assert batch.end_lsn == 101 and batch.transactions == 1 and batch.changes == 5
+
+
+def test_rows_inserted_first_in_the_batch_are_marked_new() -> None:
+    builder = BatchBuilder(keys)
+    builder.add(txn(5, [
+        (Op.INSERT, (b"1", b"a"), None),
+        (Op.INSERT, (b"2", b"b"), None),
+        (Op.UPDATE, (b"2", b"c"), None),
+        (Op.DELETE, None, (b"3", None)),
+        (Op.INSERT, (b"3", b"d"), None),
+    ]))  # fmt: skip
+    rows = builder.build().tables["s", "t"].rows
+    assert rows[(b"1",)].inserted
+    assert not rows[(b"2",)].inserted, "updated after its insert: an image, not a new row"
+    assert not rows[(b"3",)].inserted, "inserted after a delete: the key may be in the target"
 
 
 def test_truncate_drops_earlier_images_and_records_its_version() -> None:
