@@ -386,7 +386,7 @@ class Backfill:
                     data = b"".join(bytes(block) for block in copy)
             faults.point("mid_backfill_chunk")
             for sink in sinks:
-                sink.apply_copy(table, data)
+                sink.apply_copy(table, data, snapshot.version)
             return data.count(b"\n")
         return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
 

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 
 from cdc import faults, preflight, slots, status
-from cdc.applier import Applier
+from cdc.applier import Applier, Stage
 from cdc.assembler import Event
 from cdc.backfill import Backfill
 from cdc.backfill import Progress as BackfillProgress
@@ -80,6 +80,8 @@ class Daemon:
         self._last_event_at = time.monotonic()
         self._backfill_rows_seen = 0
         self._last_progress_changes = 0
+        # Batches between the applier's stages: when the first began, and their layouts.
+        self._in_flight: dict[int, tuple[float, Layouts]] = {}
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -204,16 +206,52 @@ class Daemon:
     # -- streaming -------------------------------------------------------------------------
 
     def apply(self, batch: Batch) -> None:
-        """Apply to every sink, then acknowledge. Transient failures are retried with
-        backoff (re-applying is harmless); a table whose rows cannot be stored is
-        quarantined and the batch applied without it; anything else stops the daemon."""
-        attempt = 0
+        """Apply to every sink, then record the batch as applied (the applier's stages,
+        one after the other on the calling thread)."""
+        for stage in self.stages():
+            stage(batch)
+
+    def stages(self) -> list[Stage]:
+        """The applier's pipeline: the historic sink first (it fills in values the stream
+        did not resend), then the other sinks and the bookkeeping of a batch that every
+        sink holds. Each stage retries transient failures with backoff (re-applying is
+        harmless); a table whose rows cannot be stored is quarantined and the batch
+        applied without it; anything else stops the daemon."""
+        return [self._apply_historic, self._apply_others]
+
+    def _apply_historic(self, batch: Batch) -> None:
         started = time.monotonic()
+        layouts: Layouts = {name: self.catalog.layout(t) for name, t in batch.tables.items()}
+        self._in_flight[id(batch)] = (started, layouts)
+
+        def write(batch: Batch) -> None:
+            faults.point("before_historic")
+            self.sinks[0].apply(batch, layouts)
+            faults.point("after_historic")
+
+        self._with_retries(batch, self.sinks[:1], write)
+
+    def _apply_others(self, batch: Batch) -> None:
+        started, layouts = self._in_flight.pop(id(batch))
+
+        def write(batch: Batch) -> None:
+            for sink in self.sinks[1:]:
+                faults.point("before_clickhouse")
+                sink.apply(batch, layouts)
+            faults.point("after_clickhouse")
+
+        self._with_retries(batch, self.sinks[1:], write)
+        self._record_applied(batch, time.monotonic() - started)
+
+    def _with_retries(
+        self, batch: Batch, sinks: Sequence[Sink], write: Callable[[Batch], None]
+    ) -> None:
+        attempt = 0
         while True:
             try:
-                self._apply_once(batch)
+                write(batch)
                 self.health.last_apply_ok = True
-                break
+                return
             except CdcError as exc:
                 action = exc.policy.action
                 if action is Action.QUARANTINE_TABLE and exc.table in batch.tables:
@@ -231,15 +269,17 @@ class Daemon:
                 self.stats.errors[exc.kind.value] = self.stats.errors.get(exc.kind.value, 0) + 1
                 self.metrics.errors.labels(exc.kind.value).inc()
                 self.health.last_apply_ok = False
-                for sink in self.sinks:
+                for sink in sinks:
                     sink.close()  # reconnects on the next apply
                 time.sleep(delay)
+
+    def _record_applied(self, batch: Batch, seconds: float) -> None:
         now = datetime_to_pg_timestamp(datetime.now(UTC))
         self.stats.lags.extend((now - t) / 1e6 for t in batch.commit_times)
         if batch.commit_times:
             self.health.lag_s = (now - batch.commit_times[-1]) / 1e6
             self.metrics.lag_seconds.set(self.health.lag_s)
-        self.metrics.batch_seconds.observe(time.monotonic() - started)
+        self.metrics.batch_seconds.observe(seconds)
         self.metrics.batches.inc()
         for ((schema, table), op), count in batch.ops.items():
             self.metrics.changes.labels(f"{schema}.{table}", op.name.lower()).inc(count)
@@ -248,16 +288,6 @@ class Daemon:
         self.stats.changes += batch.changes
         self.stats.skipped += batch.skipped
         self.stats.applied_lsn = batch.end_lsn
-
-    def _apply_once(self, batch: Batch) -> None:
-        layouts: Layouts = {name: self.catalog.layout(t) for name, t in batch.tables.items()}
-        faults.point("before_historic")
-        self.sinks[0].apply(batch, layouts)
-        faults.point("after_historic")
-        for sink in self.sinks[1:]:
-            faults.point("before_clickhouse")
-            sink.apply(batch, layouts)
-        faults.point("after_clickhouse")
 
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
@@ -374,7 +404,7 @@ class Daemon:
         builder = BatchBuilder(self.key_positions, max_changes=settings.batch_size)
         latency = settings.batch_latency_ms / 1000
         self.log.info("daemon_started", publication=settings.publication)
-        applier = Applier(self.apply)
+        applier = Applier(self.stages())
         acknowledged = Lsn.ZERO
         try:
             source.start()

@@ -36,9 +36,9 @@ class Sink(Protocol):
         """Apply `batch`; durable on return (see the module docstring for the contract)."""
         ...
 
-    def apply_copy(self, layout: TableSchema, data: bytes) -> None:
+    def apply_copy(self, layout: TableSchema, data: bytes, version: int) -> None:
         """Apply live rows given as Postgres COPY text (the layout's columns, then
-        `_version`); the same contract as `apply`."""
+        `_version`, equal to `version` in every row); the same contract as `apply`."""
         ...
 
     def close(self) -> None: ...

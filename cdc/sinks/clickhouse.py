@@ -104,7 +104,7 @@ class ClickHouseSink:
                 self._ensure(name, layout)
                 self._apply_table(table, layout)
 
-    def apply_copy(self, layout: TableSchema, data: bytes) -> None:
+    def apply_copy(self, layout: TableSchema, data: bytes, version: int) -> None:
         """Live rows in Postgres COPY text format (the layout's columns, then `_version`):
         ClickHouse's TabSeparated reads it as is (same escapes, same `\\N`) for the types
         `cdc.backfill.direct_copy_ok` allows; `_is_deleted` takes its default, 0."""

@@ -286,7 +286,9 @@ class HistoricSink:
         text = rowtext.shared_row_text(table)
         staged = text.lines
         inserted, others, lowest = text.by_insertion()
-        if lowest is not None and self._insert_new(conn, layout, inserted, lowest):
+        if lowest is not None and self._insert_new(
+            conn, layout, row_columns(layout), b"".join(inserted), lowest
+        ):
             staged = others
         if not staged and not text.incomplete:
             return
@@ -304,11 +306,17 @@ class HistoricSink:
         conn.execute(sql.SQL("DROP TABLE {}").format(stage))
 
     def _insert_new(
-        self, conn: psycopg.Connection[Any], layout: TableSchema, lines: list[bytes], lowest: int
+        self,
+        conn: psycopg.Connection[Any],
+        layout: TableSchema,
+        columns: Sequence[str],
+        data: bytes,
+        lowest: int,
     ) -> bool:
-        """COPY rows inserted at the source straight into the table, skipping the staged
-        upsert; False (nothing written) if one of their keys is there already, or they are
-        not all newer than a truncation. The caller then stages them like the rest."""
+        """COPY rows expected to be new (inserted at the source, or copied by a backfill)
+        straight into the table, skipping the staged upsert; False (nothing written) if
+        one of their keys is there already, or if `lowest`, their lowest version, is not
+        above the table's truncate watermark. The caller then stages them instead."""
         name = (layout.schema, layout.name)
         if self._direct_backoff.get(name, 0) > 0:
             self._direct_backoff[name] -= 1
@@ -321,9 +329,9 @@ class HistoricSink:
             with (
                 conn.transaction(),
                 conn.cursor() as cur,
-                cur.copy(copy_sql(target, row_columns(layout))) as pipe,
+                cur.copy(copy_sql(target, columns)) as pipe,
             ):
-                pipe.write(b"".join(lines))
+                pipe.write(data)
         except psycopg.errors.UniqueViolation:
             self._direct_backoff[name] = DIRECT_INSERT_BACKOFF
             return False
@@ -354,13 +362,18 @@ class HistoricSink:
             )
         )
 
-    def apply_copy(self, layout: TableSchema, data: bytes) -> None:
-        """Live rows in COPY text format (the layout's columns, then `_version`), straight
-        from a source COPY: no value is touched in Python. Same guard as `apply`."""
+    def apply_copy(self, layout: TableSchema, data: bytes, version: int) -> None:
+        """Live rows in COPY text format (the layout's columns, then `_version`, which is
+        `version` in every row), straight from a source COPY: no value is touched in
+        Python. Same guard as `apply`; a range of keys the table does not hold yet (an
+        initial load) is copied in without the staged upsert."""
+        columns = [*layout.column_names, VERSION_COLUMN]
         with self._transaction() as conn:
             self._ensure(conn, (layout.schema, layout.name), layout)
+            if self._insert_new(conn, layout, columns, data, version):
+                return
             self._create_stage(conn, layout)
-            copy = copy_sql(sql.Identifier(STAGE_TABLE), [*layout.column_names, VERSION_COLUMN])
+            copy = copy_sql(sql.Identifier(STAGE_TABLE), columns)
             with conn.cursor() as cur, cur.copy(copy) as pipe:
                 pipe.write(data)
             conn.execute(upsert_sql(self.schema, layout))

@@ -1,0 +1,65 @@
+"""The shared row text: what both targets read back must be exactly the rows' values."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdc.batch import RowImage, TableBatch
+from cdc.copytext import parse_row
+from cdc.pgoutput import UNCHANGED_TOAST, Relation, RelationColumn, TupleValue
+from cdc.pgoutput.tags import ReplicaIdentity
+from cdc.rowtext import row_text, shared_row_text
+
+pytestmark = pytest.mark.unit
+
+WIDTH = 4
+RELATION = Relation(
+    None, 1, "s", "t", ReplicaIdentity.DEFAULT,
+    tuple(RelationColumn(i == 0, f"c{i}", 25, -1) for i in range(WIDTH)),
+)  # fmt: skip
+# Text values, biased towards the bytes COPY text must escape.
+TEXT = st.binary(max_size=12) | st.sampled_from([b"", b"\\", b"\t", b"\n", b"\r", b"a\\Nb", b"\\N"])
+VALUE: st.SearchStrategy[TupleValue] = TEXT | st.none() | st.just(UNCHANGED_TOAST)
+ROW = st.tuples(st.integers(0, 2**100), st.booleans(), st.lists(VALUE, min_size=WIDTH - 1,
+                max_size=WIDTH - 1))  # fmt: skip
+
+
+def table_of(rows: list[tuple[int, bool, list[TupleValue]]]) -> TableBatch:
+    table = TableBatch(RELATION, tuple(c.name for c in RELATION.columns), (25,) * WIDTH, (0,))
+    for key, (version, deleted, rest) in enumerate(rows):
+        values = (b"%d" % key, *rest)
+        table.rows[(values[0],)] = RowImage(version, deleted, values)
+    return table
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ROW, max_size=30))
+def test_every_line_reads_back_as_its_row(rows: list[tuple[int, bool, list[TupleValue]]]) -> None:
+    table = table_of(rows)
+    text = row_text(table)
+    complete = [k for k, image in table.rows.items() if UNCHANGED_TOAST not in image.values]
+    assert sorted(text.incomplete) == sorted(set(table.rows) - set(complete))
+    assert len(text.lines) == len(text.images) == len(complete)
+    for line, image in zip(text.lines, text.images, strict=True):
+        assert line.endswith(b"\n") and line.count(b"\n") == 1, "one line per row"
+        *values, version, deleted = parse_row(line[:-1], WIDTH + 2)
+        assert tuple(values) == image.values
+        assert version == b"%d" % image.version
+        assert deleted == (b"1" if image.deleted else b"0")
+
+
+def test_rows_inserted_at_the_source_are_set_apart() -> None:
+    table = table_of([(5, False, [b"a", None, b"b"]), (3, False, [b"c", b"d", b"e"])])
+    first = (b"0",)
+    table.rows[first] = table.rows[first]._replace(inserted=True)
+    inserted, others, lowest = row_text(table).by_insertion()
+    assert inserted == [b"0\ta\t\\N\tb\t5\t0\n"]
+    assert others == [b"1\tc\td\te\t3\t0\n"]
+    assert lowest == 5
+
+
+def test_the_text_is_made_once_per_table_batch() -> None:
+    table = table_of([(1, False, [b"x", b"y", b"z"])])
+    assert shared_row_text(table) is shared_row_text(table)
