@@ -205,6 +205,20 @@ def _transaction(
 def _changes(buffer: SpillBuffer) -> Iterator[Change]:
     insert, update, delete = Op.INSERT, Op.UPDATE, Op.DELETE
     change = functools.partial(tuple.__new__, Change)  # no NamedTuple __new__ per change
+    plain = buffer.one_relation_in_memory()
+    if plain is not None:
+        relation, records = plain
+        for ordinal, (_, _, message) in enumerate(records, start=1):
+            kind = type(message)
+            if kind is Insert:
+                yield change((insert, relation, ordinal, message.new, None))
+            elif kind is Update:
+                yield change((update, relation, ordinal, message.new, message.old))
+            elif kind is Delete:
+                yield change((delete, relation, ordinal, None, message.old))
+            else:
+                yield Change(Op.TRUNCATE, relation, ordinal, None, None)
+        return
     for ordinal, (relation, message) in enumerate(buffer.records(), start=1):
         kind = type(message)
         if kind is Insert:

@@ -61,6 +61,7 @@ class TableBatch:
     truncate_version: int | None = None
     earlier_relations: list[Relation] = field(default_factory=list)
     text: RowText | None = None  # the rows' text, made once for every sink (`cdc.rowtext`)
+    op_counts: dict[Op, int] = field(default_factory=dict)  # changes folded in, per kind
 
     @property
     def name(self) -> TableName:
@@ -75,7 +76,13 @@ class Batch:
     skipped: int = 0
     end_lsn: Lsn = Lsn.ZERO
     commit_times: list[int] = field(default_factory=list)  # Postgres-epoch microseconds
-    ops: Counter[tuple[TableName, Op]] = field(default_factory=Counter)
+
+    @property
+    def ops(self) -> Counter[tuple[TableName, Op]]:
+        """Changes folded in, per table and kind."""
+        return Counter(
+            {(name, op): n for name, t in self.tables.items() for op, n in t.op_counts.items()}
+        )
 
 
 def _layout_of(relation: Relation) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -124,7 +131,6 @@ class BatchBuilder:
         batch.end_lsn = self._last_end
         commit_high = txn.commit_lsn << 64
         count = skipped = 0
-        ops = batch.ops
         routes = self._routes
         insert, update, truncate, delete = Op.INSERT, Op.UPDATE, Op.TRUNCATE, Op.DELETE
         room = max(limit - batch.changes, 1) if limit is not None else -1
@@ -136,7 +142,6 @@ class BatchBuilder:
                 hand_over(self.build())  # ends mid-transaction: acknowledges less
                 batch = self._batch
                 batch.end_lsn = self._last_end
-                ops = batch.ops
                 room = limit if limit is not None else -1
             count += 1
             route = routes.get(id(relation))
@@ -146,7 +151,8 @@ class BatchBuilder:
             if table is None:
                 skipped += 1
                 continue
-            ops[table.name, op] += 1
+            counts = table.op_counts
+            counts[op] = counts.get(op, 0) + 1
             version = commit_high | ordinal
             rows = table.rows
             if remap is None:

@@ -77,6 +77,12 @@ class RowText:
     def data(self) -> bytes:
         return b"".join(self.lines)
 
+    def share(self, index: int, count: int) -> RowText:
+        """Every `count`-th row from `index` on: `count` shares hold disjoint keys."""
+        return RowText(
+            self.lines[index::count], self.images[index::count], self.incomplete[index::count]
+        )
+
     def by_insertion(self) -> tuple[list[bytes], list[bytes], int | None]:
         """(lines of rows inserted at the source, the other lines, the lowest version among
         the inserted; None if there are none)."""

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=20_000, ge=1)
     batch_latency_ms: int = Field(default=200, ge=1)
     memory_budget_mb: int = Field(default=256, ge=1)
+    historic_writers: int = Field(default=2, ge=1, le=16)  # connections writing a large batch
     status_interval_s: float = Field(default=5.0, gt=0)
     initial_load: bool = True
     max_retry_delay_s: float = Field(default=30.0, gt=0)

@@ -96,6 +96,13 @@ class SpillBuffer:
             (length,) = CHUNK_HEADER.unpack(header)
             yield pickle.loads(self._file.read(length))
 
+    def one_relation_in_memory(self) -> tuple[Any, list[Record]] | None:
+        """(relation, records) when every record is in memory, of one relation, and none
+        belongs to an aborted subtransaction (the common case, read without `records`)."""
+        if self._file is None and not self.aborted_subxids and len(self.relations) == 1:
+            return self.relations[0], self._memory
+        return None
+
     def records(self) -> Iterator[tuple[Any, Any]]:
         """(relation, message) pairs in arrival order, without aborted subtransactions."""
         aborted = self.aborted_subxids
@@ -104,11 +111,6 @@ class SpillBuffer:
             for subxid, relation, message in chunk:
                 if subxid not in aborted:
                     yield relations[relation], message
-        if not aborted and len(relations) == 1:
-            (only,) = relations
-            for _, _, message in self._memory:
-                yield only, message
-            return
         for subxid, relation, message in self._memory:
             if subxid not in aborted:
                 yield relations[relation], message

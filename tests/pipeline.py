@@ -53,7 +53,11 @@ def shared_client_sinks(settings: Settings, ch_client: Any) -> SinkFactory:
 
     def make() -> list[Sink]:
         return [
-            HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
+            HistoricSink(
+                settings.require_historic_dsn(),
+                settings.historic_schema,
+                writers=settings.historic_writers,
+            ),
             ClickHouseSink(
                 settings.clickhouse_url.get_secret_value(),
                 settings.clickhouse_database,

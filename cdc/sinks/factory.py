@@ -17,7 +17,11 @@ def default_sinks(settings: Settings) -> SinkFactory:
 
     def make() -> list[Sink]:
         return [
-            HistoricSink(settings.require_historic_dsn(), settings.historic_schema),
+            HistoricSink(
+                settings.require_historic_dsn(),
+                settings.historic_schema,
+                writers=settings.historic_writers,
+            ),
             ClickHouseSink(
                 settings.clickhouse_url.get_secret_value(),
                 settings.clickhouse_database,

@@ -12,6 +12,7 @@ into the batch, so the ClickHouse sink receives complete rows.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +35,7 @@ UNCHANGED_COLUMN = "_cdc_unchanged"
 # key deleted and inserted again), this many batches of the table go the staged way only.
 DIRECT_INSERT_BACKOFF = 16
 DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+PARALLEL_MIN_ROWS = 2_000  # smaller batches are written on one connection
 
 
 def incomplete_rows(table: TableBatch, keys: Sequence[Key]) -> bytes:
@@ -162,32 +164,42 @@ class HistoricSink:
 
     name = "historic"
 
-    def __init__(self, dsn: str, schema: str) -> None:
+    def __init__(self, dsn: str, schema: str, writers: int = 1) -> None:
+        """`writers`: connections that write a large batch's rows at once, each a share
+        of the keys in its own transaction (the batch is durable when all committed)."""
         self.schema = schema
         self._dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conns: list[psycopg.Connection[Any] | None] = [None] * max(1, writers)
+        self._pool: ThreadPoolExecutor | None = None
         self._columns: dict[TableName, list[str]] = {}
         self._types: dict[TableName, dict[str, tuple[int, int]]] = {}
         self._direct_backoff: dict[TableName, int] = {}
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
+    def _connection(self, writer: int = 0) -> psycopg.Connection[Any]:
+        conn = self._conns[writer]
+        if conn is None or conn.closed:
             try:
-                self._conn = psycopg.connect(canonical_dsn(self._dsn))
+                conn = psycopg.connect(canonical_dsn(self._dsn))
             except psycopg.Error as exc:
                 raise CdcError(
                     ErrorKind.SINK_CONNECTION,
                     f"cannot connect to the historic database {redact_url(self._dsn)}: "
                     f"{redact_url(str(exc).strip())}",
                 ) from exc
-            self._columns.clear()
-            self._types.clear()
-        return self._conn
+            self._conns[writer] = conn
+            if writer == 0:
+                self._columns.clear()
+                self._types.clear()
+        return conn
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for writer, conn in enumerate(self._conns):
+            if conn is not None:
+                conn.close()
+                self._conns[writer] = None
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def prepare(self, tables: Sequence[TableSchema]) -> None:
         with self._transaction() as conn:
@@ -195,10 +207,10 @@ class HistoricSink:
                 self._ensure(conn, (table.schema, table.name), table)
 
     @contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+    def _transaction(self, writer: int = 0) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on the historic database; a lost connection is a sink
         connection failure (retried), and the next write reconnects."""
-        conn = self._connection()
+        conn = self._connection(writer)
         try:
             with conn.transaction():
                 yield conn
@@ -209,11 +221,38 @@ class HistoricSink:
             ) from exc
 
     def apply(self, batch: Batch, layouts: Layouts) -> None:
+        """Targets and truncations first, then the rows: all in one transaction, or for a
+        large batch split by key over the writers' connections, written at once."""
+        work = [(table, layouts[name]) for name, table in batch.tables.items()]
         with self._transaction() as conn:
-            for name, table in batch.tables.items():
-                layout = layouts[name]
-                self._ensure(conn, name, layout)
-                self._apply_table(conn, table, layout)
+            for table, layout in work:
+                self._ensure(conn, (layout.schema, layout.name), layout)
+                self._truncate(conn, table, layout)
+            writers = len(self._conns)
+            if writers == 1 or sum(len(t.rows) for t, _ in work) < PARALLEL_MIN_ROWS:
+                for table, layout in work:
+                    self._apply_rows(conn, table, layout, rowtext.shared_row_text(table))
+                return
+        shares = [
+            [(t, layout, rowtext.shared_row_text(t).share(k, writers)) for t, layout in work]
+            for k in range(writers)
+        ]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(writers - 1, thread_name_prefix="cdc-historic")
+        others = [self._pool.submit(self._write_share, k, shares[k]) for k in range(1, writers)]
+        try:
+            self._write_share(0, shares[0])
+        finally:
+            errors = [exc for future in others if (exc := future.exception()) is not None]
+        if errors:
+            raise errors[0]
+
+    def _write_share(
+        self, writer: int, share: list[tuple[TableBatch, TableSchema, rowtext.RowText]]
+    ) -> None:
+        with self._transaction(writer) as conn:
+            for table, layout, text in share:
+                self._apply_rows(conn, table, layout, text)
 
     def _ensure(self, conn: psycopg.Connection[Any], name: TableName, layout: TableSchema) -> None:
         known = self._columns.get(name)
@@ -274,16 +313,23 @@ class HistoricSink:
         ).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def _apply_table(
+    def _truncate(
         self, conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema
     ) -> None:
         if table.truncate_version is not None:
             params = {"name": layout.name, "version": table.truncate_version}
             for statement in truncate_sql(self.schema, layout.name):
                 conn.execute(statement, params)
-        if not table.rows:
+
+    def _apply_rows(
+        self,
+        conn: psycopg.Connection[Any],
+        table: TableBatch,
+        layout: TableSchema,
+        text: rowtext.RowText,
+    ) -> None:
+        if not text.lines and not text.incomplete:
             return
-        text = rowtext.shared_row_text(table)
         staged = text.lines
         inserted, others, lowest = text.by_insertion()
         if lowest is not None and self._insert_new(
