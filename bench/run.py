@@ -3,6 +3,7 @@ results written to docs/benchmarks.md.
 
 - streaming: pg_recvlogical (the receive limit) vs decode-only vs end to end, on copies of
   one slot (`bench/streaming.py`);
+- hotpath: Python time per change of each stage, without I/O (`bench/hotpath.py`);
 - backfill: raw binary `COPY ... TO STDOUT` vs a backfill into both targets;
 - latency: commit -> durable in both targets at a steady rate of single-row updates;
 - memory: peak RSS applying one large transaction vs a small one;
@@ -35,7 +36,7 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import streaming
+from bench import hotpath, streaming
 from cdc import localstack
 from cdc.backfill import Backfill
 from cdc.daemon import Daemon
@@ -310,6 +311,19 @@ def write_report(results: Results, command: str, out: Path) -> None:
             row = s["results"][key]
             lines.append(f"| {label} | {row['changes_per_s']:,} | {row['ratio_to_a']} |")
         lines.append("")
+    if h := results.get("hotpath"):
+        lines += [
+            "## Python time per change, by stage",
+            "",
+            "The streaming workload's messages recorded once and replayed through each stage "
+            "in one process, no I/O (`bench/hotpath.py`, best of 5 rounds); the reading and "
+            "writing threads of the daemon spend this on the GIL.",
+            "",
+            "| stage | µs per change |",
+            "|---|---|",
+            *(f"| {stage} | {us} |" for stage, us in h.items()),
+            "",
+        ]
     if b := results.get("backfill"):
         lines += [
             "## Backfill",
@@ -364,6 +378,7 @@ def main() -> None:
     changes = 100_000 if quick else 1_000_000
     runs: dict[str, Callable[[], Any]] = {
         "streaming": lambda: streaming.measure(changes),
+        "hotpath": lambda: hotpath.measure(changes // 5),
         "backfill": lambda: bench_backfill(changes),
         "latency": lambda: bench_latency(500, 5.0) if quick else bench_latency(2_000, 20.0),
         "memory": lambda: bench_memory(200_000 if quick else 5_000_000, 10_000),

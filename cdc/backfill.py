@@ -30,6 +30,7 @@ from cdc.pgoutput import Relation, RelationColumn
 from cdc.pgoutput.tags import ReplicaIdentity
 from cdc.schema import TableSchema, TypeKind, describe_table
 from cdc.sinks.base import Sink
+from cdc.sinks.historic import HistoricSink
 from cdc.slots import publication_tables
 from cdc.snapshot import Snapshot, import_snapshot
 from cdc.stream import canonical_dsn
@@ -327,7 +328,6 @@ class Backfill:
             sinks = self.make_sinks()
             try:
                 with psycopg.connect(self.source_dsn) as source, self._state() as state:
-                    import_snapshot(source, snapshot)
                     while True:
                         with lock:
                             if not queue:
@@ -336,8 +336,11 @@ class Backfill:
                         if chunk.table in self.progress.failed:
                             continue
                         try:
+                            import_snapshot(source, snapshot, read_only=False)
                             rows = self._copy_chunk(source, sinks, chunk, snapshot)
+                            source.commit()
                         except CdcError as exc:
+                            source.rollback()
                             if exc.policy.action is not Action.QUARANTINE_TABLE:
                                 raise
                             self.progress.failed.setdefault(chunk.table, str(exc))
@@ -378,6 +381,7 @@ class Backfill:
     def _copy_chunk(
         self, source: psycopg.Connection[Any], sinks: list[Sink], chunk: Chunk, snapshot: Snapshot
     ) -> int:
+        """Copy one chunk, inside a transaction on `source` that sees `snapshot`."""
         table = self.tables[chunk.table]
         if direct_copy_ok(table) and self._in_range(source, table, chunk):
             with source.cursor() as cur:
@@ -386,9 +390,41 @@ class Backfill:
                     data = b"".join(bytes(block) for block in copy)
             faults.point("mid_backfill_chunk")
             for sink in sinks:
-                sink.apply_copy(table, data, snapshot.version)
+                if not self._copied_within(source, sink, table, chunk, snapshot):
+                    sink.apply_copy(table, data, snapshot.version)
             return data.count(b"\n")
         return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
+
+    def _copied_within(
+        self,
+        source: psycopg.Connection[Any],
+        sink: Sink,
+        table: TableSchema,
+        chunk: Chunk,
+        snapshot: Snapshot,
+    ) -> bool:
+        """For a historic schema in the source database: the chunk's rows copied from table
+        to table by the server, in the snapshot's transaction (committed here), no value
+        leaving it. False if this sink is elsewhere, or the rows met a concurrent write
+        (REPEATABLE READ refuses it; the caller copies them the ordinary way)."""
+        if not isinstance(sink, HistoricSink) or not sink.in_database(self.source_dsn):
+            return False
+        sink.prepare([table])
+        rows = chunk_filter(table, chunk, self.where)
+        # A key range the table does not hold yet (an initial load) takes a plain INSERT.
+        for upsert in (False, True):
+            source.execute("SAVEPOINT cdc_copy_within")
+            try:
+                source.execute(sink.copy_within_sql(table, rows, snapshot.version, upsert))
+            except psycopg.errors.UniqueViolation:
+                source.execute("ROLLBACK TO SAVEPOINT cdc_copy_within")
+                continue
+            except psycopg.errors.SerializationFailure:
+                source.execute("ROLLBACK TO SAVEPOINT cdc_copy_within")
+                return False
+            source.commit()
+            return True
+        return False
 
     def _in_range(self, source: psycopg.Connection[Any], table: TableSchema, chunk: Chunk) -> bool:
         """No date or timestamp of the chunk lies outside what ClickHouse documents; if one

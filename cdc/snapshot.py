@@ -67,7 +67,12 @@ def exported_snapshot(dsn: str, slot: str | None = None) -> Iterator[Snapshot]:
         yield Snapshot(name=row[2], lsn=Lsn.parse(row[1]))
 
 
-def import_snapshot(conn: psycopg.Connection[Any], snapshot: Snapshot) -> None:
-    """Start a REPEATABLE READ transaction on `conn` that sees exactly `snapshot`."""
-    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+def import_snapshot(
+    conn: psycopg.Connection[Any], snapshot: Snapshot, read_only: bool = True
+) -> None:
+    """Start a REPEATABLE READ transaction on `conn` that sees exactly `snapshot` (one that
+    may write, too, with `read_only=False`)."""
+    conn.execute(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ" + (" READ ONLY" if read_only else " READ WRITE")
+    )
     conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot.name)))

@@ -95,6 +95,15 @@ _MESSAGE_FLAGS: Final = int(LogicalMessageFlag.TRANSACTIONAL)
 
 SUPPORTED_PROTO_VERSIONS: Final = range(1, 5)
 
+TupleParser = Callable[
+    [bytes, int, object, Callable[[bytes], BinaryDatum]], "tuple[TupleData, int] | None"
+]
+_parse_tuple: TupleParser | None
+try:  # built by `pip install` where a C compiler is available; optional
+    from cdc.pgoutput._speedups import parse_tuple as _parse_tuple
+except ImportError:  # pragma: no cover - depends on the build
+    _parse_tuple = None
+
 
 def _unpack(layout: Struct, data: bytes, pos: int, what: str) -> tuple[int, ...]:
     if len(data) - pos < layout.size:
@@ -120,12 +129,26 @@ def _end(data: bytes, pos: int, what: str) -> None:
         raise DecodeError(f"{what}: {len(data) - pos} unexpected trailing bytes at offset {pos}")
 
 
+def tuple_parser() -> TupleParser | None:
+    """The C tuple parser in use; None if it was not built."""
+    return _parse_tuple
+
+
 def _tuple(data: bytes, pos: int, what: str) -> tuple[TupleData, int]:
     """TupleData at `pos` (column count, then columns); returns it and the offset after it.
 
-    The hot path: one pass, no bounds check per column. A length running past the end is
-    caught by the caller's check that the message ends exactly where its last tuple does,
-    or by the IndexError of reading a kind byte beyond the end."""
+    The hot path: in C when `cdc.pgoutput._speedups` is built (it returns None for
+    anything malformed, and the parser below then says what is wrong)."""
+    if _parse_tuple is not None:
+        parsed = _parse_tuple(data, pos, UNCHANGED_TOAST, BinaryDatum)
+        if parsed is not None:
+            return parsed
+    return _tuple_in_python(data, pos, what)
+
+
+def _tuple_in_python(data: bytes, pos: int, what: str) -> tuple[TupleData, int]:
+    """`_tuple` in Python: one pass, no bounds check per column. A length running past
+    the end is caught at the end, or by the IndexError of reading a kind byte beyond it."""
     if len(data) - pos < 2:
         raise DecodeError(f"{what}: tuple column count truncated at offset {pos}")
     ncols = (data[pos] << 8) | data[pos + 1]

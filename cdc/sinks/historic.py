@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from cdc import ddl, rowtext
 from cdc.batch import Batch, Key, RowImage, TableBatch, TableName
@@ -142,6 +143,47 @@ def upsert_sql(schema: str, layout: TableSchema) -> sql.Composed:
         excluded=sql.SQL(", ").join(
             sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in updates
         ),
+    )
+
+
+def copy_within_sql(
+    schema: str, layout: TableSchema, rows: sql.Composable, version: int, upsert: bool = True
+) -> sql.Composed:
+    """Copy the source table's `rows` (a condition) into the historic table of the same
+    database, all at `version`, with the guards of `upsert_sql`; with `upsert=False` a
+    plain INSERT (half the work; fails on a key the table holds already)."""
+    columns = [*layout.column_names, VERSION_COLUMN, DELETED_COLUMN]
+    updates = [c for c in columns if c not in layout.primary_key]
+    return sql.SQL(
+        "INSERT INTO {schema}.{table} AS t ({columns}) "
+        "SELECT {values}, {version}::numeric, false FROM {source}.{table} "
+        "WHERE ({rows}) AND {version} > coalesce((SELECT version FROM {schema}.{truncations} "
+        "WHERE table_name = {name}), 0){conflict}"
+    ).format(
+        schema=sql.Identifier(schema),
+        table=sql.Identifier(layout.name),
+        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        values=sql.SQL(", ").join(map(sql.Identifier, layout.column_names)),
+        version=sql.Literal(version),
+        source=sql.Identifier(layout.schema),
+        rows=rows,
+        truncations=sql.Identifier(TRUNCATIONS_TABLE),
+        name=sql.Literal(layout.name),
+        conflict=_on_conflict(layout, updates) if upsert else sql.SQL(""),
+    )
+
+
+def _on_conflict(layout: TableSchema, updates: Sequence[str]) -> sql.Composed:
+    return sql.SQL(
+        " ON CONFLICT ({key}) DO UPDATE SET ({updates}) = ROW({excluded}) "
+        "WHERE t.{version} < excluded.{version}"
+    ).format(
+        key=sql.SQL(", ").join(map(sql.Identifier, layout.primary_key)),
+        updates=sql.SQL(", ").join(map(sql.Identifier, updates)),
+        excluded=sql.SQL(", ").join(
+            sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in updates
+        ),
+        version=sql.Identifier(VERSION_COLUMN),
     )
 
 
@@ -408,6 +450,17 @@ class HistoricSink:
             )
         )
 
+    def in_database(self, dsn: str) -> bool:
+        """True if this sink writes into the database `dsn` names (same server, port and
+        database name; the user and the options may differ)."""
+        return _database_of(self._dsn) == _database_of(dsn)
+
+    def copy_within_sql(
+        self, layout: TableSchema, rows: sql.Composable, version: int, upsert: bool
+    ) -> sql.Composed:
+        """`copy_within_sql` for this sink's schema: run it on a source connection."""
+        return copy_within_sql(self.schema, layout, rows, version, upsert)
+
     def apply_copy(self, layout: TableSchema, data: bytes, version: int) -> None:
         """Live rows in COPY text format (the layout's columns, then `_version`, which is
         `version` in every row), straight from a source COPY: no value is touched in
@@ -435,6 +488,11 @@ class HistoricSink:
             image = table.rows.get(key)
             if image is not None:
                 table.rows[key] = RowImage(image.version, image.deleted, values)
+
+
+def _database_of(dsn: str) -> tuple[object, ...]:
+    params = conninfo_to_dict(dsn)
+    return tuple(params.get(key) for key in ("host", "hostaddr", "port", "dbname"))
 
 
 def _with_columns(layout: TableSchema, names: list[str]) -> TableSchema:
