@@ -207,7 +207,7 @@ class ReplicationStream:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def read(self, timeout: float) -> memoryview | None:
+    def read(self, timeout: float) -> bytes | None:
         """The next pgoutput message, or None if none arrived within `timeout` seconds.
         Keepalives and status updates are handled here and never returned."""
         return self.read_until(self.deadline(timeout))
@@ -216,7 +216,7 @@ class ReplicationStream:
         """The stream clock's time `timeout` seconds from now, for `read_until`."""
         return self._clock() + timeout
 
-    def read_until(self, deadline: float) -> memoryview | None:
+    def read_until(self, deadline: float) -> bytes | None:
         """`read`, with the clock's time to give up instead of a timeout. A message that
         is already received is returned without looking at the clock; a due status update
         is checked every `STATUS_CHECK_EVERY` messages and whenever the socket has nothing."""
@@ -227,14 +227,14 @@ class ReplicationStream:
             except psycopg.Error as exc:
                 raise self._lost(exc) from exc
             if nbytes > 0:
-                view = memoryview(data)
-                if view[0] == XLOG_DATA_TAG:
+                if data[0] == XLOG_DATA_TAG:  # `data` is a memoryview over libpq's buffer
                     self._unchecked += 1
                     if self._unchecked >= STATUS_CHECK_EVERY:
                         self._unchecked = 0
                         self._maybe_send_status(pgconn)
-                    return view[XLOG_DATA_HEADER:]
-                frame = decode_frame(view)
+                    payload: bytes = data[XLOG_DATA_HEADER:].tobytes()
+                    return payload
+                frame = decode_frame(data)
                 if isinstance(frame, Keepalive):
                     self.progress = self.progress.with_keepalive(frame.wal_end)
                     if frame.reply_requested:
