@@ -28,6 +28,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
+from cdc.copytext import escape
 from cdc.errors import CdcError, ErrorKind
 from cdc.schema import DELETED_COLUMN, VERSION_COLUMN, Column, TableSchema, TypeKind
 from cdc.typemap import (
@@ -84,16 +85,6 @@ _VALUE_ERRORS: Final = (ValueError, TypeError, IndexError, KeyError)
 
 Converter: TypeAlias = Callable[[bytes], bytes]
 ArrayItems: TypeAlias = list["bytes | ArrayItems | None"]
-
-
-def escape(value: bytes) -> bytes:
-    """TSV escaping of a free-text value."""
-    return (
-        value.replace(b"\\", b"\\\\")
-        .replace(b"\t", b"\\t")
-        .replace(b"\n", b"\\n")
-        .replace(b"\r", b"\\r")
-    )
 
 
 def quote(value: bytes) -> bytes:

@@ -30,6 +30,22 @@ def _replace(match: re.Match[bytes]) -> bytes:
     return _ESCAPES.get(char, char)
 
 
+_NEEDS_ESCAPE = re.compile(rb"[\\\n\r\t]")
+
+
+def escape(value: bytes) -> bytes:
+    """A value as a COPY text field (backslash, newline, carriage return, tab escaped):
+    also a ClickHouse TabSeparated field, which reads the same escapes."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
+    return (
+        value.replace(b"\\", b"\\\\")
+        .replace(b"\n", b"\\n")
+        .replace(b"\r", b"\\r")
+        .replace(b"\t", b"\\t")
+    )
+
+
 def unescape(field: bytes) -> bytes:
     return _ESCAPE.sub(_replace, field) if b"\\" in field else field
 

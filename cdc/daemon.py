@@ -261,17 +261,10 @@ class Daemon:
                 if action is not Action.RETRY or self._stopping():
                     raise
                 attempt += 1
-                delay = self._retry_delay(attempt)
-                self.log.warning(
-                    "apply_retry", kind=exc.kind.value, error=str(exc), attempt=attempt,
-                    retry_in_s=round(delay, 2),
-                )  # fmt: skip
                 self.stats.errors[exc.kind.value] = self.stats.errors.get(exc.kind.value, 0) + 1
                 self.metrics.errors.labels(exc.kind.value).inc()
                 self.health.last_apply_ok = False
-                for sink in sinks:
-                    sink.close()  # reconnects on the next apply
-                time.sleep(delay)
+                self._back_off("apply_retry", exc, attempt, sinks)
 
     def _record_applied(self, batch: Batch, seconds: float) -> None:
         now = datetime_to_pg_timestamp(datetime.now(UTC))
@@ -374,19 +367,19 @@ class Daemon:
                 if time.monotonic() - first_failure >= limit:
                     raise CdcError(exc.kind, f"{exc} (gave up after {limit:.0f} s)") from exc
                 attempt += 1
-                delay = self._retry_delay(attempt)
-                self.log.warning(
-                    "setup_retry", kind=exc.kind.value, error=str(exc), attempt=attempt,
-                    retry_in_s=round(delay, 2),
-                )  # fmt: skip
-                for sink in self.sinks:
-                    sink.close()
-                time.sleep(delay)
+                self._back_off("setup_retry", exc, attempt, self.sinks)
 
-    def _retry_delay(self, attempt: int) -> float:
-        """Capped exponential backoff with jitter."""
+    def _back_off(self, event: str, exc: CdcError, attempt: int, sinks: Sequence[Sink]) -> None:
+        """Log the retry, close `sinks` (they reconnect on their next use) and wait: capped
+        exponential backoff with jitter."""
         delay = min(self.settings.max_retry_delay_s, 0.2 * 2**attempt)
-        return float(delay * random.uniform(0.5, 1.0))
+        delay *= random.uniform(0.5, 1.0)
+        self.log.warning(
+            event, kind=exc.kind.value, error=str(exc), attempt=attempt, retry_in_s=round(delay, 2)
+        )
+        for sink in sinks:
+            sink.close()
+        time.sleep(delay)
 
     def _stream(self, stop: threading.Event, record: Callable[[str], None]) -> None:
         self._stop = stop

@@ -13,30 +13,17 @@ tombstone) are set apart as `incomplete`: the historic sink fills them from its 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cdc.batch import Key, RowImage, TableBatch
+from cdc.copytext import escape
 from cdc.errors import CdcError, ErrorKind
 from cdc.pgoutput import UNCHANGED_TOAST, TupleData
 
 NULL = b"\\N"
 FIELD_SEPARATOR = b"\t"
-_NEEDS_ESCAPE = re.compile(rb"[\\\n\r\t]")
 _DELETED_FLAG = (b"0", b"1")
-
-
-def escape(value: bytes) -> bytes:
-    """A value as a COPY text / TabSeparated field (backslash, newline, CR, tab escaped)."""
-    if _NEEDS_ESCAPE.search(value) is None:
-        return value
-    return (
-        value.replace(b"\\", b"\\\\")
-        .replace(b"\n", b"\\n")
-        .replace(b"\r", b"\\r")
-        .replace(b"\t", b"\\t")
-    )
 
 
 def escaped_fields(values: TupleData) -> bytes:

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cdc import ddl, rowtext
 from cdc.batch import Batch, Key, RowImage, TableBatch, TableName
+from cdc.copytext import escape
 from cdc.errors import CdcError, ErrorKind
 from cdc.pgoutput import UNCHANGED_TOAST, TupleValue
 from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
@@ -53,7 +54,7 @@ def incomplete_rows(table: TableBatch, keys: Sequence[Key]) -> bytes:
                 if value is UNCHANGED_TOAST:
                     unchanged.append(position + 1)
             elif isinstance(value, bytes):
-                fields.append(rowtext.escape(value))
+                fields.append(escape(value))
             else:
                 raise CdcError(ErrorKind.DECODE, "binary tuple values are not supported")
         marker = b"{%s}" % b",".join(b"%d" % p for p in unchanged)
@@ -127,9 +128,7 @@ def upsert_sql(schema: str, layout: TableSchema) -> sql.Composed:
     return sql.SQL(
         "INSERT INTO {schema}.{table} AS t ({columns}) SELECT {columns} FROM {stage} "
         "WHERE {version} > coalesce((SELECT version FROM {schema}.{truncations} "
-        "WHERE table_name = {name}), 0) "
-        "ON CONFLICT ({key}) DO UPDATE SET ({updates}) = ROW({excluded}) "
-        "WHERE t.{version} < excluded.{version}"
+        "WHERE table_name = {name}), 0){conflict}"
     ).format(
         schema=sql.Identifier(schema),
         table=sql.Identifier(layout.name),
@@ -138,11 +137,7 @@ def upsert_sql(schema: str, layout: TableSchema) -> sql.Composed:
         version=sql.Identifier(VERSION_COLUMN),
         truncations=sql.Identifier(TRUNCATIONS_TABLE),
         name=sql.Literal(layout.name),
-        key=sql.SQL(", ").join(map(sql.Identifier, layout.primary_key)),
-        updates=sql.SQL(", ").join(map(sql.Identifier, updates)),
-        excluded=sql.SQL(", ").join(
-            sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in updates
-        ),
+        conflict=_on_conflict(layout, updates),
     )
 
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.chvalues import RowEncoder, escape, parse_array
+from cdc.chvalues import RowEncoder, parse_array
+from cdc.copytext import escape
 from cdc.errors import CdcError, ErrorKind
 from cdc.schema import Column, TableSchema, TypeKind
 from cdc.typemap import PgType

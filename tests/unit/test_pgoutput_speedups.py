@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from cdc.errors import DecodeError
 from cdc.pgoutput import UNCHANGED_TOAST, BinaryDatum, TupleValue
 from cdc.pgoutput.decoder import _tuple_in_python, tuple_parser
+from tests.unit.test_pgoutput_decoder import tuple_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -31,18 +32,7 @@ VALUE: st.SearchStrategy[TupleValue] = (
 
 
 def encode(values: list[TupleValue]) -> bytes:
-    out = [struct.pack(">H", len(values))]
-    for value in values:
-        if value is None:
-            out.append(b"n")
-        elif value is UNCHANGED_TOAST:
-            out.append(b"u")
-        elif isinstance(value, BinaryDatum):
-            out.append(b"b" + struct.pack(">I", len(value.data)) + value.data)
-        else:
-            assert isinstance(value, bytes)
-            out.append(b"t" + struct.pack(">I", len(value)) + value)
-    return b"".join(out)
+    return tuple_bytes(tuple(values))
 
 
 def test_the_decoder_uses_it() -> None:
