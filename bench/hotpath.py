@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import streaming
-from cdc import localstack, rowtext
+from cdc import rowtext
 from cdc.assembler import Assembler
 from cdc.batch import Batch, BatchBuilder
 from cdc.changes import Transaction
@@ -36,30 +35,19 @@ ROUNDS = 5
 
 def record(changes: int) -> tuple[int, list[bytes], TableSchema]:
     """(protocol version, the messages, the table) of `changes` changes of the workload."""
-    root = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
-    root.chmod(0o755)
-    cluster = localstack.LocalCluster(root / "pg", localstack.free_port())
-    cluster.start()
-    try:
+    with streaming.loaded_slot(changes) as (cluster, _, _):
         dsn = cluster.paths.dsn
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(streaming.TABLE)
-            conn.execute(streaming.WORKLOAD)
-            conn.execute("CREATE PUBLICATION bench FOR TABLE director.events")
-            conn.execute("SELECT pg_create_logical_replication_slot('bench', 'pgoutput')")
-            conn.execute("CALL director.load(%s)", (changes,))
             table = describe_table(conn, "director", "events")
-        stream = ReplicationStream(dsn, "bench", "bench")
+        stream = ReplicationStream(dsn, "base", "bench")
         stream.open()
         messages: list[bytes] = []
         commits = 0
         while commits < changes // 1000 and (payload := stream.read(5.0)) is not None:
-            messages.append(bytes(payload))
+            messages.append(payload)
             commits += messages[-1][0] == ord("C")
         stream.close()
         return stream.proto_version, messages, table
-    finally:
-        cluster.destroy()
 
 
 def one_round(proto: int, messages: list[bytes], table: TableSchema) -> dict[str, float]:

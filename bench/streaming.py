@@ -14,6 +14,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +106,16 @@ def run_until(daemon: Daemon, expected: int) -> None:
     assert daemon.stats.changes == expected, (daemon.stats.changes, expected)
 
 
-def measure(n: int) -> dict[str, Any]:
-    """The three measurements on copies of one slot holding `n` changes."""
+@contextmanager
+def loaded_slot(n: int) -> Iterator[tuple[localstack.LocalCluster, Path, Lsn]]:
+    """A private cluster whose slot 'base' holds the workload's `n` changes (publications
+    'bench' and 'cdc' publish its table): the cluster, its directory, the WAL end after."""
     root = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
     root.chmod(0o755)
     cluster = localstack.LocalCluster(root / "pg", localstack.free_port())
     cluster.start()
     try:
-        dsn = cluster.paths.dsn
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with psycopg.connect(cluster.paths.dsn, autocommit=True) as conn:
             conn.execute(TABLE)
             conn.execute(WORKLOAD)
             conn.execute("CREATE PUBLICATION bench FOR TABLE director.events")
@@ -121,7 +124,16 @@ def measure(n: int) -> dict[str, Any]:
             conn.execute("CALL director.load(%s)", (n,))
             row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
             assert row is not None
-            end = Lsn.parse(row[0])
+        yield cluster, root, Lsn.parse(row[0])
+    finally:
+        cluster.destroy()
+
+
+def measure(n: int) -> dict[str, Any]:
+    """The three measurements on copies of one slot holding `n` changes."""
+    with loaded_slot(n) as (cluster, root, end):
+        dsn = cluster.paths.dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
             for copy in ("recv", "decode", "cdc"):
                 conn.execute("SELECT pg_copy_logical_replication_slot('base', %s)", (copy,))
         seconds = {
@@ -144,8 +156,6 @@ def measure(n: int) -> dict[str, Any]:
         count = client.query("SELECT count() FROM analytics.events_current").result_rows[0][0]
         client.close()
         assert count == n * 6 // 10 - n // 10, count
-    finally:
-        cluster.destroy()
     base = seconds["pg_recvlogical"]
     return {
         "changes": n,

@@ -205,29 +205,19 @@ def _transaction(
 def _changes(buffer: SpillBuffer) -> Iterator[Change]:
     insert, update, delete = Op.INSERT, Op.UPDATE, Op.DELETE
     change = functools.partial(tuple.__new__, Change)  # no NamedTuple __new__ per change
-    plain = buffer.one_relation_in_memory()
-    if plain is not None:
-        relation, records = plain
-        # One list per transaction, built by a comprehension: cheaper than a generator
-        # step per change (a spilled or mixed transaction takes the loop below).
+    relations = buffer.relations
+    done = 0
+    for records in buffer.chunks():
+        # One list per chunk, built by a comprehension: cheaper than a generator step per
+        # change.
         yield from [
-            change((insert, relation, ordinal, message.new, None))
+            change((insert, relations[index], ordinal, message.new, None))
             if (kind := type(message)) is Insert
-            else change((update, relation, ordinal, message.new, message.old))
+            else change((update, relations[index], ordinal, message.new, message.old))
             if kind is Update
-            else change((delete, relation, ordinal, None, message.old))
+            else change((delete, relations[index], ordinal, None, message.old))
             if kind is Delete
-            else Change(Op.TRUNCATE, relation, ordinal, None, None)
-            for ordinal, (_, _, message) in enumerate(records, start=1)
+            else Change(Op.TRUNCATE, relations[index], ordinal, None, None)
+            for ordinal, (_, index, message) in enumerate(records, start=done + 1)
         ]
-        return
-    for ordinal, (relation, message) in enumerate(buffer.records(), start=1):
-        kind = type(message)
-        if kind is Insert:
-            yield change((insert, relation, ordinal, message.new, None))
-        elif kind is Update:
-            yield change((update, relation, ordinal, message.new, message.old))
-        elif kind is Delete:
-            yield change((delete, relation, ordinal, None, message.old))
-        else:
-            yield Change(Op.TRUNCATE, relation, ordinal, None, None)
+        done += len(records)

@@ -404,8 +404,8 @@ class Backfill:
         snapshot: Snapshot,
     ) -> bool:
         """For a historic schema in the source database: the chunk's rows copied from table
-        to table by the server, in the snapshot's transaction (committed here), no value
-        leaving it. False if this sink is elsewhere, or the rows met a concurrent write
+        to table by the server, in the snapshot's transaction (the caller commits it), no
+        value leaving it. False if this sink is elsewhere, or the rows met a concurrent write
         (REPEATABLE READ refuses it; the caller copies them the ordinary way)."""
         if not isinstance(sink, HistoricSink) or not sink.in_database(self.source_dsn):
             return False
@@ -422,7 +422,6 @@ class Backfill:
             except psycopg.errors.SerializationFailure:
                 source.execute("ROLLBACK TO SAVEPOINT cdc_copy_within")
                 return False
-            source.commit()
             return True
         return False
 

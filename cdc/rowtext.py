@@ -17,17 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cdc.batch import Key, RowImage, TableBatch
-from cdc.copytext import escape
+from cdc.copytext import NULL, escape
 from cdc.errors import CdcError, ErrorKind
 from cdc.pgoutput import UNCHANGED_TOAST, TupleData
 
-NULL = b"\\N"
 FIELD_SEPARATOR = b"\t"
 _DELETED_FLAG = (b"0", b"1")
 
 
 def escaped_fields(values: TupleData) -> bytes:
-    """The tab-separated fields of a row without UNCHANGED_TOAST, each value escaped."""
+    """The tab-separated fields of a row without UNCHANGED_TOAST, each value escaped and
+    NULL as `\\N`."""
     parts = []
     for value in values:
         if value is None:
@@ -60,9 +60,6 @@ class RowText:
     lines: list[bytes] = field(default_factory=list)
     images: list[RowImage] = field(default_factory=list)
     incomplete: list[Key] = field(default_factory=list)
-
-    def data(self) -> bytes:
-        return b"".join(self.lines)
 
     def share(self, index: int, count: int) -> RowText:
         """Every `count`-th row from `index` on: `count` shares hold disjoint keys."""

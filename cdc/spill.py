@@ -7,6 +7,7 @@ not memory. Records of aborted subtransactions are filtered out when read back.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import struct
 import tempfile
@@ -96,24 +97,12 @@ class SpillBuffer:
             (length,) = CHUNK_HEADER.unpack(header)
             yield pickle.loads(self._file.read(length))
 
-    def one_relation_in_memory(self) -> tuple[Any, list[Record]] | None:
-        """(relation, records) when every record is in memory, of one relation, and none
-        belongs to an aborted subtransaction (the common case, read without `records`)."""
-        if self._file is None and not self.aborted_subxids and len(self.relations) == 1:
-            return self.relations[0], self._memory
-        return None
-
-    def records(self) -> Iterator[tuple[Any, Any]]:
-        """(relation, message) pairs in arrival order, without aborted subtransactions."""
+    def chunks(self) -> Iterator[list[Record]]:
+        """The records in arrival order, a list at a time (from disk, then memory), without
+        those of aborted subtransactions. `relations[record[1]]` is a record's relation."""
         aborted = self.aborted_subxids
-        relations = self.relations
-        for chunk in self._read_chunks():
-            for subxid, relation, message in chunk:
-                if subxid not in aborted:
-                    yield relations[relation], message
-        for subxid, relation, message in self._memory:
-            if subxid not in aborted:
-                yield relations[relation], message
+        for chunk in itertools.chain(self._read_chunks(), (self._memory,)):
+            yield [r for r in chunk if r[0] not in aborted] if aborted else chunk
 
     def close(self) -> None:
         if self._file is not None:

@@ -22,7 +22,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cdc import ddl, rowtext
 from cdc.batch import Batch, Key, RowImage, TableBatch, TableName
-from cdc.copytext import escape
 from cdc.errors import CdcError, ErrorKind
 from cdc.pgoutput import UNCHANGED_TOAST, TupleValue
 from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
@@ -38,6 +37,7 @@ UNCHANGED_COLUMN = "_cdc_unchanged"
 DIRECT_INSERT_BACKOFF = 16
 DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 PARALLEL_MIN_ROWS = 2_000  # smaller batches are written on one connection
+ALL_ROWS = sql.SQL("true")
 
 
 def incomplete_rows(table: TableBatch, keys: Sequence[Key]) -> bytes:
@@ -46,19 +46,10 @@ def incomplete_rows(table: TableBatch, keys: Sequence[Key]) -> bytes:
     lines = []
     for key in keys:
         image = table.rows[key]
-        fields: list[bytes] = []
-        unchanged: list[int] = []
-        for position, value in enumerate(image.values):
-            if value is None or value is UNCHANGED_TOAST:
-                fields.append(rowtext.NULL)
-                if value is UNCHANGED_TOAST:
-                    unchanged.append(position + 1)
-            elif isinstance(value, bytes):
-                fields.append(escape(value))
-            else:
-                raise CdcError(ErrorKind.DECODE, "binary tuple values are not supported")
-        marker = b"{%s}" % b",".join(b"%d" % p for p in unchanged)
-        row = b"\t".join(fields)
+        values = image.values
+        unchanged = [b"%d" % (i + 1) for i, v in enumerate(values) if v is UNCHANGED_TOAST]
+        row = rowtext.escaped_fields(tuple(None if v is UNCHANGED_TOAST else v for v in values))
+        marker = b"{%s}" % b",".join(unchanged)
         lines.append(b"%s\t%d\t%d\t%s\n" % (row, image.version, image.deleted, marker))
     return b"".join(lines)
 
@@ -123,21 +114,10 @@ def filled_rows_sql(layout: TableSchema) -> sql.Composed:
 
 
 def upsert_sql(schema: str, layout: TableSchema) -> sql.Composed:
-    columns = [*layout.column_names, VERSION_COLUMN, DELETED_COLUMN]
-    updates = [c for c in columns if c not in layout.primary_key]
-    return sql.SQL(
-        "INSERT INTO {schema}.{table} AS t ({columns}) SELECT {columns} FROM {stage} "
-        "WHERE {version} > coalesce((SELECT version FROM {schema}.{truncations} "
-        "WHERE table_name = {name}), 0){conflict}"
-    ).format(
-        schema=sql.Identifier(schema),
-        table=sql.Identifier(layout.name),
-        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
-        stage=sql.Identifier(STAGE_TABLE),
-        version=sql.Identifier(VERSION_COLUMN),
-        truncations=sql.Identifier(TRUNCATIONS_TABLE),
-        name=sql.Literal(layout.name),
-        conflict=_on_conflict(layout, updates),
+    """Apply the staging table's rows, each only if newer than the target's row."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, row_columns(layout)))
+    return _guarded_insert(
+        schema, layout, columns, sql.Identifier(STAGE_TABLE), sql.Identifier(VERSION_COLUMN)
     )
 
 
@@ -147,21 +127,37 @@ def copy_within_sql(
     """Copy the source table's `rows` (a condition) into the historic table of the same
     database, all at `version`, with the guards of `upsert_sql`; with `upsert=False` a
     plain INSERT (half the work; fails on a key the table holds already)."""
-    columns = [*layout.column_names, VERSION_COLUMN, DELETED_COLUMN]
-    updates = [c for c in columns if c not in layout.primary_key]
+    values = sql.SQL("{}, {}::numeric, false").format(
+        sql.SQL(", ").join(map(sql.Identifier, layout.column_names)), sql.Literal(version)
+    )
+    source = sql.SQL("{}.{}").format(sql.Identifier(layout.schema), sql.Identifier(layout.name))
+    return _guarded_insert(schema, layout, values, source, sql.Literal(version), rows, upsert)
+
+
+def _guarded_insert(
+    schema: str,
+    layout: TableSchema,
+    values: sql.Composable,
+    source: sql.Composable,
+    version: sql.Composable,
+    rows: sql.Composable = ALL_ROWS,
+    upsert: bool = True,
+) -> sql.Composed:
+    """`INSERT ... SELECT values FROM source WHERE rows` of those whose `version` is above
+    the table's truncate watermark; with `upsert`, replacing a row only by a newer one."""
+    updates = [c for c in row_columns(layout) if c not in layout.primary_key]
     return sql.SQL(
-        "INSERT INTO {schema}.{table} AS t ({columns}) "
-        "SELECT {values}, {version}::numeric, false FROM {source}.{table} "
+        "INSERT INTO {schema}.{table} AS t ({columns}) SELECT {values} FROM {source} "
         "WHERE ({rows}) AND {version} > coalesce((SELECT version FROM {schema}.{truncations} "
         "WHERE table_name = {name}), 0){conflict}"
     ).format(
         schema=sql.Identifier(schema),
         table=sql.Identifier(layout.name),
-        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
-        values=sql.SQL(", ").join(map(sql.Identifier, layout.column_names)),
-        version=sql.Literal(version),
-        source=sql.Identifier(layout.schema),
+        columns=sql.SQL(", ").join(map(sql.Identifier, row_columns(layout))),
+        values=values,
+        source=source,
         rows=rows,
+        version=version,
         truncations=sql.Identifier(TRUNCATIONS_TABLE),
         name=sql.Literal(layout.name),
         conflict=_on_conflict(layout, updates) if upsert else sql.SQL(""),
