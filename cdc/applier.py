@@ -12,20 +12,15 @@ pipeline, and is re-raised to the submitting thread at its next call.
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 from collections.abc import Callable, Sequence
 
+from cdc import interpreter
 from cdc.batch import Batch
 from cdc.lsn import Lsn
 
 _STOP = None
 Stage = Callable[[Batch], None]
-# While the pipeline runs, the interpreter hands the GIL over after this long instead of
-# 5 ms: the stage threads wait on sockets many times per batch, and each wake-up would
-# otherwise queue behind the decoding thread for up to the whole interval (measured: the
-# end-to-end benchmark ~10% faster).
-SWITCH_INTERVAL_S = 0.0005
 
 
 class Applier:
@@ -34,8 +29,7 @@ class Applier:
             raise ValueError("an applier needs at least one stage")
         self.applied = Lsn.ZERO
         self.error: BaseException | None = None
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
+        self._interpreter = interpreter.tune()  # restored by close()
         self._queues: list[queue.Queue[Batch | None]] = [queue.Queue(maxsize=1) for _ in stages]
         self._threads = [
             threading.Thread(
@@ -99,4 +93,4 @@ class Applier:
         self._queues[0].put(_STOP)
         for thread in self._threads:
             thread.join()
-        sys.setswitchinterval(self._switch_interval)
+        self._interpreter.restore()

@@ -9,12 +9,11 @@ budget: past it the largest buffer spills to a temp file. Pure apart from that t
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from cdc.changes import Change, Op, Transaction
+from cdc.changes import RecordChunk, Transaction
 from cdc.errors import CdcError, ErrorKind
 from cdc.lsn import Lsn
 from cdc.pgoutput import (
@@ -196,28 +195,10 @@ class Assembler:
 def _transaction(
     xid: int, commit_lsn: Lsn, end_lsn: Lsn, commit_ts: int, buffer: SpillBuffer
 ) -> Transaction:
-    def changes() -> Iterator[Change]:
-        return _changes(buffer)
+    def chunks() -> Iterator[RecordChunk]:
+        done = 0
+        for records in buffer.chunks():
+            yield RecordChunk(buffer.relations, done + 1, records)
+            done += len(records)
 
-    return Transaction(xid, commit_lsn, end_lsn, commit_ts, changes, buffer.close)
-
-
-def _changes(buffer: SpillBuffer) -> Iterator[Change]:
-    insert, update, delete = Op.INSERT, Op.UPDATE, Op.DELETE
-    change = functools.partial(tuple.__new__, Change)  # no NamedTuple __new__ per change
-    relations = buffer.relations
-    done = 0
-    for records in buffer.chunks():
-        # One list per chunk, built by a comprehension: cheaper than a generator step per
-        # change.
-        yield from [
-            change((insert, relations[index], ordinal, message.new, None))
-            if (kind := type(message)) is Insert
-            else change((update, relations[index], ordinal, message.new, message.old))
-            if kind is Update
-            else change((delete, relations[index], ordinal, None, message.old))
-            if kind is Delete
-            else Change(Op.TRUNCATE, relations[index], ordinal, None, None)
-            for ordinal, (_, index, message) in enumerate(records, start=done + 1)
-        ]
-        done += len(records)
+    return Transaction(xid, commit_lsn, end_lsn, commit_ts, chunks, buffer.close)

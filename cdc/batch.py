@@ -18,10 +18,17 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
-from cdc.changes import Op, Transaction
+from cdc.changes import Change, Op, RecordChunk, Transaction
 from cdc.errors import CdcError, ErrorKind
 from cdc.lsn import Lsn
-from cdc.pgoutput import UNCHANGED_TOAST, Relation, TupleData, TupleValue
+from cdc.pgoutput import UNCHANGED_TOAST, Delete, Insert, Relation, TupleData, TupleValue, Update
+
+NativeFold = Callable[..., int]
+_fold: NativeFold | None
+try:  # built by `pip install` where a C compiler is available; optional
+    from cdc._fold import fold as _fold
+except ImportError:  # pragma: no cover - depends on the build
+    _fold = None
 
 if TYPE_CHECKING:
     from cdc.rowtext import RowText
@@ -95,10 +102,14 @@ def _layout_of(relation: Relation) -> tuple[tuple[str, ...], tuple[int, ...]]:
 class BatchBuilder:
     """Accumulate transactions with `add`; `build` returns the batch and starts a new one."""
 
-    def __init__(self, key_positions: KeyResolver, max_changes: int | None = None) -> None:
+    def __init__(
+        self, key_positions: KeyResolver, max_changes: int | None = None, native: bool = True
+    ) -> None:
         """`max_changes`: a transaction larger than this is cut into several batches (its
         end is acknowledged only with the batch that completes it), so memory stays bounded
-        by the batch size, not by the largest transaction."""
+        by the batch size, not by the largest transaction. `native`: fold in C when
+        `cdc._fold` is built (False: always in Python, the reference)."""
+        self._native_fold = _fold if native else None
         self._key_positions = key_positions
         self._max_changes = max_changes
         self._last_end = Lsn.ZERO
@@ -130,26 +141,80 @@ class BatchBuilder:
         batch = self._batch
         batch.end_lsn = self._last_end
         commit_high = txn.commit_lsn << 64
-        count = skipped = 0
+        # Changes this batch can still take (-1: any number).
+        room = max(limit - batch.changes, 1) if limit is not None else -1
+        native = self._native_fold
+        for chunk in txn.chunks():
+            i, end = 0, len(chunk.records)
+            while i < end:
+                if room == 0:
+                    hand_over(self.build())  # ends mid-transaction: acknowledges less
+                    batch = self._batch
+                    batch.end_lsn = self._last_end
+                    room = limit if limit is not None else -1
+                stop = end if room < 0 else min(end, i + room)
+                if native is not None:
+                    done = self._fold_natively(native, chunk, i, stop, commit_high)
+                    if done == i:  # a change the C loop leaves to Python
+                        done = i + 1
+                        self._fold(chunk.changes(i, done), commit_high)
+                else:
+                    done = stop
+                    self._fold(chunk.changes(i, stop), commit_high)
+                batch.changes += done - i
+                if room > 0:
+                    room -= done - i
+                i = done
+        batch.transactions += 1
+        batch.end_lsn = self._last_end = txn.end_lsn
+        batch.commit_times.append(txn.commit_ts)
+        return full
+
+    def _fold_natively(
+        self, fold: NativeFold, chunk: RecordChunk, start: int, stop: int, commit_high: int
+    ) -> int:
+        """Fold what the C loop takes of `chunk.records[start:stop]`; returns where it
+        stopped."""
+        # Only tables this batch has routed already: the first change of a relation goes
+        # through Python (routing it may widen its table's layout).
+        tables: list[TableBatch | None] = []
+        routes: list[tuple[dict[Key, RowImage], tuple[int, ...], int] | None] = []
+        for relation in chunk.relations:
+            route = self._routes.get(id(relation))
+            table = None
+            if route is not None and route[0] is relation and route[2] is None:
+                table = route[1]
+            tables.append(table)
+            routes.append(
+                None if table is None else (table.rows, table.key_positions, len(table.columns))
+            )
+        counts = [0] * (3 * len(routes))
+        done = fold(
+            chunk.records, start, stop, routes, chunk.first_ordinal, commit_high, counts,
+            Insert, Update, Delete, RowImage, UNCHANGED_TOAST,
+        )  # fmt: skip
+        for table, inserts, updates, deletes in zip(
+            tables, counts[0::3], counts[1::3], counts[2::3], strict=True
+        ):
+            if table is not None and (inserts or updates or deletes):
+                op_counts = table.op_counts
+                for op, n in ((Op.INSERT, inserts), (Op.UPDATE, updates), (Op.DELETE, deletes)):
+                    if n:
+                        op_counts[op] = op_counts.get(op, 0) + n
+        return done
+
+    def _fold(self, changes: list[Change], commit_high: int) -> None:
+        """Fold `changes` (counted in the batch by the caller) into their tables' rows."""
+        batch = self._batch
         routes = self._routes
         insert, update, truncate, delete = Op.INSERT, Op.UPDATE, Op.TRUNCATE, Op.DELETE
-        room = max(limit - batch.changes, 1) if limit is not None else -1
-        for op, relation, ordinal, new, old in txn.changes():
-            if count == room:
-                batch.changes += count
-                batch.skipped += skipped
-                count = skipped = 0
-                hand_over(self.build())  # ends mid-transaction: acknowledges less
-                batch = self._batch
-                batch.end_lsn = self._last_end
-                room = limit if limit is not None else -1
-            count += 1
+        for op, relation, ordinal, new, old in changes:
             route = routes.get(id(relation))
             if route is None or route[0] is not relation:
                 route = self._route(relation)
             _, table, remap, key_of = route
             if table is None:
-                skipped += 1
+                batch.skipped += 1
                 continue
             counts = table.op_counts
             counts[op] = counts.get(op, 0) + 1
@@ -187,12 +252,6 @@ class BatchBuilder:
                         o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=True)
                     )
             self._upsert(table, key_of, new, version)
-        batch.transactions += 1
-        batch.changes += count
-        batch.skipped += skipped
-        batch.end_lsn = self._last_end = txn.end_lsn
-        batch.commit_times.append(txn.commit_ts)
-        return full
 
     def _route(self, relation: Relation) -> Route:
         """Where changes of `relation` go in this batch (cached per Relation object)."""
@@ -239,6 +298,8 @@ class BatchBuilder:
                 key: image._replace(values=image.values + pad) for key, image in table.rows.items()
             }
         table.relation = relation
+        self._routes.clear()  # their remaps and rows may be out of date
+        self._remaps.clear()
 
     def _remap(self, table: TableBatch, relation: Relation) -> tuple[int, ...] | None:
         """Positions of the table layout's columns in `relation`'s tuple (None: same)."""
@@ -278,6 +339,11 @@ class BatchBuilder:
                     for n, p in zip(new, previous.values, strict=True)
                 )
         table.rows[key] = _image((version, False, new, False))
+
+
+def native_fold() -> NativeFold | None:
+    """The C fold in use; None if it was not built."""
+    return _fold
 
 
 def _no_key(values: TupleData) -> Key:

@@ -4,3 +4,15 @@ from typing import Any
 def parse_tuple(
     data: bytes, pos: int, unchanged: object, binary: Callable[[bytes], Any], /
 ) -> tuple[tuple[Any, ...], int] | None: ...
+def parse_row(
+    insert: type,
+    update: type,
+    delete: type,
+    key: object,
+    old: object,
+    unchanged: object,
+    binary: Callable[[bytes], Any],
+    streaming: bool,
+    data: bytes,
+    /,
+) -> Any: ...

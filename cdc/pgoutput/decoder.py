@@ -7,6 +7,7 @@ Every message must consume exactly its bytes; anything else raises `DecodeError`
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from struct import Struct
@@ -98,11 +99,20 @@ SUPPORTED_PROTO_VERSIONS: Final = range(1, 5)
 TupleParser = Callable[
     [bytes, int, object, Callable[[bytes], BinaryDatum]], "tuple[TupleData, int] | None"
 ]
+# (streaming, data) -> the Insert, Update or Delete in `data`, or None (not one, malformed)
+RowParser = Callable[[bool, bytes], "Insert | Update | Delete | None"]
 _parse_tuple: TupleParser | None
+_parse_row: RowParser | None
 try:  # built by `pip install` where a C compiler is available; optional
+    from cdc.pgoutput._speedups import parse_row as _parse_row_c
     from cdc.pgoutput._speedups import parse_tuple as _parse_tuple
+
+    _parse_row = functools.partial(
+        _parse_row_c, Insert, Update, Delete, TupleMarker.KEY, TupleMarker.OLD,
+        UNCHANGED_TOAST, BinaryDatum,
+    )  # fmt: skip
 except ImportError:  # pragma: no cover - depends on the build
-    _parse_tuple = None
+    _parse_tuple = _parse_row = None
 
 
 def _unpack(layout: Struct, data: bytes, pos: int, what: str) -> tuple[int, ...]:
@@ -132,6 +142,11 @@ def _end(data: bytes, pos: int, what: str) -> None:
 def tuple_parser() -> TupleParser | None:
     """The C tuple parser in use; None if it was not built."""
     return _parse_tuple
+
+
+def row_parser() -> RowParser | None:
+    """The C row-change parser in use; None if it was not built."""
+    return _parse_row
 
 
 def _tuple(data: bytes, pos: int, what: str) -> tuple[TupleData, int]:
@@ -233,6 +248,10 @@ class Decoder:
     def decode(self, payload: bytes | memoryview) -> Message:
         """Decode one complete message; raises `DecodeError` if it is anything else."""
         data = payload if type(payload) is bytes else bytes(payload)
+        if _parse_row is not None:  # row changes in C; anything else (or malformed) below
+            row = _parse_row(self._streaming, data)
+            if row is not None:
+                return row
         try:
             handler = self._handlers[data[0]]
         except IndexError:

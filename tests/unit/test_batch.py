@@ -1,38 +1,97 @@
 """Folding transactions into batches: collapse per key, tombstones, key changes, truncate,
-and cutting a transaction larger than the batch size."""
+and cutting a transaction larger than the batch size. Every test folds both in C and in
+Python; a property test checks that both give the same batches for random workloads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from cdc.batch import BatchBuilder, RowImage
-from cdc.changes import Change, Op, Transaction
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdc.batch import Batch, BatchBuilder, KeyResolver, RowImage, native_fold
+from cdc.changes import Op, Record, RecordChunk, Transaction
 from cdc.lsn import Lsn
-from cdc.pgoutput import UNCHANGED_TOAST, Relation, RelationColumn, TupleData
-from cdc.pgoutput.tags import ReplicaIdentity
+from cdc.pgoutput import (
+    UNCHANGED_TOAST,
+    Delete,
+    Insert,
+    Relation,
+    RelationColumn,
+    Truncate,
+    TupleData,
+    Update,
+)
+from cdc.pgoutput.tags import ReplicaIdentity, TupleMarker
+
+pytestmark = pytest.mark.unit
 
 RELATION = Relation(
     xid=None, oid=1, namespace="s", name="t", replica_identity=ReplicaIdentity.DEFAULT,
     columns=(RelationColumn(True, "id", 23, -1), RelationColumn(False, "v", 25, -1)),
 )  # fmt: skip
+# The same table after `ADD COLUMN w`, and a table keyed by two columns.
+WIDER = dataclasses.replace(
+    RELATION, columns=(*RELATION.columns, RelationColumn(False, "w", 25, -1))
+)
+PAIRS = Relation(
+    xid=None, oid=2, namespace="s", name="pairs", replica_identity=ReplicaIdentity.DEFAULT,
+    columns=(RelationColumn(True, "a", 23, -1), RelationColumn(True, "b", 23, -1),
+             RelationColumn(False, "v", 25, -1)),
+)  # fmt: skip
+
+ChangeSpec = tuple[Op, TupleData | None, TupleData | None]
 
 
-def txn(
-    commit: int, changes: Sequence[tuple[Op, TupleData | None, TupleData | None]]
+def message(op: Op, new: TupleData | None, old: TupleData | None, oid: int) -> Any:
+    if op is Op.INSERT:
+        return Insert(None, oid, new)  # type: ignore[arg-type]
+    if op is Op.UPDATE:
+        return Update(None, oid, TupleMarker.KEY if old else None, old, new)  # type: ignore[arg-type]
+    if op is Op.DELETE:
+        return Delete(None, oid, TupleMarker.KEY, old)  # type: ignore[arg-type]
+    return Truncate(None, False, False, (oid,))
+
+
+def relation_txn(
+    commit: int, changes: Sequence[tuple[Relation, ChangeSpec]], chunk: int = 3
 ) -> Transaction:
-    def iterate() -> Iterator[Change]:
-        for ordinal, (op, new, old) in enumerate(changes, start=1):
-            yield Change(op, RELATION, ordinal, new, old)
+    """A transaction as the assembler makes it, in chunks of `chunk` records."""
+    relations: list[Relation] = []
+    records: list[Record] = []
+    for relation, (op, new, old) in changes:
+        if relation not in relations:
+            relations.append(relation)
+        records.append((None, relations.index(relation), message(op, new, old, relation.oid)))
 
-    return Transaction(1, Lsn(commit), Lsn(commit + 1), 0, iterate, lambda: None)
+    def chunks() -> Iterator[RecordChunk]:
+        for start in range(0, len(records), chunk):
+            yield RecordChunk(relations, start + 1, records[start : start + chunk])
+
+    return Transaction(1, Lsn(commit), Lsn(commit + 1), 0, chunks, lambda: None)
+
+
+def txn(commit: int, changes: Sequence[ChangeSpec]) -> Transaction:
+    return relation_txn(commit, [(RELATION, change) for change in changes])
 
 
 def keys(relation: Relation) -> tuple[int, ...]:
     return (0,)
 
 
-def test_last_image_wins_and_deletes_are_tombstones() -> None:
-    builder = BatchBuilder(keys)
+@pytest.fixture(params=["C", "Python"])
+def folding(request: pytest.FixtureRequest) -> Callable[..., BatchBuilder]:
+    native = request.param == "C"
+    if native:
+        assert native_fold() is not None, "cdc._fold is not built: run `make install`"
+    return lambda resolver, max_changes=None: BatchBuilder(resolver, max_changes, native=native)
+
+
+def test_last_image_wins_and_deletes_are_tombstones(folding: Callable[..., BatchBuilder]) -> None:
+    builder = folding(keys)
     builder.add(txn(100, [
         (Op.INSERT, (b"1", b"a"), None),
         (Op.UPDATE, (b"1", UNCHANGED_TOAST), None),
@@ -49,8 +108,10 @@ def test_last_image_wins_and_deletes_are_tombstones() -> None:
     assert batch.end_lsn == 101 and batch.transactions == 1 and batch.changes == 5
 
 
-def test_rows_inserted_first_in_the_batch_are_marked_new() -> None:
-    builder = BatchBuilder(keys)
+def test_rows_inserted_first_in_the_batch_are_marked_new(
+    folding: Callable[..., BatchBuilder],
+) -> None:
+    builder = folding(keys)
     builder.add(txn(5, [
         (Op.INSERT, (b"1", b"a"), None),
         (Op.INSERT, (b"2", b"b"), None),
@@ -64,8 +125,10 @@ def test_rows_inserted_first_in_the_batch_are_marked_new() -> None:
     assert not rows[(b"3",)].inserted, "inserted after a delete: the key may be in the target"
 
 
-def test_truncate_drops_earlier_images_and_records_its_version() -> None:
-    builder = BatchBuilder(keys)
+def test_truncate_drops_earlier_images_and_records_its_version(
+    folding: Callable[..., BatchBuilder],
+) -> None:
+    builder = folding(keys)
     builder.add(txn(7, [(Op.INSERT, (b"1", b"a"), None), (Op.TRUNCATE, None, None),
                         (Op.INSERT, (b"2", b"b"), None)]))  # fmt: skip
     table = builder.build().tables["s", "t"]
@@ -73,8 +136,10 @@ def test_truncate_drops_earlier_images_and_records_its_version() -> None:
     assert list(table.rows) == [(b"2",)]
 
 
-def test_a_large_transaction_is_cut_and_acknowledged_only_when_complete() -> None:
-    builder = BatchBuilder(keys, max_changes=4)
+def test_a_large_transaction_is_cut_and_acknowledged_only_when_complete(
+    folding: Callable[..., BatchBuilder],
+) -> None:
+    builder = folding(keys, max_changes=4)
     assert builder.add(txn(10, [(Op.INSERT, (b"0", b"x"), None)])) == []
     big = [(Op.INSERT, (str(i).encode(), b"y"), None) for i in range(1, 11)]
     cut = builder.add(txn(20, big))
@@ -84,3 +149,86 @@ def test_a_large_transaction_is_cut_and_acknowledged_only_when_complete() -> Non
     rest = builder.build()
     assert rest.changes == 3 and rest.transactions == 1 and rest.end_lsn == 21
     assert sum(len(b.tables["s", "t"].rows) for b in [*cut, rest]) == 11
+
+
+# -- C and Python fold alike ---------------------------------------------------------------
+
+KEY = st.sampled_from([b"1", b"2", b"3", b"4"])
+VALUE = st.one_of(st.binary(max_size=3), st.none(), st.just(UNCHANGED_TOAST))
+
+
+@st.composite
+def change_of(draw: st.DrawFn) -> tuple[Relation, ChangeSpec]:
+    relation = draw(st.sampled_from([RELATION, RELATION, WIDER, PAIRS]))
+    width = len(relation.columns)
+    nkeys = 2 if relation is PAIRS else 1
+    key = tuple(draw(KEY) for _ in range(nkeys))
+    rest = tuple(draw(VALUE) for _ in range(width - nkeys))
+    op = draw(st.sampled_from([Op.INSERT, Op.UPDATE, Op.UPDATE, Op.DELETE, Op.TRUNCATE]))
+    if op is Op.TRUNCATE and draw(st.integers(0, 3)):
+        op = Op.INSERT  # truncates are rare
+    if op is Op.INSERT:
+        return relation, (op, key + tuple(v for v in rest if v is not UNCHANGED_TOAST)
+                          + (None,) * sum(v is UNCHANGED_TOAST for v in rest), None)  # fmt: skip
+    if op is Op.DELETE:
+        full = draw(st.booleans())  # REPLICA IDENTITY FULL sends the whole old row
+        return relation, (op, None, key + (rest if full else (None,) * len(rest)))
+    if op is Op.UPDATE and draw(st.integers(0, 3)) == 0:
+        old = tuple(draw(KEY) for _ in range(nkeys)) + (None,) * len(rest)
+        return relation, (op, key + rest, old)  # a key change
+    return relation, (op, key + rest, None) if op is Op.UPDATE else (op, None, None)
+
+
+def summary(batches: list[Batch]) -> list[Any]:
+    return [
+        (
+            b.changes, b.skipped, b.transactions, b.end_lsn, b.commit_times,
+            {
+                name: (t.columns, t.rows, t.truncate_version, t.op_counts)
+                for name, t in b.tables.items()
+            },
+        )
+        for b in batches
+    ]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    transactions=st.lists(st.lists(change_of(), max_size=12), min_size=1, max_size=5),
+    max_changes=st.none() | st.integers(1, 8),
+    chunk=st.integers(1, 5),
+    quarantine_pairs=st.booleans(),
+)
+def test_the_c_fold_gives_what_the_python_fold_gives(
+    transactions: list[list[tuple[Relation, ChangeSpec]]],
+    max_changes: int | None,
+    chunk: int,
+    quarantine_pairs: bool,
+) -> None:
+    assert native_fold() is not None, "cdc._fold is not built: run `make install`"
+
+    def resolver(relation: Relation) -> tuple[int, ...] | None:
+        if relation.name == "pairs":
+            return None if quarantine_pairs else (0, 1)
+        return (0,)
+
+    def fold(native: bool) -> list[Any]:
+        builder = BatchBuilder(resolver, max_changes, native=native)
+        batches: list[Batch] = []
+        for i, changes in enumerate(transactions):
+            batches += builder.add(relation_txn(10 * (i + 1), changes, chunk))
+        return summary([*batches, builder.build()])
+
+    assert fold(native=True) == fold(native=False)
+
+
+def test_records_the_c_fold_leaves_to_python_are_folded_in_order() -> None:
+    resolver: KeyResolver = keys
+    toasted: list[tuple[Relation, ChangeSpec]] = [(RELATION, (Op.INSERT, (b"1", b"a"), None)),
+               (RELATION, (Op.UPDATE, (b"1", UNCHANGED_TOAST), None)),
+               (RELATION, (Op.UPDATE, (b"1", b"b"), None)),
+               (RELATION, (Op.UPDATE, (b"1", UNCHANGED_TOAST), None))]  # fmt: skip
+    builder = BatchBuilder(resolver, native=True)
+    builder.add(relation_txn(3, toasted, chunk=10))
+    rows = builder.build().tables["s", "t"].rows
+    assert rows[(b"1",)] == RowImage((3 << 64) | 4, False, (b"1", b"b"))

@@ -1,4 +1,5 @@
-"""The C tuple parser gives exactly what the Python one gives, and nothing for bad input."""
+"""The C tuple and row-change parsers give exactly what the Python decoder gives, and
+nothing for bad input (the Python decoder then says what is wrong)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc.errors import DecodeError
-from cdc.pgoutput import UNCHANGED_TOAST, BinaryDatum, TupleValue
-from cdc.pgoutput.decoder import _tuple_in_python, tuple_parser
+from cdc.pgoutput import (
+    UNCHANGED_TOAST,
+    BinaryDatum,
+    Decoder,
+    Delete,
+    Insert,
+    TupleValue,
+    Update,
+)
+from cdc.pgoutput.decoder import _tuple_in_python, row_parser, tuple_parser
+from cdc.pgoutput.tags import TupleMarker
+from tests.unit.test_pgoutput_decoder import encode as encode_message
 from tests.unit.test_pgoutput_decoder import tuple_bytes
 
 pytestmark = pytest.mark.unit
 
 try:
-    from cdc.pgoutput._speedups import parse_tuple
+    from cdc.pgoutput._speedups import parse_row, parse_tuple
 except ImportError as exc:  # the package was installed without building its C part
     raise ImportError(
         "cdc.pgoutput._speedups is not built: reinstall with a C compiler available "
@@ -37,6 +48,8 @@ def encode(values: list[TupleValue]) -> bytes:
 
 def test_the_decoder_uses_it() -> None:
     assert tuple_parser() is parse_tuple
+    parser = row_parser()
+    assert parser is not None and parser.func is parse_row  # type: ignore[attr-defined]
 
 
 @settings(max_examples=400, deadline=None)
@@ -67,3 +80,61 @@ def test_an_unknown_column_kind_is_none() -> None:
     assert parse_tuple(data, 0, UNCHANGED_TOAST, BinaryDatum) is None
     with pytest.raises(DecodeError, match="unknown column kind"):
         _tuple_in_python(data, 0, "Insert")
+
+
+VALUES = st.lists(VALUE, max_size=6).map(tuple)
+XID = st.none() | st.integers(0, 2**32 - 1)
+OID = st.integers(0, 2**32 - 1)
+OLD_KIND = st.sampled_from([TupleMarker.KEY, TupleMarker.OLD])
+ROW_CHANGE = (
+    st.builds(Insert, XID, OID, VALUES)
+    | st.builds(lambda x, o, k, old, new: Update(x, o, k, old, new), XID, OID, OLD_KIND,
+                VALUES, VALUES)
+    | st.builds(lambda x, o, new: Update(x, o, None, None, new), XID, OID, VALUES)
+    | st.builds(Delete, XID, OID, OLD_KIND, VALUES)
+)  # fmt: skip
+
+
+def python_decoder(streaming: bool) -> Decoder:
+    decoder = Decoder(proto_version=2)
+    decoder._streaming = streaming
+    return decoder
+
+
+@settings(max_examples=400, deadline=None)
+@given(ROW_CHANGE)
+def test_row_changes_as_the_python_decoder_decodes_them(
+    message: Insert | Update | Delete,
+) -> None:
+    data = encode_message(message)
+    streaming = message.xid is not None
+    parser = row_parser()
+    assert parser is not None
+    parsed = parser(streaming, data)
+    assert parsed == message and type(parsed) is type(message)
+    handler = {Insert: "_insert", Update: "_update", Delete: "_delete"}[type(message)]
+    assert getattr(python_decoder(streaming), handler)(data) == parsed
+
+
+@settings(max_examples=300, deadline=None)
+@given(ROW_CHANGE, st.data())
+def test_a_cut_or_padded_row_change_is_none(
+    message: Insert | Update | Delete, data: st.DataObject
+) -> None:
+    whole = encode_message(message)
+    streaming = message.xid is not None
+    parser = row_parser()
+    assert parser is not None
+    cut = data.draw(st.integers(0, len(whole) - 1))
+    assert parser(streaming, whole[:cut]) is None
+    assert parser(streaming, whole + data.draw(st.binary(min_size=1, max_size=3))) is None
+    with pytest.raises(DecodeError):
+        python_decoder(streaming).decode(whole[:cut])
+
+
+def test_other_messages_are_left_to_python() -> None:
+    parser = row_parser()
+    assert parser is not None
+    assert parser(False, b"B" + bytes(20)) is None
+    assert parser(False, b"") is None
+    assert parser(False, b"D" + bytes(4) + b"N" + bytes(2)) is None, "a delete needs K or O"
