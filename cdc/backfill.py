@@ -24,6 +24,7 @@ from psycopg import sql
 
 from cdc import faults
 from cdc.batch import Batch, RowImage, TableBatch
+from cdc.copyout import copy_out
 from cdc.copytext import parse_row, split_lines
 from cdc.errors import Action, CdcError, ErrorKind
 from cdc.pgoutput import Relation, RelationColumn
@@ -190,12 +191,13 @@ def range_checks(table: TableSchema) -> sql.Composable | None:
 def direct_copy_sql(
     table: TableSchema, chunk: Chunk, where: str | None, version: int
 ) -> sql.Composed:
-    """The chunk's rows as COPY text: the columns, then their `_version`."""
+    """The chunk's rows as COPY text: the columns, then their `_version` (a text constant:
+    printing a numeric for every row costs the server about a tenth of the copy)."""
     return sql.SQL(
-        "COPY (SELECT {columns}, {version}::numeric FROM {schema}.{table} WHERE {filter}) TO STDOUT"
+        "COPY (SELECT {columns}, {version}::text FROM {schema}.{table} WHERE {filter}) TO STDOUT"
     ).format(
         columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
-        version=sql.Literal(version),
+        version=sql.Literal(str(version)),
         schema=sql.Identifier(table.schema),
         table=sql.Identifier(table.name),
         filter=chunk_filter(table, chunk, where),
@@ -248,6 +250,8 @@ class Backfill:
         self.where = where
         self.on_progress = on_progress
         self.progress = Progress()
+        # Per table: no date or timestamp out of ClickHouse's range at this run's snapshot.
+        self._table_in_range: dict[str, bool] = {}
 
     def _state(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.state_dsn, autocommit=True)
@@ -318,6 +322,7 @@ class Backfill:
         self.plan(snapshot)
         chunks = self.pending_chunks()
         self.progress = Progress(total_chunks=len(chunks))
+        self._table_in_range = {}
         with self._state() as state:
             for name in {c.table for c in chunks}:
                 self._set_state(state, name, "copying")
@@ -384,15 +389,13 @@ class Backfill:
         """Copy one chunk, inside a transaction on `source` that sees `snapshot`."""
         table = self.tables[chunk.table]
         if direct_copy_ok(table) and self._in_range(source, table, chunk):
-            with source.cursor() as cur:
-                copy_query = direct_copy_sql(table, chunk, self.where, snapshot.version)
-                with cur.copy(copy_query) as copy:
-                    data = b"".join(bytes(block) for block in copy)
+            query = direct_copy_sql(table, chunk, self.where, snapshot.version)
+            data, rows = copy_out(source, query)
             faults.point("mid_backfill_chunk")
             for sink in sinks:
                 if not self._copied_within(source, sink, table, chunk, snapshot):
                     sink.apply_copy(table, data, snapshot.version)
-            return data.count(b"\n")
+            return rows
         return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
 
     def _copied_within(
@@ -427,10 +430,25 @@ class Backfill:
 
     def _in_range(self, source: psycopg.Connection[Any], table: TableSchema, chunk: Chunk) -> bool:
         """No date or timestamp of the chunk lies outside what ClickHouse documents; if one
-        does, the chunk takes the parsed path, which names the value in its error."""
+        does, the chunk takes the parsed path, which names the value in its error. Checked
+        for the whole table first, once per run (one sequential scan instead of one range
+        scan per chunk), and per chunk only if the table has such a value."""
         checks = range_checks(table)
         if checks is None:
             return True
+        whole = self._table_in_range.get(table.name)
+        if whole is None:  # two workers may both look: the same answer, in one snapshot
+            whole = self._none_outside(source, table, Chunk(table.name, 0, None, None), checks)
+            self._table_in_range[table.name] = whole
+        return whole or self._none_outside(source, table, chunk, checks)
+
+    def _none_outside(
+        self,
+        source: psycopg.Connection[Any],
+        table: TableSchema,
+        chunk: Chunk,
+        checks: sql.Composable,
+    ) -> bool:
         row = source.execute(
             sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {}.{} WHERE ({}) AND ({}))").format(
                 sql.Identifier(table.schema),

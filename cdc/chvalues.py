@@ -46,6 +46,10 @@ INSERT_SETTINGS: Final[dict[str, Any]] = {
     "input_format_null_as_default": 0,
     "input_format_allow_errors_num": 0,
     "input_format_allow_errors_ratio": 0,
+    # Every insert holds one row per key (a batch's last images, a backfill chunk): nothing
+    # to collapse while inserting, and FINAL reads collapse across parts anyway. Measured:
+    # a third less time per inserted row.
+    "optimize_on_insert": 0,
 }
 NULL: Final = b"\\N"
 MAX_VERSION: Final = (1 << 128) - 1  # ClickHouse turns 2**128 into 0 silently
