@@ -4,7 +4,7 @@ psycopg's `Copy` reads a row per generator round trip (~1.5 µs of Python per ro
 measured); a backfill reads millions of rows through it, on threads that share the GIL
 with the ClickHouse insert. Here each row costs one libpq call: the copy is driven
 through the connection's `pgconn`, like the replication stream, under the connection's
-lock, inside whatever transaction the connection has open.
+lock, inside whatever transaction the connection has open, and appended to one buffer.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> tuple[byte
         result = _next_result(pgconn)
         if result is None or result.status != pq.ExecStatus.COPY_OUT:
             _raise(conn, pgconn, result)
-        rows: list[bytes] = []
-        keep = rows.append
+        out = bytearray()  # grown in place: no bytes object per row
+        rows = 0
         read = pgconn.get_copy_data
         while True:
             nbytes, data = read(1)
             if nbytes > 0:
-                keep(bytes(data))
+                out += data
+                rows += 1
             elif nbytes == COPY_WOULD_BLOCK:
                 _wait_readable(pgconn)
             else:
@@ -45,7 +46,7 @@ def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> tuple[byte
             _raise(conn, pgconn, result)
         while _next_result(pgconn) is not None:
             pass
-    return b"".join(rows), len(rows)
+    return bytes(out), rows
 
 
 def _flush(pgconn: Any) -> None:

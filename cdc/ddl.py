@@ -11,6 +11,7 @@ Postgres type texts come from `format_type()` in the catalog and are used verbat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final
 
@@ -230,11 +231,38 @@ def clickhouse_add_column(
 
 
 def clickhouse_make_nullable(
-    database: str, table_name: str, column: Column, cluster: str | None = None
+    database: str, table_name: str, column_name: str, current_type: str, cluster: str | None = None
 ) -> str:
-    """Make a column Nullable (an array column keeps its type: NULL is stored as [])."""
-    column_type = clickhouse_type(replace(column, nullable=True))
+    """Make a column of type `current_type` Nullable."""
     return (
         f"ALTER TABLE {_qualified(database, table_name)}{_on_cluster(cluster)} "
-        f"MODIFY COLUMN {quote_identifier(column.name)} {column_type}"
+        f"MODIFY COLUMN {quote_identifier(column_name)} {nullable_type(current_type)}"
     )
+
+
+def nullable_type(ch_type: str) -> str:
+    """`ch_type` able to hold NULL: as it is if it can already, or is an Array (ClickHouse
+    cannot wrap one in Nullable; NULL is stored as [])."""
+    if ch_type.startswith(("Nullable(", "LowCardinality(Nullable(", "Array(")):
+        return ch_type
+    if ch_type.startswith("LowCardinality("):
+        return f"LowCardinality(Nullable({ch_type[len('LowCardinality(') : -1]}))"
+    return f"Nullable({ch_type})"
+
+
+def clickhouse_widenings(
+    known: Mapping[str, str], layout: TableSchema
+) -> tuple[list[Column], list[str]]:
+    """What a ClickHouse table with columns `known` (name -> type) needs before rows of
+    `layout` go in: the columns to add (added at the source), and the columns to make
+    Nullable: those that lost NOT NULL at the source, and those dropped at the source
+    (rows written after the drop hold NULL there, as in historic)."""
+    added = [c for c in layout.columns if c.name not in known]
+    nullable = {c.name for c in layout.columns if c.nullable}
+    present = {c.name for c in layout.columns}
+    widened = [
+        name
+        for name, ch_type in known.items()
+        if (name in nullable or name not in present) and nullable_type(ch_type) != ch_type
+    ]
+    return added, widened

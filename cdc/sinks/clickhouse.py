@@ -24,6 +24,7 @@ from cdc.pgoutput import UNCHANGED_TOAST
 from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
 from cdc.settings import redact_url
 from cdc.sinks.base import Layouts
+from cdc.typemap import clickhouse_type
 
 MUTATION_SETTINGS = {"mutations_sync": 2}
 # On a cluster an insert into a Distributed table returns only once every shard has it.
@@ -43,7 +44,8 @@ class ClickHouseSink:
         self.cluster = cluster
         self._client = client
         self._owns_client = client is None
-        self._columns: dict[TableName, list[str]] = {}
+        # Per table: its columns in ClickHouse and their types, as last read or written.
+        self._columns: dict[TableName, dict[str, str]] = {}
         self._encoders: dict[int, RowEncoder] = {}
         self._database_ready = False
 
@@ -136,31 +138,43 @@ class ClickHouseSink:
                         )
                     )
                 client.command(ddl.clickhouse_current_view(self.database, layout, cluster))
-                known = list(layout.column_names)
+                known = {c.name: clickhouse_type(c) for c in layout.columns}
             self._columns[name] = known
-        missing = [c for c in layout.columns if c.name not in known]
-        if missing:
-            tables = [layout.name]
-            if cluster is not None:
-                tables.append(ddl.distributed_name(layout.name))  # its columns are its own
-            for column in missing:
-                for table_name in tables:
-                    client.command(
-                        ddl.clickhouse_add_column(self.database, table_name, column, cluster)
+        added, widened = ddl.clickhouse_widenings(known, layout)
+        if not added and not widened:
+            return
+        tables = [layout.name]
+        if cluster is not None:
+            tables.append(ddl.distributed_name(layout.name))  # its columns are its own
+        for table_name in tables:
+            for column in added:
+                client.command(
+                    ddl.clickhouse_add_column(self.database, table_name, column, cluster)
+                )
+            for column_name in widened:
+                client.command(
+                    ddl.clickhouse_make_nullable(
+                        self.database, table_name, column_name, known[column_name], cluster
                     )
-                known.append(column.name)
-            view_layout = replace(
-                layout, columns=tuple(c for c in layout.columns if c.name in known)
-            )
-            client.command(ddl.clickhouse_current_view(self.database, view_layout, self.cluster))
+                )
+        for column in added:
+            known[column.name] = clickhouse_type(replace(column, nullable=True))
+        for column_name in widened:
+            known[column_name] = ddl.nullable_type(known[column_name])
+        view_layout = replace(layout, columns=tuple(c for c in layout.columns if c.name in known))
+        client.command(ddl.clickhouse_current_view(self.database, view_layout, self.cluster))
 
-    def _target_columns(self, table: str) -> list[str]:
+    def _target_columns(self, table: str) -> dict[str, str]:
         result = self.client.query(
-            "SELECT name FROM system.columns WHERE database = {db:String} "
+            "SELECT name, type FROM system.columns WHERE database = {db:String} "
             "AND table = {table:String} ORDER BY position",
             parameters={"db": self.database, "table": table},
         )
-        return [r[0] for r in result.result_rows if r[0] not in (VERSION_COLUMN, DELETED_COLUMN)]
+        return {
+            name: column_type
+            for name, column_type in result.result_rows
+            if name not in (VERSION_COLUMN, DELETED_COLUMN)
+        }
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -220,3 +220,42 @@ def test_large_streamed_transaction_and_edge_values(
             running=running,
         )
     assert len(director_rows(director, "director", "scorecards")) == 20000
+
+
+def test_a_column_that_loses_not_null_holds_nulls_in_both_targets(
+    director: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    with running_daemon(settings, ch) as running:
+        a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        director.execute("INSERT INTO director.scorecards (id, agent_id) VALUES (%s, 1)", (a,))
+        wait_in_step(director, ch, ch_database, ["scorecards"], running=running)
+
+        # DROP NOT NULL at the source: NULLs arrive, and must not become 0 or ''.
+        director.execute("ALTER TABLE director.scorecards ALTER COLUMN agent_id DROP NOT NULL")
+        director.execute("INSERT INTO director.scorecards (id, agent_id) VALUES (%s, NULL)", (b,))
+        wait_in_step(director, ch, ch_database, ["scorecards"], running=running)
+
+        # A dropped NOT NULL column: rows written after it hold NULL there, in both targets.
+        director.execute("ALTER TABLE director.scorecards DROP COLUMN status")
+        director.execute("INSERT INTO director.scorecards (id, agent_id) VALUES (%s, 3)", (c,))
+        wait_until(
+            lambda: len(clickhouse_rows(ch, ch_database, "scorecards")) == 3,
+            what="the row inserted after the column drop",
+        )
+        # The dropped column is in neither `_current` view: read the tables.
+        query = f"SELECT id, agent_id, status FROM {ch_database}.scorecards FINAL"
+        in_clickhouse = {row[0]: row[1:] for row in ch.query(query).result_rows}
+        in_historic = {
+            row[0]: row[1:]
+            for row in director.execute(
+                "SELECT id, agent_id, status FROM historic.scorecards WHERE NOT _is_deleted"
+            ).fetchall()
+        }
+    expected = {a: (1, "draft"), b: (None, "draft"), c: (3, None)}
+    assert in_historic == expected
+    assert in_clickhouse == expected

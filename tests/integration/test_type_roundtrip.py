@@ -507,6 +507,6 @@ def test_clickhouse_current_view(ch: Any, ch_database: str, pg: psycopg.Connecti
     grown = describe_table(pg, "public", "it's")
     ch.command(ddl.clickhouse_add_column(ch_database, table.name, grown.column("score")))
     ch.command(ddl.clickhouse_add_column(ch_database, table.name, grown.column("score")))
-    ch.command(ddl.clickhouse_make_nullable(ch_database, table.name, grown.column("name")))
+    ch.command(ddl.clickhouse_make_nullable(ch_database, table.name, "name", "String"))
     ch.command(ddl.clickhouse_current_view(ch_database, grown))
     assert ch.query(f"SELECT * FROM {view}").result_rows == [(3, "max", None)]

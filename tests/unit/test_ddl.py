@@ -128,9 +128,46 @@ def test_clickhouse_alterations() -> None:
     assert ddl.clickhouse_add_column("db", "Score Card", new) == (
         "ALTER TABLE `db`.`Score Card` ADD COLUMN IF NOT EXISTS `New Col` Nullable(Int64)"
     )
-    assert ddl.clickhouse_make_nullable("db", "Score Card", new, cluster="c") == (
+    assert ddl.clickhouse_make_nullable("db", "Score Card", "New Col", "Int64", cluster="c") == (
         "ALTER TABLE `db`.`Score Card` ON CLUSTER `c` MODIFY COLUMN `New Col` Nullable(Int64)"
     )
+
+
+def test_types_made_nullable() -> None:
+    assert ddl.nullable_type("DateTime64(6, 'UTC')") == "Nullable(DateTime64(6, 'UTC'))"
+    assert ddl.nullable_type("LowCardinality(String)") == "LowCardinality(Nullable(String))"
+    for already in (
+        "Nullable(Int32)",
+        "LowCardinality(Nullable(String))",
+        "Array(Nullable(Int32))",
+    ):
+        assert ddl.nullable_type(already) == already
+
+
+def test_widenings_add_new_columns_and_make_loosened_or_dropped_ones_nullable() -> None:
+    layout = TableSchema(
+        "director",
+        "t",
+        (
+            column("id", PgType.INT4, "integer", nullable=False),
+            column("loosened", PgType.INT4, "integer", nullable=True),
+            column("strict", PgType.INT4, "integer", nullable=False),
+            column("fresh", 25, "text", nullable=False),
+        ),
+        ("id",),
+        "d",
+    )
+    known = {
+        "id": "Int32",
+        "loosened": "Int32",
+        "strict": "Int32",
+        "gone": "String",
+        "gone_nullable": "Nullable(String)",
+        "gone_array": "Array(Nullable(Int32))",
+    }
+    added, widened = ddl.clickhouse_widenings(known, layout)
+    assert [c.name for c in added] == ["fresh"]
+    assert widened == ["loosened", "gone"]
     assert ddl.clickhouse_database("db", cluster="c") == (
         "CREATE DATABASE IF NOT EXISTS `db` ON CLUSTER `c`"
     )
