@@ -6,7 +6,7 @@ gets `_version = snapshot_lsn << 64`, so it never overwrites a newer streamed ch
 every later change overwrites it (DESIGN.md invariant 3). Progress is kept in the historic
 database (`_cdc_backfill` chunks, `_cdc_tables` per-table state `pending -> copying ->
 ready | failed`): a restarted job copies only the chunks not done yet, at a fresh snapshot,
-which the versioning makes just as correct.
+which the versioning makes just as correct. The chunks' SQL is built in `cdc.chunks`.
 """
 
 from __future__ import annotations
@@ -24,31 +24,29 @@ from psycopg import sql
 
 from cdc import faults
 from cdc.batch import Batch, RowImage, TableBatch
+from cdc.chunks import (
+    CHUNKS_TABLE,
+    TABLES_TABLE,
+    Chunk,
+    Key,
+    boundaries_sql,
+    chunk_filter,
+    copy_sql,
+    direct_copy_ok,
+    direct_copy_sql,
+    range_checks,
+    relation_for,
+    state_ddl,
+)
 from cdc.copyout import copy_out
 from cdc.copytext import parse_row, split_lines
 from cdc.errors import Action, CdcError, ErrorKind
-from cdc.pgoutput import Relation, RelationColumn
-from cdc.pgoutput.tags import ReplicaIdentity
-from cdc.schema import TableSchema, TypeKind, describe_table
+from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import Sink
 from cdc.sinks.historic import HistoricSink
 from cdc.slots import publication_tables
 from cdc.snapshot import Snapshot, import_snapshot
 from cdc.stream import canonical_dsn
-from cdc.typemap import PgType, decimal_digits, storage_column
-
-CHUNKS_TABLE = "_cdc_backfill"
-TABLES_TABLE = "_cdc_tables"
-
-Key = list[str] | None
-
-
-@dataclass(frozen=True)
-class Chunk:
-    table: str
-    number: int
-    lower: Key  # exclusive; None: from the start
-    upper: Key  # inclusive; None: to the end
 
 
 @dataclass
@@ -73,153 +71,6 @@ class Progress:
 
 
 # -- SQL (pure) -------------------------------------------------------------------------------
-
-
-def state_ddl(schema: str) -> list[sql.Composed]:
-    return [
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)),
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.{} (job text NOT NULL, table_name text NOT NULL, "
-            "chunk int NOT NULL, lower_key text[], upper_key text[], done boolean NOT NULL "
-            "DEFAULT false, rows bigint, snapshot_lsn pg_lsn, "
-            "PRIMARY KEY (job, table_name, chunk))"
-        ).format(sql.Identifier(schema), sql.Identifier(CHUNKS_TABLE)),
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.{} (table_name text PRIMARY KEY, job text, "
-            "state text NOT NULL, error text, updated_at timestamptz NOT NULL DEFAULT now())"
-        ).format(sql.Identifier(schema), sql.Identifier(TABLES_TABLE)),
-    ]
-
-
-def _key_row(table: TableSchema, params: Sequence[str]) -> sql.Composed:
-    return sql.SQL("ROW({})").format(
-        sql.SQL(", ").join(
-            sql.SQL("{}::{}").format(sql.Literal(value), sql.SQL(table.column(name).pg_type))
-            for name, value in zip(table.primary_key, params, strict=True)
-        )
-    )
-
-
-def _key_columns(table: TableSchema) -> sql.Composable:
-    return sql.SQL("ROW({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
-
-
-def chunk_filter(table: TableSchema, chunk: Chunk, where: str | None) -> sql.Composable:
-    parts: list[sql.Composable] = []
-    if chunk.lower is not None:
-        parts.append(sql.SQL("{} > {}").format(_key_columns(table), _key_row(table, chunk.lower)))
-    if chunk.upper is not None:
-        parts.append(sql.SQL("{} <= {}").format(_key_columns(table), _key_row(table, chunk.upper)))
-    if where:
-        parts.append(sql.SQL("({})").format(sql.SQL(where)))  # operator-supplied predicate
-    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
-
-
-def boundaries_sql(table: TableSchema, chunk_size: int, where: str | None) -> sql.Composed:
-    """Every `chunk_size`-th key, in key order: the upper bounds of all chunks but the last."""
-    keys = sql.SQL(", ").join(
-        sql.SQL("{}::text").format(sql.Identifier(k)) for k in table.primary_key
-    )
-    order = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
-    return sql.SQL(
-        "SELECT ARRAY[{keys}] FROM (SELECT {order}, row_number() OVER (ORDER BY {order}) AS n "
-        "FROM {schema}.{table} WHERE {where}) numbered WHERE n % {size} = 0 ORDER BY n"
-    ).format(
-        keys=keys,
-        order=order,
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
-        where=sql.SQL(f"({where})") if where else sql.SQL("true"),
-        size=sql.Literal(chunk_size),
-    )
-
-
-def copy_sql(table: TableSchema, chunk: Chunk, where: str | None) -> sql.Composed:
-    return sql.SQL("COPY (SELECT {columns} FROM {schema}.{table} WHERE {filter}) TO STDOUT").format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
-        filter=chunk_filter(table, chunk, where),
-    )
-
-
-TEXT_OID, VARCHAR_OID, BPCHAR_OID, NAME_OID, JSON_OID, JSONB_OID = 25, 1043, 1042, 19, 114, 3802
-# Types whose COPY text ClickHouse's TabSeparated parses into the mapped type unchanged (same
-# escapes, same NULL), so rows can go from the source's COPY to both targets untouched.
-DIRECT_TYPES = frozenset(
-    {
-        PgType.INT2, PgType.INT4, PgType.INT8, PgType.OID, PgType.FLOAT4, PgType.FLOAT8,
-        PgType.BOOL, PgType.UUID, PgType.DATE, PgType.TIMESTAMP, PgType.TIMESTAMPTZ,
-        TEXT_OID, VARCHAR_OID, BPCHAR_OID, NAME_OID, JSON_OID, JSONB_OID,
-    }
-)  # fmt: skip
-RANGE_CHECKED: dict[int, str] = {
-    PgType.DATE: "date", PgType.TIMESTAMP: "timestamp", PgType.TIMESTAMPTZ: "timestamptz"
-}  # fmt: skip
-FIRST_DAY, END_DAY = "1900-01-01", "2300-01-01"  # ClickHouse's documented DateTime64 range
-
-
-def direct_copy_ok(table: TableSchema) -> bool:
-    for column in table.columns:
-        stored = storage_column(column)
-        if stored.kind is TypeKind.ENUM:
-            continue
-        if stored.type_oid == PgType.NUMERIC:
-            if stored.type_modifier < 0:
-                return False  # unbounded: more digits than Decimal(76, 38) must be refused
-            precision, scale = decimal_digits(stored.type_modifier)
-            if not 0 <= scale <= precision <= 76:
-                return False
-            continue
-        if stored.type_oid not in DIRECT_TYPES:
-            return False
-    return True
-
-
-def range_checks(table: TableSchema) -> sql.Composable | None:
-    checks = [
-        sql.SQL("{col} < {low}::{kind} OR {col} >= {high}::{kind}").format(
-            col=sql.Identifier(column.name), low=sql.Literal(FIRST_DAY),
-            high=sql.Literal(END_DAY), kind=sql.SQL(RANGE_CHECKED[stored.type_oid]),
-        )
-        for column in table.columns
-        if (stored := storage_column(column)).type_oid in RANGE_CHECKED
-    ]  # fmt: skip
-    return sql.SQL(" OR ").join(checks) if checks else None
-
-
-def direct_copy_sql(
-    table: TableSchema, chunk: Chunk, where: str | None, version: int
-) -> sql.Composed:
-    """The chunk's rows as COPY text: the columns, then their `_version` (a text constant:
-    printing a numeric for every row costs the server about a tenth of the copy)."""
-    return sql.SQL(
-        "COPY (SELECT {columns}, {version}::text FROM {schema}.{table} WHERE {filter}) TO STDOUT"
-    ).format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
-        version=sql.Literal(str(version)),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
-        filter=chunk_filter(table, chunk, where),
-    )
-
-
-def relation_for(table: TableSchema) -> Relation:
-    """A Relation message equivalent to `table`, so copied rows travel like streamed ones."""
-    return Relation(
-        xid=None,
-        oid=0,
-        namespace=table.schema,
-        name=table.name,
-        replica_identity=ReplicaIdentity.DEFAULT,
-        columns=tuple(
-            RelationColumn(c.name in table.primary_key, c.name, c.type_oid, c.type_modifier)
-            for c in table.columns
-        ),
-    )
-
-
-# -- the job ----------------------------------------------------------------------------------
 
 
 class Backfill:

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.backfill import TABLES_TABLE, state_ddl
+from cdc.chunks import TABLES_TABLE, state_ddl
 from cdc.settings import redact_url
 
 DAEMON_TABLE = "_cdc_daemon"

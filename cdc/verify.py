@@ -33,8 +33,9 @@ import psycopg
 from psycopg import sql
 
 from cdc import clickhouse, rowhash, slots
-from cdc.backfill import Backfill, published_schemas, relation_for
+from cdc.backfill import Backfill, published_schemas
 from cdc.batch import Batch, RowImage, TableBatch
+from cdc.chunks import relation_for
 from cdc.ddl import current_view_name
 from cdc.drift import (
     DiffKind,

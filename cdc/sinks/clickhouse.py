@@ -109,7 +109,7 @@ class ClickHouseSink:
     def apply_copy(self, layout: TableSchema, data: bytes, version: int) -> None:
         """Live rows in Postgres COPY text format (the layout's columns, then `_version`):
         ClickHouse's TabSeparated reads it as is (same escapes, same `\\N`) for the types
-        `cdc.backfill.direct_copy_ok` allows; `_is_deleted` takes its default, 0."""
+        `cdc.chunks.direct_copy_ok` allows; `_is_deleted` takes its default, 0."""
         with self._writing((layout.schema, layout.name)):
             self._ensure((layout.schema, layout.name), layout)
             self.client.raw_insert(
