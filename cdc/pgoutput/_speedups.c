@@ -82,31 +82,6 @@ malformed:
     return NULL;
 }
 
-/* parse_tuple(data: bytes, pos: int, unchanged, binary) -> (tuple, int) | None
- *
- * The values of the TupleData at `pos` and the offset after it. */
-static PyObject *
-parse_tuple(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 4 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "parse_tuple(data: bytes, pos, unchanged, binary)");
-        return NULL;
-    }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    PyObject *values = read_tuple(buf, PyBytes_GET_SIZE(args[0]), &pos, args[2], args[3]);
-    if (values == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
-    }
-    return Py_BuildValue("(Nn)", values, pos);
-}
-
 /* A message: `type((items...))` for a tuple subclass (a NamedTuple), stealing the items.
  * Like its values, it is in no reference cycle: untracked by the cyclic GC. */
 static PyObject *
@@ -225,8 +200,6 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"parse_tuple", (PyCFunction)(void (*)(void))parse_tuple, METH_FASTCALL,
-     "parse_tuple(data, pos, unchanged, binary) -> (values, end) | None"},
     {"parse_row", (PyCFunction)(void (*)(void))parse_row, METH_FASTCALL,
      "parse_row(insert, update, delete, key, old, unchanged, binary, streaming, data) -> "
      "message | None"},

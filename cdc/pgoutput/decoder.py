@@ -96,23 +96,18 @@ _MESSAGE_FLAGS: Final = int(LogicalMessageFlag.TRANSACTIONAL)
 
 SUPPORTED_PROTO_VERSIONS: Final = range(1, 5)
 
-TupleParser = Callable[
-    [bytes, int, object, Callable[[bytes], BinaryDatum]], "tuple[TupleData, int] | None"
-]
 # (streaming, data) -> the Insert, Update or Delete in `data`, or None (not one, malformed)
 RowParser = Callable[[bool, bytes], "Insert | Update | Delete | None"]
-_parse_tuple: TupleParser | None
 _parse_row: RowParser | None
 try:  # built by `pip install` where a C compiler is available; optional
     from cdc.pgoutput._speedups import parse_row as _parse_row_c
-    from cdc.pgoutput._speedups import parse_tuple as _parse_tuple
 
     _parse_row = functools.partial(
         _parse_row_c, Insert, Update, Delete, TupleMarker.KEY, TupleMarker.OLD,
         UNCHANGED_TOAST, BinaryDatum,
     )  # fmt: skip
 except ImportError:  # pragma: no cover - depends on the build
-    _parse_tuple = _parse_row = None
+    _parse_row = None
 
 
 def _unpack(layout: Struct, data: bytes, pos: int, what: str) -> tuple[int, ...]:
@@ -139,11 +134,6 @@ def _end(data: bytes, pos: int, what: str) -> None:
         raise DecodeError(f"{what}: {len(data) - pos} unexpected trailing bytes at offset {pos}")
 
 
-def tuple_parser() -> TupleParser | None:
-    """The C tuple parser in use; None if it was not built."""
-    return _parse_tuple
-
-
 def row_parser() -> RowParser | None:
     """The C row-change parser in use; None if it was not built."""
     return _parse_row
@@ -151,19 +141,10 @@ def row_parser() -> RowParser | None:
 
 def _tuple(data: bytes, pos: int, what: str) -> tuple[TupleData, int]:
     """TupleData at `pos` (column count, then columns); returns it and the offset after it.
-
-    The hot path: in C when `cdc.pgoutput._speedups` is built (it returns None for
-    anything malformed, and the parser below then says what is wrong)."""
-    if _parse_tuple is not None:
-        parsed = _parse_tuple(data, pos, UNCHANGED_TOAST, BinaryDatum)
-        if parsed is not None:
-            return parsed
-    return _tuple_in_python(data, pos, what)
-
-
-def _tuple_in_python(data: bytes, pos: int, what: str) -> tuple[TupleData, int]:
-    """`_tuple` in Python: one pass, no bounds check per column. A length running past
-    the end is caught at the end, or by the IndexError of reading a kind byte beyond it."""
+    One pass, no bounds check per column: a length running past the end is caught at the
+    end, or by the IndexError of reading a kind byte beyond it. (With the C part built,
+    row changes are parsed by `parse_row`, and this runs only for those it refuses, to
+    say what is wrong.)"""
     if len(data) - pos < 2:
         raise DecodeError(f"{what}: tuple column count truncated at offset {pos}")
     ncols = (data[pos] << 8) | data[pos + 1]
