@@ -79,9 +79,10 @@ def read_clickhouse(url: str, database: str) -> dict[str, Any]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         timeout=120,
     )
+    assert out.returncode == 0, f"reading ClickHouse failed:\n{out.stderr[-3000:]}"
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
