@@ -21,6 +21,13 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from cdc import faults
 from cdc.batch import Batch, RowImage, TableBatch
@@ -41,12 +48,24 @@ from cdc.chunks import (
 from cdc.copyout import copy_out
 from cdc.copytext import parse_row, split_lines
 from cdc.errors import Action, CdcError, ErrorKind
+from cdc.logs import get_logger
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import Sink
 from cdc.sinks.historic import HistoricSink
 from cdc.slots import publication_tables
 from cdc.snapshot import Snapshot, import_snapshot
 from cdc.stream import canonical_dsn
+
+CHUNK_ATTEMPTS = 6
+_log = get_logger()
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth copying the chunk again: Postgres rolled it back for a conflict with another
+    writer, or a target's connection failed (the sink reconnects on its next use)."""
+    if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):
+        return True  # class 40, transaction rollback: deadlock, serialization failure
+    return isinstance(exc, CdcError) and exc.policy.action is Action.RETRY
 
 
 @dataclass
@@ -192,11 +211,8 @@ class Backfill:
                         if chunk.table in self.progress.failed:
                             continue
                         try:
-                            import_snapshot(source, snapshot, read_only=False)
-                            rows = self._copy_chunk(source, sinks, chunk, snapshot)
-                            source.commit()
+                            rows = self._copy_chunk_retrying(source, sinks, chunk, snapshot)
                         except CdcError as exc:
-                            source.rollback()
                             if exc.policy.action is not Action.QUARANTINE_TABLE:
                                 raise
                             self.progress.failed.setdefault(chunk.table, str(exc))
@@ -233,6 +249,37 @@ class Backfill:
         if failures:
             raise failures[0]
         return self.progress
+
+    def _copy_chunk_retrying(
+        self, source: psycopg.Connection[Any], sinks: list[Sink], chunk: Chunk, snapshot: Snapshot
+    ) -> int:
+        """Copy one chunk and commit; a transient failure (a deadlock or serialization failure
+        against the daemon's writes, a lost target connection) rolls the chunk back and
+        copies it again, with capped exponential backoff, `CHUNK_ATTEMPTS` times at most."""
+        retrying = Retrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(CHUNK_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.1, max=5) + wait_random(0, 0.1),
+            before_sleep=lambda state: _log.warning(
+                "backfill_chunk_retry",
+                table=chunk.table,
+                chunk=chunk.number,
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception() if state.outcome else None).strip(),
+            ),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                try:
+                    import_snapshot(source, snapshot, read_only=False)
+                    rows = self._copy_chunk(source, sinks, chunk, snapshot)
+                    source.commit()
+                except BaseException:
+                    if not source.closed:
+                        source.rollback()
+                    raise
+        return rows
 
     def _copy_chunk(
         self, source: psycopg.Connection[Any], sinks: list[Sink], chunk: Chunk, snapshot: Snapshot

@@ -3,7 +3,10 @@ the version-guarded upsert, the copy inside the source database, truncations.
 
 Every write is guarded twice: a row only replaces an older version of itself
 (`ON CONFLICT ... WHERE t._version < excluded._version`), and only rows above the table's
-truncate watermark (`_cdc_truncations`) are written at all.
+truncate watermark (`_cdc_truncations`) are written at all. Every `INSERT ... SELECT` takes
+its rows in primary-key order: two of them that meet on keys (the daemon's upsert and a
+backfill's chunk) lock those keys in the same order, so they wait for each other instead
+of deadlocking.
 """
 
 from __future__ import annotations
@@ -126,12 +129,13 @@ def _guarded_insert(
     upsert: bool = True,
 ) -> sql.Composed:
     """`INSERT ... SELECT values FROM source WHERE rows` of those whose `version` is above
-    the table's truncate watermark; with `upsert`, replacing a row only by a newer one."""
+    the table's truncate watermark, in key order; with `upsert`, replacing a row only by a
+    newer one."""
     updates = [c for c in row_columns(layout) if c not in layout.primary_key]
     return sql.SQL(
         "INSERT INTO {schema}.{table} AS t ({columns}) SELECT {values} FROM {source} "
         "WHERE ({rows}) AND {version} > coalesce((SELECT version FROM {schema}.{truncations} "
-        "WHERE table_name = {name}), 0){conflict}"
+        "WHERE table_name = {name}), 0) ORDER BY {key}{conflict}"
     ).format(
         schema=sql.Identifier(schema),
         table=sql.Identifier(layout.name),
@@ -142,6 +146,9 @@ def _guarded_insert(
         version=version,
         truncations=sql.Identifier(TRUNCATIONS_TABLE),
         name=sql.Literal(layout.name),
+        key=sql.SQL(", ").join(
+            sql.SQL("{}.{}").format(source, sql.Identifier(k)) for k in layout.primary_key
+        ),
         conflict=_on_conflict(layout, updates) if upsert else sql.SQL(""),
     )
 

@@ -3,6 +3,9 @@ snapshot, without overwriting what the stream wrote after the snapshot."""
 
 from __future__ import annotations
 
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -72,3 +75,89 @@ def test_rows_newer_than_the_snapshot_are_kept(
         f"SELECT count(), countIf(note = 'old 5') FROM `{ch_database}`.t FINAL"
     ).result_rows
     assert ch == [(3000, 1)]
+
+
+def test_a_chunk_that_deadlocks_with_another_writer_is_copied_again(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    """Another writer (as the daemon would be) holds one key of a chunk, then waits for a key
+    the chunk has written: Postgres breaks the deadlock by rolling the chunk back, and the
+    backfill copies the chunk again instead of failing."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, note text)")
+    pg.execute("INSERT INTO director.t SELECT g, 'old ' || g FROM generate_series(1, 3000) g")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    table = describe_table(pg, "director", "t")
+    sinks = shared_client_sinks(settings, clickhouse_server.client)
+    for sink in sinks():
+        sink.prepare([table])
+        sink.close()
+    with exported_snapshot(pg_dsn) as snapshot, psycopg.connect(pg_dsn) as writer:
+        newer = (snapshot.lsn + 1000) << 64
+        writer.execute("SET deadlock_timeout = '1h'")  # the backfill's session detects it
+        writer.execute("SET statement_timeout = '60s'")
+        writer.execute(
+            "INSERT INTO historic.t (id, note, _version) VALUES (1500, 'newer', %s)", (newer,)
+        )
+        backfill = Backfill(pg_dsn, pg_dsn, "historic", "t-job", [table], sinks,
+                            chunk_size=1000, workers=1)  # fmt: skip
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(backfill.run, snapshot)
+            waiting = None
+            for _ in range(2000):
+                waiting = pg.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    'AND query LIKE \'INSERT INTO "historic"."t"%\''
+                ).fetchone()
+                if waiting is not None or running.done():
+                    break
+                time.sleep(0.005)
+            assert waiting is not None, "the chunk holding 1001..1499 never waited for key 1500"
+            # Wait for a key the chunk wrote: a deadlock, which the chunk's session detects.
+            writer.execute(
+                "INSERT INTO historic.t (id, note, _version) VALUES (1001, 'newer', %s)", (newer,)
+            )
+            writer.commit()
+            progress = running.result(timeout=60)
+    assert progress.rows == 3000 and not progress.failed
+    rows = dict(pg.execute("SELECT id, note FROM historic.t").fetchall())
+    assert len(rows) == 3000
+    assert rows[1001] == rows[1500] == "newer", "a row newer than the snapshot was overwritten"
+    assert rows[1002] == "old 1002" and rows[1499] == "old 1499" and rows[3000] == "old 3000"
+    ch = clickhouse_server.client.query(
+        f"SELECT count(), countIf(note = 'old 1002') FROM `{ch_database}`.t FINAL"
+    ).result_rows
+    assert ch == [(3000, 1)]
+
+
+def test_the_guarded_upsert_writes_rows_in_key_order(
+    pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    """Rows staged in any order are written in key order: what keeps the daemon's upsert and
+    a backfill's chunk, which lock the same keys, from deadlocking."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, note text)")
+    table = describe_table(pg, "director", "t")
+    sink = HistoricSink(pg_dsn, "historic")
+    sink.prepare([table])
+    pg.execute("INSERT INTO historic.t (id, note, _version) SELECT g, 'old', 1 FROM "
+               "generate_series(1, 50) g")  # fmt: skip
+    pg.execute("CREATE TABLE public.written (n bigserial, id int)")
+    pg.execute(
+        "CREATE FUNCTION public.log_write() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN INSERT INTO public.written (id) VALUES (NEW.id); RETURN NEW; END$$"
+    )
+    pg.execute(
+        "CREATE TRIGGER log_write AFTER INSERT OR UPDATE ON historic.t "
+        "FOR EACH ROW EXECUTE FUNCTION public.log_write()"
+    )
+    keys = list(range(1, 61))
+    random.Random(8).shuffle(keys)
+    sink.apply_copy(table, b"".join(b"%d\tnew\t2\n" % k for k in keys), 2)
+    sink.close()
+    written = [r[0] for r in pg.execute("SELECT id FROM public.written ORDER BY n").fetchall()]
+    assert written == list(range(1, 61))
+    assert pg.execute("SELECT count(*) FROM historic.t WHERE note = 'new'").fetchone() == (60,)
