@@ -33,15 +33,15 @@ from cdc import faults
 from cdc.batch import Batch, RowImage, TableBatch
 from cdc.chunks import (
     CHUNKS_TABLE,
+    OUT_OF_RANGE,
     TABLES_TABLE,
     Chunk,
     Key,
-    boundaries_sql,
     chunk_filter,
     copy_sql,
     direct_copy_ok,
     direct_copy_sql,
-    range_checks,
+    next_boundary_sql,
     relation_for,
     state_ddl,
 )
@@ -120,8 +120,6 @@ class Backfill:
         self.where = where
         self.on_progress = on_progress
         self.progress = Progress()
-        # Per table: no date or timestamp out of ClickHouse's range at this run's snapshot.
-        self._table_in_range: dict[str, bool] = {}
 
     def _state(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.state_dsn, autocommit=True)
@@ -157,13 +155,12 @@ class Backfill:
         with psycopg.connect(self.source_dsn) as source, self._state() as state:
             import_snapshot(source, snapshot)
             for table in self.tables.values():
-                bounds = [
-                    r[0]
-                    for r in source.execute(
-                        boundaries_sql(table, self.chunk_size, self.where)
-                    ).fetchall()
-                ]
-                edges: list[Key] = [None, *bounds, None]
+                edges: list[Key] = [None]
+                while (bound := source.execute(
+                    next_boundary_sql(table, edges[-1], self.chunk_size, self.where)
+                ).fetchone()) is not None:  # fmt: skip
+                    edges.append(bound[0])
+                edges.append(None)
                 with state.transaction():
                     for number, (lower, upper) in enumerate(itertools.pairwise(edges)):
                         state.execute(
@@ -192,7 +189,6 @@ class Backfill:
         self.plan(snapshot)
         chunks = self.pending_chunks()
         self.progress = Progress(total_chunks=len(chunks))
-        self._table_in_range = {}
         with self._state() as state:
             for name in {c.table for c in chunks}:
                 self._set_state(state, name, "copying")
@@ -203,6 +199,10 @@ class Backfill:
             sinks = self.make_sinks()
             try:
                 with psycopg.connect(self.source_dsn) as source, self._state() as state:
+                    # Timestamps printed in UTC: half the server's work of printing them in
+                    # a named zone, and the same instants.
+                    source.execute("SET TimeZone = 'UTC'")
+                    source.commit()
                     while True:
                         with lock:
                             if not queue:
@@ -286,15 +286,31 @@ class Backfill:
     ) -> int:
         """Copy one chunk, inside a transaction on `source` that sees `snapshot`."""
         table = self.tables[chunk.table]
-        if direct_copy_ok(table) and self._in_range(source, table, chunk):
-            query = direct_copy_sql(table, chunk, self.where, snapshot.version)
-            data, rows = copy_out(source, query)
-            faults.point("mid_backfill_chunk")
-            for sink in sinks:
-                if not self._copied_within(source, sink, table, chunk, snapshot):
-                    sink.apply_copy(table, data, snapshot.version)
-            return rows
-        return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
+        direct = direct_copy_ok(table)
+        copied = self._copy_out_direct(source, table, chunk, snapshot) if direct else None
+        if copied is None:
+            return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
+        data, rows = copied
+        faults.point("mid_backfill_chunk")
+        for sink in sinks:
+            if not self._copied_within(source, sink, table, chunk, snapshot):
+                sink.apply_copy(table, data, snapshot.version)
+        return rows
+
+    def _copy_out_direct(
+        self, source: psycopg.Connection[Any], table: TableSchema, chunk: Chunk, snapshot: Snapshot
+    ) -> tuple[bytes, int] | None:
+        """The chunk's COPY text for both targets untouched; None if a date or timestamp in
+        it lies outside ClickHouse's range (the chunk is then parsed, which names the value
+        in its error)."""
+        source.execute("SAVEPOINT cdc_direct_copy")
+        try:
+            return copy_out(source, direct_copy_sql(table, chunk, self.where, snapshot.version))
+        except psycopg.errors.InvalidDatetimeFormat as exc:
+            if OUT_OF_RANGE not in str(exc):
+                raise
+            source.execute("ROLLBACK TO SAVEPOINT cdc_direct_copy")
+            return None
 
     def _copied_within(
         self,
@@ -325,37 +341,6 @@ class Backfill:
                 return False
             return True
         return False
-
-    def _in_range(self, source: psycopg.Connection[Any], table: TableSchema, chunk: Chunk) -> bool:
-        """No date or timestamp of the chunk lies outside what ClickHouse documents; if one
-        does, the chunk takes the parsed path, which names the value in its error. Checked
-        for the whole table first, once per run (one sequential scan instead of one range
-        scan per chunk), and per chunk only if the table has such a value."""
-        checks = range_checks(table)
-        if checks is None:
-            return True
-        whole = self._table_in_range.get(table.name)
-        if whole is None:  # two workers may both look: the same answer, in one snapshot
-            whole = self._none_outside(source, table, Chunk(table.name, 0, None, None), checks)
-            self._table_in_range[table.name] = whole
-        return whole or self._none_outside(source, table, chunk, checks)
-
-    def _none_outside(
-        self,
-        source: psycopg.Connection[Any],
-        table: TableSchema,
-        chunk: Chunk,
-        checks: sql.Composable,
-    ) -> bool:
-        row = source.execute(
-            sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {}.{} WHERE ({}) AND ({}))").format(
-                sql.Identifier(table.schema),
-                sql.Identifier(table.name),
-                chunk_filter(table, chunk, self.where),
-                checks,
-            )
-        ).fetchone()
-        return bool(row and row[0])
 
     def _copy_chunk_parsed(
         self,

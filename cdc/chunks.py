@@ -3,8 +3,9 @@ range (pure: builders only, no I/O).
 
 A table is split into primary-key ranges; each is read with `COPY (SELECT ...) TO STDOUT`
 in a transaction that imports the job's snapshot. When every column's Postgres text is what
-ClickHouse's TabSeparated reads (`direct_copy_ok`) and no date or timestamp lies outside
-what ClickHouse holds (`range_checks`), that text goes to ClickHouse unparsed.
+ClickHouse's TabSeparated reads (`direct_copy_ok`), that text goes to ClickHouse unparsed,
+unless a date or timestamp of the chunk lies outside what ClickHouse holds (the copy then
+fails with `OUT_OF_RANGE`, and the chunk is parsed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from psycopg import sql
 
 from cdc.pgoutput import Relation, RelationColumn
 from cdc.pgoutput.tags import ReplicaIdentity
-from cdc.schema import TableSchema, TypeKind
+from cdc.schema import Column, TableSchema, TypeKind
 from cdc.typemap import PgType, decimal_digits, storage_column
 
 CHUNKS_TABLE = "_cdc_backfill"
@@ -73,22 +74,27 @@ def chunk_filter(table: TableSchema, chunk: Chunk, where: str | None) -> sql.Com
     return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
 
-def boundaries_sql(table: TableSchema, chunk_size: int, where: str | None) -> sql.Composed:
-    """Every `chunk_size`-th key, in key order: the upper bounds of all chunks but the last."""
+def next_boundary_sql(
+    table: TableSchema, after: Key, chunk_size: int, where: str | None
+) -> sql.Composed:
+    """The `chunk_size`-th key after `after` (None: from the start), in key order: the upper
+    bound of the chunk that starts there; no row if fewer keys are left. Each step reads
+    `chunk_size` entries of the primary key's index, so walking a table reads the index
+    once; the key is printed for the one row kept (a select list is computed for every row
+    an OFFSET skips)."""
     keys = sql.SQL(", ").join(
         sql.SQL("{}::text").format(sql.Identifier(k)) for k in table.primary_key
     )
-    order = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
     return sql.SQL(
-        "SELECT ARRAY[{keys}] FROM (SELECT {order}, row_number() OVER (ORDER BY {order}) AS n "
-        "FROM {schema}.{table} WHERE {where}) numbered WHERE n % {size} = 0 ORDER BY n"
+        "SELECT ARRAY[{keys}] FROM (SELECT {order} FROM {schema}.{table} WHERE {filter} "
+        "ORDER BY {order} OFFSET {skip} LIMIT 1) bound"
     ).format(
         keys=keys,
-        order=order,
         schema=sql.Identifier(table.schema),
         table=sql.Identifier(table.name),
-        where=sql.SQL(f"({where})") if where else sql.SQL("true"),
-        size=sql.Literal(chunk_size),
+        filter=chunk_filter(table, Chunk(table.name, 0, after, None), where),
+        order=sql.SQL(", ").join(map(sql.Identifier, table.primary_key)),
+        skip=sql.Literal(chunk_size - 1),
     )
 
 
@@ -115,6 +121,7 @@ RANGE_CHECKED: dict[int, str] = {
     PgType.DATE: "date", PgType.TIMESTAMP: "timestamp", PgType.TIMESTAMPTZ: "timestamptz"
 }  # fmt: skip
 FIRST_DAY, END_DAY = "1900-01-01", "2300-01-01"  # ClickHouse's documented DateTime64 range
+OUT_OF_RANGE = "cdc: outside ClickHouse's date range"
 
 
 def direct_copy_ok(table: TableSchema) -> bool:
@@ -134,27 +141,34 @@ def direct_copy_ok(table: TableSchema) -> bool:
     return True
 
 
-def range_checks(table: TableSchema) -> sql.Composable | None:
-    checks = [
-        sql.SQL("{col} < {low}::{kind} OR {col} >= {high}::{kind}").format(
-            col=sql.Identifier(column.name), low=sql.Literal(FIRST_DAY),
-            high=sql.Literal(END_DAY), kind=sql.SQL(RANGE_CHECKED[stored.type_oid]),
-        )
-        for column in table.columns
-        if (stored := storage_column(column)).type_oid in RANGE_CHECKED
-    ]  # fmt: skip
-    return sql.SQL(" OR ").join(checks) if checks else None
+def _guarded(column: Column) -> sql.Composable:
+    """The column, or for a date or timestamp one that fails the query on a value outside
+    ClickHouse's range, with an error naming `OUT_OF_RANGE` (the chunk is then parsed, and
+    the value refused by name)."""
+    name = sql.Identifier(column.name)
+    kind = RANGE_CHECKED.get(storage_column(column).type_oid)
+    if kind is None:
+        return name
+    return sql.SQL(
+        "CASE WHEN {col} < {low}::{kind} OR {col} >= {high}::{kind} "
+        "THEN ({marker} || {col}::text)::{kind} ELSE {col} END"
+    ).format(
+        col=name, low=sql.Literal(FIRST_DAY), high=sql.Literal(END_DAY), kind=sql.SQL(kind),
+        marker=sql.Literal(OUT_OF_RANGE + ": "),
+    )  # fmt: skip
 
 
 def direct_copy_sql(
     table: TableSchema, chunk: Chunk, where: str | None, version: int
 ) -> sql.Composed:
     """The chunk's rows as COPY text: the columns, then their `_version` (a text constant:
-    printing a numeric for every row costs the server about a tenth of the copy)."""
+    printing a numeric for every row costs the server about a tenth of the copy). A date or
+    timestamp outside ClickHouse's range fails it (`OUT_OF_RANGE`): checked in the same
+    scan, not in one of its own."""
     return sql.SQL(
         "COPY (SELECT {columns}, {version}::text FROM {schema}.{table} WHERE {filter}) TO STDOUT"
     ).format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
+        columns=sql.SQL(", ").join(_guarded(c) for c in table.columns),
         version=sql.Literal(str(version)),
         schema=sql.Identifier(table.schema),
         table=sql.Identifier(table.name),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from typing import Any
 
 import psycopg
@@ -161,3 +162,45 @@ def test_the_guarded_upsert_writes_rows_in_key_order(
     written = [r[0] for r in pg.execute("SELECT id FROM public.written ORDER BY n").fetchall()]
     assert written == list(range(1, 61))
     assert pg.execute("SELECT count(*) FROM historic.t WHERE note = 'new'").fetchone() == (60,)
+
+
+def test_a_timestamp_clickhouse_cannot_hold_quarantines_the_table_and_names_it(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks of dates ClickHouse holds go straight through; the one with a timestamp before
+    1900 is parsed, refused with the column named, and the table is quarantined."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, at timestamptz, d date)")
+    pg.execute(
+        "INSERT INTO director.t SELECT g, '2026-01-01'::timestamptz + g * interval '1 hour', "
+        "'2026-01-01'::date + g FROM generate_series(1, 3000) g"
+    )
+    pg.execute("UPDATE director.t SET at = '1899-12-31 23:00:00+00' WHERE id = 2500")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    table = describe_table(pg, "director", "t")
+    sinks = shared_client_sinks(settings, clickhouse_server.client)
+    for sink in sinks():
+        sink.prepare([table])
+        sink.close()
+    parsed: list[int] = []
+    copy_parsed = Backfill._copy_chunk_parsed
+
+    def counted(self: Backfill, *args: Any) -> int:
+        parsed.append(args[3].number)
+        return copy_parsed(self, *args)
+
+    monkeypatch.setattr(Backfill, "_copy_chunk_parsed", counted)
+    with exported_snapshot(pg_dsn) as snapshot:
+        backfill = Backfill(pg_dsn, pg_dsn, "historic", "t-job", [table], sinks,
+                            chunk_size=1000, workers=1)  # fmt: skip
+        progress = backfill.run(snapshot)
+    assert parsed == [2], "only the chunk with the old timestamp is parsed"
+    assert "column 'at'" in progress.failed["t"]
+    ch = clickhouse_server.client.query(
+        f"SELECT count(), max(id), min(d) FROM `{ch_database}`.t FINAL"
+    ).result_rows
+    assert ch == [(2000, 2000, date(2026, 1, 2))]
