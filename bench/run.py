@@ -84,8 +84,9 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def bench_backfill(rows: int, rounds: int = 3) -> Results:
-    """`rounds` times: the raw copy, then a backfill into fresh targets; the round with the
-    median ratio is reported (this machine's speed drifts by ±10% within minutes)."""
+    """`rounds` times: a backfill into fresh targets, against the mean of the raw copies
+    just before and just after it; the round with the median ratio is reported (this
+    machine's speed drifts by ±10% within minutes)."""
     with cluster() as (pg, root):
         dsn = pg.paths.dsn
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -125,7 +126,14 @@ def bench_backfill(rows: int, rounds: int = 3) -> Results:
 
             return timed(copy)
 
-        measured = [(timed(raw_copy), backfill(i)) for i in range(rounds)]
+        # Each backfill between two raw copies, their mean its baseline: the machine's speed
+        # drifts during a round, too.
+        raws = [timed(raw_copy)]
+        measured = []
+        for i in range(rounds):
+            copied = backfill(i)
+            raws.append(timed(raw_copy))
+            measured.append(((raws[-2] + raws[-1]) / 2, copied))
     measured.sort(key=lambda pair: pair[0] / pair[1])
     raw, copied = measured[len(measured) // 2]
     return {
@@ -343,7 +351,8 @@ def write_report(results: Results, command: str, out: Path) -> None:
             f"{b['rows']:,} rows of the same table: raw binary `COPY TO STDOUT` "
             f"{b['raw_copy_rows_per_s']:,} rows/s; backfill into both targets "
             f"{b['backfill_rows_per_s']:,} rows/s; ratio **{b['ratio']}** (target 0.3), the "
-            f"median of {len(b['ratios'])} rounds (ratios {', '.join(map(str, b['ratios']))}).",
+            f"median of {len(b['ratios'])} rounds (ratios {', '.join(map(str, b['ratios']))}; "
+            "each backfill against the mean of the raw copies just before and after it).",
             "",
         ]
     if lat := results.get("latency"):

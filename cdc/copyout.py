@@ -5,6 +5,8 @@ measured); a backfill reads millions of rows through it, on threads that share t
 with the ClickHouse insert. Here each row costs one libpq call: the copy is driven
 through the connection's `pgconn`, like the replication stream, under the connection's
 lock, inside whatever transaction the connection has open, and appended to one buffer.
+The rows are read in C without the GIL (`cdc._copyout`, calling the libpq psycopg loaded)
+when it is built and finds that libpq, and in Python otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 
+try:
+    from cdc import _copyout
+except ImportError:  # not built: the rows are read in Python
+    _copyout = None  # type: ignore[assignment]
+
 COPY_WOULD_BLOCK = 0
+NATIVE = _copyout is not None and _copyout.load()
 
 
 def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> tuple[bytes, int]:
@@ -29,24 +37,35 @@ def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> tuple[byte
         result = _next_result(pgconn)
         if result is None or result.status != pq.ExecStatus.COPY_OUT:
             _raise(conn, pgconn, result)
-        out = bytearray()  # grown in place: no bytes object per row
-        rows = 0
-        read = pgconn.get_copy_data
-        while True:
-            nbytes, data = read(1)
-            if nbytes > 0:
-                out += data
-                rows += 1
-            elif nbytes == COPY_WOULD_BLOCK:
-                _wait_readable(pgconn)
-            else:
-                break
+        read = _read_native(pgconn) if NATIVE else None
+        data, rows = read if read is not None else _read(pgconn)
         result = _next_result(pgconn)
         if result is None or result.status != pq.ExecStatus.COMMAND_OK:
             _raise(conn, pgconn, result)
         while _next_result(pgconn) is not None:
             pass
-    return bytes(out), rows
+    return data, rows
+
+
+def _read_native(pgconn: Any) -> tuple[bytes, int] | None:
+    address = pgconn.pgconn_ptr
+    read = None if address is None else _copyout.read_rows(address, pgconn.backend_pid)
+    return None if read is None else (read[0], read[1])
+
+
+def _read(pgconn: Any) -> tuple[bytes, int]:
+    out = bytearray()  # grown in place: no bytes object per row
+    rows = 0
+    read = pgconn.get_copy_data
+    while True:
+        nbytes, data = read(1)
+        if nbytes > 0:
+            out += data
+            rows += 1
+        elif nbytes == COPY_WOULD_BLOCK:
+            _wait_readable(pgconn)
+        else:
+            return bytes(out), rows
 
 
 def _flush(pgconn: Any) -> None:

@@ -1,5 +1,6 @@
 """Reading a COPY's whole output through the connection's pgconn: the same bytes psycopg's
-Copy gives, in the connection's transaction, and errors raised as psycopg raises them."""
+Copy gives, in the connection's transaction, and errors raised as psycopg raises them; with
+the rows read in C and in Python."""
 
 from __future__ import annotations
 
@@ -9,9 +10,26 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cdc import copyout
 from cdc.copyout import copy_out
 
 pytestmark = pytest.mark.integration
+READ_IN_PYTHON = copyout._read
+
+
+@pytest.fixture(autouse=True, params=["C", "Python"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "C":
+        assert copyout.NATIVE, "cdc._copyout is not built or found no libpq: run `make install`"
+
+        def not_in_python(pgconn: Any) -> tuple[bytes, int]:
+            raise AssertionError("the rows were read in Python")
+
+        monkeypatch.setattr(copyout, "_read", not_in_python)
+    else:
+        monkeypatch.setattr(copyout, "NATIVE", False)
+    return str(request.param)
+
 
 ROWS = """
 CREATE TABLE t (id int PRIMARY KEY, v text, j jsonb);
@@ -64,3 +82,18 @@ def test_an_error_is_raised_as_psycopg_raises_it_and_the_connection_recovers(
             )
         conn.rollback()
         assert conn.execute("SELECT 42").fetchone() == (42,)
+
+
+def test_the_c_reader_refuses_a_connection_it_cannot_vouch_for(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PID that does not match (as through another libpq than the connection's): no rows
+    read in C, and the copy then reads them in Python."""
+    from cdc import _copyout
+
+    with psycopg.connect(pg_dsn) as conn:
+        address: int = conn.pgconn.pgconn_ptr  # type: ignore[attr-defined]
+        assert _copyout.read_rows(address, conn.pgconn.backend_pid + 1) is None
+        monkeypatch.setattr(copyout, "_read", READ_IN_PYTHON)
+        monkeypatch.setattr(_copyout, "read_rows", lambda address, pid: None)
+        assert copy_out(conn, sql.SQL("COPY (SELECT 1) TO STDOUT")) == (b"1\n", 1)
