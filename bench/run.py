@@ -83,7 +83,7 @@ def timed(fn: Callable[[], Any]) -> float:
 # -- backfill ----------------------------------------------------------------------------------
 
 
-def bench_backfill(rows: int, rounds: int = 3) -> Results:
+def bench_backfill(rows: int, rounds: int = 5) -> Results:
     """`rounds` times: a backfill into fresh targets, against the mean of the raw copies
     just before and just after it; the round with the median ratio is reported (this
     machine's speed drifts by ±10% within minutes)."""
