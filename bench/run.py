@@ -134,14 +134,13 @@ def bench_backfill(rows: int, rounds: int = 5) -> Results:
             copied = backfill(i)
             raws.append(timed(raw_copy))
             measured.append(((raws[-2] + raws[-1]) / 2, copied))
-    measured.sort(key=lambda pair: pair[0] / pair[1])
-    raw, copied = measured[len(measured) // 2]
+    raw, copied = sorted(measured, key=lambda pair: pair[0] / pair[1])[len(measured) // 2]
     return {
         "rows": rows,
         "raw_copy_rows_per_s": round(rows / raw),
         "backfill_rows_per_s": round(rows / copied),
         "ratio": round(raw / copied, 3),
-        "ratios": [round(r / c, 3) for r, c in measured],
+        "ratios": [round(r / c, 3) for r, c in measured],  # in the order the rounds ran
     }
 
 
@@ -351,7 +350,8 @@ def write_report(results: Results, command: str, out: Path) -> None:
             f"{b['rows']:,} rows of the same table: raw binary `COPY TO STDOUT` "
             f"{b['raw_copy_rows_per_s']:,} rows/s; backfill into both targets "
             f"{b['backfill_rows_per_s']:,} rows/s; ratio **{b['ratio']}** (target 0.3), the "
-            f"median of {len(b['ratios'])} rounds (ratios {', '.join(map(str, b['ratios']))}; "
+            f"median of {len(b['ratios'])} rounds (ratios in the order they ran: "
+            f"{', '.join(map(str, b['ratios']))}; "
             "each backfill against the mean of the raw copies just before and after it).",
             "",
         ]
