@@ -77,12 +77,12 @@ load(PyObject *self, PyObject *noargs)
     Py_RETURN_TRUE;
 }
 
-/* read_rows(pgconn_ptr, expected_pid) -> (data, rows, status) | None
+/* read_rows(pgconn_ptr, expected_pid) -> (data, rows) | None
  *
- * Every row of the COPY the connection is in, appended in order; status is libpq's last
- * return: -1 when the copy is done, -2 on an error (the caller then takes the result that
- * names it). None if the connection does not answer with `expected_pid` through the
- * loaded library: the caller reads the rows itself. */
+ * Every row of the COPY the connection is in, appended in order, up to its end or an
+ * error (the caller then takes the result, which names the error). None if the connection
+ * does not answer with `expected_pid` through the loaded library: the caller reads the
+ * rows itself. */
 static PyObject *
 read_rows(PyObject *self, PyObject *args)
 {
@@ -99,17 +99,17 @@ read_rows(PyObject *self, PyObject *args)
     char *out = NULL;
     size_t length = 0, capacity = 0;
     Py_ssize_t rows = 0;
-    int status, out_of_memory = 0;
+    int out_of_memory = 0;
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
         char *row = NULL;
-        status = get_copy_data(conn, &row, 0);
-        if (status <= 0) {
+        int size = get_copy_data(conn, &row, 0); /* -1: the copy is done, -2: an error */
+        if (size <= 0) {
             break;
         }
-        if (!out_of_memory && length + (size_t)status > capacity) {
+        if (!out_of_memory && length + (size_t)size > capacity) {
             size_t wanted = capacity ? capacity : (size_t)1 << 20;
-            while (wanted < length + (size_t)status) {
+            while (wanted < length + (size_t)size) {
                 wanted *= 2;
             }
             char *grown = realloc(out, wanted);
@@ -122,8 +122,8 @@ read_rows(PyObject *self, PyObject *args)
             }
         }
         if (!out_of_memory) {
-            memcpy(out + length, row, (size_t)status);
-            length += (size_t)status;
+            memcpy(out + length, row, (size_t)size);
+            length += (size_t)size;
             rows += 1;
         }
         freemem(row);
@@ -138,7 +138,7 @@ read_rows(PyObject *self, PyObject *args)
     if (data == NULL) {
         return NULL;
     }
-    return Py_BuildValue("(Nni)", data, rows, status);
+    return Py_BuildValue("(Nn)", data, rows);
 }
 
 static PyMethodDef methods[] = {

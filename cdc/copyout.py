@@ -49,8 +49,7 @@ def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> tuple[byte
 
 def _read_native(pgconn: Any) -> tuple[bytes, int] | None:
     address = pgconn.pgconn_ptr
-    read = None if address is None else _copyout.read_rows(address, pgconn.backend_pid)
-    return None if read is None else (read[0], read[1])
+    return None if address is None else _copyout.read_rows(address, pgconn.backend_pid)
 
 
 def _read(pgconn: Any) -> tuple[bytes, int]:

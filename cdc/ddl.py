@@ -222,12 +222,17 @@ def clickhouse_current_view(database: str, table: TableSchema, cluster: str | No
 def clickhouse_add_column(
     database: str, table_name: str, column: Column, cluster: str | None = None
 ) -> str:
-    """Add a column, Nullable: rows written before it have no value for it."""
-    column_type = clickhouse_type(replace(column, nullable=True))
+    """Add a column, of `added_column_type`."""
     return (
         f"ALTER TABLE {_qualified(database, table_name)}{_on_cluster(cluster)} "
-        f"ADD COLUMN IF NOT EXISTS {quote_identifier(column.name)} {column_type}"
+        f"ADD COLUMN IF NOT EXISTS {quote_identifier(column.name)} {added_column_type(column)}"
     )
+
+
+def added_column_type(column: Column) -> str:
+    """The ClickHouse type of a column added to a table: Nullable, as rows written before
+    it have no value for it."""
+    return clickhouse_type(replace(column, nullable=True))
 
 
 def clickhouse_make_nullable(

@@ -17,6 +17,7 @@ from psycopg import sql
 
 from cdc.clickhouse import quote_identifier
 from cdc.daemon import Daemon
+from cdc.schema import TableSchema, describe_table
 from cdc.settings import Settings
 from cdc.sinks.base import Sink
 from cdc.sinks.clickhouse import ClickHouseSink
@@ -66,6 +67,24 @@ def shared_client_sinks(settings: Settings, ch_client: Any) -> SinkFactory:
         ]
 
     return make
+
+
+def prepared_sinks(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    ch_url: str,
+    ch_client: Any,
+    ch_database: str,
+    table_name: str,
+) -> tuple[TableSchema, SinkFactory]:
+    """`director.<table_name>` described, and `shared_client_sinks` whose targets for it
+    exist: what a backfill test hands to `Backfill`."""
+    table = describe_table(pg, "director", table_name)
+    sinks = shared_client_sinks(make_settings(pg_dsn, ch_url, ch_database), ch_client)
+    for sink in sinks():
+        sink.prepare([table])
+        sink.close()
+    return table, sinks
 
 
 @contextmanager

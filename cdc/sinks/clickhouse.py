@@ -158,7 +158,7 @@ class ClickHouseSink:
                     )
                 )
         for column in added:
-            known[column.name] = clickhouse_type(replace(column, nullable=True))
+            known[column.name] = ddl.added_column_type(column)
         for column_name in widened:
             known[column_name] = ddl.nullable_type(known[column_name])
         view_layout = replace(layout, columns=tuple(c for c in layout.columns if c.name in known))

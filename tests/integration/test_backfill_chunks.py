@@ -9,10 +9,9 @@ import psycopg
 import pytest
 
 from cdc.backfill import Backfill
-from cdc.schema import describe_table
 from cdc.snapshot import exported_snapshot
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings, shared_client_sinks
+from tests.pipeline import prepared_sinks
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +39,9 @@ def test_chunks_end_at_every_chunk_size_th_key_and_cover_every_row(
             f"SELECT a, b FROM director.t WHERE {where or 'true'} ORDER BY a, b"
         ).fetchall()
     ]
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    table = describe_table(pg, "director", "t")
-    sinks = shared_client_sinks(settings, clickhouse_server.client)
-    for sink in sinks():
-        sink.prepare([table])
-        sink.close()
+    table, sinks = prepared_sinks(
+        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
+    )
     with exported_snapshot(pg_dsn) as snapshot:
         backfill = Backfill(pg_dsn, pg_dsn, "historic", "plan-job", [table], sinks,
                             chunk_size=400, workers=2, where=where)  # fmt: skip

@@ -17,7 +17,7 @@ from cdc.schema import TableSchema, describe_table
 from cdc.sinks.historic import HistoricSink
 from cdc.snapshot import exported_snapshot
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings, shared_client_sinks
+from tests.pipeline import prepared_sinks
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,9 @@ def test_rows_newer_than_the_snapshot_are_kept(
         "INSERT INTO director.t SELECT g, 'old ' || g, jsonb_build_object('g', g) "
         "FROM generate_series(1, 3000) g"
     )
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    table = describe_table(pg, "director", "t")
-    sinks = shared_client_sinks(settings, clickhouse_server.client)
-    for sink in sinks():
-        sink.prepare([table])
-        sink.close()
+    table, sinks = prepared_sinks(
+        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
+    )
     with exported_snapshot(pg_dsn) as snapshot:
         # What the stream would write after the snapshot: a newer version of two rows.
         newer = (snapshot.lsn + 1000) << 64
@@ -90,12 +87,9 @@ def test_a_chunk_that_deadlocks_with_another_writer_is_copied_again(
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, note text)")
     pg.execute("INSERT INTO director.t SELECT g, 'old ' || g FROM generate_series(1, 3000) g")
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    table = describe_table(pg, "director", "t")
-    sinks = shared_client_sinks(settings, clickhouse_server.client)
-    for sink in sinks():
-        sink.prepare([table])
-        sink.close()
+    table, sinks = prepared_sinks(
+        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
+    )
     with exported_snapshot(pg_dsn) as snapshot, psycopg.connect(pg_dsn) as writer:
         newer = (snapshot.lsn + 1000) << 64
         writer.execute("SET deadlock_timeout = '1h'")  # the backfill's session detects it
@@ -180,12 +174,9 @@ def test_a_timestamp_clickhouse_cannot_hold_quarantines_the_table_and_names_it(
         "'2026-01-01'::date + g FROM generate_series(1, 3000) g"
     )
     pg.execute("UPDATE director.t SET at = '1899-12-31 23:00:00+00' WHERE id = 2500")
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    table = describe_table(pg, "director", "t")
-    sinks = shared_client_sinks(settings, clickhouse_server.client)
-    for sink in sinks():
-        sink.prepare([table])
-        sink.close()
+    table, sinks = prepared_sinks(
+        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
+    )
     parsed: list[int] = []
     copy_parsed = Backfill._copy_chunk_parsed
 
