@@ -359,7 +359,7 @@ class Daemon:
         limit = self.settings.connect_timeout_s
         while True:
             try:
-                self.setup()
+                self._setup_once()
                 return
             except CdcError as exc:
                 if exc.policy.action is not Action.RETRY or self._stopping():
@@ -368,6 +368,17 @@ class Daemon:
                     raise CdcError(exc.kind, f"{exc} (gave up after {limit:.0f} s)") from exc
                 attempt += 1
                 self._back_off("setup_retry", exc, attempt, self.sinks)
+
+    def _setup_once(self) -> None:
+        """`setup`; a connection lost on the way (the initial load's own connections raise
+        psycopg's errors) is a source connection failure, retried like the others."""
+        try:
+            self.setup()
+        except psycopg.OperationalError as lost:
+            raise CdcError(
+                ErrorKind.SOURCE_CONNECTION,
+                f"a connection failed during setup: {redact_url(str(lost).strip())}",
+            ) from lost
 
     def _back_off(self, event: str, exc: CdcError, attempt: int, sinks: Sequence[Sink]) -> None:
         """Log the retry, close `sinks` (they reconnect on their next use) and wait: capped

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
+from cdc.backfill import Backfill
 from cdc.lsn import Lsn
 from tests.harness import ClickHouseServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
@@ -178,3 +180,32 @@ def test_initial_load_quarantines_a_table_with_values_clickhouse_cannot_hold(
     assert len(done) == 4 and not done[2], "the chunk holding the bad value is not done"
     states = dict(pg.execute("SELECT table_name, state FROM historic._cdc_tables").fetchall())
     assert states == {"events": "quarantined", "fine": "ready"}
+
+
+def test_a_connection_lost_during_the_initial_load_is_retried_and_the_load_resumes(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server ends a backfill worker's session (as a restarting source does) before its
+    first chunk: the daemon retries its setup, resumes the load, and copies every row."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, v text)")
+    pg.execute("INSERT INTO director.t SELECT g, 'v' || g FROM generate_series(1, 3000) g")
+    cut: list[int] = []
+    copy_chunk = Backfill._copy_chunk_retrying
+
+    def cut_once(self: Backfill, source: psycopg.Connection[Any], *args: Any) -> int:
+        if not cut:
+            cut.append(source.info.backend_pid)
+            pg.execute("SELECT pg_terminate_backend(%s)", (source.info.backend_pid,))
+        return copy_chunk(self, source, *args)
+
+    monkeypatch.setattr(Backfill, "_copy_chunk_retrying", cut_once)
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, backfill_chunk_size=1000)
+    with running_daemon(settings, clickhouse_server.client) as running:
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["t"], running=running)
+    assert len(cut) == 1
+    assert pg.execute("SELECT count(*) FROM historic.t").fetchone() == (3000,)
