@@ -19,7 +19,7 @@ help:
 	@echo "make demo      start the stack and run the demo"
 	@echo "make bench     run the benchmarks, write docs/benchmarks.md (BENCH_ARGS=--quick)"
 
-$(BIN)/.installed: pyproject.toml cdc/pgoutput/_speedups.c cdc/_fold.c
+$(BIN)/.installed: pyproject.toml cdc/pgoutput/_speedups.c cdc/_fold.c cdc/_copyout.c cdc/_rowbinary.c
 	@scripts/ensure-python $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -37,6 +37,7 @@ from cdc.chunks import (
     TABLES_TABLE,
     Chunk,
     Key,
+    binary_copy_sql,
     chunk_filter,
     copy_sql,
     direct_copy_ok,
@@ -50,7 +51,7 @@ from cdc.copytext import parse_row, split_lines
 from cdc.errors import Action, CdcError, ErrorKind
 from cdc.logs import get_logger
 from cdc.schema import TableSchema, describe_table
-from cdc.sinks.base import Sink
+from cdc.sinks.base import CopiedRows, CopyFormat, Sink
 from cdc.sinks.historic import HistoricSink
 from cdc.slots import publication_tables
 from cdc.snapshot import Snapshot, import_snapshot
@@ -284,33 +285,57 @@ class Backfill:
     def _copy_chunk(
         self, source: psycopg.Connection[Any], sinks: list[Sink], chunk: Chunk, snapshot: Snapshot
     ) -> int:
-        """Copy one chunk, inside a transaction on `source` that sees `snapshot`."""
+        """Copy one chunk, inside a transaction on `source` that sees `snapshot`: unparsed
+        where the types allow (read as binary COPY when every sink that is given the rows
+        takes it), and parsed for the sinks that do not take those rows."""
         table = self.tables[chunk.table]
-        direct = direct_copy_ok(table)
-        copied = self._copy_out_direct(source, table, chunk, snapshot) if direct else None
+        if not direct_copy_ok(table):
+            return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
+        given = [sink for sink in sinks if not self._within(sink)]
+        binary = all(sink.copy_format(table) is CopyFormat.BINARY for sink in given)
+        copied = self._copy_out_direct(source, table, chunk, snapshot, binary)
         if copied is None:
             return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
-        data, rows = copied
         faults.point("mid_backfill_chunk")
-        for sink in sinks:
-            if not self._copied_within(source, sink, table, chunk, snapshot):
-                sink.apply_copy(table, data, snapshot.version)
-        return rows
+        refused = [
+            sink
+            for sink in sinks
+            if not self._copied_within(source, sink, table, chunk, snapshot)
+            and not sink.apply_copy(table, copied, snapshot.version)
+        ]
+        if refused:
+            self._copy_chunk_parsed(source, refused, table, chunk, snapshot)
+        return copied.rows
 
     def _copy_out_direct(
-        self, source: psycopg.Connection[Any], table: TableSchema, chunk: Chunk, snapshot: Snapshot
-    ) -> tuple[bytes, int] | None:
-        """The chunk's COPY text for both targets untouched; None if a date or timestamp in
-        it lies outside ClickHouse's range (the chunk is then parsed, which names the value
-        in its error)."""
+        self,
+        source: psycopg.Connection[Any],
+        table: TableSchema,
+        chunk: Chunk,
+        snapshot: Snapshot,
+        binary: bool,
+    ) -> CopiedRows | None:
+        """The chunk's rows for the targets, untouched: as binary COPY, or as COPY text for
+        both targets; None if, in text, a date or timestamp in it lies outside ClickHouse's
+        range (the chunk is then parsed, which names the value in its error)."""
+        if binary:
+            data, messages = copy_out(source, binary_copy_sql(table, chunk, self.where))
+            return CopiedRows(CopyFormat.BINARY, data, messages - 1)
         source.execute("SAVEPOINT cdc_direct_copy")
         try:
-            return copy_out(source, direct_copy_sql(table, chunk, self.where, snapshot.version))
+            data, rows = copy_out(
+                source, direct_copy_sql(table, chunk, self.where, snapshot.version)
+            )
         except psycopg.errors.InvalidDatetimeFormat as exc:
             if OUT_OF_RANGE not in str(exc):
                 raise
             source.execute("ROLLBACK TO SAVEPOINT cdc_direct_copy")
             return None
+        return CopiedRows(CopyFormat.TEXT, data, rows)
+
+    def _within(self, sink: Sink) -> bool:
+        """A historic sink in the source database: rows are copied from table to table."""
+        return isinstance(sink, HistoricSink) and sink.in_database(self.source_dsn)
 
     def _copied_within(
         self,
@@ -324,7 +349,7 @@ class Backfill:
         to table by the server, in the snapshot's transaction (the caller commits it), no
         value leaving it. False if this sink is elsewhere, or the rows met a concurrent write
         (REPEATABLE READ refuses it; the caller copies them the ordinary way)."""
-        if not isinstance(sink, HistoricSink) or not sink.in_database(self.source_dsn):
+        if not isinstance(sink, HistoricSink) or not self._within(sink):
             return False
         sink.prepare([table])
         rows = chunk_filter(table, chunk, self.where)

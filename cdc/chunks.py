@@ -2,10 +2,11 @@
 range (pure: builders only, no I/O).
 
 A table is split into primary-key ranges; each is read with `COPY (SELECT ...) TO STDOUT`
-in a transaction that imports the job's snapshot. When every column's Postgres text is what
-ClickHouse's TabSeparated reads (`direct_copy_ok`), that text goes to ClickHouse unparsed,
-unless a date or timestamp of the chunk lies outside what ClickHouse holds (the copy then
-fails with `OUT_OF_RANGE`, and the chunk is parsed).
+in a transaction that imports the job's snapshot. When every column's type goes to
+ClickHouse without Python touching a value (`direct_copy_ok`), the chunk is read as binary
+COPY, converted in C to RowBinary (`cdc.rowbinary`), or as COPY text, which ClickHouse's
+TabSeparated reads as is; that text copy fails with `OUT_OF_RANGE` when a date or timestamp
+of the chunk lies outside what ClickHouse holds, and the chunk is then parsed.
 """
 
 from __future__ import annotations
@@ -170,6 +171,19 @@ def direct_copy_sql(
     ).format(
         columns=sql.SQL(", ").join(_guarded(c) for c in table.columns),
         version=sql.Literal(str(version)),
+        schema=sql.Identifier(table.schema),
+        table=sql.Identifier(table.name),
+        filter=chunk_filter(table, chunk, where),
+    )
+
+
+def binary_copy_sql(table: TableSchema, chunk: Chunk, where: str | None) -> sql.Composed:
+    """The chunk's rows as binary COPY, the table's columns only. It comes in one message
+    more than it has rows: the last holds the trailer (the header comes with the first)."""
+    return sql.SQL(
+        "COPY (SELECT {columns} FROM {schema}.{table} WHERE {filter}) TO STDOUT (FORMAT binary)"
+    ).format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
         schema=sql.Identifier(table.schema),
         table=sql.Identifier(table.name),
         filter=chunk_filter(table, chunk, where),

@@ -15,7 +15,9 @@ Contract:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from cdc.batch import Batch, TableName
@@ -23,6 +25,22 @@ from cdc.schema import TableSchema
 
 # For each table in a batch: its schema laid out exactly as the batch's row values.
 Layouts = Mapping[TableName, TableSchema]
+
+
+class CopyFormat(enum.Enum):
+    """The forms a backfill reads a chunk's rows in."""
+
+    TEXT = "text"  # COPY text: the layout's columns, then `_version`
+    BINARY = "binary"  # binary COPY: the layout's columns only
+
+
+@dataclass(frozen=True)
+class CopiedRows:
+    """A chunk's live rows, as one source COPY wrote them."""
+
+    format: CopyFormat
+    data: bytes
+    rows: int
 
 
 class Sink(Protocol):
@@ -36,9 +54,15 @@ class Sink(Protocol):
         """Apply `batch`; durable on return (see the module docstring for the contract)."""
         ...
 
-    def apply_copy(self, layout: TableSchema, data: bytes, version: int) -> None:
-        """Apply live rows given as Postgres COPY text (the layout's columns, then
-        `_version`, equal to `version` in every row); the same contract as `apply`."""
+    def copy_format(self, layout: TableSchema) -> CopyFormat:
+        """The form of a chunk's rows this sink takes best for `layout`."""
+        ...
+
+    def apply_copy(self, layout: TableSchema, rows: CopiedRows, version: int) -> bool:
+        """Apply live rows straight from a source COPY, all at `version`; the same contract
+        as `apply`. False, with nothing written, if this sink does not take these rows
+        (their form, or a value it refuses): the caller then gives them parsed, to `apply`,
+        which names a refused value."""
         ...
 
     def close(self) -> None: ...

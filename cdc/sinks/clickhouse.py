@@ -15,20 +15,22 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from cdc import clickhouse, ddl, rowtext
+from cdc import clickhouse, ddl, rowbinary, rowtext
 from cdc.batch import Batch, RowImage, TableBatch, TableName
 from cdc.chvalues import INSERT_SETTINGS, RowEncoder
 from cdc.clickhouse import quote_identifier
 from cdc.errors import CdcError, ErrorKind
+from cdc.logs import get_logger
 from cdc.pgoutput import UNCHANGED_TOAST
 from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
 from cdc.settings import redact_url
-from cdc.sinks.base import Layouts
+from cdc.sinks.base import CopiedRows, CopyFormat, Layouts
 from cdc.typemap import clickhouse_type
 
 MUTATION_SETTINGS = {"mutations_sync": 2}
 # On a cluster an insert into a Distributed table returns only once every shard has it.
 SYNC_INSERT = {"distributed_foreground_insert": 1}
+_log = get_logger()
 
 
 class ClickHouseSink:
@@ -106,19 +108,46 @@ class ClickHouseSink:
                 self._ensure(name, layout)
                 self._apply_table(table, layout)
 
-    def apply_copy(self, layout: TableSchema, data: bytes, version: int) -> None:
-        """Live rows in Postgres COPY text format (the layout's columns, then `_version`):
-        ClickHouse's TabSeparated reads it as is (same escapes, same `\\N`) for the types
-        `cdc.chunks.direct_copy_ok` allows; `_is_deleted` takes its default, 0."""
-        with self._writing((layout.schema, layout.name)):
-            self._ensure((layout.schema, layout.name), layout)
+    def copy_format(self, layout: TableSchema) -> CopyFormat:
+        """Binary if every column converts to RowBinary as the table's type (`cdc.rowbinary`)."""
+        name = (layout.schema, layout.name)
+        with self._writing(name):
+            self._ensure(name, layout)
+        binary = rowbinary.plan(layout, self._columns[name]) is not None
+        return CopyFormat.BINARY if binary else CopyFormat.TEXT
+
+    def apply_copy(self, layout: TableSchema, rows: CopiedRows, version: int) -> bool:
+        """Live rows as COPY text, which ClickHouse's TabSeparated reads as is (same escapes,
+        same `\\N`) for the types `cdc.chunks.direct_copy_ok` allows; or as binary COPY,
+        converted to RowBinary. `_is_deleted` takes its default, 0. False for binary rows
+        with a value the target cannot hold, or a column of another type."""
+        name = (layout.schema, layout.name)
+        with self._writing(name):
+            self._ensure(name, layout)
+            block, fmt = rows.data, "TabSeparated"
+            if rows.format is CopyFormat.BINARY:
+                plan = rowbinary.plan(layout, self._columns[name])
+                if plan is None:
+                    return False
+                try:
+                    block, _ = rowbinary.convert(rows.data, plan, version)
+                except rowbinary.Refused as exc:
+                    _log.info(
+                        "copy_refused",
+                        table=layout.name,
+                        column=layout.columns[exc.column].name,
+                        reason=exc.reason,
+                    )
+                    return False
+                fmt = "RowBinary"
             self.client.raw_insert(
                 self._written(layout.name),
                 column_names=[*layout.column_names, VERSION_COLUMN],
-                insert_block=data,
-                fmt="TabSeparated",
+                insert_block=block,
+                fmt=fmt,
                 settings=self._insert_settings,
             )
+        return True
 
     # -- targets ---------------------------------------------------------------------------
 

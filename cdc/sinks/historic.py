@@ -27,7 +27,7 @@ from cdc.errors import CdcError, ErrorKind
 from cdc.pgoutput import TupleValue
 from cdc.schema import DELETED_COLUMN, VERSION_COLUMN, TableSchema
 from cdc.settings import redact_url
-from cdc.sinks.base import Layouts
+from cdc.sinks.base import CopiedRows, CopyFormat, Layouts
 from cdc.sinks.historic_sql import (
     STAGE_TABLE,
     UNCHANGED_COLUMN,
@@ -311,22 +311,28 @@ class HistoricSink:
         """`copy_within_sql` for this sink's schema: run it on a source connection."""
         return copy_within_sql(self.schema, layout, rows, version, upsert)
 
-    def apply_copy(self, layout: TableSchema, data: bytes, version: int) -> None:
+    def copy_format(self, layout: TableSchema) -> CopyFormat:
+        return CopyFormat.TEXT
+
+    def apply_copy(self, layout: TableSchema, rows: CopiedRows, version: int) -> bool:
         """Live rows in COPY text format (the layout's columns, then `_version`, which is
         `version` in every row), straight from a source COPY: no value is touched in
         Python. Same guard as `apply`; a range of keys the table does not hold yet (an
-        initial load) is copied in without the staged upsert."""
+        initial load) is copied in without the staged upsert. Binary rows: False."""
+        if rows.format is not CopyFormat.TEXT:
+            return False
         columns = [*layout.column_names, VERSION_COLUMN]
         with self._transaction() as conn:
             self._ensure(conn, (layout.schema, layout.name), layout)
-            if self._insert_new(conn, layout, columns, data, version):
-                return
+            if self._insert_new(conn, layout, columns, rows.data, version):
+                return True
             self._create_stage(conn, layout)
             copy = copy_sql(sql.Identifier(STAGE_TABLE), columns)
             with conn.cursor() as cur, cur.copy(copy) as pipe:
-                pipe.write(data)
+                pipe.write(rows.data)
             conn.execute(upsert_sql(self.schema, layout))
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
+        return True
 
     @staticmethod
     def _write_back(conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema) -> None:

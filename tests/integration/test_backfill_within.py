@@ -14,6 +14,7 @@ import pytest
 
 from cdc.backfill import Backfill
 from cdc.schema import TableSchema, describe_table
+from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.historic import HistoricSink
 from cdc.snapshot import exported_snapshot
 from tests.harness import ClickHouseServer
@@ -49,9 +50,11 @@ def test_rows_newer_than_the_snapshot_are_kept(
         copied_by_client: list[int] = []
         apply_copy = HistoricSink.apply_copy
 
-        def counted(sink: HistoricSink, layout: TableSchema, data: bytes, version: int) -> None:
-            copied_by_client.append(data.count(b"\n"))
-            apply_copy(sink, layout, data, version)
+        def counted(
+            sink: HistoricSink, layout: TableSchema, rows: CopiedRows, version: int
+        ) -> bool:
+            copied_by_client.append(rows.rows)
+            return apply_copy(sink, layout, rows, version)
 
         monkeypatch.setattr(HistoricSink, "apply_copy", counted)
         backfill = Backfill(pg_dsn, pg_dsn, "historic", "t-job", [table], sinks,
@@ -151,7 +154,8 @@ def test_the_guarded_upsert_writes_rows_in_key_order(
     )
     keys = list(range(1, 61))
     random.Random(8).shuffle(keys)
-    sink.apply_copy(table, b"".join(b"%d\tnew\t2\n" % k for k in keys), 2)
+    data = b"".join(b"%d\tnew\t2\n" % k for k in keys)
+    assert sink.apply_copy(table, CopiedRows(CopyFormat.TEXT, data, len(keys)), 2)
     sink.close()
     written = [r[0] for r in pg.execute("SELECT id FROM public.written ORDER BY n").fetchall()]
     assert written == list(range(1, 61))
