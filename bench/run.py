@@ -37,7 +37,7 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import hotpath, streaming
-from cdc import localstack
+from cdc import clickhouse, localstack
 from cdc.backfill import Backfill
 from cdc.daemon import Daemon
 from cdc.schema import describe_table
@@ -86,7 +86,9 @@ def timed(fn: Callable[[], Any]) -> float:
 def bench_backfill(rows: int, rounds: int = 5) -> Results:
     """`rounds` times: a backfill into fresh targets, against the mean of the raw copies
     just before and just after it; the round with the median ratio is reported (this
-    machine's speed drifts by ±10% within minutes)."""
+    machine's speed drifts by ±10% within minutes). After each backfill its targets are
+    dropped and Postgres checkpoints, untimed: ClickHouse merging a round's parts, or
+    Postgres writing its dirty pages, does not slow the raw copy or the next round."""
     with cluster() as (pg, root):
         dsn = pg.paths.dsn
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -126,12 +128,20 @@ def bench_backfill(rows: int, rounds: int = 5) -> Results:
 
             return timed(copy)
 
+        def drop_targets(round_: int) -> None:
+            client = clickhouse.connect(f"chdb://{root / 'ch'}")
+            client.command(f"DROP DATABASE analytics_{round_} SYNC")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA historic_{round_} CASCADE")
+                conn.execute("CHECKPOINT")
+
         # Each backfill between two raw copies, their mean its baseline: the machine's speed
         # drifts during a round, too.
         raws = [timed(raw_copy)]
         measured = []
         for i in range(rounds):
             copied = backfill(i)
+            drop_targets(i)
             raws.append(timed(raw_copy))
             measured.append(((raws[-2] + raws[-1]) / 2, copied))
     raw, copied = sorted(measured, key=lambda pair: pair[0] / pair[1])[len(measured) // 2]

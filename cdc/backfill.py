@@ -3,15 +3,18 @@
 A job splits each table into primary-key ranges (chunks) and copies each range with
 `COPY (SELECT ...) TO STDOUT` inside a transaction that imports the snapshot; every row
 gets `_version = snapshot_lsn << 64`, so it never overwrites a newer streamed change and
-every later change overwrites it (DESIGN.md invariant 3). Progress is kept in the historic
-database (`_cdc_backfill` chunks, `_cdc_tables` per-table state `pending -> copying ->
-ready | failed`): a restarted job copies only the chunks not done yet, at a fresh snapshot,
-which the versioning makes just as correct. The chunks' SQL is built in `cdc.chunks`.
+every later change overwrites it (DESIGN.md invariant 3). The workers copy chunks while
+they are being found. Progress is kept in the historic database (`_cdc_backfill` chunks,
+recorded as they are found; `_cdc_backfill_plans` the job's tables, each planned once its
+last chunk is recorded; `_cdc_tables` per-table state `copying -> ready | failed |
+quarantined`): a restarted job copies only the chunks not done yet and continues a plan
+that was cut short, at a fresh snapshot, which the versioning makes just as correct. The
+chunks' SQL is built in `cdc.chunks`.
 """
 
 from __future__ import annotations
 
-import itertools
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,9 +37,9 @@ from cdc.batch import Batch, RowImage, TableBatch
 from cdc.chunks import (
     CHUNKS_TABLE,
     OUT_OF_RANGE,
+    PLANS_TABLE,
     TABLES_TABLE,
     Chunk,
-    Key,
     binary_copy_sql,
     chunk_filter,
     copy_sql,
@@ -139,40 +142,91 @@ class Backfill:
             ).fetchall()
         return [Chunk(r[0], r[1], r[2], r[3]) for r in rows if r[0] in self.tables]
 
-    def planned(self) -> bool:
-        with self._state() as conn:
-            for statement in state_ddl(self.schema):
-                conn.execute(statement)
-            row = conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE job = %s").format(self._ident(CHUNKS_TABLE)),
-                (self.job,),
-            ).fetchone()
-        return bool(row and row[0])
+    def _plans(self, conn: psycopg.Connection[Any]) -> dict[str, bool]:
+        """This job's tables, each with whether it is split into chunks completely; empty
+        for a job that has not started."""
+        for statement in state_ddl(self.schema):
+            conn.execute(statement)
+        rows = conn.execute(
+            sql.SQL("SELECT table_name, planned FROM {} WHERE job = %s").format(
+                self._ident(PLANS_TABLE)
+            ),
+            (self.job,),
+        ).fetchall()
+        return {name: planned for name, planned in rows if name in self.tables}
 
-    def plan(self, snapshot: Snapshot) -> None:
-        """Split every table into chunks (in `snapshot`) and record them, once per job."""
-        if self.planned():
-            return
+    def unfinished(self) -> bool:
+        """True if this job started before and has work left: a chunk not copied yet, or a
+        table whose plan was cut short."""
+        with self._state() as conn:
+            plans = self._plans(conn)
+        return bool(plans) and (not all(plans.values()) or bool(self.pending_chunks()))
+
+    def _to_plan(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """The tables left to split into chunks: every table of a job that has not started
+        (recorded now as the job's tables), else the job's tables whose plan was cut."""
+        plans = self._plans(conn)
+        if not plans:
+            with conn.transaction():
+                for name in self.tables:
+                    conn.execute(
+                        sql.SQL(
+                            "INSERT INTO {} (job, table_name) VALUES (%s, %s) "
+                            "ON CONFLICT DO NOTHING"
+                        ).format(self._ident(PLANS_TABLE)),
+                        (self.job, name),
+                    )
+            plans = dict.fromkeys(self.tables, False)
+        return [name for name, planned in plans.items() if not planned]
+
+    def plan(
+        self, snapshot: Snapshot, tables: Sequence[str], found: Callable[[Chunk], None]
+    ) -> None:
+        """Split `tables` into chunks (in `snapshot`), recording each chunk as it is found,
+        then handing it to `found`; a table whose plan was cut short continues after its
+        last recorded chunk (key ranges do not depend on the snapshot)."""
         with psycopg.connect(self.source_dsn) as source, self._state() as state:
             import_snapshot(source, snapshot)
-            for table in self.tables.values():
-                edges: list[Key] = [None]
-                while (bound := source.execute(
-                    next_boundary_sql(table, edges[-1], self.chunk_size, self.where)
-                ).fetchone()) is not None:  # fmt: skip
-                    edges.append(bound[0])
-                edges.append(None)
-                with state.transaction():
-                    for number, (lower, upper) in enumerate(itertools.pairwise(edges)):
-                        state.execute(
-                            sql.SQL(
-                                "INSERT INTO {} (job, table_name, chunk, lower_key, upper_key) "
-                                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                            ).format(self._ident(CHUNKS_TABLE)),
-                            (self.job, table.name, number, lower, upper),
-                        )
-                    self._set_state(state, table.name, "pending")
+            for name in tables:
+                table = self.tables[name]
+                last = state.execute(
+                    sql.SQL(
+                        "SELECT chunk, upper_key FROM {} WHERE job = %s AND table_name = %s "
+                        "ORDER BY chunk DESC LIMIT 1"
+                    ).format(self._ident(CHUNKS_TABLE)),
+                    (self.job, name),
+                ).fetchone()
+                number, lower = (last[0] + 1, last[1]) if last else (0, None)
+                while True:
+                    bound = source.execute(
+                        next_boundary_sql(table, lower, self.chunk_size, self.where)
+                    ).fetchone()
+                    chunk = Chunk(name, number, lower, None if bound is None else bound[0])
+                    self._record(state, chunk)
+                    faults.point("mid_backfill_plan")
+                    found(chunk)
+                    if chunk.upper is None:
+                        break
+                    number, lower = number + 1, chunk.upper
             source.rollback()
+
+    def _record(self, conn: psycopg.Connection[Any], chunk: Chunk) -> None:
+        """Record a chunk; the last of its table (no upper key) completes the table's plan."""
+        with conn.transaction():
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (job, table_name, chunk, lower_key, upper_key) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                ).format(self._ident(CHUNKS_TABLE)),
+                (self.job, chunk.table, chunk.number, chunk.lower, chunk.upper),
+            )
+            if chunk.upper is None:
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET planned = true WHERE job = %s AND table_name = %s"
+                    ).format(self._ident(PLANS_TABLE)),
+                    (self.job, chunk.table),
+                )
 
     def _set_state(self, conn: psycopg.Connection[Any], table: str, state: str,
                    error: str | None = None) -> None:  # fmt: skip
@@ -186,15 +240,32 @@ class Backfill:
         )
 
     def run(self, snapshot: Snapshot) -> Progress:
-        """Copy every chunk not done yet, at `snapshot`."""
-        self.plan(snapshot)
-        chunks = self.pending_chunks()
-        self.progress = Progress(total_chunks=len(chunks))
+        """Copy every chunk not done yet, at `snapshot`, while the tables not split yet are
+        split into chunks: the workers start on the first chunk found (the plan reads each
+        table's key index once, which would otherwise leave a core idle)."""
         with self._state() as state:
-            for name in {c.table for c in chunks}:
+            to_plan = self._to_plan(state)
+            chunks = self.pending_chunks()
+            copying = {c.table for c in chunks} | set(to_plan)
+            for name in copying:
                 self._set_state(state, name, "copying")
-        queue = list(chunks)
-        lock = threading.Lock()
+        self.progress = Progress(total_chunks=len(chunks))
+        work: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+        for chunk in chunks:
+            work.put(chunk)
+        workers = max(1, self.workers)
+
+        def found(chunk: Chunk) -> None:
+            with self.progress.lock:
+                self.progress.total_chunks += 1
+            work.put(chunk)
+
+        def planner() -> None:
+            try:
+                self.plan(snapshot, to_plan, found)
+            finally:
+                for _ in range(workers):
+                    work.put(None)  # no more chunks
 
         def worker() -> None:
             sinks = self.make_sinks()
@@ -204,11 +275,7 @@ class Backfill:
                     # a named zone, and the same instants.
                     source.execute("SET TimeZone = 'UTC'")
                     source.commit()
-                    while True:
-                        with lock:
-                            if not queue:
-                                return
-                            chunk = queue.pop(0)
+                    while (chunk := work.get()) is not None:
                         if chunk.table in self.progress.failed:
                             continue
                         try:
@@ -233,14 +300,15 @@ class Backfill:
                     sink.close()
 
         failures: list[BaseException] = []
-        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            futures = [pool.submit(worker) for _ in range(max(1, self.workers))]
+        with ThreadPoolExecutor(max_workers=workers + 1) as pool:
+            futures = [pool.submit(planner), *(pool.submit(worker) for _ in range(workers))]
             for future in futures:
                 if (exc := future.exception()) is not None:
                     failures.append(exc)
         with self._state() as state:
-            left = {c.table for c in self.pending_chunks()}
-            for name in {c.table for c in chunks}:
+            cut = {name for name, planned in self._plans(state).items() if not planned}
+            left = {c.table for c in self.pending_chunks()} | cut
+            for name in copying:
                 if name in self.progress.failed:
                     self._set_state(state, name, "quarantined", self.progress.failed[name])
                 elif name in left:

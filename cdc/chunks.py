@@ -22,6 +22,7 @@ from cdc.schema import Column, TableSchema, TypeKind
 from cdc.typemap import PgType, decimal_digits, storage_column
 
 CHUNKS_TABLE = "_cdc_backfill"
+PLANS_TABLE = "_cdc_backfill_plans"
 TABLES_TABLE = "_cdc_tables"
 
 Key = list[str] | None
@@ -44,6 +45,12 @@ def state_ddl(schema: str) -> list[sql.Composed]:
             "DEFAULT false, rows bigint, snapshot_lsn pg_lsn, "
             "PRIMARY KEY (job, table_name, chunk))"
         ).format(sql.Identifier(schema), sql.Identifier(CHUNKS_TABLE)),
+        # A job's tables, each planned once its last chunk (the one without an upper key)
+        # is recorded; chunks are recorded as they are found, so a cut plan continues.
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.{} (job text NOT NULL, table_name text NOT NULL, "
+            "planned boolean NOT NULL DEFAULT false, PRIMARY KEY (job, table_name))"
+        ).format(sql.Identifier(schema), sql.Identifier(PLANS_TABLE)),
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {}.{} (table_name text PRIMARY KEY, job text, "
             "state text NOT NULL, error text, updated_at timestamptz NOT NULL DEFAULT now())"

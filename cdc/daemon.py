@@ -123,7 +123,7 @@ class Daemon:
                 self.log.info("slot_created", lsn=str(snapshot.lsn))
                 if settings.initial_load:
                     self._run_load(load, snapshot)
-        elif settings.initial_load and load.planned() and load.pending_chunks():
+        elif settings.initial_load and load.unfinished():
             with exported_snapshot(self.source_dsn) as snapshot:
                 self.log.info("initial_load_resumed", snapshot_lsn=str(snapshot.lsn))
                 self._run_load(load, snapshot)

@@ -23,6 +23,7 @@ POINTS = (
     "before_ack",
     "after_ack",
     "mid_backfill_chunk",
+    "mid_backfill_plan",
 )
 
 

@@ -152,6 +152,68 @@ def test_killed_load_resumes_without_copying_finished_chunks_again(
     assert read_clickhouse(ch_url, ch_database)["rows"] == source
 
 
+def test_a_load_killed_while_planning_continues_its_plan(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+    tmp_path: Path,
+) -> None:
+    """Chunks are recorded as the plan finds them, while the first are copied; a kill after
+    the fifth leaves the plan cut short. The restarted daemon continues it after the last
+    recorded chunk: chunks that meet, each copied once, every row in both targets."""
+    populate(pg)
+    env, ch_url = daemon_env(
+        pg_dsn, clickhouse_server, ch_database, tmp_path, "plan_slot",
+        CDC_BACKFILL_CHUNK_SIZE="1000", CDC_BACKFILL_WORKERS="1",
+    )  # fmt: skip
+    env = {**os.environ, **env}
+    command = [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"]
+    log = (tmp_path / "daemon.log").open("ab")
+    killed = subprocess.run(
+        command, cwd=ROOT, env={**env, "CDC_FAULTS": "mid_backfill_plan=kill@5"},
+        stdout=log, stderr=subprocess.STDOUT, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    assert pg.execute("SELECT count(*) FROM historic._cdc_backfill").fetchone() == (5,)
+    plans = pg.execute("SELECT bool_and(planned) FROM historic._cdc_backfill_plans").fetchone()
+    assert plans == (False,)
+    # A plan begun again would find other bounds: the recorded chunks would not meet them.
+    pg.execute("DELETE FROM director.items WHERE id <= 500")
+
+    daemon = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        row = pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        wait_until(lambda: slot_caught_up(pg, "plan_slot", Lsn.parse(row[0])), 120,
+                   "the restarted daemon to finish the load and catch up")  # fmt: skip
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+        log.close()
+    chunks: dict[str, list[tuple[int, Any, Any, bool]]] = {}
+    for table, *chunk in pg.execute(
+        "SELECT table_name, chunk, lower_key, upper_key, done FROM historic._cdc_backfill "
+        "ORDER BY table_name, chunk"
+    ).fetchall():
+        chunks.setdefault(table, []).append(tuple(chunk))
+    for table, planned in chunks.items():
+        assert [c[0] for c in planned] == list(range(len(planned))), table
+        assert all(done for *_, done in planned), table
+        assert planned[0][1] is None and planned[-1][2] is None, table
+        assert [c[1] for c in planned[1:]] == [c[2] for c in planned[:-1]], table
+    assert [c[2] for c in chunks["items"]] == [[str(k)] for k in range(1000, ROWS + 1, 1000)] + [
+        None
+    ]
+    assert len(chunks["pairs"]) == 4
+    assert pg.execute("SELECT bool_and(planned) FROM historic._cdc_backfill_plans").fetchone() == (
+        True,
+    )
+    source = items(pg, "director.items")
+    assert items(pg, "historic.items_current") == source
+    assert read_clickhouse(ch_url, ch_database)["rows"] == source
+
+
 def test_initial_load_quarantines_a_table_with_values_clickhouse_cannot_hold(
     pg: psycopg.Connection[Any],
     pg_dsn: str,
