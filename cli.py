@@ -372,6 +372,7 @@ def backfill(
                 sink_factory,
                 chunk_size=chunk_size or settings.backfill_chunk_size,
                 workers=workers or settings.backfill_workers,
+                batch_bytes=settings.backfill_batch_mb << 20,
                 where=where,
                 on_progress=on_progress,
             ).run(snapshot)

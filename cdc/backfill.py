@@ -61,6 +61,10 @@ from cdc.snapshot import Snapshot, import_snapshot
 from cdc.stream import canonical_dsn
 
 CHUNK_ATTEMPTS = 6
+# COPY data a worker holds for one write to a target. ClickHouse makes a part of each
+# insert: 1M rows in parts of 50k cost it as much again in merges as the inserts
+# (measured), in parts of 200k (32 MB of the benchmark's rows) they are not merged at once.
+BATCH_BYTES = 32 << 20
 _log = get_logger()
 
 
@@ -70,6 +74,33 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):
         return True  # class 40, transaction rollback: deadlock, serialization failure
     return isinstance(exc, CdcError) and exc.policy.action is Action.RETRY
+
+
+def _retrying(table: str, chunk: int) -> Retrying:
+    """Attempts at a chunk's write, again after a transient failure (`_transient`)."""
+    return Retrying(
+        retry=retry_if_exception(_transient),
+        stop=stop_after_attempt(CHUNK_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.1, max=5) + wait_random(0, 0.1),
+        before_sleep=lambda state: _log.warning(
+            "backfill_chunk_retry",
+            table=table,
+            chunk=chunk,
+            attempt=state.attempt_number,
+            error=str(state.outcome.exception() if state.outcome else None).strip(),
+        ),
+        reraise=True,
+    )
+
+
+@dataclass
+class Held:
+    """A chunk copied (committed, in the targets in the source database) whose rows are
+    still to be given to `sinks`."""
+
+    chunk: Chunk
+    rows: CopiedRows
+    sinks: list[Sink]
 
 
 @dataclass
@@ -110,6 +141,7 @@ class Backfill:
         *,
         chunk_size: int = 50_000,
         workers: int = 2,
+        batch_bytes: int = BATCH_BYTES,
         where: str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
@@ -121,6 +153,7 @@ class Backfill:
         self.make_sinks = make_sinks
         self.chunk_size = chunk_size
         self.workers = workers
+        self.batch_bytes = batch_bytes
         self.where = where
         self.on_progress = on_progress
         self.progress = Progress()
@@ -267,41 +300,10 @@ class Backfill:
                 for _ in range(workers):
                     work.put(None)  # no more chunks
 
-        def worker() -> None:
-            sinks = self.make_sinks()
-            try:
-                with psycopg.connect(self.source_dsn) as source, self._state() as state:
-                    # Timestamps printed in UTC: half the server's work of printing them in
-                    # a named zone, and the same instants.
-                    source.execute("SET TimeZone = 'UTC'")
-                    source.commit()
-                    while (chunk := work.get()) is not None:
-                        if chunk.table in self.progress.failed:
-                            continue
-                        try:
-                            rows = self._copy_chunk_retrying(source, sinks, chunk, snapshot)
-                        except CdcError as exc:
-                            if exc.policy.action is not Action.QUARANTINE_TABLE:
-                                raise
-                            self.progress.failed.setdefault(chunk.table, str(exc))
-                            continue
-                        state.execute(
-                            sql.SQL(
-                                "UPDATE {} SET done = true, rows = %s, snapshot_lsn = %s "
-                                "WHERE job = %s AND table_name = %s AND chunk = %s"
-                            ).format(self._ident(CHUNKS_TABLE)),
-                            (rows, str(snapshot.lsn), self.job, chunk.table, chunk.number),
-                        )
-                        self.progress.add(rows)
-                        if self.on_progress is not None:
-                            self.on_progress(self.progress)
-            finally:
-                for sink in sinks:
-                    sink.close()
-
         failures: list[BaseException] = []
         with ThreadPoolExecutor(max_workers=workers + 1) as pool:
-            futures = [pool.submit(planner), *(pool.submit(worker) for _ in range(workers))]
+            futures = [pool.submit(planner)]
+            futures += [pool.submit(self._work, work, snapshot) for _ in range(workers)]
             for future in futures:
                 if (exc := future.exception()) is not None:
                     failures.append(exc)
@@ -319,61 +321,136 @@ class Backfill:
             raise failures[0]
         return self.progress
 
-    def _copy_chunk_retrying(
-        self, source: psycopg.Connection[Any], sinks: list[Sink], chunk: Chunk, snapshot: Snapshot
-    ) -> int:
-        """Copy one chunk and commit; a transient failure (a deadlock or serialization failure
-        against the daemon's writes, a lost target connection) rolls the chunk back and
-        copies it again, with capped exponential backoff, `CHUNK_ATTEMPTS` times at most."""
-        retrying = Retrying(
-            retry=retry_if_exception(_transient),
-            stop=stop_after_attempt(CHUNK_ATTEMPTS),
-            wait=wait_exponential(multiplier=0.1, max=5) + wait_random(0, 0.1),
-            before_sleep=lambda state: _log.warning(
-                "backfill_chunk_retry",
-                table=chunk.table,
-                chunk=chunk.number,
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception() if state.outcome else None).strip(),
-            ),
-            reraise=True,
+    def _work(self, work: queue.SimpleQueue[Chunk | None], snapshot: Snapshot) -> None:
+        """A worker: copy chunks from `work` until it hands out None. A chunk's rows for a
+        target outside the source database are held and given in one write per table and
+        `batch_bytes` (ClickHouse makes one part of each insert, and merges small ones);
+        a chunk is done once every target has its rows."""
+        sinks = self.make_sinks()
+        held: list[Held] = []
+        try:
+            with psycopg.connect(self.source_dsn) as source, self._state() as state:
+                # Timestamps printed in UTC: half the server's work of printing them in a
+                # named zone, and the same instants.
+                source.execute("SET TimeZone = 'UTC'")
+                source.commit()
+                while (chunk := work.get()) is not None:
+                    if held and held[0].chunk.table != chunk.table:
+                        held = self._give(source, state, held, snapshot)
+                    if chunk.table in self.progress.failed:
+                        continue
+                    try:
+                        rows, holding = self._copy_chunk_retrying(source, sinks, chunk, snapshot)
+                    except CdcError as exc:
+                        self._quarantine(chunk.table, exc)
+                        continue
+                    if holding is None:
+                        self._done(state, chunk, rows, snapshot)
+                        continue
+                    held.append(holding)
+                    if sum(len(h.rows.data) for h in held) >= self.batch_bytes:
+                        held = self._give(source, state, held, snapshot)
+                if held:
+                    self._give(source, state, held, snapshot)
+        finally:
+            for sink in sinks:
+                sink.close()
+
+    def _quarantine(self, table: str, exc: CdcError) -> None:
+        """Stop copying `table`, whose rows a target cannot hold; other errors propagate."""
+        if exc.policy.action is not Action.QUARANTINE_TABLE:
+            raise exc
+        self.progress.failed.setdefault(table, str(exc))
+
+    def _done(
+        self, state: psycopg.Connection[Any], chunk: Chunk, rows: int, snapshot: Snapshot
+    ) -> None:
+        state.execute(
+            sql.SQL(
+                "UPDATE {} SET done = true, rows = %s, snapshot_lsn = %s "
+                "WHERE job = %s AND table_name = %s AND chunk = %s"
+            ).format(self._ident(CHUNKS_TABLE)),
+            (rows, str(snapshot.lsn), self.job, chunk.table, chunk.number),
         )
-        for attempt in retrying:
+        self.progress.add(rows)
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    def _give(
+        self,
+        source: psycopg.Connection[Any],
+        state: psycopg.Connection[Any],
+        held: list[Held],
+        snapshot: Snapshot,
+    ) -> list[Held]:
+        """Give the held chunks' rows (all of one table) to the sinks that need them, one
+        write per sink; a chunk a sink refuses is parsed for it. Then the chunks are done.
+        Returns what is held now: nothing."""
+        table = self.tables[held[0].chunk.table]
+        try:
+            for sink in {id(s): s for h in held for s in h.sinks}.values():
+                mine = [h for h in held if any(s is sink for s in h.sinks)]
+                for attempt in _retrying(table.name, mine[0].chunk.number):
+                    with attempt:
+                        refused = sink.apply_copy(table, [h.rows for h in mine], snapshot.version)
+                for position in refused:
+                    self._copy_chunk_retrying(source, [sink], mine[position].chunk, snapshot,
+                                              parse=True)  # fmt: skip
+        except CdcError as exc:
+            self._quarantine(table.name, exc)
+            return []
+        for h in held:
+            self._done(state, h.chunk, h.rows.rows, snapshot)
+        return []
+
+    def _copy_chunk_retrying(
+        self,
+        source: psycopg.Connection[Any],
+        sinks: list[Sink],
+        chunk: Chunk,
+        snapshot: Snapshot,
+        parse: bool = False,
+    ) -> tuple[int, Held | None]:
+        """Copy one chunk (parsed, with `parse`) and commit: its row count, and its rows
+        held for the sinks that are given them later. A transient failure (a deadlock or
+        serialization failure against the daemon's writes, a lost target connection) rolls
+        the chunk back and copies it again, with capped exponential backoff,
+        `CHUNK_ATTEMPTS` times at most."""
+        for attempt in _retrying(chunk.table, chunk.number):
             with attempt:
                 try:
                     import_snapshot(source, snapshot, read_only=False)
-                    rows = self._copy_chunk(source, sinks, chunk, snapshot)
+                    if parse:
+                        table = self.tables[chunk.table]
+                        copied = self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
+                        result: tuple[int, Held | None] = (copied, None)
+                    else:
+                        result = self._copy_chunk(source, sinks, chunk, snapshot)
                     source.commit()
                 except BaseException:
                     if not source.closed:
                         source.rollback()
                     raise
-        return rows
+        return result
 
     def _copy_chunk(
         self, source: psycopg.Connection[Any], sinks: list[Sink], chunk: Chunk, snapshot: Snapshot
-    ) -> int:
+    ) -> tuple[int, Held | None]:
         """Copy one chunk, inside a transaction on `source` that sees `snapshot`: unparsed
         where the types allow (read as binary COPY when every sink that is given the rows
-        takes it), and parsed for the sinks that do not take those rows."""
+        takes it), copied within the database where it can be, and the rows held for the
+        other sinks."""
         table = self.tables[chunk.table]
         if not direct_copy_ok(table):
-            return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
+            return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot), None
         given = [sink for sink in sinks if not self._within(sink)]
         binary = all(sink.copy_format(table) is CopyFormat.BINARY for sink in given)
         copied = self._copy_out_direct(source, table, chunk, snapshot, binary)
         if copied is None:
-            return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot)
+            return self._copy_chunk_parsed(source, sinks, table, chunk, snapshot), None
         faults.point("mid_backfill_chunk")
-        refused = [
-            sink
-            for sink in sinks
-            if not self._copied_within(source, sink, table, chunk, snapshot)
-            and not sink.apply_copy(table, copied, snapshot.version)
-        ]
-        if refused:
-            self._copy_chunk_parsed(source, refused, table, chunk, snapshot)
-        return copied.rows
+        rest = [s for s in sinks if not self._copied_within(source, s, table, chunk, snapshot)]
+        return copied.rows, Held(chunk, copied, rest) if rest else None
 
     def _copy_out_direct(
         self,

@@ -151,6 +151,7 @@ class Daemon:
             self.sink_factory,
             chunk_size=settings.backfill_chunk_size,
             workers=settings.backfill_workers,
+            batch_bytes=settings.backfill_batch_mb << 20,
             on_progress=self._backfill_progress,
         )
 

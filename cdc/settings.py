@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=30.0, ge=0)  # 0: no heartbeat
     backfill_workers: int = Field(default=2, ge=1, le=64)
     backfill_chunk_size: int = Field(default=50_000, ge=1)
+    backfill_batch_mb: int = Field(default=32, ge=0)  # rows held per ClickHouse insert
 
     @classmethod
     def settings_customise_sources(

@@ -398,6 +398,7 @@ class Verifier:
                 default_sinks(self.settings),
                 chunk_size=self.settings.backfill_chunk_size,
                 workers=1,
+                batch_bytes=self.settings.backfill_batch_mb << 20,
                 where=predicate,
             ).run(snapshot)
             gone = self._absent_at(snapshot, table, list(extras.values()))

@@ -58,11 +58,13 @@ class Sink(Protocol):
         """The form of a chunk's rows this sink takes best for `layout`."""
         ...
 
-    def apply_copy(self, layout: TableSchema, rows: CopiedRows, version: int) -> bool:
-        """Apply live rows straight from a source COPY, all at `version`; the same contract
-        as `apply`. False, with nothing written, if this sink does not take these rows
-        (their form, or a value it refuses): the caller then gives them parsed, to `apply`,
-        which names a refused value."""
+    def apply_copy(
+        self, layout: TableSchema, copies: Sequence[CopiedRows], version: int
+    ) -> list[int]:
+        """Apply live rows straight from source COPYs, all at `version`, in one write; the
+        same contract as `apply`. Returns the positions of the copies this sink did not take
+        (their form, or a value it refuses), of which nothing is written: the caller gives
+        those rows parsed, to `apply`, which names a refused value."""
         ...
 
     def close(self) -> None: ...

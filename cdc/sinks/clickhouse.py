@@ -116,38 +116,55 @@ class ClickHouseSink:
         binary = rowbinary.plan(layout, self._columns[name]) is not None
         return CopyFormat.BINARY if binary else CopyFormat.TEXT
 
-    def apply_copy(self, layout: TableSchema, rows: CopiedRows, version: int) -> bool:
+    def apply_copy(
+        self, layout: TableSchema, copies: Sequence[CopiedRows], version: int
+    ) -> list[int]:
         """Live rows as COPY text, which ClickHouse's TabSeparated reads as is (same escapes,
         same `\\N`) for the types `cdc.chunks.direct_copy_ok` allows; or as binary COPY,
-        converted to RowBinary. `_is_deleted` takes its default, 0. False for binary rows
-        with a value the target cannot hold, or a column of another type."""
+        converted to RowBinary. One insert per format; `_is_deleted` takes its default, 0.
+        Refused: binary rows with a value the target cannot hold, or all binary rows when
+        a column has another type than its Postgres type maps to."""
         name = (layout.schema, layout.name)
+        refused: list[int] = []
+        blocks: dict[str, list[bytes]] = {"TabSeparated": [], "RowBinary": []}
         with self._writing(name):
             self._ensure(name, layout)
-            block, fmt = rows.data, "TabSeparated"
-            if rows.format is CopyFormat.BINARY:
-                plan = rowbinary.plan(layout, self._columns[name])
-                if plan is None:
-                    return False
-                try:
-                    block, _ = rowbinary.convert(rows.data, plan, version)
-                except rowbinary.Refused as exc:
-                    _log.info(
-                        "copy_refused",
-                        table=layout.name,
-                        column=layout.columns[exc.column].name,
-                        reason=exc.reason,
+            plan = rowbinary.plan(layout, self._columns[name])
+            for position, copied in enumerate(copies):
+                if copied.format is CopyFormat.TEXT:
+                    blocks["TabSeparated"].append(copied.data)
+                elif (block := self._converted(layout, plan, copied, version)) is not None:
+                    blocks["RowBinary"].append(block)
+                else:
+                    refused.append(position)
+            for fmt, parts in blocks.items():
+                if parts:
+                    self.client.raw_insert(
+                        self._written(layout.name),
+                        column_names=[*layout.column_names, VERSION_COLUMN],
+                        insert_block=b"".join(parts),
+                        fmt=fmt,
+                        settings=self._insert_settings,
                     )
-                    return False
-                fmt = "RowBinary"
-            self.client.raw_insert(
-                self._written(layout.name),
-                column_names=[*layout.column_names, VERSION_COLUMN],
-                insert_block=block,
-                fmt=fmt,
-                settings=self._insert_settings,
+        return refused
+
+    @staticmethod
+    def _converted(
+        layout: TableSchema, plan: bytes | None, copied: CopiedRows, version: int
+    ) -> bytes | None:
+        """Binary COPY rows as RowBinary; None if a column or a value cannot be converted."""
+        if plan is None:
+            return None
+        try:
+            return rowbinary.convert(copied.data, plan, version)[0]
+        except rowbinary.Refused as exc:
+            _log.info(
+                "copy_refused",
+                table=layout.name,
+                column=layout.columns[exc.column].name,
+                reason=exc.reason,
             )
-        return True
+            return None
 
     # -- targets ---------------------------------------------------------------------------
 

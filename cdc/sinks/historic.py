@@ -314,25 +314,29 @@ class HistoricSink:
     def copy_format(self, layout: TableSchema) -> CopyFormat:
         return CopyFormat.TEXT
 
-    def apply_copy(self, layout: TableSchema, rows: CopiedRows, version: int) -> bool:
+    def apply_copy(
+        self, layout: TableSchema, copies: Sequence[CopiedRows], version: int
+    ) -> list[int]:
         """Live rows in COPY text format (the layout's columns, then `_version`, which is
-        `version` in every row), straight from a source COPY: no value is touched in
+        `version` in every row), straight from source COPYs: no value is touched in
         Python. Same guard as `apply`; a range of keys the table does not hold yet (an
-        initial load) is copied in without the staged upsert. Binary rows: False."""
-        if rows.format is not CopyFormat.TEXT:
-            return False
+        initial load) is copied in without the staged upsert. Binary rows are refused."""
+        refused = [i for i, c in enumerate(copies) if c.format is not CopyFormat.TEXT]
+        data = b"".join(c.data for c in copies if c.format is CopyFormat.TEXT)
+        if not data:
+            return refused
         columns = [*layout.column_names, VERSION_COLUMN]
         with self._transaction() as conn:
             self._ensure(conn, (layout.schema, layout.name), layout)
-            if self._insert_new(conn, layout, columns, rows.data, version):
-                return True
+            if self._insert_new(conn, layout, columns, data, version):
+                return refused
             self._create_stage(conn, layout)
             copy = copy_sql(sql.Identifier(STAGE_TABLE), columns)
             with conn.cursor() as cur, cur.copy(copy) as pipe:
-                pipe.write(rows.data)
+                pipe.write(data)
             conn.execute(upsert_sql(self.schema, layout))
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
-        return True
+        return refused
 
     @staticmethod
     def _write_back(conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema) -> None:

@@ -1,5 +1,6 @@
 """A backfill's plan: every `chunk_size`-th key of the rows it copies, in key order, found
-by walking the primary key's index (composite keys and a `--where` filter included)."""
+by walking the primary key's index (composite keys and a `--where` filter included); and
+the batches in which a worker gives ClickHouse the chunks' rows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import psycopg
 import pytest
 
 from cdc.backfill import Backfill
+from cdc.schema import TableSchema
+from cdc.sinks.base import CopiedRows
+from cdc.sinks.clickhouse import ClickHouseSink
 from cdc.snapshot import exported_snapshot
 from tests.harness import ClickHouseServer
 from tests.pipeline import prepared_sinks
@@ -57,3 +61,55 @@ def test_chunks_end_at_every_chunk_size_th_key_and_cover_every_row(
     assert progress.rows == len(expected)
     copied = pg.execute("SELECT count(*) FROM historic.t").fetchone()
     assert copied == (len(expected),)
+
+
+@pytest.mark.parametrize("batch_bytes", [0, 10_000, 1 << 30])
+def test_a_worker_gives_clickhouse_its_chunks_in_batches_of_batch_bytes(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    batch_bytes: int,
+) -> None:
+    """Each insert holds the chunks copied since the last one, up to the first that brings
+    them to `batch_bytes` of COPY data (0: one insert per chunk); every chunk is done once
+    ClickHouse has its rows."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, note text)")
+    pg.execute("INSERT INTO director.t SELECT g, 'n' || g FROM generate_series(1, 3000) g")
+    table, sinks = prepared_sinks(
+        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
+    )
+    inserts: list[list[int]] = []
+    apply_copy = ClickHouseSink.apply_copy
+
+    def recorded(
+        sink: ClickHouseSink, layout: TableSchema, copies: list[CopiedRows], version: int
+    ) -> list[int]:
+        inserts.append([len(c.data) for c in copies])
+        return apply_copy(sink, layout, copies, version)
+
+    monkeypatch.setattr(ClickHouseSink, "apply_copy", recorded)
+    with exported_snapshot(pg_dsn) as snapshot:
+        Backfill(pg_dsn, pg_dsn, "historic", "batch-job", [table], sinks, chunk_size=250,
+                 workers=1, batch_bytes=batch_bytes).run(snapshot)  # fmt: skip
+    assert sum(map(len, inserts)) == 13  # 12 chunks of 250 rows and the empty last one
+    for sizes in inserts[:-1]:
+        assert batch_bytes <= sum(sizes), "given before the batch was full"
+    for sizes in inserts:
+        assert len(sizes) == 1 or sum(sizes[:-1]) < batch_bytes, "held past a full batch"
+    if batch_bytes == 0:
+        assert len(inserts) == 13
+    elif batch_bytes == 10_000:
+        assert 1 < len(inserts) < 13
+    else:
+        assert len(inserts) == 1
+    assert pg.execute(
+        "SELECT bool_and(done), sum(rows) FROM historic._cdc_backfill"
+    ).fetchone() == (
+        True,
+        3000,
+    )
+    count = clickhouse_server.client.command(f"SELECT count() FROM `{ch_database}`.t FINAL")
+    assert count == 3000

@@ -51,10 +51,10 @@ def test_rows_newer_than_the_snapshot_are_kept(
         apply_copy = HistoricSink.apply_copy
 
         def counted(
-            sink: HistoricSink, layout: TableSchema, rows: CopiedRows, version: int
-        ) -> bool:
-            copied_by_client.append(rows.rows)
-            return apply_copy(sink, layout, rows, version)
+            sink: HistoricSink, layout: TableSchema, copies: list[CopiedRows], version: int
+        ) -> list[int]:
+            copied_by_client.extend(c.rows for c in copies)
+            return apply_copy(sink, layout, copies, version)
 
         monkeypatch.setattr(HistoricSink, "apply_copy", counted)
         backfill = Backfill(pg_dsn, pg_dsn, "historic", "t-job", [table], sinks,
@@ -155,7 +155,7 @@ def test_the_guarded_upsert_writes_rows_in_key_order(
     keys = list(range(1, 61))
     random.Random(8).shuffle(keys)
     data = b"".join(b"%d\tnew\t2\n" % k for k in keys)
-    assert sink.apply_copy(table, CopiedRows(CopyFormat.TEXT, data, len(keys)), 2)
+    assert sink.apply_copy(table, [CopiedRows(CopyFormat.TEXT, data, len(keys))], 2) == []
     sink.close()
     written = [r[0] for r in pg.execute("SELECT id FROM public.written ORDER BY n").fetchall()]
     assert written == list(range(1, 61))

@@ -106,7 +106,7 @@ def test_killed_load_resumes_without_copying_finished_chunks_again(
     populate(pg)
     env, ch_url = daemon_env(
         pg_dsn, clickhouse_server, ch_database, tmp_path, "load_slot",
-        CDC_BACKFILL_CHUNK_SIZE="1000", CDC_BACKFILL_WORKERS="1",
+        CDC_BACKFILL_CHUNK_SIZE="1000", CDC_BACKFILL_WORKERS="1", CDC_BACKFILL_BATCH_MB="0",
     )  # fmt: skip
     env = {**os.environ, **env}
     command = [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"]
@@ -259,7 +259,7 @@ def test_a_connection_lost_during_the_initial_load_is_retried_and_the_load_resum
     cut: list[int] = []
     copy_chunk = Backfill._copy_chunk_retrying
 
-    def cut_once(self: Backfill, source: psycopg.Connection[Any], *args: Any) -> int:
+    def cut_once(self: Backfill, source: psycopg.Connection[Any], *args: Any) -> Any:
         if not cut:
             cut.append(source.info.backend_pid)
             pg.execute("SELECT pg_terminate_backend(%s)", (source.info.backend_pid,))
