@@ -336,7 +336,8 @@ class Backfill:
                 source.commit()
                 while (chunk := work.get()) is not None:
                     if held and held[0].chunk.table != chunk.table:
-                        held = self._give(source, state, held, snapshot)
+                        self._give(source, state, held, snapshot)
+                        held = []
                     if chunk.table in self.progress.failed:
                         continue
                     try:
@@ -349,7 +350,8 @@ class Backfill:
                         continue
                     held.append(holding)
                     if sum(len(h.rows.data) for h in held) >= self.batch_bytes:
-                        held = self._give(source, state, held, snapshot)
+                        self._give(source, state, held, snapshot)
+                        held = []
                 if held:
                     self._give(source, state, held, snapshot)
         finally:
@@ -382,10 +384,9 @@ class Backfill:
         state: psycopg.Connection[Any],
         held: list[Held],
         snapshot: Snapshot,
-    ) -> list[Held]:
+    ) -> None:
         """Give the held chunks' rows (all of one table) to the sinks that need them, one
-        write per sink; a chunk a sink refuses is parsed for it. Then the chunks are done.
-        Returns what is held now: nothing."""
+        write per sink; a chunk a sink refuses is parsed for it. Then the chunks are done."""
         table = self.tables[held[0].chunk.table]
         try:
             for sink in {id(s): s for h in held for s in h.sinks}.values():
@@ -398,10 +399,9 @@ class Backfill:
                                               parse=True)  # fmt: skip
         except CdcError as exc:
             self._quarantine(table.name, exc)
-            return []
+            return
         for h in held:
             self._done(state, h.chunk, h.rows.rows, snapshot)
-        return []
 
     def _copy_chunk_retrying(
         self,
