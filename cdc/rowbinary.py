@@ -18,6 +18,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import replace
 
+from cdc.chunks import BPCHAR_OID, JSON_OID, JSONB_OID, NAME_OID, TEXT_OID, VARCHAR_OID
 from cdc.schema import Column, TableSchema, TypeKind
 from cdc.typemap import (
     MAX_DECIMAL_PRECISION,
@@ -72,8 +73,7 @@ _FIXED = {
     PgType.TIMESTAMP: Code.TIMESTAMP, PgType.TIMESTAMPTZ: Code.TIMESTAMP,
 }  # fmt: skip
 # text, varchar, bpchar, name, json: their binary form is their text
-_TEXT_OIDS = frozenset({25, 1043, 1042, 19, 114})
-JSONB_OID = 3802
+_TEXT_OIDS = frozenset({TEXT_OID, VARCHAR_OID, BPCHAR_OID, NAME_OID, JSON_OID})
 # The widest Decimal storage for a precision: Decimal32, 64, 128, 256.
 _DECIMALS = ((9, Code.DECIMAL32), (18, Code.DECIMAL64), (38, Code.DECIMAL128),
              (MAX_DECIMAL_PRECISION, Code.DECIMAL256))  # fmt: skip
