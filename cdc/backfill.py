@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -35,10 +34,7 @@ from tenacity import (
 from cdc import faults
 from cdc.batch import Batch, RowImage, TableBatch
 from cdc.chunks import (
-    CHUNKS_TABLE,
     OUT_OF_RANGE,
-    PLANS_TABLE,
-    TABLES_TABLE,
     Chunk,
     binary_copy_sql,
     chunk_filter,
@@ -47,11 +43,11 @@ from cdc.chunks import (
     direct_copy_sql,
     next_boundary_sql,
     relation_for,
-    state_ddl,
 )
 from cdc.copyout import copy_out
 from cdc.copytext import parse_row, split_lines
 from cdc.errors import Action, CdcError, ErrorKind
+from cdc.jobstate import JobState
 from cdc.logs import get_logger
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import CopiedRows, CopyFormat, Sink
@@ -147,8 +143,6 @@ class Backfill:
     ) -> None:
         self.source_dsn = canonical_dsn(source_dsn)
         self.state_dsn = state_dsn
-        self.schema = state_schema
-        self.job = job
         self.tables = {t.name: t for t in tables}
         self.make_sinks = make_sinks
         self.chunk_size = chunk_size
@@ -157,60 +151,23 @@ class Backfill:
         self.where = where
         self.on_progress = on_progress
         self.progress = Progress()
+        self.job_state = JobState(state_schema, job, self.tables)
 
     def _state(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.state_dsn, autocommit=True)
 
-    def _ident(self, name: str) -> sql.Composed:
-        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
-
     def pending_chunks(self) -> list[Chunk]:
         with self._state() as conn:
-            rows = conn.execute(
-                sql.SQL(
-                    "SELECT table_name, chunk, lower_key, upper_key FROM {} "
-                    "WHERE job = %s AND NOT done ORDER BY table_name, chunk"
-                ).format(self._ident(CHUNKS_TABLE)),
-                (self.job,),
-            ).fetchall()
-        return [Chunk(r[0], r[1], r[2], r[3]) for r in rows if r[0] in self.tables]
-
-    def _plans(self, conn: psycopg.Connection[Any]) -> dict[str, bool]:
-        """This job's tables, each with whether it is split into chunks completely; empty
-        for a job that has not started."""
-        for statement in state_ddl(self.schema):
-            conn.execute(statement)
-        rows = conn.execute(
-            sql.SQL("SELECT table_name, planned FROM {} WHERE job = %s").format(
-                self._ident(PLANS_TABLE)
-            ),
-            (self.job,),
-        ).fetchall()
-        return {name: planned for name, planned in rows if name in self.tables}
+            return self.job_state.pending_chunks(conn)
 
     def unfinished(self) -> bool:
         """True if this job started before and has work left: a chunk not copied yet, or a
         table whose plan was cut short."""
         with self._state() as conn:
-            plans = self._plans(conn)
-        return bool(plans) and (not all(plans.values()) or bool(self.pending_chunks()))
-
-    def _to_plan(self, conn: psycopg.Connection[Any]) -> list[str]:
-        """The tables left to split into chunks: every table of a job that has not started
-        (recorded now as the job's tables), else the job's tables whose plan was cut."""
-        plans = self._plans(conn)
-        if not plans:
-            with conn.transaction():
-                for name in self.tables:
-                    conn.execute(
-                        sql.SQL(
-                            "INSERT INTO {} (job, table_name) VALUES (%s, %s) "
-                            "ON CONFLICT DO NOTHING"
-                        ).format(self._ident(PLANS_TABLE)),
-                        (self.job, name),
-                    )
-            plans = dict.fromkeys(self.tables, False)
-        return [name for name, planned in plans.items() if not planned]
+            plans = self.job_state.plans(conn)
+            return bool(plans) and (
+                not all(plans.values()) or bool(self.job_state.pending_chunks(conn))
+            )
 
     def plan(
         self, snapshot: Snapshot, tables: Sequence[str], found: Callable[[Chunk], None]
@@ -222,20 +179,13 @@ class Backfill:
             import_snapshot(source, snapshot)
             for name in tables:
                 table = self.tables[name]
-                last = state.execute(
-                    sql.SQL(
-                        "SELECT chunk, upper_key FROM {} WHERE job = %s AND table_name = %s "
-                        "ORDER BY chunk DESC LIMIT 1"
-                    ).format(self._ident(CHUNKS_TABLE)),
-                    (self.job, name),
-                ).fetchone()
-                number, lower = (last[0] + 1, last[1]) if last else (0, None)
+                number, lower = self.job_state.next_chunk(state, name)
                 while True:
                     bound = source.execute(
                         next_boundary_sql(table, lower, self.chunk_size, self.where)
                     ).fetchone()
                     chunk = Chunk(name, number, lower, None if bound is None else bound[0])
-                    self._record(state, chunk)
+                    self.job_state.record(state, chunk)
                     faults.point("mid_backfill_plan")
                     found(chunk)
                     if chunk.upper is None:
@@ -243,45 +193,16 @@ class Backfill:
                     number, lower = number + 1, chunk.upper
             source.rollback()
 
-    def _record(self, conn: psycopg.Connection[Any], chunk: Chunk) -> None:
-        """Record a chunk; the last of its table (no upper key) completes the table's plan."""
-        with conn.transaction():
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (job, table_name, chunk, lower_key, upper_key) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                ).format(self._ident(CHUNKS_TABLE)),
-                (self.job, chunk.table, chunk.number, chunk.lower, chunk.upper),
-            )
-            if chunk.upper is None:
-                conn.execute(
-                    sql.SQL(
-                        "UPDATE {} SET planned = true WHERE job = %s AND table_name = %s"
-                    ).format(self._ident(PLANS_TABLE)),
-                    (self.job, chunk.table),
-                )
-
-    def _set_state(self, conn: psycopg.Connection[Any], table: str, state: str,
-                   error: str | None = None) -> None:  # fmt: skip
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (table_name, job, state, error) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (table_name) DO UPDATE SET job = excluded.job, "
-                "state = excluded.state, error = excluded.error, updated_at = now()"
-            ).format(self._ident(TABLES_TABLE)),
-            (table, self.job, state, error),
-        )
-
     def run(self, snapshot: Snapshot) -> Progress:
         """Copy every chunk not done yet, at `snapshot`, while the tables not split yet are
         split into chunks: the workers start on the first chunk found (the plan reads each
         table's key index once, which would otherwise leave a core idle)."""
         with self._state() as state:
-            to_plan = self._to_plan(state)
-            chunks = self.pending_chunks()
+            to_plan = self.job_state.to_plan(state)
+            chunks = self.job_state.pending_chunks(state)
             copying = {c.table for c in chunks} | set(to_plan)
             for name in copying:
-                self._set_state(state, name, "copying")
+                self.job_state.set_state(state, name, "copying")
         self.progress = Progress(total_chunks=len(chunks))
         work: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
         for chunk in chunks:
@@ -308,15 +229,17 @@ class Backfill:
                 if (exc := future.exception()) is not None:
                     failures.append(exc)
         with self._state() as state:
-            cut = {name for name, planned in self._plans(state).items() if not planned}
-            left = {c.table for c in self.pending_chunks()} | cut
+            cut = {name for name, planned in self.job_state.plans(state).items() if not planned}
+            left = {c.table for c in self.job_state.pending_chunks(state)} | cut
             for name in copying:
                 if name in self.progress.failed:
-                    self._set_state(state, name, "quarantined", self.progress.failed[name])
+                    reason = self.progress.failed[name]
+                    self.job_state.set_state(state, name, "quarantined", reason)
                 elif name in left:
-                    self._set_state(state, name, "failed", str(failures[0]) if failures else None)
+                    error = str(failures[0]) if failures else None
+                    self.job_state.set_state(state, name, "failed", error)
                 else:
-                    self._set_state(state, name, "ready")
+                    self.job_state.set_state(state, name, "ready")
         if failures:
             raise failures[0]
         return self.progress
@@ -367,13 +290,7 @@ class Backfill:
     def _done(
         self, state: psycopg.Connection[Any], chunk: Chunk, rows: int, snapshot: Snapshot
     ) -> None:
-        state.execute(
-            sql.SQL(
-                "UPDATE {} SET done = true, rows = %s, snapshot_lsn = %s "
-                "WHERE job = %s AND table_name = %s AND chunk = %s"
-            ).format(self._ident(CHUNKS_TABLE)),
-            (rows, str(snapshot.lsn), self.job, chunk.table, chunk.number),
-        )
+        self.job_state.done(state, chunk, rows, str(snapshot.lsn))
         self.progress.add(rows)
         if self.on_progress is not None:
             self.on_progress(self.progress)
