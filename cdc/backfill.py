@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import psycopg
 from tenacity import (
@@ -155,10 +155,6 @@ class Backfill:
 
     def _state(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.state_dsn, autocommit=True)
-
-    def pending_chunks(self) -> list[Chunk]:
-        with self._state() as conn:
-            return self.job_state.pending_chunks(conn)
 
     def unfinished(self) -> bool:
         """True if this job started before and has work left: a chunk not copied yet, or a
@@ -395,7 +391,7 @@ class Backfill:
             return None
         return CopiedRows(CopyFormat.TEXT, data, rows)
 
-    def _within(self, sink: Sink) -> bool:
+    def _within(self, sink: Sink) -> TypeGuard[HistoricSink]:
         """A historic sink in the source database: rows are copied from table to table."""
         return isinstance(sink, HistoricSink) and sink.in_database(self.source_dsn)
 
@@ -411,7 +407,7 @@ class Backfill:
         to table by the server, in the snapshot's transaction (the caller commits it), no
         value leaving it. False if this sink is elsewhere, or the rows met a concurrent write
         (REPEATABLE READ refuses it; the caller copies them the ordinary way)."""
-        if not isinstance(sink, HistoricSink) or not self._within(sink):
+        if not self._within(sink):
             return False
         sink.prepare([table])
         rows = chunk_filter(table, chunk, self.where)

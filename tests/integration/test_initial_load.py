@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,41 @@ def writer(dsn: str, stop: threading.Event, seed: int) -> None:
                 )
 
 
+@contextmanager
+def killed_then_resumed(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+    tmp_path: Path,
+    slot: str,
+    fault: str,
+    **settings: str,
+) -> Iterator[str]:
+    """The daemon run with `CDC_FAULTS=fault` until the fault kills it; the body runs while
+    it is down (given the ClickHouse URL); then the daemon runs again until it has caught up
+    with the WAL written meanwhile, and stops."""
+    env, ch_url = daemon_env(pg_dsn, clickhouse_server, ch_database, tmp_path, slot, **settings)
+    env = {**os.environ, **env}
+    command = [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"]
+    with (tmp_path / "daemon.log").open("ab") as log:
+        killed = subprocess.run(
+            command, cwd=ROOT, env={**env, "CDC_FAULTS": fault},
+            stdout=log, stderr=subprocess.STDOUT, timeout=120,
+        )  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL
+        yield ch_url
+        daemon = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            row = pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            assert row is not None
+            wait_until(lambda: slot_caught_up(pg, slot, Lsn.parse(row[0])), 120,
+                       "the restarted daemon to finish the load and catch up")  # fmt: skip
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0
+
+
 def test_initial_load_under_concurrent_writes(
     pg: psycopg.Connection[Any],
     pg_dsn: str,
@@ -104,37 +141,19 @@ def test_killed_load_resumes_without_copying_finished_chunks_again(
     tmp_path: Path,
 ) -> None:
     populate(pg)
-    env, ch_url = daemon_env(
-        pg_dsn, clickhouse_server, ch_database, tmp_path, "load_slot",
-        CDC_BACKFILL_CHUNK_SIZE="1000", CDC_BACKFILL_WORKERS="1", CDC_BACKFILL_BATCH_MB="0",
-    )  # fmt: skip
-    env = {**os.environ, **env}
-    command = [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"]
-    log = (tmp_path / "daemon.log").open("ab")
-    killed = subprocess.run(
-        command, cwd=ROOT, env={**env, "CDC_FAULTS": "mid_backfill_chunk=kill@8"},
-        stdout=log, stderr=subprocess.STDOUT, timeout=120,
-    )  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL
-    first = pg.execute(
-        "SELECT table_name, chunk, snapshot_lsn::text FROM historic._cdc_backfill WHERE done"
-    ).fetchall()
-    total = pg.execute("SELECT count(*) FROM historic._cdc_backfill").fetchone()
-    assert total is not None
-    assert len(first) == 7, "the kill at the 8th chunk left 7 chunks done"
-    assert total[0] > len(first)
-    pg.execute("UPDATE director.items SET val = 'changed while down' WHERE id <= 100")
-
-    daemon = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        row = pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-        assert row is not None
-        wait_until(lambda: slot_caught_up(pg, "load_slot", Lsn.parse(row[0])), 120,
-                   "the restarted daemon to finish the load and catch up")  # fmt: skip
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
-        log.close()
+    with killed_then_resumed(
+        pg, pg_dsn, clickhouse_server, ch_database, tmp_path, "load_slot",
+        "mid_backfill_chunk=kill@8", CDC_BACKFILL_CHUNK_SIZE="1000", CDC_BACKFILL_WORKERS="1",
+        CDC_BACKFILL_BATCH_MB="0",
+    ) as ch_url:  # fmt: skip
+        first = pg.execute(
+            "SELECT table_name, chunk, snapshot_lsn::text FROM historic._cdc_backfill WHERE done"
+        ).fetchall()
+        total = pg.execute("SELECT count(*) FROM historic._cdc_backfill").fetchone()
+        assert total is not None
+        assert len(first) == 7, "the kill at the 8th chunk left 7 chunks done"
+        assert total[0] > len(first)
+        pg.execute("UPDATE director.items SET val = 'changed while down' WHERE id <= 100")
     after = pg.execute(
         "SELECT table_name, chunk, snapshot_lsn::text FROM historic._cdc_backfill "
         "WHERE (table_name, chunk) IN (SELECT table_name, chunk FROM historic._cdc_backfill) "
@@ -163,34 +182,15 @@ def test_a_load_killed_while_planning_continues_its_plan(
     the fifth leaves the plan cut short. The restarted daemon continues it after the last
     recorded chunk: chunks that meet, each copied once, every row in both targets."""
     populate(pg)
-    env, ch_url = daemon_env(
-        pg_dsn, clickhouse_server, ch_database, tmp_path, "plan_slot",
-        CDC_BACKFILL_CHUNK_SIZE="1000", CDC_BACKFILL_WORKERS="1",
-    )  # fmt: skip
-    env = {**os.environ, **env}
-    command = [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"]
-    log = (tmp_path / "daemon.log").open("ab")
-    killed = subprocess.run(
-        command, cwd=ROOT, env={**env, "CDC_FAULTS": "mid_backfill_plan=kill@5"},
-        stdout=log, stderr=subprocess.STDOUT, timeout=120,
-    )  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL
-    assert pg.execute("SELECT count(*) FROM historic._cdc_backfill").fetchone() == (5,)
-    plans = pg.execute("SELECT bool_and(planned) FROM historic._cdc_backfill_plans").fetchone()
-    assert plans == (False,)
-    # A plan begun again would find other bounds: the recorded chunks would not meet them.
-    pg.execute("DELETE FROM director.items WHERE id <= 500")
-
-    daemon = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        row = pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-        assert row is not None
-        wait_until(lambda: slot_caught_up(pg, "plan_slot", Lsn.parse(row[0])), 120,
-                   "the restarted daemon to finish the load and catch up")  # fmt: skip
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
-        log.close()
+    with killed_then_resumed(
+        pg, pg_dsn, clickhouse_server, ch_database, tmp_path, "plan_slot",
+        "mid_backfill_plan=kill@5", CDC_BACKFILL_CHUNK_SIZE="1000", CDC_BACKFILL_WORKERS="1",
+    ) as ch_url:  # fmt: skip
+        assert pg.execute("SELECT count(*) FROM historic._cdc_backfill").fetchone() == (5,)
+        plans = pg.execute("SELECT bool_and(planned) FROM historic._cdc_backfill_plans").fetchone()
+        assert plans == (False,)
+        # A plan begun again would find other bounds: the recorded chunks would not meet them.
+        pg.execute("DELETE FROM director.items WHERE id <= 500")
     chunks: dict[str, list[tuple[int, Any, Any, bool]]] = {}
     for table, *chunk in pg.execute(
         "SELECT table_name, chunk, lower_key, upper_key, done FROM historic._cdc_backfill "
