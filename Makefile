@@ -19,17 +19,18 @@ help:
 	@echo "make demo      start the stack and run the demo"
 	@echo "make bench     run the benchmarks, write docs/benchmarks.md (BENCH_ARGS=--quick)"
 
-$(BIN)/.installed: pyproject.toml cdc/pgoutput/_speedups.c cdc/_fold.c cdc/_copyout.c cdc/_rowbinary.c
+$(BIN)/.installed: pyproject.toml cdc/protocol/_speedups.c cdc/apply/_fold.c cdc/load/_copyout.c cdc/sinks/clickhouse/_rowbinary.c
 	@scripts/ensure-python $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,test,dev]'
+	$(BIN)/pip install --quiet -e '.[demo,test,dev]'
 	@touch $@
 
 install: $(BIN)/.installed
 
 test: install
 	@scripts/ensure-postgres
+	@scripts/ensure-promtool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install

@@ -5,6 +5,10 @@ applies the schema migrations to the director database (`CDC_SOURCE_DSN`), opens
 connection pool for the requests, and closes the pool on shutdown. `app` is the entry point for
 `uvicorn api.app:app`; it loads the settings (file, then `CDC_*` environment) when it starts.
 
+Every route but `/healthz` needs `Authorization: Bearer <token>` with a token from the file
+`CDC_API_TOKENS_FILE` names (`api.auth`); the app refuses to start without one. A missing or
+wrong token is 401 with `WWW-Authenticate: Bearer`.
+
 Rules: only a draft can be changed (patch, scores, submit); a submitted scorecard answers
 409 Conflict to those, and can still be deleted. Missing scorecards are 404, invalid input
 is 422; an unreachable database, or a transaction the database rolled back (deadlock,
@@ -25,18 +29,24 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import UNAUTHORIZED, ApiTokens, load_tokens, require_token
 from api.errors import ScorecardError
 from api.models import ErrorBody, Health, Scorecard, ScorecardCreate, ScorecardPatch, ScoreSet
 from api.store import Pool, ScorecardStore, open_pool, prepare_schema
-from cdc.logs import get_logger
-from cdc.settings import Settings, load_settings
+from cdc.ops.logs import get_logger
+from cdc.ops.settings import Settings, load_settings
 
 TITLE: Final = "Coaching API"
 UNAVAILABLE: Final = "the director database is unavailable; retry later"
 ROLLED_BACK: Final = "the database rolled the request back (deadlock or serialization); retry it"
 RETRY_AFTER_S: Final = 1
 
-router = APIRouter()
+# `public` needs no token (a load balancer's health check); `router` needs one on every route.
+public = APIRouter()
+router = APIRouter(
+    dependencies=[Depends(require_token)],
+    responses={401: {"model": ErrorBody, "description": UNAUTHORIZED}},
+)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
 NOT_FOUND_OR_SUBMITTED: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody},
@@ -54,7 +64,7 @@ def _store(request: Request) -> ScorecardStore:
 Store = Annotated[ScorecardStore, Depends(_store)]
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}})
+@public.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}})
 def healthz(store: Store) -> Health:
     store.ping()
     return Health(status="ok")
@@ -137,13 +147,16 @@ def _retry_later(detail: str) -> JSONResponse:
     )
 
 
-def _start(settings: Settings | None) -> tuple[Pool, ScorecardStore]:
+def _start(settings: Settings | None) -> tuple[Pool, ScorecardStore, ApiTokens]:
     resolved = settings if settings is not None else load_settings()
+    tokens = load_tokens(resolved.api_tokens_file)
     conninfo, schema = resolved.require_source_dsn(), resolved.source_schema
     applied = prepare_schema(conninfo, schema)
     pool = open_pool(conninfo)
-    get_logger(component="api").info("api_ready", schema=schema, migrations_applied=applied)
-    return pool, ScorecardStore(pool, schema)
+    get_logger(component="api").info(
+        "api_ready", schema=schema, migrations_applied=applied, api_tokens=len(tokens.digests)
+    )
+    return pool, ScorecardStore(pool, schema), tokens
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -151,15 +164,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool, app.state.store = await run_in_threadpool(_start, settings)
+        pool, app.state.store, app.state.tokens = await run_in_threadpool(_start, settings)
         try:
             yield
         finally:
             app.state.store = None
+            app.state.tokens = None
             await run_in_threadpool(pool.close)
 
     app = FastAPI(title=TITLE, lifespan=lifespan)
     app.state.store = None
+    app.state.tokens = None
+    app.include_router(public)
     app.include_router(router)
     app.add_exception_handler(ScorecardError, _scorecard_error)
     # By SQLSTATE class: 40 (transaction rollback) is transient and nothing was written;

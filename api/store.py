@@ -30,7 +30,7 @@ from api.errors import already_submitted, not_found
 from api.migrations import migrate
 from api.models import Scorecard, ScorecardCreate, ScorecardPatch, ScorecardStatus, ScoreIn
 from cdc.errors import CdcError, ErrorKind
-from cdc.settings import redact_url
+from cdc.ops.settings import redact_url
 
 APPLICATION_NAME: Final = "coaching-api"
 POOL_MIN_SIZE: Final = 1

@@ -2,7 +2,7 @@
 
 Records the pgoutput messages of the streaming workload (`bench/streaming.py`) once, then
 replays them through each stage of the hot path in this process: decode + assemble,
-fold into batches, the shared row text (`cdc.rowtext`), ClickHouse's value checks. Each
+fold into batches, the shared row text (`cdc.apply.rowtext`), ClickHouse's value checks. Each
 stage is timed over several rounds (best round kept) and reported in µs per change.
 Usage: python bench/hotpath.py [changes]
 """
@@ -20,14 +20,14 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import streaming
-from cdc import rowtext
-from cdc.assembler import Assembler
-from cdc.batch import Batch, BatchBuilder
-from cdc.changes import Transaction
-from cdc.chvalues import RowEncoder
-from cdc.pgoutput import Decoder
+from cdc.apply import rowtext
+from cdc.apply.assembler import Assembler
+from cdc.apply.batch import Batch, BatchBuilder
+from cdc.apply.changes import Transaction
+from cdc.protocol import Decoder
 from cdc.schema import TableSchema, describe_table
-from cdc.stream import ReplicationStream
+from cdc.sinks.clickhouse.values import RowEncoder
+from cdc.stream.replication import ReplicationStream
 
 BATCH_SIZE = 20_000
 ROUNDS = 5
@@ -35,8 +35,8 @@ ROUNDS = 5
 
 def record(changes: int) -> tuple[int, list[bytes], TableSchema]:
     """(protocol version, the messages, the table) of `changes` changes of the workload."""
-    with streaming.loaded_slot(changes) as (cluster, _, _):
-        dsn = cluster.paths.dsn
+    with streaming.loaded_slot(changes) as loaded:
+        dsn = loaded.cluster.paths.dsn
         with psycopg.connect(dsn, autocommit=True) as conn:
             table = describe_table(conn, "director", "events")
         stream = ReplicationStream(dsn, "base", "bench")

@@ -1,8 +1,10 @@
 """`make bench`: every benchmark, each figure a ratio to a baseline measured in the same run;
 results written to docs/benchmarks.md.
 
-- streaming: pg_recvlogical (the receive limit) vs decode-only vs end to end, on copies of
-  one slot (`bench/streaming.py`);
+- streaming_friendly, streaming_realistic: pg_recvlogical (the receive limit) vs
+  decode-only vs the daemon end to end (start-up included and apart), on copies of one
+  slot, for the friendly and the realistic workload (`bench/streaming.py`,
+  `bench/workloads.py`), with the CPU per change of every thread and process;
 - hotpath: Python time per change of each stage, without I/O (`bench/hotpath.py`);
 - backfill: raw binary `COPY ... TO STDOUT` vs a backfill into both targets;
 - latency: commit -> durable in both targets at a steady rate of single-row updates;
@@ -36,14 +38,15 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import hotpath, streaming
-from cdc import clickhouse, localstack
-from cdc.backfill import Backfill
-from cdc.daemon import Daemon
+from bench import hotpath, streaming, workloads
+from cdc.apply.daemon import Daemon
+from cdc.dev import localstack
+from cdc.load.backfill import Backfill
+from cdc.ops.settings import Settings
 from cdc.schema import describe_table
-from cdc.settings import Settings
+from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.factory import default_sinks
-from cdc.snapshot import exported_snapshot
+from cdc.stream.snapshot import exported_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 Results = dict[str, Any]
@@ -92,7 +95,7 @@ def bench_backfill(rows: int, rounds: int = 5) -> Results:
     with cluster() as (pg, root):
         dsn = pg.paths.dsn
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(streaming.TABLE)
+            conn.execute(workloads.TABLE)
             conn.execute(
                 "INSERT INTO director.events SELECT g, 'name ' || g, now(), g * 1.25, "
                 "jsonb_build_object('k', g), g %% 2 = 0, gen_random_uuid(), g %% 1000, g / 3.0, "
@@ -224,7 +227,7 @@ MEMORY_SCRIPT = """
 import json, resource, sys, threading, time
 from bench.run import settings_for
 from pathlib import Path
-from cdc.daemon import Daemon
+from cdc.apply.daemon import Daemon
 dsn, ch, expected = sys.argv[1], Path(sys.argv[2]), int(sys.argv[4])
 def anon_kb():
     with open("/proc/self/status") as status:
@@ -323,6 +326,80 @@ def machine() -> str:
     )
 
 
+def streaming_section(s: Results) -> list[str]:
+    rows = s["every_round"]
+    return [
+        f"## Streaming, {s['workload']} workload (changes/s, ratio to `pg_recvlogical`)",
+        "",
+        f"{s['changes']:,} changes of a 10-column table: {s['description']}. Written by a "
+        "procedure before anything is measured, then replayed from copies of one slot: "
+        "(a) `pg_recvlogical` to /dev/null, and (c) the daemon as `cdc run` starts it (a "
+        "process of its own: imports, setup, streaming) into fresh historic and ClickHouse "
+        "targets, from its start until both hold every change. Start-up is its start to the "
+        f"first change read. (a) and (c) ran alternately in {s['rounds']} rounds; medians of "
+        "the per-round figures.",
+        "",
+        "| measurement | changes/s | ratio to (a) |",
+        "|---|---|---|",
+        f"| (a) pg_recvlogical to /dev/null | {s['pg_recvlogical_changes_per_s']:,} | 1.0 |",
+        f"| (b) decode and assemble only | {s['decode_changes_per_s']:,} | "
+        f"{round(s['decode_changes_per_s'] / s['pg_recvlogical_changes_per_s'], 3)} |",
+        f"| (c) end to end, start-up included | {s['daemon_changes_per_s']:,} | **{s['ratio']}** |",
+        f"| (c) end to end, start-up excluded | {s['daemon_streaming_changes_per_s']:,} | "
+        f"**{s['ratio_without_startup']}** |",
+        "",
+        f"Start-up: **{s['startup_s']} s** (of which importing the daemon's modules "
+        f"{s['startup_detail']['imports_s']:.2f} s; {s['startup_detail']['cpu_s']:.2f} s of "
+        "CPU in the daemon and Postgres).",
+        "",
+        "| round | load average | (a) s | (c) s | start-up s | ratio | without start-up |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {i} | {r['load_average']} | {r['pg_recvlogical_s']} | {r['daemon_s']} | "
+            f"{r['startup_s']} | {r['ratio']} | {r['ratio_without_startup']} |"
+            for i, r in enumerate(rows, 1)
+        ),
+        "",
+    ]
+
+
+def cpu_section(realistic: Results | None, friendly: Results | None) -> list[str]:
+    """µs of CPU per change of each thread and process while the daemon streams, a column
+    per workload measured."""
+    measured = [(name, s) for name, s in (("realistic", realistic), ("friendly", friendly)) if s]
+    if not measured:
+        return []
+    names = list(dict.fromkeys(k for _, s in measured for k in s["cpu_us_per_change"]))
+    baseline = streaming.BASELINE_WALSENDER
+
+    def total(s: Results) -> str:
+        return f"{sum(us for k, us in s['cpu_us_per_change'].items() if k != baseline):.1f}"
+
+    def cell(s: Results, name: str) -> str:
+        return str(s["cpu_us_per_change"].get(name, "-"))
+
+    return [
+        "## Where the CPU goes while the daemon streams",
+        "",
+        "µs of CPU per change, from the first change read to every change in both targets "
+        "(the rounds above, median per row), read from `/proc/<pid>/task/*/stat`: each "
+        "thread of the daemon's process (the embedded ClickHouse engine runs in it, on "
+        "threads of its own) and every Postgres process. Taken by `make bench`, or "
+        "`python bench/streaming.py --workload realistic`.",
+        "",
+        "| where | " + " | ".join(f"{name} workload" for name, _ in measured) + " |",
+        "|---|" + "---|" * len(measured),
+        *(
+            f"| {name} | " + " | ".join(cell(s, name) for _, s in measured) + " |"
+            for name in names
+            if name != baseline
+        ),
+        "| **total** | " + " | ".join(f"**{total(s)}**" for _, s in measured) + " |",
+        f"| {baseline} | " + " | ".join(cell(s, baseline) for _, s in measured) + " |",
+        "",
+    ]
+
+
 def write_report(results: Results, command: str, out: Path) -> None:
     lines = [
         "# Benchmarks",
@@ -333,33 +410,17 @@ def write_report(results: Results, command: str, out: Path) -> None:
         "the same run.",
         "",
     ]
-    if s := results.get("streaming"):
-        lines += [
-            "## Streaming (changes/s, ratio to `pg_recvlogical`)",
-            "",
-            f"{s['changes']:,} changes (60% inserts, 30% updates, 10% deletes, 1,000 per "
-            "transaction, 10 mixed-type columns), each replayed from a copy of one slot. (a) "
-            f"and (c) ran in {len(s['end_to_end_ratios'])} rounds, alternately; the round with "
-            "the median (c)/(a) is shown (all rounds' (c)/(a): "
-            f"{', '.join(map(str, s['end_to_end_ratios']))}).",
-            "",
-            "| measurement | changes/s | ratio to (a) |",
-            "|---|---|---|",
-        ]
-        labels = {"pg_recvlogical": "(a) pg_recvlogical to /dev/null",
-                  "decode": "(b) decode and assemble only",
-                  "end_to_end": "(c) end to end into historic + ClickHouse"}  # fmt: skip
-        for key, label in labels.items():
-            row = s["results"][key]
-            lines.append(f"| {label} | {row['changes_per_s']:,} | {row['ratio_to_a']} |")
-        lines.append("")
+    for name in ("streaming_friendly", "streaming_realistic"):
+        if s := results.get(name):
+            lines += streaming_section(s)
+    lines += cpu_section(results.get("streaming_realistic"), results.get("streaming_friendly"))
     if h := results.get("hotpath"):
         lines += [
             "## Python time per change, by stage",
             "",
-            "The streaming workload's messages recorded once and replayed through each stage "
-            "in one process, no I/O (`bench/hotpath.py`, best of 5 rounds); the reading and "
-            "writing threads of the daemon spend this on the GIL.",
+            "The friendly streaming workload's messages recorded once and replayed through "
+            "each stage in one process, no I/O (`bench/hotpath.py`, best of 5 rounds); the "
+            "reading and writing threads of the daemon spend this on the GIL.",
             "",
             "| stage | µs per change |",
             "|---|---|",
@@ -426,7 +487,8 @@ def main() -> None:
     quick = args.quick
     changes = 100_000 if quick else 1_000_000
     runs: dict[str, Callable[[], Any]] = {
-        "streaming": lambda: streaming.measure(changes),
+        "streaming_friendly": lambda: streaming.measure(changes, workloads.FRIENDLY),
+        "streaming_realistic": lambda: streaming.measure(changes, workloads.REALISTIC),
         "hotpath": lambda: hotpath.measure(changes // 5),
         "backfill": lambda: bench_backfill(changes),
         "latency": lambda: bench_latency(500, 5.0) if quick else bench_latency(2_000, 20.0),

@@ -2,66 +2,71 @@
 
 (a) `pg_recvlogical` to /dev/null: what the walsender can deliver (the baseline);
 (b) this project's change source: decode and assemble every transaction;
-(c) the daemon end to end: into the historic schema and ClickHouse.
-Every figure is reported with its ratio to (a); (a) and (c) are measured in several
-rounds and the median round is reported. Usage: python bench/streaming.py [changes]
+(c) the daemon end to end, as `cdc run` starts it (a process of its own: imports, setup,
+    then streaming; `bench/daemon_process.py`), into fresh historic and ClickHouse targets,
+    from its start until both hold every change; its start-up (start to the first change
+    read) is reported apart.
+
+The workload (`bench/workloads.py`, friendly or realistic) is written before anything is
+measured. (a) and (c) run alternately in several rounds; the medians of the per-round
+ratios are reported, every round listed. During (c) the CPU time of every thread of the
+daemon and of every Postgres process is read from /proc (`bench/cpu.py`).
+
+Usage: python bench/streaming.py [--workload friendly|realistic] [changes]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
-from pydantic import SecretStr
 
-from cdc import clickhouse, localstack
-from cdc.changes import Transaction
-from cdc.daemon import Daemon
-from cdc.lsn import Lsn
-from cdc.settings import Settings
-from cdc.source import ChangeSource, SourceConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TABLE = """
-CREATE SCHEMA director;
-CREATE TABLE director.events (
-    id bigint PRIMARY KEY, name text, at timestamptz, amount numeric(14,4), doc jsonb,
-    active bool, ref uuid, qty int, ratio float8, note text)
-"""
-WORKLOAD = """
-CREATE PROCEDURE director.load(n int) LANGUAGE plpgsql AS $$
-DECLARE i int := 0;
-BEGIN
-  -- 60% inserts, 30% updates, 10% deletes, 1,000 changes per transaction
-  WHILE i < n * 6 / 10 LOOP
-    INSERT INTO director.events
-    SELECT g, 'name ' || g, now() - g * interval '1 second', g * 1.25,
-           jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b')),
-           g % 2 = 0, gen_random_uuid(), g % 1000, g / 3.0, repeat('x', 20)
-    FROM generate_series(i + 1, i + 1000) g;
-    i := i + 1000; COMMIT;
-  END LOOP;
-  i := 0;
-  WHILE i < n * 3 / 10 LOOP
-    UPDATE director.events SET amount = amount + 1, note = 'updated', active = NOT active
-    WHERE id > i AND id <= i + 1000;
-    i := i + 1000; COMMIT;
-  END LOOP;
-  i := 0;
-  WHILE i < n / 10 LOOP
-    DELETE FROM director.events WHERE id > n * 6 / 10 - i - 1000 AND id <= n * 6 / 10 - i;
-    i := i + 1000; COMMIT;
-  END LOOP;
-END $$
-"""
+from bench import cpu, rounds, workloads
+from bench.workloads import Workload
+from cdc.apply.changes import Transaction
+from cdc.apply.daemon import Daemon
+from cdc.dev import localstack
+from cdc.protocol.lsn import Lsn
+from cdc.stream.source import ChangeSource, SourceConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DAEMON_SCRIPT = Path(__file__).with_name("daemon_process.py")
+# What both targets must hold after a round, as in the source.
+FINGERPRINT = "SELECT count(*), sum(qty), sum(length(note)) FROM {}.events{}"
+SAMPLE_EVERY_S = 0.05  # the walsender under pg_recvlogical, which ends with it
+# Where CPU goes, in the pipeline's order: the components of the CPU table.
+WALSENDER = "Postgres: walsender (decoding the WAL, sending pgoutput)"
+MAIN = "daemon, main thread: read, decode, assemble, fold into batches"
+HISTORIC_STAGE = "daemon, historic stage (cdc-apply-1): row text, fill, COPY and upsert"
+HISTORIC_WRITERS = "daemon, historic stage's second writer (cdc-historic_0)"
+BACKENDS = "Postgres: the daemon's backends (historic COPY, fill, upsert; catalog)"
+CLICKHOUSE_STAGE = "daemon, ClickHouse stage (cdc-apply-2): value checks, insert, bookkeeping"
+ENGINE_INSERTS = "ClickHouse engine: insert pipelines (its ThreadPool threads)"
+ENGINE_MERGES = "ClickHouse engine: background merges (its MergeMutate threads)"
+ENGINE_OTHER = "ClickHouse engine: other threads"
+ENDED = "daemon: threads that ended while streaming"
+OTHER = "daemon: other Python threads (the benchmark's watcher)"
+BACKGROUND = "Postgres: background (WAL writer, checkpointer, autovacuum)"
+COMPONENTS = (WALSENDER, MAIN, HISTORIC_STAGE, HISTORIC_WRITERS, BACKENDS, CLICKHOUSE_STAGE,
+              ENGINE_INSERTS, ENGINE_MERGES, ENGINE_OTHER, ENDED, OTHER, BACKGROUND)  # fmt: skip
+THREAD_ROLES = {"MainThread": MAIN, "cdc-apply-1": HISTORIC_STAGE, "cdc-apply-2": CLICKHOUSE_STAGE}
+ENGINE_ROLES = {"ThreadPool": ENGINE_INSERTS, "MergeMutate": ENGINE_MERGES}
+BASELINE_WALSENDER = "Postgres: walsender under pg_recvlogical (for reference)"
+PROCESS = -1  # the daemon's process as a whole, among its threads
 
 
 def timed(label: str, fn: Any, *args: Any) -> float:
@@ -72,13 +77,8 @@ def timed(label: str, fn: Any, *args: Any) -> float:
     return elapsed
 
 
-def recvlogical(cluster: localstack.LocalCluster, dsn: str, slot: str, end: Lsn) -> None:
-    subprocess.run(
-        [str(cluster.bindir / "pg_recvlogical"), "-d", dsn, "--slot", slot, "--start",
-         "--endpos", str(end), "-o", "proto_version=1", "-o", "publication_names=bench",
-         "-f", "/dev/null", "--no-loop"],
-        check=True,
-    )  # fmt: skip
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def decode_only(dsn: str, slot: str, end: Lsn, expected: int) -> None:
@@ -90,7 +90,7 @@ def decode_only(dsn: str, slot: str, end: Lsn, expected: int) -> None:
                 changes += sum(1 for _ in event.changes())
                 event.close()
                 source.acknowledge(event.end_lsn)
-                if event.end_lsn >= end:
+                if changes >= expected or event.end_lsn >= end:
                     break
     assert changes == expected, (changes, expected)
 
@@ -107,85 +107,264 @@ def run_until(daemon: Daemon, expected: int) -> None:
     assert daemon.stats.changes == expected, (daemon.stats.changes, expected)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    cluster: localstack.LocalCluster
+    root: Path
+    end: Lsn  # the WAL's end after the workload
+    fingerprint: tuple[int, ...]  # the source table's, for FINGERPRINT
+
+
 @contextmanager
-def loaded_slot(n: int) -> Iterator[tuple[localstack.LocalCluster, Path, Lsn]]:
+def loaded_slot(n: int, workload: Workload = workloads.FRIENDLY) -> Iterator[Loaded]:
     """A private cluster whose slot 'base' holds the workload's `n` changes (publications
-    'bench' and 'cdc' publish its table): the cluster, its directory, the WAL end after."""
+    'bench' and 'cdc' publish its table), its WAL flushed and checkpointed."""
     root = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
     root.chmod(0o755)
     cluster = localstack.LocalCluster(root / "pg", localstack.free_port())
     cluster.start()
     try:
         with psycopg.connect(cluster.paths.dsn, autocommit=True) as conn:
-            conn.execute(TABLE)
-            conn.execute(WORKLOAD)
+            conn.execute(workloads.TABLE)
+            conn.execute(workload.procedure)
             conn.execute("CREATE PUBLICATION bench FOR TABLE director.events")
             conn.execute("CREATE PUBLICATION cdc FOR TABLE director.events")
             conn.execute("SELECT pg_create_logical_replication_slot('base', 'pgoutput')")
-            conn.execute("CALL director.load(%s)", (n,))
-            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-            assert row is not None
-        yield cluster, root, Lsn.parse(row[0])
+            call, args = workload.call(n)
+            timed(f"writing the {workload.name} workload", conn.execute, call, args)
+            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            conn.execute("CHECKPOINT")  # flushes the WAL, and no checkpoint during a round
+            fingerprint = conn.execute(FINGERPRINT.format("director", "")).fetchone()
+            assert row is not None and fingerprint is not None
+        yield Loaded(cluster, root, Lsn.parse(row[0]), tuple(int(v or 0) for v in fingerprint))
     finally:
         cluster.destroy()
 
 
-def measure(n: int, rounds: int = 3) -> dict[str, Any]:
-    """The three measurements on copies of one slot holding `n` changes: (b) once, (a) and
-    (c) `rounds` times, alternately, (c) into fresh targets each time; the round with the
-    median ratio is reported (this machine's speed drifts by ±10% within minutes)."""
-    with loaded_slot(n) as (cluster, root, end):
-        dsn = cluster.paths.dsn
-        copies = ["decode", *(f"{kind}{i}" for i in range(rounds) for kind in ("recv", "cdc"))]
+def recvlogical(loaded: Loaded, slot: str) -> tuple[float, float]:
+    """pg_recvlogical from `slot` to the end: (seconds, CPU seconds of its walsender)."""
+    postmaster = cpu.postmaster_pid(loaded.cluster.paths.data)
+    earlier = set(cpu.postgres_processes(postmaster))  # a walsender still exiting is not its
+    walsender: dict[int, int] = {}
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [str(loaded.cluster.bindir / "pg_recvlogical"), "-d", loaded.cluster.paths.dsn,
+         "--slot", slot, "--start", "--endpos", str(loaded.end), "-o", "proto_version=1",
+         "-o", "publication_names=bench", "-f", "/dev/null", "--no-loop"],
+    )  # fmt: skip
+    while process.poll() is None:
+        for pid, (role, ticks) in cpu.postgres_processes(postmaster).items():
+            if role == "walsender" and pid not in earlier:
+                walsender[pid] = ticks
+        time.sleep(SAMPLE_EVERY_S)
+    elapsed = time.perf_counter() - start
+    assert process.returncode == 0, process.returncode
+    return elapsed, sum(walsender.values()) / cpu.TICKS_PER_S
+
+
+@dataclass(frozen=True)
+class DaemonRound:
+    total_s: float
+    startup_s: float
+    imported_s: float  # start to the daemon's modules imported
+    startup_cpu_s: float  # the daemon's process and Postgres, start to the first change
+    cpu_s: dict[str, float]  # component -> CPU seconds, first change to the end
+    cpu_detail_s: dict[str, float]  # every thread and Postgres process, the same span
+
+
+def end_to_end(loaded: Loaded, round_: int, n: int) -> DaemonRound:
+    """The daemon from slot `cdc<round_>` into fresh targets until both hold the `n`
+    changes; then stopped (it acknowledges) and its targets compared with the source."""
+    dsn = loaded.cluster.paths.dsn
+    settings = {
+        "source_dsn": dsn,
+        "clickhouse_url": f"chdb://{loaded.root / f'clickhouse_{round_}'}",
+        "slot": f"cdc{round_}",
+        "publication": "cdc",
+        "historic_schema": f"historic_{round_}",
+        "status_interval_s": 10.0,
+        "initial_load": False,
+    }
+    postmaster = cpu.postmaster_pid(loaded.cluster.paths.data)
+    before = cpu.postgres_processes(postmaster)
+    log = (loaded.root / f"daemon_{round_}.log").open("w")
+    start = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, str(DAEMON_SCRIPT), json.dumps(settings), str(n)],
+        stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        imported = _next_event(process.stdout, "imported")["at"]
+        first = _next_event(process.stdout, "first_change")["at"]
+        started = _daemon_threads(process.pid), cpu.postgres_processes(postmaster)
+        done = _next_event(process.stdout, "done")
+        ended = _daemon_threads(process.pid), cpu.postgres_processes(postmaster)
+        process.send_signal(signal.SIGTERM)
+        stopped = _next_event(process.stdout, "stopped")
+        assert process.wait(60) == 0, process.returncode
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    assert done["changes"] == n, (done, n)
+    assert tuple(stopped["clickhouse"]) == loaded.fingerprint, (stopped, loaded.fingerprint)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        historic = conn.execute(FINGERPRINT.format(f"historic_{round_}", "_current")).fetchone()
+        flushed = conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (f"cdc{round_}",),
+        ).fetchone()
+    assert historic is not None and tuple(int(v or 0) for v in historic) == loaded.fingerprint
+    assert flushed is not None and Lsn.parse(flushed[0]) >= Lsn.parse(stopped["applied_lsn"])
+    names = {int(tid): name for tid, name in done["threads"].items()}
+    detail = _daemon_detail(started[0], ended[0], names)
+    detail.update(_postgres_detail(started[1], ended[1]))
+    startup = started[0][PROCESS].ticks / cpu.TICKS_PER_S
+    startup += sum(cpu.used_seconds(_ticks(before), _ticks(started[1])).values())
+    return DaemonRound(
+        total_s=done["at"] - start,
+        startup_s=first - start,
+        imported_s=imported - start,
+        startup_cpu_s=startup,
+        cpu_s=_components(detail),
+        cpu_detail_s=detail,
+    )
+
+
+def _next_event(lines: IO[str], name: str) -> dict[str, Any]:
+    for line in lines:
+        event: dict[str, Any] = json.loads(line)
+        if event["event"] == name:
+            return event
+    raise RuntimeError(f"the daemon's process ended before {name!r} (see its log)")
+
+
+def _daemon_threads(pid: int) -> dict[int, cpu.Stat]:
+    """Each thread of the daemon's process; under PROCESS, the process itself (its ticks
+    include those of the threads that ended)."""
+    found = cpu.threads(pid)
+    found[PROCESS] = cpu.parse_stat(Path(f"/proc/{pid}/stat").read_text())
+    return found
+
+
+def _ticks(processes: dict[int, tuple[str, int]]) -> dict[int, int]:
+    return {pid: ticks for pid, (_, ticks) in processes.items()}
+
+
+def _daemon_detail(
+    before: dict[int, cpu.Stat], after: dict[int, cpu.Stat], names: dict[int, str]
+) -> dict[str, float]:
+    """CPU seconds per thread of the daemon's process between two readings: Python
+    threads by name, the engine's by the name it gives them (all of one name summed); what
+    threads that ended in between used, apart."""
+    used = cpu.used_seconds(
+        {tid: stat.ticks for tid, stat in before.items()},
+        {tid: stat.ticks for tid, stat in after.items()},
+    )
+    detail: dict[str, float] = {}
+    for tid, seconds in used.items():
+        if tid == PROCESS:
+            continue
+        name = names.get(tid)
+        key = f"daemon thread {name}" if name else f"engine thread {after[tid].comm}"
+        detail[key] = detail.get(key, 0.0) + seconds
+    detail[ENDED] = used[PROCESS] - sum(s for tid, s in used.items() if tid != PROCESS)
+    return detail
+
+
+def _postgres_detail(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]
+) -> dict[str, float]:
+    """CPU seconds per Postgres process between two readings, by role; client backends
+    numbered from the busiest (so rounds line up)."""
+    used = cpu.used_seconds(_ticks(before), _ticks(after))
+    detail: dict[str, float] = {}
+    backends = sorted((s for pid, s in used.items() if after[pid][0] == "backend"), reverse=True)
+    for rank, seconds in enumerate(backends, 1):
+        detail[f"postgres backend #{rank}"] = seconds
+    for pid, seconds in used.items():
+        role = after[pid][0]
+        if role != "backend":
+            detail[f"postgres {role}"] = detail.get(f"postgres {role}", 0.0) + seconds
+    return detail
+
+
+def _components(detail: dict[str, float]) -> dict[str, float]:
+    """The detail summed into the components of the CPU table, in COMPONENTS' order."""
+    totals = dict.fromkeys(COMPONENTS, 0.0)
+    for key, seconds in detail.items():
+        if key.startswith("daemon thread "):
+            name = key.removeprefix("daemon thread ")
+            component = THREAD_ROLES.get(name)
+            if component is None:
+                component = HISTORIC_WRITERS if name.startswith("cdc-historic") else OTHER
+        elif key.startswith("engine thread "):
+            component = ENGINE_ROLES.get(key.removeprefix("engine thread "), ENGINE_OTHER)
+        elif key.startswith("postgres walsender"):
+            component = WALSENDER
+        elif key.startswith("postgres backend"):
+            component = BACKENDS
+        elif key.startswith("postgres "):
+            component = BACKGROUND
+        else:
+            component = key
+        totals[component] += seconds
+    return totals
+
+
+def measure(n: int, workload: Workload = workloads.FRIENDLY, rounds_: int = 3) -> dict[str, Any]:
+    """The three measurements on copies of one slot holding `n` changes of `workload`: (b)
+    once, (a) and (c) `rounds_` times, alternately, (c) into fresh targets each time."""
+    with loaded_slot(n, workload) as loaded:
+        dsn = loaded.cluster.paths.dsn
+        copies = ["decode", *(f"{kind}{i}" for i in range(rounds_) for kind in ("recv", "cdc"))]
         with psycopg.connect(dsn, autocommit=True) as conn:
             for copy in copies:
                 conn.execute("SELECT pg_copy_logical_replication_slot('base', %s)", (copy,))
-        decoding = timed("(b) decode + assemble", decode_only, dsn, "decode", end, n)
-        pairs = [
-            (
-                timed(f"(a) pg_recvlogical, round {i + 1}", recvlogical, cluster, dsn,
-                      f"recv{i}", end),
-                timed(f"(c) end to end, round {i + 1}", end_to_end, dsn, root, i, n),
-            )
-            for i in range(rounds)
-        ]  # fmt: skip
-    pairs.sort(key=lambda pair: pair[0] / pair[1])
-    base, end_to_end_s = pairs[len(pairs) // 2]
-    seconds = {"pg_recvlogical": base, "decode": decoding, "end_to_end": end_to_end_s}
+        decoding = timed("(b) decode + assemble", decode_only, dsn, "decode", loaded.end, n)
+        measured: list[rounds.Round] = []
+        cpu_rounds: list[dict[str, float]] = []
+        details: list[dict[str, float]] = []
+        startups: list[dict[str, float]] = []
+        loads: list[str] = []
+        for i in range(rounds_):
+            loads.append(load_average())
+            baseline, walsender = recvlogical(loaded, f"recv{i}")
+            daemon = end_to_end(loaded, i, n)
+            measured.append(rounds.Round(baseline, daemon.total_s, daemon.startup_s))
+            cpu_rounds.append({**daemon.cpu_s, BASELINE_WALSENDER: walsender})
+            details.append(daemon.cpu_detail_s)
+            startups.append({"imports_s": daemon.imported_s, "cpu_s": daemon.startup_cpu_s})
+            print(f"  round {i + 1} (load {loads[-1]}): (a) {baseline:.2f} s, (c) "
+                  f"{daemon.total_s:.2f} s of which start-up {daemon.startup_s:.2f} s "
+                  f"(imports {daemon.imported_s:.2f} s)", flush=True)  # fmt: skip
+    summary = rounds.summarise(n, measured)
+    for row, load in zip(summary["every_round"], loads, strict=True):
+        row["load_average"] = load
     return {
-        "changes": n,
-        "results": {
-            name: {"seconds": round(s, 2), "changes_per_s": round(n / s),
-                   "ratio_to_a": round(base / s, 3)}
-            for name, s in seconds.items()
-        },
-        "end_to_end_ratios": [round(a / c, 3) for a, c in pairs],
-    }  # fmt: skip
-
-
-def end_to_end(dsn: str, root: Path, round_: int, n: int) -> None:
-    """The daemon from slot `cdc<round_>` into fresh targets, until it applied `n` changes."""
-    ch_path = root / f"clickhouse_{round_}"
-    settings = Settings(
-        source_dsn=SecretStr(dsn),
-        clickhouse_url=SecretStr(f"chdb://{ch_path}"),
-        slot=f"cdc{round_}",
-        publication="cdc",
-        historic_schema=f"historic_{round_}",
-        status_interval_s=10.0,
-        initial_load=False,
-    )
-    run_until(Daemon(settings), n)
-    client = clickhouse.connect(f"chdb://{ch_path}")
-    count = client.query("SELECT count() FROM analytics.events_current").result_rows[0][0]
-    client.close()
-    assert count == n * 6 // 10 - n // 10, count
+        "workload": workload.name,
+        "description": workload.describe(n),
+        **summary,
+        "decode_changes_per_s": round(n / decoding),
+        "startup_detail": rounds.median_per_key(startups),
+        "cpu_us_per_change": rounds.median_per_key(
+            [rounds.per_change_us(c, n) for c in cpu_rounds]
+        ),
+        "cpu_detail_us_per_change": rounds.median_per_key(
+            [rounds.per_change_us(d, n) for d in details]
+        ),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("changes", type=int, nargs="?", default=1_000_000)
-    print(json.dumps(measure(parser.parse_args().changes), indent=2))
+    parser.add_argument("--workload", choices=sorted(workloads.WORKLOADS), default="realistic")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    workload = workloads.WORKLOADS[args.workload]
+    print(json.dumps(measure(args.changes, workload, args.rounds), indent=2))
 
 
 if __name__ == "__main__":

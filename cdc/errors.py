@@ -19,11 +19,13 @@ class ErrorKind(enum.Enum):
     DECODE = "decode"
     PROTOCOL = "protocol"
     SCHEMA = "schema"
+    NO_KEY = "no_key"
     UNSUPPORTED_TYPE = "unsupported_type"
     VALUE_OUT_OF_RANGE = "value_out_of_range"
     SLOT_LOST = "slot_lost"
     PERMISSION = "permission"
     SETUP = "setup"
+    REJECTED = "rejected"  # a target refused a write or read, and will refuse it again
 
 
 class Action(enum.Enum):
@@ -53,6 +55,11 @@ POLICIES: dict[ErrorKind, Policy] = {
     ErrorKind.SCHEMA: Policy(
         Action.STOP, "an incompatible schema change; follow the message, then restart"
     ),
+    ErrorKind.NO_KEY: Policy(
+        Action.QUARANTINE_TABLE,
+        "the table has no key the targets can keep its rows by (it never had one, or lost "
+        "it): add the primary key the message names; the other tables go on",
+    ),
     ErrorKind.UNSUPPORTED_TYPE: Policy(
         Action.QUARANTINE_TABLE, "change the column type or exclude the table from the publication"
     ),
@@ -64,6 +71,11 @@ POLICIES: dict[ErrorKind, Policy] = {
     ),
     ErrorKind.PERMISSION: Policy(Action.STOP, "grant the privileges named; see `cdc check-grants`"),
     ErrorKind.SETUP: Policy(Action.STOP, "fix the environment as the message says"),
+    ErrorKind.REJECTED: Policy(
+        Action.STOP,
+        "a target refused the write for the reason in the message; fix it and restart (the "
+        "slot is not acknowledged past it: nothing is lost)",
+    ),
 }
 
 

@@ -18,11 +18,14 @@ from typing import Any, Final
 import psycopg
 
 from cdc.errors import CdcError, ErrorKind
-from cdc.pgoutput.messages import Relation
-from cdc.pgoutput.tags import ReplicaIdentity
+from cdc.protocol.messages import Relation
+from cdc.protocol.tags import ReplicaIdentity
 
 VERSION_COLUMN: Final = "_version"
 DELETED_COLUMN: Final = "_is_deleted"
+# The commit time of the source transaction that wrote the row (UTC); NULL for a row
+# copied at a snapshot (its last change is older than the copy).
+COMMIT_TIME_COLUMN: Final = "_commit_time"
 TRUNCATIONS_TABLE: Final = "_cdc_truncations"
 CURRENT_VIEW_SUFFIX: Final = "_current"
 
@@ -68,7 +71,10 @@ class Column:
 
 @dataclass(frozen=True)
 class TableSchema:
-    """A source table. Key columns are never nullable."""
+    """A source table. Key columns are never nullable.
+
+    A table without a key (`primary_key == ()`) is an append-only log: it is published for
+    inserts and truncates only, and each row is identified by its `_version` alone."""
 
     schema: str
     name: str
@@ -87,6 +93,15 @@ class TableSchema:
     @property
     def qualified_name(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    @property
+    def append_only(self) -> bool:
+        return not self.primary_key
+
+    @property
+    def target_key(self) -> tuple[str, ...]:
+        """The targets' key: the primary key, or for an append-only log `_version`."""
+        return self.primary_key or (VERSION_COLUMN,)
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -200,11 +215,16 @@ def _choose_key(
     primary: Sequence[tuple[int, str]],
     identity_key: Sequence[tuple[int, str]],
 ) -> tuple[str, ...]:
-    """The key the targets version rows by, or an error saying what to do.
+    """The key the targets version rows by, () for an append-only log, or an error saying
+    what to do.
 
     With REPLICA IDENTITY USING INDEX, the index: deletes carry only its columns. Else
     the primary key. A DEFAULT identity with key columns but no primary key in the
     catalog means the table is gone: the Relation's key flags are its primary key then.
+    A table without a usable identity is published for inserts and truncates only
+    (`cdc.stream.eligibility`): an append-only log, its rows identified by their versions. A table
+    with REPLICA IDENTITY FULL and no primary key is published with its updates and
+    deletes, which the targets could not key: refused.
     """
     if identity == ReplicaIdentity.INDEX and identity_key:
         return tuple(name for _, name in sorted(identity_key))
@@ -212,15 +232,14 @@ def _choose_key(
         return tuple(name for _, name in sorted(primary))
     if identity == ReplicaIdentity.DEFAULT and identity_key:
         return tuple(name for _, name in sorted(identity_key))
-    described = {
-        ReplicaIdentity.FULL: "REPLICA IDENTITY FULL, which does not give the targets a key",
-        ReplicaIdentity.NOTHING: "REPLICA IDENTITY NOTHING",
-    }.get(ReplicaIdentity(identity), "the default replica identity")
+    if identity != ReplicaIdentity.FULL:
+        return ()
     raise CdcError(
-        ErrorKind.SCHEMA,
-        f"table {qualified} has no primary key ({described}); the targets version rows by "
-        f"key: add one with ALTER TABLE {qualified} ADD PRIMARY KEY (...), or use "
-        f"REPLICA IDENTITY USING INDEX on a unique index of NOT NULL columns",
+        ErrorKind.NO_KEY,
+        f"table {qualified} has no primary key (REPLICA IDENTITY FULL, which does not give "
+        f"the targets a key); the targets version rows by key: add one with ALTER TABLE "
+        f"{qualified} ADD PRIMARY KEY (...), or use REPLICA IDENTITY USING INDEX on a unique "
+        "index of NOT NULL columns",
     )
 
 

@@ -22,7 +22,9 @@ from psycopg import sql
 
 pytest.register_assert_rewrite("tests.pipeline")
 
-from cdc import clickhouse, localstack, preflight  # noqa: E402
+from cdc.dev import localstack  # noqa: E402
+from cdc.ops import logs, preflight  # noqa: E402
+from cdc.sinks.clickhouse import client as clickhouse  # noqa: E402
 from tests.harness import (  # noqa: E402
     FIXTURE_ORIGINS,
     ClickHouseServer,
@@ -31,6 +33,10 @@ from tests.harness import (  # noqa: E402
 )
 
 HERE = Path(__file__).parent
+
+# Daemons running in this process log to stderr, as the CLI has them do: never into the
+# stdout that a CLI test reads a document from.
+logs.configure(json=False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

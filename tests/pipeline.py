@@ -15,14 +15,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.clickhouse import quote_identifier
-from cdc.daemon import Daemon
+from cdc.apply.daemon import Daemon
+from cdc.ops.settings import Settings
 from cdc.schema import TableSchema, describe_table
-from cdc.settings import Settings
 from cdc.sinks.base import Sink
-from cdc.sinks.clickhouse import ClickHouseSink
+from cdc.sinks.clickhouse.client import quote_identifier
+from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.factory import SinkFactory
-from cdc.sinks.historic import HistoricSink
+from cdc.sinks.historic.sink import HistoricSink
 
 Rows = list[tuple[Any, ...]]
 
@@ -36,6 +36,7 @@ def make_settings(pg_dsn: str, ch_url: str, ch_database: str, **overrides: Any) 
         "publication": "cdc_pub",
         "batch_latency_ms": 50,
         "status_interval_s": 0.5,
+        "monitor_interval_s": 0,  # the drift monitor's tests turn it on
         **overrides,
     }
     return Settings(**values)
@@ -60,7 +61,7 @@ def shared_client_sinks(settings: Settings, ch_client: Any) -> SinkFactory:
                 writers=settings.historic_writers,
             ),
             ClickHouseSink(
-                settings.clickhouse_url.get_secret_value(),
+                settings.require_clickhouse_url(),
                 settings.clickhouse_database,
                 client=ch_client,
             ),

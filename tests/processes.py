@@ -10,12 +10,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from cdc.lsn import Lsn
+from cdc.protocol.lsn import Lsn
 from tests.harness import ClickHouseServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def start_daemon(env: dict[str, str], log: Path, faults: str = "") -> subprocess
     full_env = {**os.environ, **env, "CDC_FAULTS": faults}
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"],
+            [sys.executable, "-m", "cdc.cli", "run", "--log-format", "json"],
             cwd=ROOT,
             env=full_env,
             stdout=out,
@@ -59,7 +60,7 @@ def start_daemon(env: dict[str, str], log: Path, faults: str = "") -> subprocess
 
 READ_CLICKHOUSE = """
 import json, sys
-from cdc import clickhouse
+from cdc.sinks.clickhouse import client as clickhouse
 client = clickhouse.connect(sys.argv[1])
 db = sys.argv[2]
 rows = client.query(
@@ -87,12 +88,41 @@ def read_clickhouse(url: str, database: str) -> dict[str, Any]:
     return result
 
 
-def slot_caught_up(conn: psycopg.Connection[Any], slot: str, target: Lsn) -> bool:
+def slot_position(conn: psycopg.Connection[Any], slot: str) -> Lsn | None:
     row = conn.execute(
         "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
         (slot,),
     ).fetchone()
-    return row is not None and row[0] is not None and Lsn.parse(row[0]) >= target
+    return None if row is None or row[0] is None else Lsn.parse(row[0])
+
+
+def slot_caught_up(conn: psycopg.Connection[Any], slot: str, target: Lsn) -> bool:
+    position = slot_position(conn, slot)
+    return position is not None and position >= target
+
+
+def wait_for_slot(
+    conn: psycopg.Connection[Any],
+    slot: str,
+    target: Lsn,
+    daemon: subprocess.Popen[bytes],
+    stall_s: float = 120.0,
+) -> None:
+    """Wait until the daemon has acknowledged `target` on `slot`, or died; fail if the slot
+    stands still for `stall_s` (a slow daemon, e.g. one change per batch, may take long,
+    a stuck one never gets there)."""
+    last = slot_position(conn, slot)
+    moved = time.monotonic()
+    while not slot_caught_up(conn, slot, target) and daemon.poll() is None:
+        position = slot_position(conn, slot)
+        if position != last:
+            last, moved = position, time.monotonic()
+        elif time.monotonic() - moved > stall_s:
+            raise AssertionError(
+                f"the daemon did not catch up: slot {slot} stood at {last} for {stall_s} s "
+                f"(target {target})"
+            )
+        time.sleep(0.2)
 
 
 def items(conn: psycopg.Connection[Any], relation: str) -> list[list[Any]]:

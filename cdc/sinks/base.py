@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cdc.batch import Batch, TableName
+from cdc.apply.batch import Batch, TableName
 from cdc.schema import TableSchema
 
 # For each table in a batch: its schema laid out exactly as the batch's row values.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cdc.settings import Settings
+from cdc.ops.settings import Settings
 from cdc.sinks.base import Sink
-from cdc.sinks.clickhouse import ClickHouseSink
-from cdc.sinks.historic import HistoricSink
+from cdc.sinks.clickhouse.sink import ClickHouseSink
+from cdc.sinks.historic.sink import HistoricSink
 
 SinkFactory = Callable[[], list[Sink]]
 
@@ -23,7 +23,7 @@ def default_sinks(settings: Settings) -> SinkFactory:
                 writers=settings.historic_writers,
             ),
             ClickHouseSink(
-                settings.clickhouse_url.get_secret_value(),
+                settings.require_clickhouse_url(),
                 settings.clickhouse_database,
                 cluster=settings.clickhouse_cluster,
             ),

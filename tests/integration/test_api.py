@@ -1,8 +1,9 @@
 """The coaching API served by uvicorn against a real Postgres, talked to over HTTP.
 
-Each test gets a fresh database (`pg_dsn`), an app started on a free port in a background
-thread, and `httpx` clients. Refused requests are checked to leave both tables unchanged;
-racing clients are checked against invariants that lost updates would break.
+Each test gets a fresh database (`pg_dsn`), a tokens file with a random bearer token, an
+app started on a free port in a background thread, and `httpx` clients sending the token.
+Refused requests are checked to leave both tables unchanged; racing clients are checked
+against invariants that lost updates would break.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,11 +33,13 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from api.app import create_app
+from api.auth import TOKENS_ENV, UNAUTHORIZED
 from api.migrations import MIGRATIONS, migrate
 from cdc.errors import CdcError, ErrorKind
-from cdc.settings import Settings
+from cdc.ops.settings import Settings
 from tests.harness import PgServer
 
 TIMEOUT_S = 30.0
@@ -78,16 +84,36 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture
-def settings(pg_dsn: str, clean_env: None) -> Settings:
-    return Settings(source_dsn=SecretStr(pg_dsn))
+def write_tokens(path: Path, *lines: str) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    path.chmod(0o600)
+    return path
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture
-def api(settings: Settings) -> Iterator[httpx.Client]:
+def token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path, token: str) -> Path:
+    return write_tokens(tmp_path / "api_tokens", "# the API's bearer tokens", "", token)
+
+
+@pytest.fixture
+def settings(pg_dsn: str, clean_env: None, tokens_file: Path) -> Settings:
+    return Settings(source_dsn=SecretStr(pg_dsn), api_tokens_file=tokens_file)
+
+
+@pytest.fixture
+def api(settings: Settings, token: str) -> Iterator[httpx.Client]:
     with (
         serve(create_app(settings)) as url,
-        httpx.Client(base_url=url, timeout=TIMEOUT_S) as client,
+        httpx.Client(base_url=url, timeout=TIMEOUT_S, headers=bearer(token)) as client,
     ):
         yield client
 
@@ -326,8 +352,12 @@ class RefusalWorld:
 
 
 @pytest.fixture(scope="module")
-def refusal_world(pg_server: PgServer) -> Iterator[RefusalWorld]:
+def refusal_world(
+    pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RefusalWorld]:
     dbname = f"cdc_test_api_{uuid.uuid4().hex[:12]}"
+    token = secrets.token_urlsafe(32)
+    tokens_file = write_tokens(tmp_path_factory.mktemp("refusals") / "api_tokens", token)
     with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
         admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(dbname)))
     dsn = pg_server.dsn_for(dbname)
@@ -336,10 +366,10 @@ def refusal_world(pg_server: PgServer) -> Iterator[RefusalWorld]:
             for name in list(os.environ):
                 if name.startswith("CDC_"):
                     env.delenv(name)
-            settings = Settings(source_dsn=SecretStr(dsn))
+            settings = Settings(source_dsn=SecretStr(dsn), api_tokens_file=tokens_file)
         with (
             serve(create_app(settings)) as url,
-            httpx.Client(base_url=url, timeout=TIMEOUT_S) as client,
+            httpx.Client(base_url=url, timeout=TIMEOUT_S, headers=bearer(token)) as client,
             psycopg.connect(dsn, autocommit=True) as pg,
         ):
             draft = new_card(client, notes="draft")
@@ -402,31 +432,212 @@ def test_docs_and_health(api: httpx.Client) -> None:
     }
     assert set(spec["paths"]["/scorecards/{scorecard_id}"]) == {"get", "patch", "delete"}
     assert "409" in spec["paths"]["/scorecards/{scorecard_id}/submit"]["post"]["responses"]
+    schemes = spec["components"]["securitySchemes"]
+    assert [scheme["scheme"] for scheme in schemes.values()] == ["bearer"]
+    (scheme_name,) = schemes
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if path == "/healthz":
+                assert "security" not in operation
+            else:
+                assert operation["security"] == [{scheme_name: []}], (method, path)
+                assert "401" in operation["responses"], (method, path)
     health = api.get("/healthz")
     assert health.status_code == 200
     assert health.json() == {"status": "ok"}
 
 
-def test_module_app_loads_settings_when_it_starts(
-    pg_dsn: str, pg: psycopg.Connection[Any], clean_env: None, monkeypatch: pytest.MonkeyPatch
+PROTECTED = [
+    ("POST", "/scorecards", NEW),
+    ("GET", "/scorecards/{card}", None),
+    ("PATCH", "/scorecards/{card}", {"notes": "changed"}),
+    ("PUT", "/scorecards/{card}/scores", [{"criterion_id": "a", "score": 1}]),
+    ("POST", "/scorecards/{card}/submit", None),
+    ("DELETE", "/scorecards/{card}", None),
+]
+WRONG_CREDENTIALS: dict[str, Callable[[str], dict[str, str]]] = {
+    "no header": lambda token: {},
+    "wrong token": lambda token: bearer(secrets.token_urlsafe(32)),
+    "the token's prefix": lambda token: bearer(token[:-1]),
+    "the token and more": lambda token: bearer(token + "x"),
+    "bearer without a token": lambda token: {"Authorization": "Bearer"},
+    "basic scheme": lambda token: {"Authorization": f"Basic {token}"},
+    "no scheme": lambda token: {"Authorization": token},
+}
+
+
+@pytest.mark.parametrize("credentials", WRONG_CREDENTIALS.values(), ids=WRONG_CREDENTIALS.keys())
+def test_requests_without_the_right_token_are_refused(
+    api: httpx.Client,
+    pg: psycopg.Connection[Any],
+    token: str,
+    credentials: Callable[[str], dict[str, str]],
 ) -> None:
-    # Building the app connects to nothing: a DSN that cannot work is fine until start.
+    card = new_card(api)
+    before = snapshot(pg)
+    with httpx.Client(
+        base_url=api.base_url, timeout=TIMEOUT_S, headers=credentials(token)
+    ) as stranger:
+        for method, path, body in PROTECTED:
+            response = stranger.request(method, path.format(card=card["id"]), json=body)
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.json() == {"detail": UNAUTHORIZED}
+            assert token not in response.text
+            assert token not in str(response.headers)
+        health = stranger.get("/healthz")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok"}
+    assert snapshot(pg) == before
+    assert api.get(f"/scorecards/{card['id']}").json() == card
+
+
+def test_health_needs_no_token(api: httpx.Client) -> None:
+    with httpx.Client(base_url=api.base_url, timeout=TIMEOUT_S) as stranger:
+        health = stranger.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok"}
+
+
+def test_every_token_in_the_file_is_accepted(
+    pg_dsn: str, pg: psycopg.Connection[Any], clean_env: None, tmp_path: Path
+) -> None:
+    old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    comment = "# rotation: the old token until clients have the new one"
+    tokens_file = write_tokens(tmp_path / "api_tokens", comment, old, "", f"  {new}  ")
+    settings = Settings(source_dsn=SecretStr(pg_dsn), api_tokens_file=tokens_file)
+    with (
+        serve(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=TIMEOUT_S) as client,
+    ):
+        created = client.post("/scorecards", json=NEW, headers=bearer(old))
+        assert created.status_code == 201, created.text
+        path = f"/scorecards/{created.json()['id']}"
+        for headers in (bearer(old), bearer(new), {"Authorization": f"bearer {new}"}):
+            fetched = client.get(path, headers=headers)
+            assert fetched.status_code == 200, fetched.text
+            assert fetched.json() == created.json()
+        for not_a_token in (comment, f"{old} {new}", f"{old}{new}"):
+            assert client.get(path, headers=bearer(not_a_token)).status_code == 401
+    assert len(snapshot(pg)[0]) == 1
+
+
+def _unreadable_tokens(directory: Path) -> Path:
+    path = directory / "api_tokens"
+    path.write_bytes(b"\xff\xfe hunter2, not UTF-8\n")
+    return path
+
+
+STARTUP_REFUSALS: dict[str, tuple[Callable[[Path], Path | None], str]] = {
+    "setting unset": (lambda directory: None, f"needs bearer tokens: set {TOKENS_ENV}"),
+    "no such file": (lambda directory: directory / "absent", "cannot read .*absent"),
+    "a directory": (lambda directory: directory, "cannot read"),
+    "only comments and blanks": (
+        lambda directory: write_tokens(directory / "api_tokens", "# none yet", "", "   "),
+        "holds no token",
+    ),
+    "not UTF-8": (_unreadable_tokens, "is not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize(("make", "expect"), STARTUP_REFUSALS.values(), ids=STARTUP_REFUSALS.keys())
+def test_start_is_refused_without_tokens(
+    pg_dsn: str,
+    pg: psycopg.Connection[Any],
+    clean_env: None,
+    tmp_path: Path,
+    make: Callable[[Path], Path | None],
+    expect: str,
+) -> None:
+    settings = Settings(source_dsn=SecretStr(pg_dsn), api_tokens_file=make(tmp_path))
+    app = create_app(settings)
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(CdcError, match=expect) as failure:
+        asyncio.run(start())
+    assert failure.value.kind is ErrorKind.CONFIG
+    message = str(failure.value)
+    assert TOKENS_ENV in message
+    assert "one token per line" in message
+    assert "hunter2" not in message
+    # Refused before touching the database: no schema was created.
+    schemas = pg.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'director'").fetchall()
+    assert schemas == []
+
+
+def test_uvicorn_exits_naming_the_missing_setting(pg_dsn: str, tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CDC_")}
+    env |= {"CDC_SOURCE_DSN": pg_dsn, "PYTHONPATH": str(Path(__file__).parents[2])}
+    started = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "api.app:app", "--port", "0"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT_S * 3,
+        check=False,
+    )
+    assert started.returncode != 0
+    assert f"needs bearer tokens: set {TOKENS_ENV}" in started.stderr
+
+
+def test_tokens_never_reach_the_logs(settings: Settings, token: str) -> None:
+    wrong = secrets.token_urlsafe(32)
+    with (
+        capture_logs() as logs,
+        serve(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=TIMEOUT_S) as client,
+    ):
+        card = client.post("/scorecards", json=NEW, headers=bearer(token))
+        assert card.status_code == 201
+        assert client.get(f"/scorecards/{MISSING}", headers=bearer(token)).status_code == 404
+        assert client.get("/scorecards/x", headers=bearer(token)).status_code == 422
+        refused = client.delete(f"/scorecards/{card.json()['id']}", headers=bearer(wrong))
+        assert refused.status_code == 401
+        assert client.get(f"/scorecards/{MISSING}").status_code == 401
+    assert next(e for e in logs if e["event"] == "api_ready")["api_tokens"] == 1
+    unauthorized = [e for e in logs if e["event"] == "api_unauthorized"]
+    assert [(e["method"], e["reason"]) for e in unauthorized] == [
+        ("DELETE", "wrong bearer token"),
+        ("GET", "no bearer token"),
+    ]
+    captured = repr(logs)
+    assert token not in captured
+    assert wrong not in captured
+
+
+def test_module_app_loads_settings_when_it_starts(
+    pg_dsn: str,
+    pg: psycopg.Connection[Any],
+    clean_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tokens_file: Path,
+    token: str,
+) -> None:
+    # Building the app connects to nothing and reads no file: both only matter at start.
     create_app(Settings(source_dsn=SecretStr("host=/nonexistent dbname=nothing")))
     from api.app import app
 
     monkeypatch.setenv("CDC_SOURCE_DSN", pg_dsn)
-    with serve(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+    monkeypatch.setenv(TOKENS_ENV, str(tokens_file))
+    with (
+        serve(app) as url,
+        httpx.Client(base_url=url, timeout=TIMEOUT_S, headers=bearer(token)) as client,
+    ):
         assert client.get("/healthz").json() == {"status": "ok"}
         new_card(client)
     assert len(snapshot(pg)[0]) == 1
 
 
-def test_start_fails_clearly_without_the_database(clean_env: None) -> None:
+def test_start_fails_clearly_without_the_database(clean_env: None, tokens_file: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     dsn = f"postgresql://coach:s3cret@127.0.0.1:{port}/coaching"
-    app = create_app(Settings(source_dsn=SecretStr(dsn)))
+    app = create_app(Settings(source_dsn=SecretStr(dsn), api_tokens_file=tokens_file))
 
     async def start() -> None:
         async with app.router.lifespan_context(app):
@@ -440,11 +651,16 @@ def test_start_fails_clearly_without_the_database(clean_env: None) -> None:
 
 
 def test_custom_schema_name_is_quoted(
-    pg_dsn: str, pg: psycopg.Connection[Any], clean_env: None
+    pg_dsn: str, pg: psycopg.Connection[Any], clean_env: None, tokens_file: Path, token: str
 ) -> None:
     schema = 'Coaching "Director" 2'
-    settings = Settings(source_dsn=SecretStr(pg_dsn), source_schema=schema)
-    with serve(create_app(settings)) as url, httpx.Client(base_url=url) as client:
+    settings = Settings(
+        source_dsn=SecretStr(pg_dsn), source_schema=schema, api_tokens_file=tokens_file
+    )
+    with (
+        serve(create_app(settings)) as url,
+        httpx.Client(base_url=url, headers=bearer(token)) as client,
+    ):
         card = new_card(client)
         scored = client.put(
             f"/scorecards/{card['id']}/scores", json=[{"criterion_id": "x", "score": 7}]
@@ -521,11 +737,11 @@ OP_WEIGHTS = [30, 35, 12, 10, 13]
 
 
 def racing_client(
-    url: str, slots: list[str], slots_lock: threading.Lock, seed: int, rounds: int
+    url: str, token: str, slots: list[str], slots_lock: threading.Lock, seed: int, rounds: int
 ) -> list[Outcome]:
     rng = random.Random(seed)
     outcomes: list[Outcome] = []
-    with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+    with httpx.Client(base_url=url, timeout=TIMEOUT_S, headers=bearer(token)) as client:
         for _ in range(rounds):
             op = rng.choices(OPS, OP_WEIGHTS)[0]
             slot = rng.randrange(len(slots))
@@ -560,11 +776,11 @@ def racing_client(
 
 
 def test_racing_clients_keep_the_invariants(
-    settings: Settings, pg: psycopg.Connection[Any]
+    settings: Settings, token: str, pg: psycopg.Connection[Any]
 ) -> None:
     threads_count, rounds = 8, 60
     with serve(create_app(settings)) as url:
-        with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+        with httpx.Client(base_url=url, timeout=TIMEOUT_S, headers=bearer(token)) as client:
             slots = [new_card(client)["id"] for _ in range(5)]
         slots_lock = threading.Lock()
         start = threading.Barrier(threads_count)
@@ -574,7 +790,7 @@ def test_racing_clients_keep_the_invariants(
         def worker(seed: int) -> None:
             try:
                 start.wait()
-                results.append(racing_client(url, slots, slots_lock, seed, rounds))
+                results.append(racing_client(url, token, slots, slots_lock, seed, rounds))
             except BaseException as exc:
                 errors.append(exc)
 

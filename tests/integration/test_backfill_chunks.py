@@ -9,11 +9,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.backfill import Backfill
+from cdc.load.backfill import Backfill
 from cdc.schema import TableSchema
 from cdc.sinks.base import CopiedRows
-from cdc.sinks.clickhouse import ClickHouseSink
-from cdc.snapshot import exported_snapshot
+from cdc.sinks.clickhouse.sink import ClickHouseSink
+from cdc.stream.snapshot import exported_snapshot
 from tests.harness import ClickHouseServer
 from tests.pipeline import prepared_sinks
 

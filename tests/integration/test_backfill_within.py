@@ -12,11 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.backfill import Backfill
+from cdc.load.backfill import Backfill
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import CopiedRows, CopyFormat
-from cdc.sinks.historic import HistoricSink
-from cdc.snapshot import exported_snapshot
+from cdc.sinks.historic.sink import HistoricSink
+from cdc.stream.snapshot import exported_snapshot
 from tests.harness import ClickHouseServer
 from tests.pipeline import prepared_sinks
 

@@ -26,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(
-    args: list[str], env: dict[str, str], timeout: float = 60
+    args: list[str], env: dict[str, str], timeout: float = 60, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from cli import app; app()", *args],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "cdc.cli", *args],
+        cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, capture_output=True,
+        text=True, timeout=timeout,
     )  # fmt: skip
 
 
@@ -82,7 +83,7 @@ def test_values_and_types_clickhouse_cannot_hold_quarantine_their_table(
     pg.execute("CREATE TABLE director.fine (id int PRIMARY KEY, f float8, huge text)")
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
     with running_daemon(settings, clickhouse_server.client) as running:
-        quarantined = running.daemon._quarantined
+        quarantined = running.daemon.quarantined
         assert (
             "Decimal" in quarantined[("director", "wide")]
             or "76" in quarantined[("director", "wide")]
@@ -91,10 +92,11 @@ def test_values_and_types_clickhouse_cannot_hold_quarantine_their_table(
         pg.execute("INSERT INTO director.fine VALUES (1, 'NaN', 'x'), (2, '-Infinity', 'y')")
         # A 100 MB value travels whole to both targets.
         pg.execute("INSERT INTO director.fine VALUES (3, 1, repeat('0123456789', 10485760))")
-        wait_until(lambda: ("director", "big") in quarantined, 60, "quarantine of big")
+        wait_until(lambda: ("director", "big") in running.daemon.quarantined, 60,
+                   "quarantine of big")  # fmt: skip
         wait_in_step(pg, clickhouse_server.client, ch_database, ["fine"], timeout=120,
                      running=running)  # fmt: skip
-    assert "more than 38" in quarantined[("director", "big")]
+    assert "more than 38" in running.daemon.quarantined[("director", "big")]
     size = pg.execute("SELECT length(huge) FROM historic.fine_current WHERE id = 3").fetchone()
     assert size == (104857600,)
     states = dict(pg.execute("SELECT table_name, state FROM historic._cdc_tables").fetchall())
@@ -154,7 +156,12 @@ def test_dropped_slot_stops_with_the_recovery_path(
 
 def test_unreachable_or_wrong_servers_fail_clearly(pg_dsn: str, tmp_path: Path) -> None:
     missing_db = make_conninfo(pg_dsn, dbname="no_such_database", password="hunter2")
-    result = run_cli(["run"], {"CDC_SOURCE_DSN": missing_db, "CDC_CONNECT_TIMEOUT_S": "2"})
+    embedded = f"chdb://{tmp_path / 'clickhouse'}"
+    result = run_cli(
+        ["run"],
+        {"CDC_SOURCE_DSN": missing_db, "CDC_CLICKHOUSE_URL": embedded,
+         "CDC_CONNECT_TIMEOUT_S": "2"},
+    )  # fmt: skip
     assert result.returncode == 2
     assert "no_such_database" in result.stderr and "does not exist" in result.stderr
     assert "gave up after 2 s" in result.stderr
@@ -168,6 +175,22 @@ def test_unreachable_or_wrong_servers_fail_clearly(pg_dsn: str, tmp_path: Path) 
     assert result.returncode == 2
     assert "cannot connect to ClickHouse" in result.stderr and "hunter2" not in result.stderr
     assert "gave up after 2 s" in result.stderr, "a target down at start is waited for a while"
+
+    # Outside the local stack there is no default ClickHouse: the daemon does not start.
+    result = run_cli(["run"], {"CDC_SOURCE_DSN": pg_dsn}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no ClickHouse: set CDC_CLICKHOUSE_URL" in result.stderr
+    assert not (tmp_path / ".stack").exists()
+
+    # A misspelt variable stops the start instead of being ignored.
+    result = run_cli(
+        ["run"],
+        {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_ULR": "http://127.0.0.1:1"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "unknown environment variable CDC_CLICKHOUSE_ULR" in result.stderr
+    assert "CDC_CLICKHOUSE_URL" in result.stderr
 
     config = tmp_path / "cdc.toml"
     config.write_text("batch_size = 'many'\nslott = 1\n")

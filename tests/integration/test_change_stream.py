@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from cdc.changes import Op, Transaction
-from cdc.lsn import Lsn
-from cdc.source import ChangeSource, SourceConfig
+from cdc.apply.changes import Op, Transaction
+from cdc.protocol.lsn import Lsn
+from cdc.stream.source import ChangeSource, SourceConfig
 from tests.harness import PgServer
 
 SMALL_WORK_MEM = "-c logical_decoding_work_mem=64kB"
@@ -168,8 +168,8 @@ def test_streamed_transaction_that_aborts_leaves_no_trace(
 
 PEAK_RSS_SCRIPT = """
 import json, resource, sys, time
-from cdc.changes import Transaction
-from cdc.source import ChangeSource, SourceConfig
+from cdc.apply.changes import Transaction
+from cdc.stream.source import ChangeSource, SourceConfig
 dsn, budget = sys.argv[1], int(sys.argv[2])
 source = ChangeSource(SourceConfig(dsn, "slot", "pub", memory_budget=budget))
 source.start()

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc.lsn import Lsn
+from cdc.protocol.lsn import Lsn
 from tests.harness import ClickHouseServer, PgServer
 from tests.pipeline import wait_until
 from tests.processes import (

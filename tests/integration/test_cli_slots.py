@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from cdc.cli import app
 
 runner = CliRunner()
 
@@ -74,7 +74,7 @@ def test_unreachable_source_is_a_clear_error(env: dict[str, str]) -> None:
 
 
 def test_status_and_slot_recreate(pg: psycopg.Connection[Any], env: dict[str, str]) -> None:
-    from cdc import status
+    from cdc.ops import status
 
     assert runner.invoke(app, ["slot", "create"], env=env).exit_code == 0
     status.record_daemon(env["CDC_SOURCE_DSN"], "historic", "cli_slot", "failed",

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cdc import copyout
-from cdc.copyout import copy_out
+from cdc.load import copyout
+from cdc.load.copyout import copy_out
 
 pytestmark = pytest.mark.integration
 READ_IN_PYTHON = copyout._read
@@ -20,7 +20,9 @@ READ_IN_PYTHON = copyout._read
 @pytest.fixture(autouse=True, params=["C", "Python"])
 def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "C":
-        assert copyout.NATIVE, "cdc._copyout is not built or found no libpq: run `make install`"
+        assert copyout.NATIVE, (
+            "cdc.load._copyout is not built or found no libpq: run `make install`"
+        )
 
         def not_in_python(pgconn: Any) -> tuple[bytes, int]:
             raise AssertionError("the rows were read in Python")
@@ -89,7 +91,7 @@ def test_the_c_reader_refuses_a_connection_it_cannot_vouch_for(
 ) -> None:
     """A PID that does not match (as through another libpq than the connection's): no rows
     read in C, and the copy then reads them in Python."""
-    from cdc import _copyout
+    from cdc.load import _copyout
 
     with psycopg.connect(pg_dsn) as conn:
         address: int = conn.pgconn.pgconn_ptr  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """Postgres as the oracle: the pgoutput change source agrees with `test_decoding`.
 
 Two logical slots are created at the same point in one database: a `pgoutput` slot read
-through `cdc.source.ChangeSource` (the real decoder and assembler, protocol v2+ streaming
+through `cdc.stream.source.ChangeSource` (the real decoder and assembler, protocol v2+ streaming
 on, `logical_decoding_work_mem` at its 64kB minimum so large transactions are streamed, and
 a small memory budget so they spill to disk) and a `test_decoding` slot read with
 `pg_logical_slot_get_changes`. Randomly generated workloads run on two tables (one with a
@@ -41,8 +41,8 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from cdc.changes import Op, Transaction
-from cdc.pgoutput import (
+from cdc.apply.changes import Op, Transaction
+from cdc.protocol import (
     UNCHANGED_TOAST,
     BinaryDatum,
     Commit,
@@ -55,10 +55,10 @@ from cdc.pgoutput import (
     TupleValue,
     UnchangedToast,
 )
-from cdc.pgoutput import Delete as PgDelete
-from cdc.pgoutput import Insert as PgInsert
-from cdc.pgoutput import Update as PgUpdate
-from cdc.source import ChangeSource, SourceConfig
+from cdc.protocol import Delete as PgDelete
+from cdc.protocol import Insert as PgInsert
+from cdc.protocol import Update as PgUpdate
+from cdc.stream.source import ChangeSource, SourceConfig
 
 PUBLICATION = "oracle_pub"
 WORK_MEM_OPTIONS = "-c logical_decoding_work_mem=64kB"  # the minimum: streams early

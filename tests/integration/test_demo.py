@@ -4,7 +4,7 @@ where the old async fan-out would not."""
 
 from __future__ import annotations
 
-from cdc import demo
+from cdc.dev import demo
 from tests.harness import ClickHouseServer, PgServer, drop_database
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.clickhouse import quote_identifier
+from cdc.sinks.clickhouse.client import quote_identifier
 
 
 def test_pgoutput_slot_streams_an_inserted_row(pg: psycopg.Connection[Any], pg_dsn: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.lsn import Lsn
+from cdc.protocol.lsn import Lsn
 from tests.harness import ClickHouseServer
 from tests.pipeline import wait_until
 from tests.processes import (

@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.backfill import Backfill
-from cdc.lsn import Lsn
+from cdc.load.backfill import Backfill
+from cdc.protocol.lsn import Lsn
 from tests.harness import ClickHouseServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
 from tests.processes import ITEMS_DDL, ROOT, daemon_env, items, read_clickhouse, slot_caught_up
@@ -78,7 +78,7 @@ def killed_then_resumed(
     with the WAL written meanwhile, and stops."""
     env, ch_url = daemon_env(pg_dsn, clickhouse_server, ch_database, tmp_path, slot, **settings)
     env = {**os.environ, **env}
-    command = [sys.executable, "-c", "from cli import app; app()", "run", "--log-format", "json"]
+    command = [sys.executable, "-m", "cdc.cli", "run", "--log-format", "json"]
     with (tmp_path / "daemon.log").open("ab") as log:
         killed = subprocess.run(
             command, cwd=ROOT, env={**env, "CDC_FAULTS": fault},
@@ -214,6 +214,30 @@ def test_a_load_killed_while_planning_continues_its_plan(
     assert read_clickhouse(ch_url, ch_database)["rows"] == source
 
 
+def test_killed_after_creating_the_slot_still_loads(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+    tmp_path: Path,
+) -> None:
+    """Killed once the slot exists and before the copy begins: the restarted daemon finds
+    the slot, and still copies the rows that were there before it."""
+    populate(pg)
+    with killed_then_resumed(
+        pg, pg_dsn, clickhouse_server, ch_database, tmp_path, "created_slot",
+        "after_slot_created=kill",
+    ) as ch_url:  # fmt: skip
+        # The copy is recorded as due, nothing copied yet.
+        plans = "SELECT count(*), bool_or(planned) FROM historic._cdc_backfill_plans"
+        assert pg.execute(plans).fetchone() == (2, False)
+        pg.execute("UPDATE director.items SET val = 'changed while down' WHERE id <= 100")
+    source = items(pg, "director.items")
+    assert len(source) == ROWS
+    assert items(pg, "historic.items_current") == source
+    assert read_clickhouse(ch_url, ch_database)["rows"] == source
+
+
 def test_initial_load_quarantines_a_table_with_values_clickhouse_cannot_hold(
     pg: psycopg.Connection[Any],
     pg_dsn: str,
@@ -232,7 +256,7 @@ def test_initial_load_quarantines_a_table_with_values_clickhouse_cannot_hold(
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, backfill_chunk_size=1000)
     with running_daemon(settings, clickhouse_server.client) as running:
         wait_in_step(pg, clickhouse_server.client, ch_database, ["fine"], running=running)
-        reason = running.daemon._quarantined[("director", "events")]
+        reason = running.daemon.quarantined[("director", "events")]
     assert "1850-06-01" in reason and "key (2500)" in reason
     done = dict(
         pg.execute(

@@ -10,8 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc import localstack, preflight
+from cdc.dev import localstack
 from cdc.errors import CdcError, ErrorKind
+from cdc.ops import preflight
 
 
 @pytest.fixture

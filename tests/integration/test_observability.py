@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from cdc import localstack
+from cdc.dev import localstack
 from tests.harness import ClickHouseServer, PgServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
 
@@ -52,7 +52,7 @@ def test_heartbeat_moves_an_idle_slot(
     clickhouse_server: ClickHouseServer,
     ch_database: str,
 ) -> None:
-    from cdc.lsn import Lsn
+    from cdc.protocol.lsn import Lsn
 
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.t (id int PRIMARY KEY)")
@@ -66,7 +66,7 @@ def test_heartbeat_moves_an_idle_slot(
         return Lsn.parse(row[0]) if row and row[0] else Lsn.ZERO
 
     with (
-        running_daemon(settings, clickhouse_server.client),
+        running_daemon(settings, clickhouse_server.client) as running,
         psycopg.connect(pg_server.dsn, autocommit=True) as other,
     ):
         other.execute("CREATE TABLE IF NOT EXISTS heartbeat_noise (x text)")
@@ -78,6 +78,15 @@ def test_heartbeat_moves_an_idle_slot(
 
         wait_until(moved, 15, "the heartbeat to move the slot")
         other.execute("DROP TABLE heartbeat_noise")
+        # Idle and flushed while another database writes: nothing is pending, no lag.
+        pg.execute("INSERT INTO director.t VALUES (1)")
+        registry = running.daemon.metrics.registry
+
+        def no_lag() -> bool:
+            other.execute("SELECT pg_logical_emit_message(false, 'noise', 'x')")
+            return registry.get_sample_value("cdc_apply_lag_bytes") == 0
+
+        wait_until(no_lag, 15, "an idle pipeline to report no lag")
 
 
 def test_readiness_follows_a_failing_sink_and_secrets_stay_out_of_logs(
@@ -89,7 +98,7 @@ def test_readiness_follows_a_failing_sink_and_secrets_stay_out_of_logs(
     from psycopg.conninfo import make_conninfo
     from structlog.testing import capture_logs
 
-    from cdc import faults
+    from cdc.ops import faults
 
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.t (id int PRIMARY KEY)")

@@ -8,12 +8,12 @@ from typing import Any
 
 import psycopg
 
-from cdc.batch import Batch, BatchBuilder
-from cdc.changes import Transaction
-from cdc.daemon import Daemon
-from cdc.sinks.clickhouse import ClickHouseSink
-from cdc.sinks.historic import HistoricSink
-from cdc.source import ChangeSource, SourceConfig
+from cdc.apply.batch import Batch, BatchBuilder
+from cdc.apply.changes import Transaction
+from cdc.apply.daemon import Daemon
+from cdc.sinks.clickhouse.sink import ClickHouseSink
+from cdc.sinks.historic.sink import HistoricSink
+from cdc.stream.source import ChangeSource, SourceConfig
 from tests.harness import ClickHouseServer
 from tests.pipeline import clickhouse_rows, director_rows, historic_rows, make_settings
 

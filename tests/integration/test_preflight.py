@@ -13,8 +13,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
-from cdc import preflight
-from cli import app
+from cdc.cli import app
+from cdc.ops import preflight
 
 runner = CliRunner()
 
@@ -34,8 +34,11 @@ def test_source_findings_name_each_risk(pg: psycopg.Connection[Any]) -> None:
     text = "\n".join(f"{f.check}: {f.message}" for f in findings)
     assert "max_slot_wal_keep_size: max_slot_wal_keep_size is unlimited" in text
     assert "does not publish delete, truncate" in text
-    assert "director.nokey has no primary key" in text
-    assert "director.silent has REPLICA IDENTITY NOTHING" in text
+    assert "director.nokey is not replicated: no primary key" in text
+    assert "It is in publication 'p', so Postgres refuses its UPDATE and DELETE" in text
+    assert "Fix: ALTER TABLE director.nokey ADD PRIMARY KEY (...)" in text
+    assert "director.silent is not replicated: REPLICA IDENTITY NOTHING" in text
+    assert "Fix: ALTER TABLE director.silent REPLICA IDENTITY DEFAULT" in text
     assert "public.elsewhere is published but outside the source schema" in text
     assert "director.ok" not in text
     assert all(f.level == "warning" for f in findings)

@@ -18,12 +18,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cdc import ddl
-from cdc.chvalues import INSERT_SETTINGS, RowEncoder
-from cdc.clickhouse import quote_identifier
 from cdc.errors import CdcError, ErrorKind
-from cdc.pgoutput.messages import Relation, RelationColumn
-from cdc.pgoutput.tags import ReplicaIdentity
+from cdc.protocol.messages import Relation, RelationColumn
+from cdc.protocol.tags import ReplicaIdentity
 from cdc.schema import (
     Column,
     TableSchema,
@@ -31,8 +28,11 @@ from cdc.schema import (
     describe_relation,
     describe_table,
 )
-from cdc.slots import publication_tables
-from cdc.typemap import PgType, clickhouse_type
+from cdc.sinks import ddl
+from cdc.sinks.clickhouse.client import quote_identifier
+from cdc.sinks.clickhouse.types import PgType, clickhouse_type
+from cdc.sinks.clickhouse.values import INSERT_SETTINGS, RowEncoder
+from cdc.stream.slots import publication_tables
 
 SESSION_SETTINGS = (
     "SET TimeZone = 'UTC'",
@@ -398,14 +398,16 @@ def test_describe_relation_without_primary_key(pg: psycopg.Connection[Any]) -> N
     pg.execute("ALTER TABLE f REPLICA IDENTITY FULL")
     with pytest.raises(CdcError, match=r"public\.f has no primary key.*FULL") as info:
         describe_relation(pg, relation_of(pg, "f", "f"))
-    assert info.value.kind is ErrorKind.SCHEMA
+    assert info.value.kind is ErrorKind.NO_KEY
+    assert "schema change" not in info.value.policy.hint  # it never had a key
     assert "ADD PRIMARY KEY" in str(info.value)
     with pytest.raises(CdcError, match="no primary key"):
         describe_table(pg, "public", "f")
 
+    # Without FULL it is published for inserts only: an append-only log, keyed by version.
     pg.execute("ALTER TABLE f REPLICA IDENTITY DEFAULT")
-    with pytest.raises(CdcError, match="no primary key"):
-        describe_relation(pg, relation_of(pg, "f", "d"))
+    assert describe_relation(pg, relation_of(pg, "f", "d")).append_only
+    assert describe_table(pg, "public", "f").append_only
 
     pg.execute("CREATE UNIQUE INDEX f_a ON f (a)")
     pg.execute("ALTER TABLE f REPLICA IDENTITY USING INDEX f_a")

@@ -1,4 +1,5 @@
-"""The coaching API's request validation, JSON numbers, and pure SQL builders (no database)."""
+"""The coaching API's request validation, JSON numbers, pure SQL builders, and bearer-token
+parsing and matching (no database)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from api import migrations, queries
+from api.auth import ApiTokens, parse_tokens
 from api.models import (
     SCORE_DECIMAL_PLACES,
     SCORE_MAX_DIGITS,
@@ -155,3 +157,30 @@ def test_migration_lock_is_per_schema() -> None:
     assert [m.version for m in migrations.MIGRATIONS] == sorted(
         {m.version for m in migrations.MIGRATIONS}
     )
+
+
+def test_tokens_file_lines() -> None:
+    text = "# rotated monthly\n\n  first-token  \n\t\n#second-token\nthird # not a comment\r\n"
+    assert parse_tokens(text) == ["first-token", "third # not a comment"]
+    assert parse_tokens("") == []
+    assert parse_tokens("# only\n   \n") == []
+
+
+@given(st.lists(st.text(min_size=1).map(str.strip).filter(bool), min_size=1, max_size=5))
+def test_every_token_matches_and_nothing_else(tokens: list[str]) -> None:
+    accepted = ApiTokens.of(tokens)
+    assert len(accepted.digests) == len(tokens)
+    for token in tokens:
+        assert accepted.accepts(token)
+        if token + "x" not in tokens:
+            assert not accepted.accepts(token + "x")
+        if token[:-1] not in tokens:
+            assert not accepted.accepts(token[:-1])
+
+
+def test_token_matching_keeps_no_token() -> None:
+    tokens = ApiTokens.of(["s3cret-token", "another-one"])
+    assert not tokens.accepts("")
+    assert not tokens.accepts("S3CRET-TOKEN")
+    assert repr(tokens) == "ApiTokens(2 tokens)"
+    assert all(b"s3cret" not in digest for digest in tokens.digests)

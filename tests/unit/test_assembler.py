@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.assembler import Assembler
-from cdc.changes import Op, Transaction
-from cdc.lsn import Lsn
-from cdc.pgoutput import (
+from cdc.apply.assembler import Assembler
+from cdc.apply.changes import Op, Transaction
+from cdc.protocol import (
     Begin,
     Commit,
     Delete,
@@ -22,7 +21,8 @@ from cdc.pgoutput import (
     Truncate,
     Update,
 )
-from cdc.pgoutput.tags import ReplicaIdentity, TupleMarker
+from cdc.protocol.lsn import Lsn
+from cdc.protocol.tags import ReplicaIdentity, TupleMarker
 
 pytestmark = pytest.mark.unit
 

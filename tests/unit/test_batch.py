@@ -12,10 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.batch import Batch, BatchBuilder, KeyResolver, RowImage, native_fold
-from cdc.changes import Op, Record, RecordChunk, Transaction
-from cdc.lsn import Lsn
-from cdc.pgoutput import (
+from cdc.apply.batch import (
+    NO_BOUND,
+    Batch,
+    BatchBuilder,
+    FillSource,
+    KeyResolver,
+    RowImage,
+    native_fold,
+)
+from cdc.apply.changes import Op, Record, RecordChunk, Transaction
+from cdc.protocol import (
     UNCHANGED_TOAST,
     Delete,
     Insert,
@@ -25,7 +32,8 @@ from cdc.pgoutput import (
     TupleData,
     Update,
 )
-from cdc.pgoutput.tags import ReplicaIdentity, TupleMarker
+from cdc.protocol.lsn import Lsn
+from cdc.protocol.tags import ReplicaIdentity, TupleMarker
 
 pytestmark = pytest.mark.unit
 
@@ -86,7 +94,7 @@ def keys(relation: Relation) -> tuple[int, ...]:
 def folding(request: pytest.FixtureRequest) -> Callable[..., BatchBuilder]:
     native = request.param == "C"
     if native:
-        assert native_fold() is not None, "cdc._fold is not built: run `make install`"
+        assert native_fold() is not None, "cdc.apply._fold is not built: run `make install`"
     return lambda resolver, max_changes=None: BatchBuilder(resolver, max_changes, native=native)
 
 
@@ -205,7 +213,7 @@ def test_the_c_fold_gives_what_the_python_fold_gives(
     chunk: int,
     quarantine_pairs: bool,
 ) -> None:
-    assert native_fold() is not None, "cdc._fold is not built: run `make install`"
+    assert native_fold() is not None, "cdc.apply._fold is not built: run `make install`"
 
     def resolver(relation: Relation) -> tuple[int, ...] | None:
         if relation.name == "pairs":
@@ -232,3 +240,31 @@ def test_records_the_c_fold_leaves_to_python_are_folded_in_order() -> None:
     builder.add(relation_txn(3, toasted, chunk=10))
     rows = builder.build().tables["s", "t"].rows
     assert rows[(b"1",)] == RowImage((3 << 64) | 4, False, (b"1", b"b"))
+
+
+def test_a_moved_row_notes_the_historic_rows_that_hold_its_unchanged_values(
+    folding: Callable[..., BatchBuilder],
+) -> None:
+    """A swap through a temporary key, then a row moved onto a key whose values came from
+    another key earlier in the batch: each candidate historic row, with the versions
+    between which it holds the values."""
+    builder = folding(lambda r: (0, 1))
+    v = UNCHANGED_TOAST
+    builder.add(relation_txn(20, [
+        (PAIRS, (Op.UPDATE, (b"1", b"-1", v), (b"1", b"6", None))),
+        (PAIRS, (Op.UPDATE, (b"1", b"6", v), (b"1", b"5", None))),
+        (PAIRS, (Op.UPDATE, (b"1", b"5", v), (b"1", b"-1", None))),
+    ]))  # fmt: skip
+    builder.add(relation_txn(40, [
+        (PAIRS, (Op.UPDATE, (b"1", b"2", v), (b"1", b"6", None))),
+        (PAIRS, (Op.UPDATE, (b"1", b"7", b"new"), (b"1", b"5", None))),
+    ]))  # fmt: skip
+    table = builder.build().tables["s", "pairs"]
+    swap, move = 20 << 64, 40 << 64
+    assert table.fill_from[(b"1", b"2")] == (
+        FillSource((b"1", b"2"), move | 1, NO_BOUND),  # a replay wrote the move already
+        FillSource((b"1", b"6"), swap | 2, (move | 1) + 1),  # as the swap left it
+        FillSource((b"1", b"5"), 0, (swap | 2) + 1),  # as the batch found it
+    )
+    assert (b"1", b"7") not in table.fill_from, "complete: nothing to fill"
+    assert table.rows[(b"1", b"6")].deleted

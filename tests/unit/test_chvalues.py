@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.chvalues import RowEncoder, parse_array
-from cdc.copytext import escape
 from cdc.errors import CdcError, ErrorKind
+from cdc.load.copytext import escape
 from cdc.schema import Column, TableSchema, TypeKind
-from cdc.typemap import PgType
+from cdc.sinks.clickhouse.types import PgType
+from cdc.sinks.clickhouse.values import RowEncoder, parse_array
 
 TSV_UNESCAPES = {
     ord("t"): b"\t",
@@ -355,11 +355,11 @@ def test_wrong_width_and_non_text_values() -> None:
 
 def test_versioned_lines() -> None:
     enc = encoder(TEXT)
-    assert enc.insert_columns == ("id", "t", "_version", "_is_deleted")
+    assert enc.insert_columns == ("id", "t", "_version", "_is_deleted", "_commit_time")
     assert enc.column_names == ("id", "t")
     version = (0x16B3748 << 64) | 3
-    assert enc.encode_versioned([b"1", b"a"], version, False) == b"1\ta\t%d\t0\n" % version
-    assert enc.encode_versioned([b"1", None], 2**128 - 1, True).endswith(b"\t1\n")
+    assert enc.encode_versioned([b"1", b"a"], version, False) == b"1\ta\t%d\t0\t\\N\n" % version
+    assert enc.encode_versioned([b"1", None], 2**128 - 1, True).endswith(b"\t1\t\\N\n")
     for bad in (2**128, -1):
         with pytest.raises(CdcError, match="not a UInt128"):
             enc.encode_versioned([b"1", b"a"], bad, False)

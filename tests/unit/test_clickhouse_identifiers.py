@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cdc.clickhouse import connect, embedded_path, quote_identifier
 from cdc.errors import CdcError, ErrorKind
+from cdc.sinks.clickhouse.client import connect, embedded_path, quote_identifier
 
 
 @pytest.mark.parametrize(

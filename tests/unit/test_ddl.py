@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cdc import ddl
 from cdc.errors import CdcError, ErrorKind
 from cdc.schema import Column, TableSchema, TypeKind
-from cdc.typemap import PgType
+from cdc.sinks import ddl
+from cdc.sinks.clickhouse.types import PgType
 
 
 def column(name: str, oid: int, pg_type: str, nullable: bool = True) -> Column:
@@ -40,7 +40,7 @@ def test_historic_table() -> None:
         '"id" bigint NOT NULL, "Order" integer NOT NULL, "it\'s" text, '
         '"ünï`\\" timestamp with time zone, "select" text, '
         '"_version" numeric(39,0) NOT NULL, "_is_deleted" boolean NOT NULL DEFAULT false, '
-        'PRIMARY KEY ("id", "Order"))'
+        '"_commit_time" timestamptz, PRIMARY KEY ("id", "Order"))'
     )
 
 
@@ -81,7 +81,7 @@ def test_clickhouse_table() -> None:
         "CREATE TABLE IF NOT EXISTS `db`.`Score Card` ("
         "`id` Int64, `Order` Int32, `it's` Nullable(String), "
         "`ünï\\`\\\\` Nullable(DateTime64(6, 'UTC')), `select` String, "
-        "`_version` UInt128, `_is_deleted` UInt8) "
+        "`_version` UInt128, `_is_deleted` UInt8, `_commit_time` Nullable(DateTime64(6, 'UTC'))) "
         "ENGINE = ReplacingMergeTree(`_version`, `_is_deleted`) ORDER BY (`id`, `Order`)"
     )
 
@@ -91,7 +91,7 @@ def test_clickhouse_table_on_a_cluster() -> None:
         "CREATE TABLE IF NOT EXISTS `my db`.`Score Card` ON CLUSTER `main cluster` ("
         "`id` Int64, `Order` Int32, `it's` Nullable(String), "
         "`ünï\\`\\\\` Nullable(DateTime64(6, 'UTC')), `select` String, "
-        "`_version` UInt128, `_is_deleted` UInt8) "
+        "`_version` UInt128, `_is_deleted` UInt8, `_commit_time` Nullable(DateTime64(6, 'UTC'))) "
         "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/my db/Score Card', "
         "'{replica}', `_version`, `_is_deleted`) ORDER BY (`id`, `Order`)"
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.feedback import Progress, flush_lsn
-from cdc.lsn import Lsn
+from cdc.protocol.lsn import Lsn
+from cdc.stream.feedback import Progress, flush_lsn, lag_bytes
 
 
 def test_reports_durable_while_a_received_transaction_is_not_durable() -> None:
@@ -66,3 +66,15 @@ def test_flush_never_passes_an_unacknowledged_transaction(
         if unacked:
             assert flush_lsn(progress) < min(unacked)
         assert flush_lsn(progress) >= progress.durable
+
+
+def test_lag_is_what_is_pending() -> None:
+    """An idle pipeline with everything durable has no lag, however far the server's WAL
+    moved; otherwise the lag runs from the durable end to the server's WAL end."""
+    idle = Progress(durable=Lsn(100), received=Lsn(100), server_wal_end=Lsn(5_000))
+    assert lag_bytes(idle) == 0
+    busy = Progress(durable=Lsn(100), received=Lsn(300), server_wal_end=Lsn(5_000))
+    assert lag_bytes(busy) == 4_900
+    open_txn = Progress(durable=Lsn(100), received=Lsn(100), open_transaction=True,
+                        server_wal_end=Lsn(400))  # fmt: skip
+    assert lag_bytes(open_txn) == 300

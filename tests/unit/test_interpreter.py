@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdc import interpreter
+from cdc.apply import interpreter
 
 pytestmark = pytest.mark.unit
 

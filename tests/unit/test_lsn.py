@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.lsn import Lsn
+from cdc.protocol.lsn import Lsn
 
 pytestmark = pytest.mark.unit
 

@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cdc.errors import DecodeError, ErrorKind
-from cdc.lsn import Lsn
-from cdc.pgoutput import (
+from cdc.protocol import (
     PG_EPOCH,
     UNCHANGED_TOAST,
     Begin,
@@ -48,6 +47,7 @@ from cdc.pgoutput import (
     datetime_to_pg_timestamp,
     pg_timestamp_to_datetime,
 )
+from cdc.protocol.lsn import Lsn
 
 pytestmark = pytest.mark.unit
 

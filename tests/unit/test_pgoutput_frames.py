@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc.errors import DecodeError
-from cdc.lsn import Lsn
-from cdc.pgoutput import Keepalive, XLogData, decode_frame, encode_standby_status
+from cdc.protocol import Keepalive, XLogData, decode_frame, encode_standby_status
+from cdc.protocol.lsn import Lsn
 
 pytestmark = pytest.mark.unit
 

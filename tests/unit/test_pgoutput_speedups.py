@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc.errors import DecodeError
-from cdc.pgoutput import (
+from cdc.protocol import (
     UNCHANGED_TOAST,
     BinaryDatum,
     Decoder,
@@ -19,18 +19,18 @@ from cdc.pgoutput import (
     TupleValue,
     Update,
 )
-from cdc.pgoutput.decoder import _tuple, row_parser
-from cdc.pgoutput.tags import TupleMarker
+from cdc.protocol.decoder import _tuple, row_parser
+from cdc.protocol.tags import TupleMarker
 from tests.unit.test_pgoutput_decoder import encode as encode_message
 from tests.unit.test_pgoutput_decoder import tuple_bytes
 
 pytestmark = pytest.mark.unit
 
 try:
-    from cdc.pgoutput._speedups import parse_row
+    from cdc.protocol._speedups import parse_row
 except ImportError as exc:  # the package was installed without building its C part
     raise ImportError(
-        "cdc.pgoutput._speedups is not built: reinstall with a C compiler available "
+        "cdc.protocol._speedups is not built: reinstall with a C compiler available "
         "(`make install`)"
     ) from exc
 

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.batch import RowImage, TableBatch
-from cdc.copytext import parse_row
-from cdc.pgoutput import UNCHANGED_TOAST, Relation, RelationColumn, TupleValue
-from cdc.pgoutput.tags import ReplicaIdentity
-from cdc.rowtext import row_text, shared_row_text
+from cdc.apply.batch import RowImage, TableBatch, commit_time_text
+from cdc.apply.rowtext import row_text, shared_row_text
+from cdc.load.copytext import parse_row
+from cdc.protocol import UNCHANGED_TOAST, Relation, RelationColumn, TupleValue
+from cdc.protocol.tags import ReplicaIdentity
 
 pytestmark = pytest.mark.unit
 
@@ -31,6 +31,8 @@ def table_of(rows: list[tuple[int, bool, list[TupleValue]]]) -> TableBatch:
     for key, (version, deleted, rest) in enumerate(rows):
         values = (b"%d" % key, *rest)
         table.rows[(values[0],)] = RowImage(version, deleted, values)
+        if version >> 64 & 1:  # the others: a commit time the batch does not know (NULL)
+            table.commit_times[version >> 64] = commit_time_text(version >> 64)
     return table
 
 
@@ -44,19 +46,21 @@ def test_every_line_reads_back_as_its_row(rows: list[tuple[int, bool, list[Tuple
     assert len(text.lines) == len(text.images) == len(complete)
     for line, image in zip(text.lines, text.images, strict=True):
         assert line.endswith(b"\n") and line.count(b"\n") == 1, "one line per row"
-        *values, version, deleted = parse_row(line[:-1], WIDTH + 2)
+        *values, version, deleted, commit_time = parse_row(line[:-1], WIDTH + 3)
         assert tuple(values) == image.values
         assert version == b"%d" % image.version
         assert deleted == (b"1" if image.deleted else b"0")
+        assert commit_time == table.commit_times.get(image.version >> 64)
 
 
 def test_rows_inserted_at_the_source_are_set_apart() -> None:
     table = table_of([(5, False, [b"a", None, b"b"]), (3, False, [b"c", b"d", b"e"])])
     first = (b"0",)
     table.rows[first] = table.rows[first]._replace(inserted=True)
+    table.commit_times[0] = commit_time_text(86_400_000_000)  # a day after 2000-01-01
     inserted, others, lowest = row_text(table).by_insertion()
-    assert inserted == [b"0\ta\t\\N\tb\t5\t0\n"]
-    assert others == [b"1\tc\td\te\t3\t0\n"]
+    assert inserted == [b"0\ta\t\\N\tb\t5\t0\t2000-01-02 00:00:00.000000+00\n"]
+    assert others == [b"1\tc\td\te\t3\t0\t2000-01-02 00:00:00.000000+00\n"]
     assert lowest == 5
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cdc.errors import CdcError, ErrorKind
-from cdc.settings import Settings, load_settings, redact_url
+from cdc.ops.settings import Settings, load_settings, redact_url
 
 
 def test_defaults_without_file_or_env(tmp_path: Path) -> None:

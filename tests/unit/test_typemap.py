@@ -6,7 +6,7 @@ import pytest
 
 from cdc.errors import CdcError, ErrorKind
 from cdc.schema import Column, TypeKind
-from cdc.typemap import PgType, clickhouse_type, decimal_digits, storage_column
+from cdc.sinks.clickhouse.types import PgType, clickhouse_type, decimal_digits, storage_column
 
 
 def numeric_typmod(precision: int, scale: int) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from cdc import drift, rowhash
-from cdc.drift import DiffKind, Ident, KeyDiff, SourceRow, TableResult, Target, TargetRow
-from cdc.rowhash import Form, KeyRange
+from cdc.check import drift, rowhash
+from cdc.check.drift import DiffKind, Ident, KeyDiff, SourceRow, TableResult, Target, TargetRow
+from cdc.check.rowhash import Form, KeyRange
 from cdc.schema import Column, TableSchema, TypeKind
-from cdc.typemap import PgType
+from cdc.sinks.clickhouse.types import PgType
 
 TEXT, BPCHAR, JSONB, INTERVAL, INT4_ARRAY = 25, 1042, 3802, 1186, 1007
 
@@ -88,7 +88,7 @@ def text(composable: sql.Composable) -> str:
 )
 def test_forms(col: Column, form: Form) -> None:
     assert rowhash.form_of(col) is form
-    assert rowhash.clickhouse_comparable(col) is (form is not Form.ARRAY)
+    assert rowhash.held_differently([col]) is (form is Form.ARRAY)
 
 
 def test_canonical_texts_per_engine() -> None:
@@ -113,7 +113,44 @@ def test_canonical_texts_per_engine() -> None:
     # text-like values: Postgres' output function (bpchar keeps its padding, inet its form)
     assert text(rowhash.pg_text(column("code", BPCHAR, "character(4)"))) == 'concat("code")'
     assert rowhash.ch_text(MOOD) == "assumeNotNull(`mood`)"
-    assert rowhash.ch_text(TAGS) is None
+    assert text(rowhash.pg_text(TAGS)) == 'concat("tags")'  # historic holds arrays as they are
+
+
+def test_arrays_as_clickhouse_holds_them() -> None:
+    """Elements' fields joined in brackets, in both engines; a NULL array as `[]`."""
+    element = "octet_length(_cdc_u._cdc_value::text)::text || ':' || _cdc_u._cdc_value::text"
+    assert text(rowhash.pg_held_text(TAGS)) == (
+        "(SELECT '[' || coalesce(string_agg(CASE WHEN _cdc_u._cdc_value IS NULL THEN 'N' "
+        f"ELSE {element} END, ',' ORDER BY _cdc_u._cdc_ordinal), '') || ']' "
+        'FROM unnest("tags") WITH ORDINALITY AS _cdc_u(_cdc_value, _cdc_ordinal))'
+    )
+    assert rowhash.ch_text(TAGS) == (
+        "concat('[', arrayStringConcat(arrayMap(_cdc_item1 -> if(isNull(_cdc_item1), 'N', "
+        "concat(toString(length(toString(assumeNotNull(_cdc_item1)))), ':', "
+        "toString(assumeNotNull(_cdc_item1)))), `tags`), ','), ']')"
+    )
+    # No NULL mark as ClickHouse holds it: a NULL array is the empty array's `2:[]`.
+    held = text(rowhash.pg_field(TAGS, held=True))
+    assert "IS NULL THEN 'N' ELSE octet_length((SELECT" not in held
+    assert held.startswith("octet_length((SELECT '[' ||")
+    assert rowhash.ch_field(TAGS).startswith("concat(toString(length(concat('['")
+    # As it is (for historic), a NULL array is still `N`.
+    assert text(rowhash.pg_field(TAGS)).startswith("CASE WHEN \"tags\" IS NULL THEN 'N'")
+
+
+def test_arrays_nest_per_dimension() -> None:
+    grid = column("grid", INT4_ARRAY, "integer[]", kind=TypeKind.ARRAY, element=TAGS)
+    assert rowhash.array_shape(grid) == (2, TAGS.element)
+    ch = rowhash.ch_text(grid)
+    assert ch.startswith(
+        "concat('[', arrayStringConcat(arrayMap(_cdc_item1 -> concat('[', arrayStringConcat("
+        "arrayMap(_cdc_item2 -> if(isNull(_cdc_item2)"
+    )
+    assert ch.endswith(", _cdc_item1), ','), ']'), `grid`), ','), ']')")
+    pg = text(rowhash.pg_held_text(grid))
+    # A sub-array opens before every array_length(grid, 2)-th element and closes after it.
+    assert "repeat('[', CASE WHEN mod(_cdc_u._cdc_ordinal - 1, array_length(\"grid\", 2))" in pg
+    assert "repeat(']', CASE WHEN mod(_cdc_u._cdc_ordinal, array_length(\"grid\", 2))" in pg
 
 
 def test_fields_mark_null_and_prefix_the_byte_length() -> None:
@@ -127,8 +164,6 @@ def test_fields_mark_null_and_prefix_the_byte_length() -> None:
         "if(isNull(`it's \\`odd\\``), 'N', concat(toString(length(assumeNotNull(`it's \\`odd\\``)))"
         ", ':', assumeNotNull(`it's \\`odd\\``)))"
     )
-    with pytest.raises(ValueError, match="no ClickHouse form"):
-        rowhash.ch_field(TAGS)
 
 
 def test_row_hashes_take_the_first_8_md5_bytes_as_signed_bigint() -> None:
@@ -238,6 +273,19 @@ def test_queries_keep_parameters_in_order() -> None:
     assert params == ["a", "1"]
 
 
+def test_next_boundary_skips_size_keys_in_the_shared_order() -> None:
+    query, params = rowhash.pg_next_boundary(PAIR, ("a", "1"), 500)
+    assert params == ["a", "1", 499]
+    assert text(query) == (
+        'SELECT ARRAY[concat("team"), concat("id")] FROM "director"."pairs" WHERE '
+        'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer) '
+        'ORDER BY "team" COLLATE "C", "id" OFFSET %s::bigint LIMIT 1'
+    )
+    query, params = rowhash.pg_next_boundary(TABLE, None, 1)
+    assert params == [0]
+    assert "WHERE true ORDER BY" in text(query)
+
+
 def test_clickhouse_queries() -> None:
     ch_hash = rowhash.ch_row_hash([INT, NAME])
     query, params = rowhash.ch_aggregate(
@@ -324,7 +372,6 @@ def test_report_counts_and_names_keys() -> None:
             second: [*missing[3:], diff(Target.CLICKHOUSE, DiffKind.CHANGED, "8")],
             third: [diff(Target.CLICKHOUSE, DiffKind.EXTRA, "12")],
         },
-        not_in_clickhouse=("tags (integer[])",),
         in_flight=3,
     )
     assert not result.clean
@@ -336,7 +383,6 @@ def test_report_counts_and_names_keys() -> None:
         "historic missing: (0), (1), (2), (3), (4) and 2 more",
         "clickhouse extra: (12)",
         "clickhouse changed: (8)",
-        "not compared in ClickHouse: tags (integer[])",
         "3 differences were changes newer than the source read (in flight), not drift",
     ]
     assert [str(c) for c in table.columns[6].cells] == ["drift", "drift"]

@@ -1,0 +1,128 @@
+"""The text of a table batch's rows, built once and written to both targets.
+
+Pure. Postgres' COPY text format and ClickHouse's TabSeparated share their field syntax
+(tab-separated, `\\N` for NULL, backslash escapes for backslash, tab, newline and carriage
+return), and the stream carries every value as the text Postgres' output function made. So
+one line per complete row — its columns, `_version`, `_is_deleted` as `0`/`1` (Postgres'
+boolean input reads both), `_commit_time` (UTC with its offset: both read it) — serves the
+historic COPY and, for tables whose column types ClickHouse reads from that text
+unchanged, the ClickHouse insert.
+
+Rows with values the stream did not resend (unchanged TOAST, the non-key columns of a
+tombstone) are set apart as `incomplete`: the historic sink fills them from its copy first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cdc.apply.batch import Key, RowImage, TableBatch
+from cdc.errors import CdcError, ErrorKind
+from cdc.load.copytext import NULL, escape
+from cdc.protocol import UNCHANGED_TOAST, TupleData
+
+FIELD_SEPARATOR = b"\t"
+_DELETED_FLAG = (b"0", b"1")
+
+
+def escaped_fields(values: TupleData) -> bytes:
+    """The tab-separated fields of a row without UNCHANGED_TOAST, each value escaped and
+    NULL as `\\N`."""
+    parts = []
+    for value in values:
+        if value is None:
+            parts.append(NULL)
+        elif isinstance(value, bytes):
+            parts.append(escape(value))
+        else:
+            raise CdcError(ErrorKind.DECODE, "binary tuple values are not supported")
+    return FIELD_SEPARATOR.join(parts)
+
+
+def _plain(joined: Sequence[bytes], width: int) -> bool:
+    """True if no value in these rows (each its `width` values joined by tabs) needs
+    escaping: checked over all of them at once, which costs a fraction of a per-row scan."""
+    if not joined:
+        return True
+    blob = b"\n".join(joined)
+    return (
+        blob.count(FIELD_SEPARATOR) == len(joined) * (width - 1)
+        and blob.count(b"\n") == len(joined) - 1
+        and b"\\" not in blob
+        and b"\r" not in blob
+    )
+
+
+@dataclass
+class RowText:
+    """`lines[i]` is the line of `images[i]`, newline included."""
+
+    lines: list[bytes] = field(default_factory=list)
+    images: list[RowImage] = field(default_factory=list)
+    incomplete: list[Key] = field(default_factory=list)
+
+    def share(self, index: int, count: int) -> RowText:
+        """Every `count`-th row from `index` on: `count` shares hold disjoint keys."""
+        return RowText(
+            self.lines[index::count], self.images[index::count], self.incomplete[index::count]
+        )
+
+    def by_insertion(self) -> tuple[list[bytes], list[bytes], int | None]:
+        """(lines of rows inserted at the source, the other lines, the lowest version among
+        the inserted; None if there are none)."""
+        inserted: list[bytes] = []
+        others: list[bytes] = []
+        lowest: int | None = None
+        for line, image in zip(self.lines, self.images, strict=True):
+            if image.inserted:
+                inserted.append(line)
+                if lowest is None or image.version < lowest:
+                    lowest = image.version
+            else:
+                others.append(line)
+        return inserted, others, lowest
+
+
+def row_text(table: TableBatch) -> RowText:
+    """The lines of `table`'s complete rows, and the keys of the others.
+
+    Rows without a NULL are joined as they are (the join fails on a NULL or a marker),
+    and checked together for anything to escape; the rare others go value by value."""
+    text = RowText()
+    incomplete = text.incomplete
+    joined: list[bytes] = []
+    plain_images: list[RowImage] = []
+    other_lines: list[bytes] = []
+    other_images: list[RowImage] = []
+    join = FIELD_SEPARATOR.join
+    for key, image in table.rows.items():
+        values = image.values
+        try:
+            joined.append(join(values))  # type: ignore[arg-type]
+        except TypeError:
+            if UNCHANGED_TOAST in values:
+                incomplete.append(key)
+            else:
+                other_lines.append(escaped_fields(values))
+                other_images.append(image)
+            continue
+        plain_images.append(image)
+    if not _plain(joined, len(table.columns)):
+        joined = [escaped_fields(image.values) for image in plain_images]
+    flags = _DELETED_FLAG
+    times = table.commit_times
+    text.lines = [
+        b"%s\t%d\t%s\t%s\n"
+        % (line, image.version, flags[image.deleted], times.get(image.version >> 64, NULL))
+        for line, image in zip((*joined, *other_lines), (*plain_images, *other_images), strict=True)
+    ]
+    text.images = [*plain_images, *other_images]
+    return text
+
+
+def shared_row_text(table: TableBatch) -> RowText:
+    """`row_text(table)`, made once per table batch and kept on it for the next sink."""
+    if table.text is None:
+        table.text = row_text(table)
+    return table.text

@@ -1,0 +1,3 @@
+"""Copying tables at a snapshot: the backfill job, its chunks and their state, and reading
+COPY output fast.
+"""

@@ -1,0 +1,139 @@
+"""A backfill job's progress, kept in the historic database: the job's tables and whether
+each is split into chunks completely (`_cdc_backfill_plans`), its chunks and which are done
+(`_cdc_backfill`), and each table's state (`_cdc_tables`: copying -> ready | failed |
+quarantined). Every call runs on the autocommit connection it is given.
+
+Chunks are recorded as the plan finds them; a table is planned once its last chunk (the
+one without an upper key) is recorded, so a plan cut short continues after its last
+recorded chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.load.chunks import CHUNKS_TABLE, PLANS_TABLE, TABLES_TABLE, Chunk, Key, state_ddl
+
+
+class JobState:
+    """The state of job `job` over `tables`, in `schema`."""
+
+    def __init__(self, schema: str, job: str, tables: Collection[str]) -> None:
+        self.schema = schema
+        self.job = job
+        self.tables = tables
+
+    def _ident(self, name: str) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
+
+    def pending_chunks(self, conn: psycopg.Connection[Any]) -> list[Chunk]:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT table_name, chunk, lower_key, upper_key FROM {} "
+                "WHERE job = %s AND NOT done ORDER BY table_name, chunk"
+            ).format(self._ident(CHUNKS_TABLE)),
+            (self.job,),
+        ).fetchall()
+        return [Chunk(r[0], r[1], r[2], r[3]) for r in rows if r[0] in self.tables]
+
+    def plans(self, conn: psycopg.Connection[Any]) -> dict[str, bool]:
+        """The job's tables, each with whether it is split into chunks completely; empty
+        for a job that has not started."""
+        for statement in state_ddl(self.schema):
+            conn.execute(statement)
+        rows = conn.execute(
+            sql.SQL("SELECT table_name, planned FROM {} WHERE job = %s").format(
+                self._ident(PLANS_TABLE)
+            ),
+            (self.job,),
+        ).fetchall()
+        return {name: planned for name, planned in rows if name in self.tables}
+
+    def to_plan(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """The tables left to split into chunks: every table of a job that has not started
+        (recorded now as the job's tables), else the job's tables whose plan was cut."""
+        plans = self.plans(conn)
+        if not plans:
+            with conn.transaction():
+                for name in self.tables:
+                    conn.execute(
+                        sql.SQL(
+                            "INSERT INTO {} (job, table_name) VALUES (%s, %s) "
+                            "ON CONFLICT DO NOTHING"
+                        ).format(self._ident(PLANS_TABLE)),
+                        (self.job, name),
+                    )
+            plans = dict.fromkeys(self.tables, False)
+        return [name for name, planned in plans.items() if not planned]
+
+    def next_chunk(self, conn: psycopg.Connection[Any], table: str) -> tuple[int, Key]:
+        """The number and lower key of the table's next chunk to plan."""
+        last = conn.execute(
+            sql.SQL(
+                "SELECT chunk, upper_key FROM {} WHERE job = %s AND table_name = %s "
+                "ORDER BY chunk DESC LIMIT 1"
+            ).format(self._ident(CHUNKS_TABLE)),
+            (self.job, table),
+        ).fetchone()
+        return (last[0] + 1, last[1]) if last else (0, None)
+
+    def restart(self, conn: psycopg.Connection[Any], table: str) -> None:
+        """Forget the table's chunks: it is split and copied again from its start."""
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE job = %s AND table_name = %s").format(
+                    self._ident(CHUNKS_TABLE)
+                ),
+                (self.job, table),
+            )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (job, table_name) VALUES (%s, %s) "
+                    "ON CONFLICT (job, table_name) DO UPDATE SET planned = false"
+                ).format(self._ident(PLANS_TABLE)),
+                (self.job, table),
+            )
+
+    def record(self, conn: psycopg.Connection[Any], chunk: Chunk) -> None:
+        """Record a chunk; the last of its table (no upper key) completes the table's plan."""
+        with conn.transaction():
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (job, table_name, chunk, lower_key, upper_key) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                ).format(self._ident(CHUNKS_TABLE)),
+                (self.job, chunk.table, chunk.number, chunk.lower, chunk.upper),
+            )
+            if chunk.upper is None:
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET planned = true WHERE job = %s AND table_name = %s"
+                    ).format(self._ident(PLANS_TABLE)),
+                    (self.job, chunk.table),
+                )
+
+    def done(self, conn: psycopg.Connection[Any], chunk: Chunk, rows: int, lsn: str) -> None:
+        """The chunk is in every target, copied at the snapshot at `lsn`."""
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET done = true, rows = %s, snapshot_lsn = %s "
+                "WHERE job = %s AND table_name = %s AND chunk = %s"
+            ).format(self._ident(CHUNKS_TABLE)),
+            (rows, lsn, self.job, chunk.table, chunk.number),
+        )
+
+    def set_state(
+        self, conn: psycopg.Connection[Any], table: str, state: str, error: str | None = None
+    ) -> None:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (table_name, job, state, error) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (table_name) DO UPDATE SET job = excluded.job, "
+                "state = excluded.state, error = excluded.error, updated_at = now()"
+            ).format(self._ident(TABLES_TABLE)),
+            (table, self.job, state, error),
+        )

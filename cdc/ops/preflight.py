@@ -1,0 +1,172 @@
+"""Checks of the source (and the historic writer) before streaming, with actionable messages.
+
+`check_wal_level` is fatal. `source_findings` and `grant_findings` return findings: an
+`error` stops the daemon (or fails `cdc check-grants`), a `warning` is logged and the
+daemon goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+
+from cdc.errors import CdcError, ErrorKind
+from cdc.stream import eligibility, slots
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Literal["error", "warning", "ok"]
+    check: str
+    message: str
+
+
+def check_wal_level(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute("SHOW wal_level").fetchone()
+    level = row[0] if row else "unknown"
+    if level != "logical":
+        raise CdcError(
+            ErrorKind.SETUP,
+            f"wal_level is '{level}' but logical replication needs 'logical': run "
+            "`ALTER SYSTEM SET wal_level = logical` and restart PostgreSQL",
+        )
+
+
+def _setting(conn: psycopg.Connection[Any], name: str) -> str:
+    row = conn.execute("SELECT current_setting(%s, true)", (name,)).fetchone()
+    return str(row[0]) if row and row[0] is not None else ""
+
+
+def source_findings(conn: psycopg.Connection[Any], publication: str, schema: str) -> list[Finding]:
+    """What could make the pipeline lose changes or the source fill its disk."""
+    findings: list[Finding] = []
+    if _setting(conn, "max_slot_wal_keep_size") in ("-1", ""):
+        findings.append(Finding(
+            "warning", "max_slot_wal_keep_size",
+            "max_slot_wal_keep_size is unlimited: a stopped daemon makes the slot keep WAL "
+            "until the disk is full; set it (e.g. `ALTER SYSTEM SET max_slot_wal_keep_size = "
+            "'50GB'`) and watch `cdc status`",
+        ))  # fmt: skip
+    row = conn.execute(
+        "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication "
+        "WHERE pubname = %s",
+        (publication,),
+    ).fetchone()
+    if row is not None and not all(row):
+        missing = [op for op, on in zip(("insert", "update", "delete", "truncate"), row,
+                                        strict=True) if not on]  # fmt: skip
+        findings.append(Finding(
+            "warning", "publication",
+            f"publication {publication!r} does not publish {', '.join(missing)}: the targets "
+            f"will not see those; `ALTER PUBLICATION {publication} SET (publish = 'insert, "
+            "update, delete, truncate')`",
+        ))  # fmt: skip
+    outside = conn.execute(
+        "SELECT schemaname || '.' || tablename FROM pg_publication_tables "
+        "WHERE pubname = %s AND schemaname <> %s ORDER BY 1",
+        (publication, schema),
+    ).fetchall()
+    for (name,) in outside:
+        findings.append(Finding(
+            "warning", "publication scope",
+            f"{name} is published but outside the source schema {schema!r}",
+        ))  # fmt: skip
+    findings.extend(excluded_findings(conn, publication, schema))
+    return findings
+
+
+def excluded_findings(
+    conn: psycopg.Connection[Any], publication: str, schema: str
+) -> list[Finding]:
+    """Each table of `schema` that is not replicated, why, and the statement that fixes it;
+    one that is published anyway (by hand, or by an older version) says that Postgres now
+    refuses its UPDATE and DELETE. Tables without a key replicated as append-only logs are
+    not listed."""
+    publishes_changes = True
+    listed: set[str] = set()
+    if slots.publication_exists(conn, publication):
+        publishes_changes = slots.publication_options(conn, publication).publishes_changes
+        listed = {t for s, t, _ in slots.listed_tables(conn, publication) if s == schema}
+    # Replicated as append-only logs instead (unless the slot predates that publication).
+    logs_replicated = slots.publication_exists(conn, slots.append_publication(publication))
+    findings: list[Finding] = []
+    for table in eligibility.source_tables(conn, schema):
+        why = eligibility.exclusion(table, publishes_changes)
+        if why is None:
+            continue
+        if logs_replicated and eligibility.logged_only(table) and table.name not in listed:
+            continue
+        breaking = (
+            f" It is in publication {publication!r}, so Postgres refuses its UPDATE and "
+            "DELETE now: the daemon removes it at start, or `cdc publication drop-table "
+            f"{table.name}`."
+            if table.name in listed and not table.unlogged
+            else ""
+        )
+        findings.append(Finding(
+            "warning", "excluded",
+            f"{table.qualified} is not replicated: {why.reason}.{breaking} Fix: {why.fix}",
+        ))  # fmt: skip
+    return findings
+
+
+def grant_findings(
+    source: psycopg.Connection[Any],
+    historic: psycopg.Connection[Any],
+    publication: str,
+    historic_schema: str,
+) -> list[Finding]:
+    """Least privilege, checked: the source role needs REPLICATION and SELECT on the published
+    tables (and nothing more to stream); the historic role needs to create and write its
+    schema."""
+    findings: list[Finding] = []
+    row = source.execute(
+        "SELECT current_user, rolreplication OR rolsuper, rolsuper FROM pg_roles "
+        "WHERE rolname = current_user"
+    ).fetchone()
+    assert row is not None
+    user, can_replicate, superuser = row
+    if not can_replicate:
+        findings.append(Finding(
+            "error", "replication",
+            f"role {user!r} cannot replicate: `ALTER ROLE {user} WITH REPLICATION`",
+        ))  # fmt: skip
+    else:
+        findings.append(Finding("ok", "replication", f"role {user!r} may replicate"))
+    if superuser:
+        findings.append(Finding(
+            "warning", "least privilege",
+            f"role {user!r} is a superuser; a role with REPLICATION and SELECT on the "
+            "published tables is enough",
+        ))  # fmt: skip
+    unreadable = source.execute(
+        "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s "
+        "AND NOT has_table_privilege(format('%%I.%%I', schemaname, tablename), 'SELECT') "
+        "ORDER BY 1",
+        (publication,),
+    ).fetchall()
+    for (table,) in unreadable:
+        findings.append(Finding(
+            "error", "select", f"role {user!r} cannot read {table}: `GRANT SELECT ON {table} "
+            f"TO {user}`",
+        ))  # fmt: skip
+    if not unreadable:
+        findings.append(Finding("ok", "select", f"role {user!r} can read every published table"))
+    hrow = historic.execute(
+        "SELECT current_user, has_database_privilege(current_database(), 'CREATE'), "
+        "(SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE nspname = %s)",
+        (historic_schema,),
+    ).fetchone()
+    assert hrow is not None
+    writer, create_db, create_schema = hrow
+    if create_schema or (create_schema is None and create_db):
+        findings.append(Finding("ok", "historic", f"role {writer!r} can write {historic_schema}"))
+    else:
+        findings.append(Finding(
+            "error", "historic",
+            f"role {writer!r} cannot create tables in {historic_schema!r}: `GRANT CREATE ON "
+            f"SCHEMA {historic_schema} TO {writer}` (or CREATE on the database)",
+        ))  # fmt: skip
+    return findings

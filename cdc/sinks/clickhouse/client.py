@@ -1,0 +1,77 @@
+"""Open a ClickHouse client from a URL: `chdb://path` (the embedded engine) or `http(s)://`.
+
+The embedded engine is the real ClickHouse running in-process through clickhouse-connect's
+chdb backend. Only one chdb data path can be open per process: callers keep one client
+and close it before opening another path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import clickhouse_connect
+
+from cdc.classify import clickhouse_error
+from cdc.errors import CdcError, ErrorKind
+from cdc.ops.settings import redact_url
+
+EMBEDDED_SCHEME = "chdb"
+DEFAULT_PORTS = {"http": 8123, "https": 8443}
+
+
+def quote_identifier(name: str) -> str:
+    """A ClickHouse identifier in backticks, with backslashes and backticks escaped."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def embedded_path(url: str) -> Path | None:
+    """The data directory of a `chdb://` URL (relative paths are resolved), else None."""
+    parts = urlsplit(url)
+    if parts.scheme != EMBEDDED_SCHEME:
+        return None
+    raw = url[len(EMBEDDED_SCHEME) + 3 :]
+    return Path(raw).resolve()
+
+
+def connect(url: str, database: str | None = None) -> Any:
+    """A clickhouse-connect client for `url`, optionally bound to `database`."""
+    path = embedded_path(url)
+    if path is not None and importlib.util.find_spec("chdb") is None:
+        raise CdcError(
+            ErrorKind.CONFIG,
+            f"ClickHouse URL {url} names the embedded engine, which is not installed: "
+            "pip install 'cdc[embedded]', or set CDC_CLICKHOUSE_URL to an http(s):// server",
+        )
+    try:
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+            if database is not None:
+                client.database = database
+            return client
+        parts = urlsplit(url)
+        if parts.scheme not in DEFAULT_PORTS:
+            raise CdcError(
+                ErrorKind.CONFIG,
+                f"ClickHouse URL {redact_url(url)} must start with chdb://, http:// or https://",
+            )
+        options: dict[str, Any] = dict(parse_qsl(parts.query))
+        return clickhouse_connect.get_client(
+            host=parts.hostname or "localhost",
+            port=parts.port or DEFAULT_PORTS[parts.scheme],
+            username=unquote(parts.username or "default"),
+            password=unquote(parts.password or ""),
+            secure=parts.scheme == "https",
+            database=database or "default",
+            **options,
+        )
+    except CdcError:
+        raise
+    except Exception as exc:
+        error = clickhouse_error(exc, url, "cannot connect to ClickHouse")
+        if error is None:
+            raise
+        raise error from exc

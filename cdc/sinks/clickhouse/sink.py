@@ -1,0 +1,331 @@
+"""The ClickHouse sink: one TabSeparated insert per table and batch into versioned tables.
+
+Tables are `ReplacingMergeTree(_version, _is_deleted)` (Replicated on a cluster), so a
+replayed or reordered insert never wins over a newer version; reads go through the
+`<table>_current` view (FINAL, no tombstones, newer than the truncate watermark). A
+TRUNCATE raises the table's watermark and deletes rows below it (a version-guarded
+delete: replaying it removes nothing newer). Values are the text Postgres sent, encoded
+by `cdc.sinks.clickhouse.values` and parsed by ClickHouse itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from cdc.apply import rowtext
+from cdc.apply.batch import Batch, RowImage, TableBatch, TableName
+from cdc.classify import clickhouse_error
+from cdc.errors import CdcError
+from cdc.load.copytext import NULL
+from cdc.ops.logs import get_logger
+from cdc.protocol import UNCHANGED_TOAST
+from cdc.schema import (
+    COMMIT_TIME_COLUMN,
+    DELETED_COLUMN,
+    TRUNCATIONS_TABLE,
+    VERSION_COLUMN,
+    TableSchema,
+)
+from cdc.sinks import ddl
+from cdc.sinks.base import CopiedRows, CopyFormat, Layouts
+from cdc.sinks.clickhouse import client as clickhouse
+from cdc.sinks.clickhouse import rowbinary
+from cdc.sinks.clickhouse.client import quote_identifier
+from cdc.sinks.clickhouse.types import clickhouse_type
+from cdc.sinks.clickhouse.values import INSERT_SETTINGS, RowEncoder
+
+MUTATION_SETTINGS = {"mutations_sync": 2}
+# On a cluster an insert into a Distributed table returns only once every shard has it.
+SYNC_INSERT = {"distributed_foreground_insert": 1}
+_log = get_logger()
+
+
+class ClickHouseSink:
+    """Applies batches to `<database>.<table>` in ClickHouse. See `cdc.sinks.base.Sink`."""
+
+    name = "clickhouse"
+
+    def __init__(
+        self, url: str, database: str, cluster: str | None = None, client: Any = None
+    ) -> None:
+        self.url = url
+        self.database = database
+        self.cluster = cluster
+        self._client = client
+        self._owns_client = client is None
+        # Per table: its columns in ClickHouse and their types, as last read or written.
+        self._columns: dict[TableName, dict[str, str]] = {}
+        self._encoders: dict[int, RowEncoder] = {}
+        self._database_ready = False
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = clickhouse.connect(self.url)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            self._client.close()
+            self._client = None
+
+    def prepare(self, tables: Sequence[TableSchema]) -> None:
+        self._ensure_database()
+        for table in tables:
+            self._ensure((table.schema, table.name), table)
+
+    def _ensure_database(self) -> None:
+        if self._database_ready:
+            return
+        client, cluster = self.client, self.cluster
+        client.command(ddl.clickhouse_database(self.database, cluster))
+        client.command(ddl.clickhouse_truncations_table(self.database, cluster))
+        if cluster is not None:
+            client.command(
+                ddl.clickhouse_distributed_table(
+                    self.database, TRUNCATIONS_TABLE, ("table_name",), cluster
+                )
+            )
+        self._database_ready = True
+
+    @contextmanager
+    def _writing(self, table: TableName) -> Iterator[None]:
+        """Errors as `CdcError`, naming the table (for a quarantine): the client's are
+        classified by `cdc.classify`; anything else is a bug and leaves as it is."""
+        try:
+            yield
+        except CdcError as exc:
+            exc.table = exc.table or table
+            raise
+        except Exception as exc:
+            error = clickhouse_error(exc, self.url, f"ClickHouse write to {table[1]} failed")
+            if error is None:
+                raise
+            error.table = table
+            raise error from exc
+
+    @property
+    def _insert_settings(self) -> dict[str, Any]:
+        return INSERT_SETTINGS if self.cluster is None else {**INSERT_SETTINGS, **SYNC_INSERT}
+
+    def apply(self, batch: Batch, layouts: Layouts) -> None:
+        for name, table in batch.tables.items():
+            layout = layouts[name]
+            with self._writing(name):
+                self._ensure(name, layout)
+                self._apply_table(table, layout)
+
+    def copy_format(self, layout: TableSchema) -> CopyFormat:
+        """Binary if every column converts to RowBinary as the table's type
+        (`cdc.sinks.clickhouse.rowbinary`)."""
+        name = (layout.schema, layout.name)
+        with self._writing(name):
+            self._ensure(name, layout)
+        binary = rowbinary.plan(layout, self._columns[name]) is not None
+        return CopyFormat.BINARY if binary else CopyFormat.TEXT
+
+    def apply_copy(
+        self, layout: TableSchema, copies: Sequence[CopiedRows], version: int
+    ) -> list[int]:
+        """Live rows as COPY text, which ClickHouse's TabSeparated reads as is (same escapes,
+        same `\\N`) for the types `cdc.load.chunks.direct_copy_ok` allows; or as binary COPY,
+        converted to RowBinary. One insert per format; `_is_deleted` takes its default, 0.
+        Refused: binary rows with a value the target cannot hold, or all binary rows when
+        a column has another type than its Postgres type maps to."""
+        name = (layout.schema, layout.name)
+        refused: list[int] = []
+        blocks: dict[str, list[bytes]] = {"TabSeparated": [], "RowBinary": []}
+        with self._writing(name):
+            self._ensure(name, layout)
+            plan = rowbinary.plan(layout, self._columns[name])
+            for position, copied in enumerate(copies):
+                if copied.format is CopyFormat.TEXT:
+                    blocks["TabSeparated"].append(copied.data)
+                elif (block := self._converted(layout, plan, copied, version)) is not None:
+                    blocks["RowBinary"].append(block)
+                else:
+                    refused.append(position)
+            for fmt, parts in blocks.items():
+                if parts:
+                    self.client.raw_insert(
+                        self._written(layout.name),
+                        column_names=[*layout.column_names, VERSION_COLUMN],
+                        insert_block=b"".join(parts),
+                        fmt=fmt,
+                        settings=self._insert_settings,
+                    )
+        return refused
+
+    @staticmethod
+    def _converted(
+        layout: TableSchema, plan: bytes | None, copied: CopiedRows, version: int
+    ) -> bytes | None:
+        """Binary COPY rows as RowBinary; None if a column or a value cannot be converted."""
+        if plan is None:
+            return None
+        try:
+            return rowbinary.convert(copied.data, plan, version)[0]
+        except rowbinary.Refused as exc:
+            _log.info(
+                "copy_refused",
+                table=layout.name,
+                column=layout.columns[exc.column].name,
+                reason=exc.reason,
+            )
+            return None
+
+    # -- targets ---------------------------------------------------------------------------
+
+    def _ensure(self, name: TableName, layout: TableSchema) -> None:
+        client = self.client
+        cluster = self.cluster
+        self._ensure_database()
+        known = self._columns.get(name)
+        if known is None:
+            known = self._target_columns(layout.name)
+            if known and not self._has_commit_time(layout.name):  # made by an older version
+                for table_name in self._physical(layout.name):
+                    client.command(
+                        ddl.clickhouse_commit_time_column(self.database, table_name, cluster)
+                    )
+            else:
+                client.command(ddl.clickhouse_table(self.database, layout, cluster))
+                if cluster is not None:
+                    client.command(
+                        ddl.clickhouse_distributed_table(
+                            self.database, layout.name, layout.target_key, cluster
+                        )
+                    )
+                client.command(ddl.clickhouse_current_view(self.database, layout, cluster))
+                known = {c.name: clickhouse_type(c) for c in layout.columns}
+            self._columns[name] = known
+        added, widened = ddl.clickhouse_widenings(known, layout)
+        if not added and not widened:
+            return
+        for table_name in self._physical(layout.name):
+            for column in added:
+                client.command(
+                    ddl.clickhouse_add_column(self.database, table_name, column, cluster)
+                )
+            for column_name in widened:
+                client.command(
+                    ddl.clickhouse_make_nullable(
+                        self.database, table_name, column_name, known[column_name], cluster
+                    )
+                )
+        for column in added:
+            known[column.name] = ddl.added_column_type(column)
+        for column_name in widened:
+            known[column_name] = ddl.nullable_type(known[column_name])
+        view_layout = replace(layout, columns=tuple(c for c in layout.columns if c.name in known))
+        client.command(ddl.clickhouse_current_view(self.database, view_layout, self.cluster))
+
+    def _physical(self, table_name: str) -> list[str]:
+        """The tables holding `table_name`'s columns: on a cluster also its Distributed
+        table, whose columns are its own."""
+        if self.cluster is None:
+            return [table_name]
+        return [table_name, ddl.distributed_name(table_name)]
+
+    def _has_commit_time(self, table: str) -> bool:
+        result = self.client.query(
+            "SELECT count() FROM system.columns WHERE database = {db:String} "
+            "AND table = {table:String} AND name = {name:String}",
+            parameters={"db": self.database, "table": table, "name": COMMIT_TIME_COLUMN},
+        )
+        return bool(result.result_rows[0][0])
+
+    def _target_columns(self, table: str) -> dict[str, str]:
+        result = self.client.query(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} "
+            "AND table = {table:String} ORDER BY position",
+            parameters={"db": self.database, "table": table},
+        )
+        return {
+            name: column_type
+            for name, column_type in result.result_rows
+            if name not in (VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN)
+        }
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _encoder(self, layout: TableSchema) -> RowEncoder:
+        encoder = self._encoders.get(id(layout))
+        if encoder is None or encoder.table is not layout:
+            encoder = RowEncoder(layout)
+            self._encoders[id(layout)] = encoder
+        return encoder
+
+    def _written(self, table_name: str) -> str:
+        """The table inserts go to: the local table, or on a cluster the Distributed one."""
+        name = table_name if self.cluster is None else ddl.distributed_name(table_name)
+        return f"{quote_identifier(self.database)}.{quote_identifier(name)}"
+
+    def _apply_table(self, table: TableBatch, layout: TableSchema) -> None:
+        client = self.client
+        local = f"{quote_identifier(self.database)}.{quote_identifier(layout.name)}"
+        on_cluster = "" if self.cluster is None else f" ON CLUSTER {quote_identifier(self.cluster)}"
+        settings = self._insert_settings
+        if table.truncate_version is not None:
+            client.command(
+                f"INSERT INTO {self._written(TRUNCATIONS_TABLE)}"
+                " (table_name, version) VALUES ({name:String}, {version:UInt128})",
+                parameters={"name": layout.name, "version": table.truncate_version},
+                settings=settings,
+            )
+            client.command(
+                f"ALTER TABLE {local}{on_cluster} DELETE WHERE {quote_identifier(VERSION_COLUMN)} "
+                "< {version:UInt128}",
+                parameters={"version": table.truncate_version},
+                settings=MUTATION_SETTINGS,
+            )
+        if not table.rows:
+            return
+        encoder = self._encoder(layout)
+        text = rowtext.shared_row_text(table)
+        if encoder.reads_row_text:
+            lines = text.lines
+            redo = encoder.needs_encoding([image.values for image in text.images])
+            to_encode = [text.images[i] for i in sorted(redo)]
+            if redo:
+                lines = [line for i, line in enumerate(lines) if i not in redo]
+        else:
+            lines, to_encode = [], text.images
+        to_encode = [*to_encode, *(table.rows[key] for key in text.incomplete)]
+        times = table.commit_times
+        encoded = [
+            self._encode_row(encoder, layout, image, times.get(image.version >> 64, NULL))
+            for image in to_encode
+        ]
+        client.raw_insert(
+            self._written(layout.name),  # quoted: the client puts the name into the query as is
+            column_names=list(encoder.insert_columns),
+            insert_block=b"".join(lines) + b"".join(encoded),
+            fmt="TabSeparated",
+            settings=settings,
+        )
+
+    @staticmethod
+    def _encode_row(
+        encoder: RowEncoder, layout: TableSchema, image: RowImage, commit_time: bytes
+    ) -> bytes:
+        """One row encoded value by value; a value ClickHouse cannot store is an error
+        naming the table, the key and the value."""
+        values = image.values
+        if UNCHANGED_TOAST in values:
+            values = tuple(None if v is UNCHANGED_TOAST else v for v in values)
+        try:
+            return encoder.encode_versioned(values, image.version, image.deleted, commit_time)  # type: ignore[arg-type]
+        except CdcError as exc:
+            shown_key = ", ".join(
+                "NULL" if values[i] is None else bytes(values[i]).decode(errors="replace")  # type: ignore[arg-type]
+                for i in layout.key_indexes
+            )
+            raise CdcError(
+                exc.kind,
+                f"table {layout.qualified_name}, key ({shown_key}): {exc}",
+                table=(layout.schema, layout.name),
+            ) from exc

@@ -1,0 +1,302 @@
+"""DDL for the targets, built by pure functions: the historic Postgres schema and ClickHouse.
+
+Every target table holds the source columns plus `_version` (`(commit_lsn << 64) |
+ordinal`; numeric(39,0) in Postgres, UInt128 in ClickHouse) and `_is_deleted`. Historic
+columns are all nullable except the key (columns dropped at the source stay, and a
+tombstone carries only its key). An append-only log (a table without a key) is keyed by
+`_version` in both: a replay writes the same versions again. A `<table>_current` view
+shows live rows newer than the table's truncate watermark in `_cdc_truncations`.
+Identifiers are always quoted: `psycopg.sql.Identifier` for Postgres,
+`cdc.sinks.clickhouse.client.quote_identifier` for ClickHouse. Postgres type texts come from
+`format_type()` in the catalog and are used verbatim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Final
+
+from psycopg import sql
+
+from cdc.errors import CdcError, ErrorKind
+from cdc.schema import (
+    COMMIT_TIME_COLUMN,
+    CURRENT_VIEW_SUFFIX,
+    DELETED_COLUMN,
+    TRUNCATIONS_TABLE,
+    VERSION_COLUMN,
+    Column,
+    TableSchema,
+)
+from cdc.sinks.clickhouse.client import quote_identifier
+from cdc.sinks.clickhouse.types import clickhouse_type
+
+PG_VERSION_TYPE: Final = "numeric(39,0)"  # 2**128 - 1 has 39 digits
+CH_VERSION_TYPE: Final = "UInt128"
+CH_DELETED_TYPE: Final = "UInt8"
+PG_COMMIT_TIME_TYPE: Final = "timestamptz"
+CH_COMMIT_TIME_TYPE: Final = "Nullable(DateTime64(6, 'UTC'))"
+PG_MAX_IDENTIFIER_BYTES: Final = 63  # NAMEDATALEN - 1; longer names are truncated silently
+REPLICA_PATH: Final = "/clickhouse/tables/{{shard}}/{database}/{table}"
+REPLICA_NAME: Final = "{replica}"
+DISTRIBUTED_SUFFIX: Final = "_all"
+
+
+def quote_string(value: str) -> str:
+    """A ClickHouse string literal: single quotes, with backslashes and quotes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def current_view_name(table_name: str) -> str:
+    """`<table>_current`, refused if Postgres would truncate it (and so could collide)."""
+    name = table_name + CURRENT_VIEW_SUFFIX
+    if len(name.encode()) > PG_MAX_IDENTIFIER_BYTES:
+        raise CdcError(
+            ErrorKind.SCHEMA,
+            f"view name {name!r} is longer than {PG_MAX_IDENTIFIER_BYTES} bytes; "
+            f"rename table {table_name!r} at the source",
+        )
+    return name
+
+
+# --- historic (Postgres) ----------------------------------------------------------------
+
+
+def historic_schema(schema_name: str) -> sql.Composed:
+    return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema_name))
+
+
+def _pg_column(column: Column, not_null: bool) -> sql.Composed:
+    return sql.SQL("{} {}{}").format(
+        sql.Identifier(column.name),
+        sql.SQL(column.pg_type),
+        sql.SQL(" NOT NULL" if not_null else ""),
+    )
+
+
+def historic_table(schema_name: str, table: TableSchema) -> sql.Composed:
+    """`CREATE TABLE IF NOT EXISTS` of the historic copy of `table`."""
+    columns = [_pg_column(c, c.name in table.primary_key) for c in table.columns]
+    columns.append(
+        sql.SQL("{} {} NOT NULL").format(sql.Identifier(VERSION_COLUMN), sql.SQL(PG_VERSION_TYPE))
+    )
+    columns.append(
+        sql.SQL("{} boolean NOT NULL DEFAULT false").format(sql.Identifier(DELETED_COLUMN))
+    )
+    columns.append(
+        sql.SQL("{} {}").format(sql.Identifier(COMMIT_TIME_COLUMN), sql.SQL(PG_COMMIT_TIME_TYPE))
+    )
+    columns.append(
+        sql.SQL("PRIMARY KEY ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, table.target_key))
+        )
+    )
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} ({})").format(
+        sql.Identifier(schema_name), sql.Identifier(table.name), sql.SQL(", ").join(columns)
+    )
+
+
+def historic_truncations_table(schema_name: str) -> sql.Composed:
+    """The per-table truncate watermarks: rows at or below it are gone."""
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {}.{} (table_name text PRIMARY KEY, version {} NOT NULL)"
+    ).format(
+        sql.Identifier(schema_name), sql.Identifier(TRUNCATIONS_TABLE), sql.SQL(PG_VERSION_TYPE)
+    )
+
+
+def historic_current_view(schema_name: str, table: TableSchema) -> sql.Composed:
+    """`<table>_current`: live rows newer than the table's truncate watermark."""
+    schema = sql.Identifier(schema_name)
+    return sql.SQL(
+        "CREATE OR REPLACE VIEW {schema}.{view} AS SELECT {columns} FROM {schema}.{table} "
+        "WHERE NOT {deleted} AND {version} > coalesce("
+        "(SELECT version FROM {schema}.{truncations} WHERE table_name = {name}), 0)"
+    ).format(
+        schema=schema,
+        view=sql.Identifier(current_view_name(table.name)),
+        columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
+        table=sql.Identifier(table.name),
+        deleted=sql.Identifier(DELETED_COLUMN),
+        version=sql.Identifier(VERSION_COLUMN),
+        truncations=sql.Identifier(TRUNCATIONS_TABLE),
+        name=sql.Literal(table.name),
+    )
+
+
+def historic_commit_time_column(schema_name: str, table_name: str) -> sql.Composed:
+    """Add `_commit_time` to a historic table made before it existed."""
+    return sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {} {}").format(
+        sql.Identifier(schema_name),
+        sql.Identifier(table_name),
+        sql.Identifier(COMMIT_TIME_COLUMN),
+        sql.SQL(PG_COMMIT_TIME_TYPE),
+    )
+
+
+def historic_add_column(schema_name: str, table_name: str, column: Column) -> sql.Composed:
+    """Add a column (nullable: rows written before it have no value for it)."""
+    return sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {}").format(
+        sql.Identifier(schema_name), sql.Identifier(table_name), _pg_column(column, False)
+    )
+
+
+def historic_drop_not_null(schema_name: str, table_name: str, column_name: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {}.{} ALTER COLUMN {} DROP NOT NULL").format(
+        sql.Identifier(schema_name), sql.Identifier(table_name), sql.Identifier(column_name)
+    )
+
+
+# --- ClickHouse -------------------------------------------------------------------------
+
+
+def _qualified(database: str, name: str) -> str:
+    return f"{quote_identifier(database)}.{quote_identifier(name)}"
+
+
+def _on_cluster(cluster: str | None) -> str:
+    return f" ON CLUSTER {quote_identifier(cluster)}" if cluster is not None else ""
+
+
+def clickhouse_database(database: str, cluster: str | None = None) -> str:
+    return f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}{_on_cluster(cluster)}"
+
+
+def clickhouse_table(database: str, table: TableSchema, cluster: str | None = None) -> str:
+    """The versioned ReplacingMergeTree (Replicated on a cluster) for `table`."""
+    columns = [f"{quote_identifier(c.name)} {clickhouse_type(c)}" for c in table.columns]
+    columns.append(f"{quote_identifier(VERSION_COLUMN)} {CH_VERSION_TYPE}")
+    columns.append(f"{quote_identifier(DELETED_COLUMN)} {CH_DELETED_TYPE}")
+    columns.append(f"{quote_identifier(COMMIT_TIME_COLUMN)} {CH_COMMIT_TIME_TYPE}")
+    version, deleted = quote_identifier(VERSION_COLUMN), quote_identifier(DELETED_COLUMN)
+    if cluster is None:
+        engine = f"ReplacingMergeTree({version}, {deleted})"
+    else:
+        path = quote_string(REPLICA_PATH.format(database=database, table=table.name))
+        replica = quote_string(REPLICA_NAME)
+        engine = f"ReplicatedReplacingMergeTree({path}, {replica}, {version}, {deleted})"
+    order_by = ", ".join(map(quote_identifier, table.target_key))
+    return (
+        f"CREATE TABLE IF NOT EXISTS {_qualified(database, table.name)}{_on_cluster(cluster)} "
+        f"({', '.join(columns)}) ENGINE = {engine} ORDER BY ({order_by})"
+    )
+
+
+def clickhouse_truncations_table(database: str, cluster: str | None = None) -> str:
+    """The per-table truncate watermarks, newest version wins."""
+    if cluster is None:
+        engine = "ReplacingMergeTree(version)"
+    else:
+        path = quote_string(REPLICA_PATH.format(database=database, table=TRUNCATIONS_TABLE))
+        engine = f"ReplicatedReplacingMergeTree({path}, {quote_string(REPLICA_NAME)}, version)"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {_qualified(database, TRUNCATIONS_TABLE)}"
+        f"{_on_cluster(cluster)} (table_name String, version {CH_VERSION_TYPE}) "
+        f"ENGINE = {engine} ORDER BY table_name"
+    )
+
+
+def distributed_name(table_name: str) -> str:
+    """The Distributed table over a replicated table's shards (cluster mode)."""
+    return table_name + DISTRIBUTED_SUFFIX
+
+
+def clickhouse_distributed_table(
+    database: str, table_name: str, key: tuple[str, ...], cluster: str
+) -> str:
+    """`<table>_all`: writes are sharded by a hash of the key, so every version of a row
+    lands on the same shard and FINAL (which works per shard) sees them all."""
+    sharding = f"cityHash64({', '.join(map(quote_identifier, key))})"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {_qualified(database, distributed_name(table_name))}"
+        f"{_on_cluster(cluster)} AS {_qualified(database, table_name)} "
+        f"ENGINE = Distributed({quote_identifier(cluster)}, {quote_identifier(database)}, "
+        f"{quote_identifier(table_name)}, {sharding})"
+    )
+
+
+def clickhouse_current_view(database: str, table: TableSchema, cluster: str | None = None) -> str:
+    """`<table>_current`: live rows after FINAL, newer than the truncate watermark. On a
+    cluster it reads the Distributed tables, so it sees every shard.
+
+    Recreate it after every column change: ClickHouse freezes a view's columns."""
+    columns = ", ".join(map(quote_identifier, table.column_names))
+    rows, truncations = table.name, TRUNCATIONS_TABLE
+    if cluster is not None:
+        rows, truncations = distributed_name(rows), distributed_name(truncations)
+    watermark = (
+        f"SELECT max(version) FROM {_qualified(database, truncations)} FINAL "
+        f"WHERE table_name = {quote_string(table.name)}"
+    )
+    view = _qualified(database, current_view_name(table.name))
+    return (
+        f"CREATE OR REPLACE VIEW {view}{_on_cluster(cluster)} AS SELECT {columns} "
+        f"FROM {_qualified(database, rows)} FINAL "
+        f"WHERE {quote_identifier(DELETED_COLUMN)} = 0 "
+        f"AND {quote_identifier(VERSION_COLUMN)} > ifNull(({watermark}), 0)"
+    )
+
+
+def clickhouse_commit_time_column(
+    database: str, table_name: str, cluster: str | None = None
+) -> str:
+    """Add `_commit_time` to a ClickHouse table made before it existed."""
+    return (
+        f"ALTER TABLE {_qualified(database, table_name)}{_on_cluster(cluster)} "
+        f"ADD COLUMN IF NOT EXISTS {quote_identifier(COMMIT_TIME_COLUMN)} {CH_COMMIT_TIME_TYPE}"
+    )
+
+
+def clickhouse_add_column(
+    database: str, table_name: str, column: Column, cluster: str | None = None
+) -> str:
+    """Add a column, of `added_column_type`."""
+    return (
+        f"ALTER TABLE {_qualified(database, table_name)}{_on_cluster(cluster)} "
+        f"ADD COLUMN IF NOT EXISTS {quote_identifier(column.name)} {added_column_type(column)}"
+    )
+
+
+def added_column_type(column: Column) -> str:
+    """The ClickHouse type of a column added to a table: Nullable, as rows written before
+    it have no value for it."""
+    return clickhouse_type(replace(column, nullable=True))
+
+
+def clickhouse_make_nullable(
+    database: str, table_name: str, column_name: str, current_type: str, cluster: str | None = None
+) -> str:
+    """Make a column of type `current_type` Nullable."""
+    return (
+        f"ALTER TABLE {_qualified(database, table_name)}{_on_cluster(cluster)} "
+        f"MODIFY COLUMN {quote_identifier(column_name)} {nullable_type(current_type)}"
+    )
+
+
+def nullable_type(ch_type: str) -> str:
+    """`ch_type` able to hold NULL: as it is if it can already, or is an Array (ClickHouse
+    cannot wrap one in Nullable; NULL is stored as [])."""
+    if ch_type.startswith(("Nullable(", "LowCardinality(Nullable(", "Array(")):
+        return ch_type
+    if ch_type.startswith("LowCardinality("):
+        return f"LowCardinality(Nullable({ch_type[len('LowCardinality(') : -1]}))"
+    return f"Nullable({ch_type})"
+
+
+def clickhouse_widenings(
+    known: Mapping[str, str], layout: TableSchema
+) -> tuple[list[Column], list[str]]:
+    """What a ClickHouse table with columns `known` (name -> type) needs before rows of
+    `layout` go in: the columns to add (added at the source), and the columns to make
+    Nullable: those that lost NOT NULL at the source, and those dropped at the source
+    (rows written after the drop hold NULL there, as in historic)."""
+    added = [c for c in layout.columns if c.name not in known]
+    nullable = {c.name for c in layout.columns if c.nullable}
+    present = {c.name for c in layout.columns}
+    widened = [
+        name
+        for name, ch_type in known.items()
+        if (name in nullable or name not in present) and nullable_type(ch_type) != ch_type
+    ]
+    return added, widened

@@ -1,0 +1,1 @@
+"""The historic sink: versioned upserts into a Postgres schema, and their SQL."""

@@ -1,0 +1,100 @@
+"""The source's catalog as the daemon needs it: the schema of each Relation (cached per
+Relation object, so a relation that changed is described again) and the batch layouts built
+from them, queried on one connection that reconnects with backoff while the source is
+unreachable (a restart of the source is not a reason to stop)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import psycopg
+
+from cdc.apply.batch import TableBatch
+from cdc.errors import CdcError, ErrorKind
+from cdc.ops.settings import redact_url
+from cdc.protocol import Relation
+from cdc.schema import TableSchema, describe_relation
+
+ATTEMPTS = 30
+T = TypeVar("T")
+
+
+class Catalog:
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        max_retry_delay_s: float,
+        stopping: Callable[[], bool],
+        log: Any,
+    ) -> None:
+        self._connect = connect
+        self._max_delay = max_retry_delay_s
+        self._stopping = stopping
+        self._log = log
+        self._conn: psycopg.Connection[Any] | None = None
+        self._schemas: dict[int, tuple[Relation, TableSchema]] = {}
+        # The main thread (heartbeats, slot checks) and the historic stage (layouts) share
+        # the connection and the cache: one at a time, so a reconnect never closes the
+        # connection under the other.
+        self._lock = threading.RLock()
+
+    def query(self, query: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run `query` on the catalog connection, reconnecting with backoff."""
+        with self._lock:
+            return self._query(query)
+
+    def _query(self, query: Callable[[psycopg.Connection[Any]], T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect()
+                return query(self._conn)
+            except (psycopg.OperationalError, CdcError) as exc:
+                if isinstance(exc, CdcError) and exc.kind is not ErrorKind.SOURCE_CONNECTION:
+                    raise
+                self.close()
+                attempt += 1
+                if self._stopping() or attempt > ATTEMPTS:
+                    raise CdcError(
+                        ErrorKind.SOURCE_CONNECTION,
+                        f"source catalog unreachable: {redact_url(str(exc).strip())}",
+                    ) from exc
+                delay = min(self._max_delay, 0.2 * 2**attempt)
+                self._log.warning("source_catalog_retry", error=redact_url(str(exc).strip()),
+                                  attempt=attempt, retry_in_s=round(delay, 2))  # fmt: skip
+                time.sleep(delay)
+
+    def schema_for(self, relation: Relation) -> TableSchema:
+        with self._lock:
+            return self._schema_for(relation)
+
+    def _schema_for(self, relation: Relation) -> TableSchema:
+        cached = self._schemas.get(id(relation))
+        if cached is not None and cached[0] is relation:
+            return cached[1]
+        schema = self.query(lambda conn: describe_relation(conn, relation))
+        self._schemas[id(relation)] = (relation, schema)
+        return schema
+
+    def layout(self, table: TableBatch) -> TableSchema:
+        """The table's schema with columns in the batch's row layout (columns a schema
+        change inside the batch removed are kept, nullable)."""
+        schema = self.schema_for(table.relation)
+        if schema.column_names == table.columns:
+            return schema
+        by_name = {c.name: c for c in schema.columns}
+        for earlier in reversed(table.earlier_relations):
+            for column in self.schema_for(earlier).columns:
+                by_name.setdefault(column.name, replace(column, nullable=True))
+        return replace(schema, columns=tuple(by_name[n] for n in table.columns))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

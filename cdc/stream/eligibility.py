@@ -1,0 +1,196 @@
+"""Which tables of the source schema the pipeline may publish, and, for the others, why not
+and the statement that fixes it.
+
+A table in a publication that publishes UPDATE or DELETE must have a usable replica
+identity, or Postgres refuses the application's own UPDATE and DELETE on it (DESIGN.md
+invariant 7): a primary key under the default identity, REPLICA IDENTITY USING INDEX (while
+the index exists), or REPLICA IDENTITY FULL. For a partitioned table this must hold for
+every leaf partition, the tables the application's writes land in. Unlogged tables are not
+written to the WAL, so no publication can carry them. The facts come from one catalog query
+(`source_tables`); the rule (`exclusion`) is a pure function over them.
+
+A table without a usable replica identity (and not partitioned) is replicated instead as
+an append-only log (`logged_only`): through a second publication that publishes inserts
+and truncates only, which leaves the application's UPDATE and DELETE alone. Its updates
+and deletes are not replicated; `changes_not_replicated` says so and how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+
+# A relation's replica identity is usable: FULL, or DEFAULT with a primary key, or USING
+# INDEX with the index still there. `{c}` is the alias of a pg_class row.
+_USABLE: Final = """({c}.relreplident = 'f' OR EXISTS (
+    SELECT 1 FROM pg_index i WHERE i.indrelid = {c}.oid AND CASE {c}.relreplident
+        WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END))"""
+
+SOURCE_TABLES_SQL: Final = f"""
+SELECT c.relname, format('%%I.%%I', n.nspname, c.relname), c.relkind = 'p',
+       c.relpersistence = 'u', c.relreplident,
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+       CASE WHEN c.relkind = 'p' THEN
+           ARRAY(SELECT format('%%I.%%I', ln.nspname, l.relname)
+                 FROM pg_partition_tree(c.oid) t
+                 JOIN pg_class l ON l.oid = t.relid
+                 JOIN pg_namespace ln ON ln.oid = l.relnamespace
+                 WHERE t.isleaf AND l.relkind = 'r' AND NOT {_USABLE.format(c="l")}
+                 ORDER BY 1)
+       WHEN NOT {_USABLE.format(c="c")} THEN ARRAY[format('%%I.%%I', n.nspname, c.relname)]
+       ELSE '{{}}'::text[] END,
+       ARRAY(SELECT t.relid::oid::bigint FROM pg_partition_tree(c.oid) t
+             WHERE t.isleaf AND t.relid <> c.oid ORDER BY 1)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY c.relname
+"""
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """A table of the source schema (partitions are described by their root).
+
+    `unusable` names (quoted, qualified) the table itself, or for a partitioned table its
+    leaf partitions, that have no usable replica identity. `partitions` are the OIDs of a
+    partitioned table's leaf partitions."""
+
+    name: str
+    qualified: str
+    partitioned: bool
+    unlogged: bool
+    identity: str
+    has_primary_key: bool
+    unusable: tuple[str, ...]
+    partitions: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Why `table` is not published, and the statement that makes it publishable."""
+
+    table: str
+    reason: str
+    fix: str
+
+
+def source_tables(conn: psycopg.Connection[Any], schema: str) -> list[SourceTable]:
+    rows = conn.execute(SOURCE_TABLES_SQL, {"schema": schema}).fetchall()
+    found = []
+    for name, qualified, partitioned, unlogged, identity, has_key, unusable, leaves in rows:
+        found.append(SourceTable(name, qualified, partitioned, unlogged, identity, has_key,
+                                 tuple(unusable), frozenset(leaves)))  # fmt: skip
+    return found
+
+
+_NO_KEY_EFFECT = (
+    "in a publication of updates and deletes Postgres would refuse the application's own "
+    "UPDATE and DELETE on it, so it is not replicated"
+)
+
+
+def exclusion(table: SourceTable, publishes_changes: bool = True) -> Exclusion | None:
+    """Why `table` must stay out of a publication (`publishes_changes`: one that publishes
+    UPDATE or DELETE), or None when it may be published."""
+    q = table.qualified
+    if table.unlogged:
+        return Exclusion(
+            table.name,
+            "unlogged: its changes are not written to the WAL, so logical replication cannot "
+            "see them",
+            f"ALTER TABLE {q} SET LOGGED",
+        )
+    if not publishes_changes or not table.unusable:
+        return None
+    if table.partitioned:
+        leaves = ", ".join(table.unusable)
+        if not table.has_primary_key:
+            return Exclusion(
+                table.name,
+                f"partitioned without a primary key (partitions {leaves} have no usable "
+                f"replica identity): {_NO_KEY_EFFECT}",
+                f"ALTER TABLE {q} ADD PRIMARY KEY (...)  -- the key includes the partition key",
+            )
+        return Exclusion(
+            table.name,
+            f"partitions {leaves} have no usable replica identity: {_NO_KEY_EFFECT}",
+            "; ".join(f"ALTER TABLE {leaf} REPLICA IDENTITY DEFAULT" for leaf in table.unusable),
+        )
+    if table.identity == "n":
+        return Exclusion(
+            table.name,
+            f"REPLICA IDENTITY NOTHING: {_NO_KEY_EFFECT}",
+            f"ALTER TABLE {q} REPLICA IDENTITY DEFAULT"
+            if table.has_primary_key
+            else f"ALTER TABLE {q} ADD PRIMARY KEY (...)",
+        )
+    if table.identity == "i":
+        return Exclusion(
+            table.name,
+            f"its REPLICA IDENTITY USING INDEX names an index that no longer exists: "
+            f"{_NO_KEY_EFFECT}",
+            f"ALTER TABLE {q} REPLICA IDENTITY DEFAULT"
+            if table.has_primary_key
+            else f"ALTER TABLE {q} ADD PRIMARY KEY (...)",
+        )
+    return Exclusion(
+        table.name,
+        f"no primary key: {_NO_KEY_EFFECT} (REPLICA IDENTITY FULL would let Postgres publish "
+        "it, but the targets keep one row per key, so a key is what makes it replicated)",
+        f"ALTER TABLE {q} ADD PRIMARY KEY (...)",
+    )
+
+
+def logged_only(table: SourceTable) -> bool:
+    """Replicated as an append-only log (inserts and truncates): it has no usable replica
+    identity, is written to the WAL, and is not partitioned."""
+    return bool(table.unusable) and not table.unlogged and not table.partitioned
+
+
+def classify(
+    tables: list[SourceTable],
+) -> tuple[list[SourceTable], list[SourceTable], list[Exclusion]]:
+    """The tables for the publication of every change, those replicated as append-only
+    logs, and the exclusions of the others."""
+    keyed: list[SourceTable] = []
+    logs: list[SourceTable] = []
+    excluded: list[Exclusion] = []
+    for table in tables:
+        why = exclusion(table)
+        if why is None:
+            keyed.append(table)
+        elif logged_only(table):
+            logs.append(table)
+        else:
+            excluded.append(why)
+    return keyed, logs, excluded
+
+
+def changes_not_replicated(qualified: str) -> tuple[str, str]:
+    """What to tell the operator when an append-only log is updated or deleted from at the
+    source: what happens, and the fix."""
+    return (
+        f"{qualified} has no primary key, so it is replicated as an append-only log: its "
+        "inserts and truncates are, its UPDATE and DELETE are not (the targets keep the rows "
+        "as inserted)",
+        f"ALTER TABLE {qualified} ADD PRIMARY KEY (...), then give it keyed targets: "
+        "docs/architecture.md, 'What is replicated, by table kind'",
+    )
+
+
+def split(
+    tables: list[SourceTable], publishes_changes: bool = True
+) -> tuple[list[SourceTable], list[Exclusion]]:
+    """The tables that may be published, and the exclusions of the others."""
+    eligible: list[SourceTable] = []
+    excluded: list[Exclusion] = []
+    for table in tables:
+        why = exclusion(table, publishes_changes)
+        if why is None:
+            eligible.append(table)
+        else:
+            excluded.append(why)
+    return eligible, excluded

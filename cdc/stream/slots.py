@@ -1,0 +1,353 @@
+"""Replication slots and publications: create, drop, inspect (SQL built by pure functions).
+
+A pipeline is one `pgoutput` slot plus one publication listing the source schema's tables
+that may be published (`cdc.stream.eligibility`: never one whose UPDATE and DELETE Postgres would
+then refuse). The publication lists tables explicitly (not `FOR TABLES IN SCHEMA`), each
+partitioned table by its root, with `publish_via_partition_root`, so a partitioned table's
+changes arrive under its own name whatever partition they land in. The running daemon adds
+tables created later (`cdc.stream.following`); `cdc publication add-table` does it by hand.
+
+Tables without a usable replica identity go into a second publication, `<name>_append`
+(`append_publication`), which publishes inserts and truncates only, so Postgres keeps
+accepting their UPDATE and DELETE; they are replicated as append-only logs. The slot
+streams both publications.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.errors import CdcError, ErrorKind
+from cdc.protocol.lsn import Lsn
+from cdc.stream import eligibility
+from cdc.stream.eligibility import Exclusion
+
+PLUGIN = "pgoutput"
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    name: str
+    plugin: str | None
+    database: str | None
+    active: bool
+    active_pid: int | None
+    restart_lsn: Lsn | None
+    confirmed_flush_lsn: Lsn | None
+    wal_status: str | None
+    safe_wal_size: int | None
+    retained_bytes: int | None
+
+
+SLOT_QUERY = """
+SELECT slot_name, plugin, database, active, active_pid,
+       restart_lsn::text, confirmed_flush_lsn::text, wal_status, safe_wal_size,
+       CASE WHEN restart_lsn IS NULL THEN NULL
+            ELSE pg_wal_lsn_diff(
+                CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                     ELSE pg_current_wal_lsn() END, restart_lsn)::bigint END
+FROM pg_replication_slots
+WHERE slot_type = 'logical' AND (%(name)s::text IS NULL OR slot_name = %(name)s)
+ORDER BY slot_name
+"""
+
+
+def _lsn(text: str | None) -> Lsn | None:
+    return Lsn.parse(text) if text else None
+
+
+def list_slots(conn: psycopg.Connection[Any], name: str | None = None) -> list[SlotInfo]:
+    rows = conn.execute(SLOT_QUERY, {"name": name}).fetchall()
+    return [
+        SlotInfo(r[0], r[1], r[2], r[3], r[4], _lsn(r[5]), _lsn(r[6]), r[7], r[8], r[9])
+        for r in rows
+    ]
+
+
+def get_slot(conn: psycopg.Connection[Any], name: str) -> SlotInfo | None:
+    found = list_slots(conn, name)
+    return found[0] if found else None
+
+
+SAFE_WAL_WARNING_BYTES = 1 << 30
+
+
+def wal_status_warning(slot: SlotInfo) -> str | None:
+    """What to tell the operator when Postgres may soon invalidate the slot, else None."""
+    if slot.wal_status == "unreserved":
+        return (
+            "the slot's WAL is past max_slot_wal_keep_size and will be removed at the next "
+            "checkpoint: the daemon must catch up now, or raise max_slot_wal_keep_size"
+        )
+    if slot.safe_wal_size is not None and slot.safe_wal_size < SAFE_WAL_WARNING_BYTES:
+        return (
+            f"only {slot.safe_wal_size >> 20} MB of WAL can still be written before the slot "
+            "is invalidated (max_slot_wal_keep_size); check why the daemon lags"
+        )
+    if slot.wal_status == "extended":
+        return "the slot retains more than max_wal_size of WAL; the daemon is behind"
+    return None
+
+
+def create_slot(conn: psycopg.Connection[Any], name: str) -> Lsn:
+    """Create a logical `pgoutput` slot; returns its starting LSN."""
+    if get_slot(conn, name) is not None:
+        raise CdcError(ErrorKind.SETUP, f"replication slot {name!r} already exists")
+    row = conn.execute(create_slot_query(conn.info.server_version), (name, PLUGIN)).fetchone()
+    assert row is not None
+    return Lsn.parse(row[0])
+
+
+FAILOVER_VERSION = 170000  # from Postgres 17 a slot can follow a failover to a standby
+
+
+def create_slot_query(server_version: int) -> str:
+    """SQL creating a logical slot (parameters: name, plugin): from Postgres 17 a failover
+    slot, synchronised to standbys."""
+    if server_version >= FAILOVER_VERSION:
+        return (
+            "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, %s, "
+            "temporary => false, twophase => false, failover => true)"
+        )
+    return "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, %s)"
+
+
+def drop_slot(conn: psycopg.Connection[Any], name: str, force: bool = False) -> None:
+    slot = get_slot(conn, name)
+    if slot is None:
+        raise CdcError(ErrorKind.SETUP, f"replication slot {name!r} does not exist")
+    if slot.active:
+        if not force:
+            raise CdcError(
+                ErrorKind.SETUP,
+                f"replication slot {name!r} is in use by process {slot.active_pid}; stop the "
+                "daemon first, or pass --force to terminate that connection",
+            )
+        conn.execute("SELECT pg_terminate_backend(%s)", (slot.active_pid,))
+        conn.execute(
+            "SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND NOT active",
+            (name, name),
+        )
+        return
+    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+
+
+# -- publications ---------------------------------------------------------------------------
+
+
+def publication_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
+        is not None
+    )
+
+
+VIA_ROOT = sql.SQL("publish_via_partition_root = true")
+INSERTS_ONLY = sql.SQL("publish = 'insert, truncate', publish_via_partition_root = true")
+APPEND_SUFFIX = "_append"
+
+
+def append_publication(name: str) -> str:
+    """The publication of the append-only logs that goes with publication `name`."""
+    return name + APPEND_SUFFIX
+
+
+def create_publication_sql(
+    name: str, schema: str, tables: list[str], options: sql.Composable = VIA_ROOT
+) -> sql.Composed:
+    if not tables:
+        return sql.SQL("CREATE PUBLICATION {} WITH ({})").format(sql.Identifier(name), options)
+    return sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH ({})").format(
+        sql.Identifier(name),
+        sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables),
+        options,
+    )
+
+
+def create_append_publication(conn: psycopg.Connection[Any], name: str, schema: str) -> list[str]:
+    """Create `append_publication(name)` (inserts and truncates only) for every table of
+    `schema` that is replicated as an append-only log; returns those tables."""
+    _, logs, _ = eligibility.classify(eligibility.source_tables(conn, schema))
+    tables = [t.name for t in logs]
+    conn.execute(create_publication_sql(append_publication(name), schema, tables, INSERTS_ONLY))
+    return tables
+
+
+def alter_publication_sql(name: str, action: str, schema: str, table: str) -> sql.Composed:
+    verbs = {"add": sql.SQL("ADD TABLE"), "drop": sql.SQL("DROP TABLE")}
+    return sql.SQL("ALTER PUBLICATION {} {} {}").format(
+        sql.Identifier(name), verbs[action], sql.Identifier(schema, table)
+    )
+
+
+def via_root_sql(name: str) -> sql.Composed:
+    return sql.SQL("ALTER PUBLICATION {} SET ({})").format(sql.Identifier(name), VIA_ROOT)
+
+
+def create_publication(
+    conn: psycopg.Connection[Any], name: str, schema: str
+) -> tuple[list[str], list[str], list[Exclusion]]:
+    """Create `name` for every table of `schema` that may be published with its updates and
+    deletes, and its append publication (unless it exists) for the tables replicated as
+    append-only logs; returns the tables of each, and the exclusions of the others."""
+    if publication_exists(conn, name):
+        raise CdcError(ErrorKind.SETUP, f"publication {name!r} already exists")
+    keyed, logs, excluded = eligibility.classify(eligibility.source_tables(conn, schema))
+    tables = [t.name for t in keyed]
+    with conn.transaction():
+        conn.execute(create_publication_sql(name, schema, tables))
+        if not publication_exists(conn, append_publication(name)):
+            conn.execute(create_publication_sql(append_publication(name), schema,
+                                                [t.name for t in logs], INSERTS_ONLY))  # fmt: skip
+    return tables, [t.name for t in logs], excluded
+
+
+@dataclass(frozen=True)
+class PublicationOptions:
+    publishes_changes: bool  # UPDATE or DELETE: then only tables with a usable identity
+    via_root: bool
+
+
+def publication_options(conn: psycopg.Connection[Any], name: str) -> PublicationOptions:
+    row = conn.execute(
+        "SELECT pubupdate OR pubdelete, pubviaroot FROM pg_publication WHERE pubname = %s",
+        (name,),
+    ).fetchone()
+    if row is None:
+        raise CdcError(
+            ErrorKind.SETUP,
+            f"publication {name!r} does not exist; create it with `cdc publication create`",
+        )
+    return PublicationOptions(row[0], row[1])
+
+
+def listed_tables(conn: psycopg.Connection[Any], name: str) -> list[tuple[str, str, bool]]:
+    """The tables the publication names itself (a partitioned table by its root, unlike
+    `pg_publication_tables` without via-root), each with whether it is a partition."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname, c.relispartition FROM pg_publication_rel r "
+        "JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s ORDER BY 1, 2",
+        (name,),
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One change `repair_publication` made, for the log."""
+
+    event: str
+    table: str
+    detail: str
+
+
+def repair_publication(conn: psycopg.Connection[Any], name: str, schema: str) -> list[Repair]:
+    """Bring a publication made by an older version in line, in one transaction: publish
+    partitioned tables via their root (the partitions it listed, and the roots whose
+    changes it sent under the partitions' names, are removed: the daemon adds each root
+    again as a new table and copies it), and remove every table whose UPDATE and DELETE
+    Postgres would refuse while it is published."""
+    repairs: list[Repair] = []
+    with conn.transaction():
+        options = publication_options(conn, name)
+        listed = listed_tables(conn, name)
+        if not options.via_root:
+            conn.execute(via_root_sql(name))
+            repairs.append(Repair("publication_via_root", name,
+                                  "partitioned tables now arrive under their root"))  # fmt: skip
+            roots = {t.name for t in eligibility.source_tables(conn, schema) if t.partitioned}
+            for table_schema, table, is_partition in listed:
+                if is_partition or (table_schema == schema and table in roots):
+                    conn.execute(alter_publication_sql(name, "drop", table_schema, table))
+                    repairs.append(Repair(
+                        "publication_table_replaced", f"{table_schema}.{table}",
+                        "listed by partition or without via-root: its root is added and copied",
+                    ))  # fmt: skip
+        else:
+            for table_schema, table, is_partition in listed:
+                if is_partition:
+                    conn.execute(alter_publication_sql(name, "drop", table_schema, table))
+                    repairs.append(Repair("publication_table_replaced", f"{table_schema}.{table}",
+                                          "a partition: its root is published"))  # fmt: skip
+        if options.publishes_changes:
+            still = {(s, t) for s, t, _ in listed_tables(conn, name)}
+            for found in eligibility.source_tables(conn, schema):
+                why = eligibility.exclusion(found)
+                if why is not None and (schema, found.name) in still:
+                    conn.execute(alter_publication_sql(name, "drop", schema, found.name))
+                    repairs.append(Repair("publication_table_removed", f"{schema}.{found.name}",
+                                          f"{why.reason}; fix: {why.fix}"))  # fmt: skip
+    return repairs
+
+
+def _require_publication(conn: psycopg.Connection[Any], name: str) -> None:
+    if not publication_exists(conn, name):
+        raise CdcError(
+            ErrorKind.SETUP,
+            f"publication {name!r} does not exist; create it with `cdc publication create`",
+        )
+
+
+def add_table(conn: psycopg.Connection[Any], name: str, schema: str, table: str) -> None:
+    """Add `table`, unless Postgres would then refuse its UPDATE and DELETE (DESIGN.md
+    invariant 7): that is refused with the statement that fixes it."""
+    _require_publication(conn, name)
+    found = {t.name: t for t in eligibility.source_tables(conn, schema)}
+    if table not in found:
+        raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} does not exist")
+    if (schema, table) in publication_tables(conn, name):
+        raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} is already in {name!r}")
+    why = eligibility.exclusion(found[table], publication_options(conn, name).publishes_changes)
+    if why is not None and eligibility.logged_only(found[table]):
+        append = append_publication(name)
+        if not publication_exists(conn, append):
+            raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} has no primary key and is "
+                           f"replicated through publication {append!r}, which does not exist; "
+                           f"create it: CREATE PUBLICATION {append} WITH "
+                           f"({INSERTS_ONLY.as_string(None)})")  # fmt: skip
+        if (schema, table) in publication_tables(conn, append):
+            raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} is already in {append!r}")
+        conn.execute(alter_publication_sql(append, "add", schema, table))
+        return
+    if why is not None:
+        raise CdcError(
+            ErrorKind.SETUP,
+            f"table {schema}.{table} is not added to {name!r}: {why.reason}; fix: {why.fix}",
+        )
+    with conn.transaction():
+        conn.execute(alter_publication_sql(name, "add", schema, table))
+        append = append_publication(name)
+        if (schema, table) in publication_tables(conn, append):  # it has a key now
+            conn.execute(alter_publication_sql(append, "drop", schema, table))
+
+
+def drop_table(conn: psycopg.Connection[Any], name: str, schema: str, table: str) -> None:
+    _require_publication(conn, name)
+    append = append_publication(name)
+    if (schema, table) in publication_tables(conn, append):
+        conn.execute(alter_publication_sql(append, "drop", schema, table))
+        return
+    if (schema, table) not in publication_tables(conn, name):
+        raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} is not in {name!r}")
+    conn.execute(alter_publication_sql(name, "drop", schema, table))
+
+
+def replicated_tables(conn: psycopg.Connection[Any], name: str) -> list[tuple[str, str]]:
+    """The tables of publication `name` and of its append publication."""
+    return sorted({*publication_tables(conn, name),
+                   *publication_tables(conn, append_publication(name))})  # fmt: skip
+
+
+def publication_tables(conn: psycopg.Connection[Any], name: str) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s "
+        "ORDER BY schemaname, tablename",
+        (name,),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]

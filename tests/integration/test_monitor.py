@@ -1,0 +1,220 @@
+"""The drift monitor inside a running daemon: it names tampered rows in historic and in
+ClickHouse, stays silent while writers keep the stream busy, and repairs when asked."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import MutableMapping, Sequence
+from typing import Any
+
+import psycopg
+import pytest
+from structlog.testing import capture_logs
+
+from cdc.apply.daemon import Daemon
+from cdc.sinks.clickhouse.client import quote_identifier
+from tests.harness import ClickHouseServer
+from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
+
+ROWS = 600  # more than one leaf (200 rows): the monitor narrows before it compares keys
+INTERVAL_S = 1.0
+
+
+@pytest.fixture
+def scores(pg: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    pg.execute("CREATE SCHEMA director")
+    pg.execute(
+        "CREATE TABLE director.scores (id int PRIMARY KEY, player text, points int, "
+        "tags text[] DEFAULT ARRAY['new', NULL])"
+    )
+    pg.execute(
+        "INSERT INTO director.scores SELECT g, 'player ' || g, g * 10, "
+        "CASE WHEN mod(g, 10) = 0 THEN '{}' ELSE ARRAY['a,b', NULL, 'p' || g] END "
+        "FROM generate_series(1, %s) g",
+        (ROWS,),
+    )
+    return pg
+
+
+def drift(daemon: Daemon, target: str) -> float | None:
+    return daemon.metrics.registry.get_sample_value(
+        "cdc_drift_rows", {"table": "director.scores", "target": target}
+    )
+
+
+Logs = Sequence[MutableMapping[str, Any]]
+
+
+def passes(logs: Logs) -> int:
+    return sum(1 for e in logs if e["event"] == "monitor_pass_done")
+
+
+def events(logs: Logs, name: str) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+def tamper(pg: psycopg.Connection[Any], ch: Any, database: str) -> None:
+    """Behind the daemon's back: a changed and a deleted row in historic, two changed rows
+    in ClickHouse (through the client the daemon writes with): a text, an array element."""
+    pg.execute("UPDATE historic.scores SET points = -1 WHERE id = 7")
+    pg.execute("DELETE FROM historic.scores WHERE id = 450")
+    ch.command(
+        f"ALTER TABLE {quote_identifier(database)}.scores UPDATE "
+        "player = if(id = 321, 'nobody', player), "
+        "tags = if(id = 322, arrayMap(x -> ifNull(x, ''), tags), tags) WHERE id IN (321, 322)",
+        settings={"mutations_sync": 2},
+    )
+
+
+def test_monitor_names_drift_in_both_targets(
+    scores: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
+                             monitor_interval_s=INTERVAL_S)  # fmt: skip
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        wait_in_step(scores, ch, ch_database, ["scores"], running=running)
+        wait_until(lambda: passes(logs) >= 1, 60, "a first monitor pass")
+        assert drift(running.daemon, "historic") == 0
+        assert drift(running.daemon, "clickhouse") == 0
+        checked = running.daemon.metrics.registry.get_sample_value("cdc_monitor_rows_checked_total")
+        assert checked is not None and checked >= ROWS
+
+        tamper(scores, ch, ch_database)
+        wait_until(
+            lambda: (
+                (drift(running.daemon, "historic") or 0) > 0
+                and (drift(running.daemon, "clickhouse") or 0) > 0
+            ),
+            60,
+            "the monitor to report drift",
+        )
+        assert drift(running.daemon, "historic") == 2
+        assert drift(running.daemon, "clickhouse") == 2
+        found = {(e["target"], e["kind"]): e for e in events(logs, "drift_detected")}
+        assert found[("historic", "changed")]["keys"] == ["(7)"]
+        assert found[("historic", "missing")]["keys"] == ["(450)"]
+        assert found[("clickhouse", "changed")]["keys"] == ["(321)", "(322)"]
+        assert all(e["table"] == "director.scores" for e in found.values())
+        assert not events(logs, "drift_repaired")  # monitor_repair is off
+    assert scores.execute("SELECT points FROM historic.scores WHERE id = 7").fetchone() == (-1,)
+
+
+def test_monitor_reports_no_drift_while_writers_are_busy(
+    scores: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
+                             monitor_interval_s=INTERVAL_S)  # fmt: skip
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        chooser = random.Random(seed)
+        try:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                while not stop.is_set():
+                    with conn.transaction():
+                        conn.execute(
+                            "INSERT INTO director.scores VALUES (%s, 'new', 0) ON CONFLICT (id) "
+                            "DO UPDATE SET points = director.scores.points + 1",
+                            (chooser.randint(1, ROWS + 200),),
+                        )
+                        if chooser.random() < 0.2:
+                            conn.execute(
+                                "DELETE FROM director.scores WHERE id = %s",
+                                (chooser.randint(1, ROWS + 200),),
+                            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(seed,), daemon=True) for seed in range(3)]
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: passes(logs) >= 4, 120, "four monitor passes under load")
+            checked = running.daemon.metrics.registry.get_sample_value(
+                "cdc_monitor_rows_checked_total"
+            )
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+        assert not errors, errors
+        wait_in_step(scores, ch, ch_database, ["scores"], running=running)
+        assert checked is not None and checked >= 4 * ROWS
+        assert events(logs, "drift_detected") == []
+        assert drift(running.daemon, "historic") == 0
+        assert drift(running.daemon, "clickhouse") == 0
+
+
+def test_monitor_repairs_when_asked(
+    scores: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
+                             monitor_interval_s=INTERVAL_S, monitor_repair=True)  # fmt: skip
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        wait_in_step(scores, ch, ch_database, ["scores"], running=running)
+        tamper(scores, ch, ch_database)
+        wait_until(lambda: len(events(logs, "drift_repaired")) >= 3, 60, "the repairs")
+        detected = {(e["target"], e["kind"]): e["keys"] for e in events(logs, "drift_detected")}
+        repaired = {(e["target"], e["kind"]): e["keys"] for e in events(logs, "drift_repaired")}
+        assert detected == repaired
+        assert repaired == {
+            ("historic", "changed"): ["(7)"],
+            ("historic", "missing"): ["(450)"],
+            ("clickhouse", "changed"): ["(321)", "(322)"],
+        }
+        wait_in_step(scores, ch, ch_database, ["scores"], running=running)
+        wait_until(
+            lambda: (
+                drift(running.daemon, "historic") == 0 and drift(running.daemon, "clickhouse") == 0
+            ),
+            60,
+            "the drift gauges to return to 0",
+        )
+        assert not events(logs, "drift_not_repaired")
+
+
+def test_freshness_follows_commits_and_idle_heartbeats(
+    scores: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
+                             heartbeat_interval_s=0.2)  # fmt: skip
+
+    def held_since() -> float:
+        """The commit time of the newest source transaction both targets hold."""
+        freshness = running.daemon.metrics.registry.get_sample_value("cdc_freshness_seconds")
+        assert freshness is not None
+        return time.time() - freshness
+
+    with running_daemon(settings, ch) as running:
+        with scores.transaction():
+            row = scores.execute(
+                "UPDATE director.scores SET points = 0 WHERE id = 1 "
+                "RETURNING extract(epoch FROM now())::float8"
+            ).fetchone()
+        assert row is not None
+        began = row[0]  # the commit is at or after its transaction's start
+        wait_in_step(scores, ch, ch_database, ["scores"], running=running)
+        wait_until(lambda: held_since() >= began, 30, "the commit to count")
+        # Idle: only heartbeats move it past the last commit.
+        last = held_since()
+        wait_until(lambda: held_since() > last + 0.5, 30, "heartbeats to keep it fresh")

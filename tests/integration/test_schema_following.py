@@ -1,0 +1,286 @@
+"""The whole source schema, followed: tables Postgres would refuse to update while published
+stay out of the publication of every change (those without a key are append-only logs in a
+publication of inserts and truncates), partitioned tables arrive under their root, and tables
+created or partitions attached while the daemon runs are copied and streamed without a
+restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from structlog.testing import capture_logs
+from typer.testing import CliRunner
+
+from cdc.cli import app
+from tests.harness import ClickHouseServer
+from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
+
+runner = CliRunner()
+
+KINDS = """
+CREATE SCHEMA director;
+CREATE TABLE director.keyed (id int PRIMARY KEY, v text);
+CREATE TABLE director.nokey (v text);
+CREATE TABLE director.silent (id int PRIMARY KEY, v text);
+ALTER TABLE director.silent REPLICA IDENTITY NOTHING;
+CREATE TABLE director.full_identity (v text);
+ALTER TABLE director.full_identity REPLICA IDENTITY FULL;
+CREATE TABLE director.by_index (id int NOT NULL, v text);
+CREATE UNIQUE INDEX by_index_id ON director.by_index (id);
+ALTER TABLE director.by_index REPLICA IDENTITY USING INDEX by_index_id;
+CREATE UNLOGGED TABLE director.scratch (id int PRIMARY KEY, v text);
+CREATE TABLE director.parted (id int, day int, v text, PRIMARY KEY (id, day))
+    PARTITION BY RANGE (day);
+CREATE TABLE director.parted_a PARTITION OF director.parted FOR VALUES FROM (0) TO (10);
+CREATE TABLE director.parted_nokey (day int, v text) PARTITION BY RANGE (day);
+CREATE TABLE director.parted_nokey_a PARTITION OF director.parted_nokey
+    FOR VALUES FROM (0) TO (10);
+"""
+ALL_TABLES = ["keyed", "nokey", "silent", "full_identity", "by_index", "scratch", "parted",
+              "parted_a", "parted_nokey", "parted_nokey_a"]  # fmt: skip
+
+
+def assert_writable(pg: psycopg.Connection[Any], tables: list[str]) -> None:
+    """The application's UPDATE and DELETE still work on every table."""
+    for table in tables:
+        pg.execute(f"UPDATE director.{table} SET v = v || '!'")
+        pg.execute(f"DELETE FROM director.{table} WHERE v = 'gone'")
+
+
+def published(pg: psycopg.Connection[Any], publication: str) -> list[str]:
+    rows = pg.execute(
+        "SELECT tablename FROM pg_publication_tables WHERE pubname = %s ORDER BY 1",
+        (publication,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_publication_create_and_add_table_keep_the_source_writable(
+    pg: psycopg.Connection[Any], pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    pg.execute(KINDS)
+    env = {"CDC_SOURCE_DSN": pg_dsn, "CDC_PUBLICATION": "cli_pub", "COLUMNS": "250"}
+    created = runner.invoke(app, ["publication", "create"], env=env)
+    assert created.exit_code == 0, created.output
+    # FULL is publishable (Postgres can identify rows); the partitioned table by its root.
+    assert published(pg, "cli_pub") == ["by_index", "full_identity", "keyed", "parted"]
+    row = pg.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = 'cli_pub'").fetchone()
+    assert row == (True,)
+    # Tables without a usable identity: append-only logs, in a publication of inserts and
+    # truncates only.
+    assert published(pg, "cli_pub_append") == ["nokey", "silent"]
+    row = pg.execute("SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication "
+                     "WHERE pubname = 'cli_pub_append'").fetchone()  # fmt: skip
+    assert row == (True, False, False, True)
+    assert "created publication cli_pub_append" in created.output
+    assert "not published: director.nokey" not in created.output
+    assert "ALTER TABLE director.scratch SET LOGGED" in created.output
+    assert "director.parted_nokey_a have no usable replica identity" in created.output
+    assert_writable(pg, ALL_TABLES)
+    # Taken out and added again: to the append publication.
+    dropped = runner.invoke(app, ["publication", "drop-table", "nokey"], env=env)
+    assert dropped.exit_code == 0, dropped.output
+    assert "nokey" not in published(pg, "cli_pub_append")
+    added = runner.invoke(app, ["publication", "add-table", "nokey"], env=env)
+    assert added.exit_code == 0, added.output
+    assert "nokey" in published(pg, "cli_pub_append") and "nokey" not in published(pg, "cli_pub")
+    shown = runner.invoke(app, ["publication", "show", "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert {"schema": "director", "table": "nokey"} in json.loads(shown.output)[
+        "append_only_tables"
+    ]
+    assert_writable(pg, ALL_TABLES)
+    # An identity fixed makes the table publishable with its updates and deletes.
+    pg.execute("ALTER TABLE director.silent REPLICA IDENTITY DEFAULT")
+    added = runner.invoke(app, ["publication", "add-table", "silent"], env=env)
+    assert added.exit_code == 0, added.output
+    assert "silent" in published(pg, "cli_pub") and "silent" not in published(pg, "cli_pub_append")
+    assert_writable(pg, ALL_TABLES)
+
+
+EVENTS = """
+CREATE SCHEMA director;
+CREATE TABLE director.events (id int, day int, v text, PRIMARY KEY (id, day))
+    PARTITION BY RANGE (day);
+CREATE TABLE director.events_1 PARTITION OF director.events FOR VALUES FROM (0) TO (10);
+CREATE TABLE director.events_2 PARTITION OF director.events FOR VALUES FROM (10) TO (20);
+INSERT INTO director.events SELECT i, i % 20, 'v' || i FROM generate_series(1, 200) i;
+"""
+
+
+def target_tables(pg: psycopg.Connection[Any]) -> list[str]:
+    rows = pg.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'historic' "
+        "AND tablename NOT LIKE '\\_cdc%' ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_partitioned_table_arrives_under_its_root(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    pg.execute(EVENTS)
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    with running_daemon(settings, ch) as running:
+        # The initial load copied both partitions under the root.
+        wait_in_step(pg, ch, ch_database, ["events"], running=running)
+        # Rows moved between partitions stay one row each.
+        pg.execute("UPDATE director.events SET day = day + 10, v = 'moved' WHERE day < 5")
+        pg.execute("UPDATE director.events SET day = day - 10 WHERE day >= 15")
+        # A partition created while running, and one attached with rows already in it.
+        pg.execute("CREATE TABLE director.events_3 PARTITION OF director.events "
+                   "FOR VALUES FROM (20) TO (30)")  # fmt: skip
+        pg.execute("INSERT INTO director.events SELECT i, 20 + i % 10, 'new' "
+                   "FROM generate_series(201, 250) i")  # fmt: skip
+        with pg.transaction():
+            pg.execute("CREATE TABLE director.events_4 (LIKE director.events INCLUDING ALL)")
+            pg.execute("INSERT INTO director.events_4 SELECT i, 30 + i % 10, 'attached' "
+                       "FROM generate_series(251, 300) i")  # fmt: skip
+            pg.execute("ALTER TABLE director.events ATTACH PARTITION director.events_4 "
+                       "FOR VALUES FROM (30) TO (40)")  # fmt: skip
+        pg.execute("UPDATE director.events SET day = 35, v = 'into 4' WHERE id <= 20")
+        pg.execute("DELETE FROM director.events WHERE id BETWEEN 21 AND 30")
+        wait_in_step(pg, ch, ch_database, ["events"], running=running)
+    assert target_tables(pg) == ["events"]
+    row = ch.query(f"SELECT count(), uniqExact(id) FROM `{ch_database}`.events FINAL "
+                   "WHERE _is_deleted = 0").result_rows  # fmt: skip
+    assert row == [(290, 290)]
+
+
+def test_old_publication_is_migrated_and_no_longer_blocks_writes(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    pg.execute(EVENTS)
+    pg.execute("CREATE TABLE director.log (v text)")
+    pg.execute("INSERT INTO director.log VALUES ('a')")
+    # As an older version made it: every table, partitioned ones through their leaves.
+    pg.execute("CREATE PUBLICATION cdc_pub FOR TABLE director.log, director.events_1, "
+               "director.events_2")  # fmt: skip
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        pg.execute("INSERT INTO director.events VALUES (500, 1, 'late')")
+        wait_in_step(pg, ch, ch_database, ["events"], running=running)
+        assert_writable(pg, ["log", "events"])
+    events = {e["event"]: e for e in logs}
+    assert events["publication_via_root"]["table"] == "cdc_pub"
+    assert "ADD PRIMARY KEY" in events["publication_table_removed"]["detail"]
+    assert events["publication_table_removed"]["table"] == "director.log"
+    assert published(pg, "cdc_pub") == ["events"]
+
+
+def test_table_created_while_running_is_copied_then_streamed(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.first (id int PRIMARY KEY)")
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        with pg.transaction():
+            pg.execute("CREATE TABLE director.late (id int PRIMARY KEY, v text)")
+            pg.execute("INSERT INTO director.late SELECT i, 'before' "
+                       "FROM generate_series(1, 500) i")  # fmt: skip
+        wait_until(lambda: "late" in published(pg, "cdc_pub"), what="the table to be published")
+        pg.execute("INSERT INTO director.late SELECT i, 'after' FROM generate_series(501, 600) i")
+        pg.execute("UPDATE director.late SET v = 'changed' WHERE id % 7 = 0")
+        pg.execute("DELETE FROM director.late WHERE id % 11 = 0")
+        wait_in_step(pg, ch, ch_database, ["late"], running=running)
+        # A keyless table created later is replicated as an append-only log; its updates
+        # still work at the source, and are said once not to be replicated.
+        pg.execute("CREATE TABLE director.notes (v text)")
+        wait_until(lambda: "notes" in published(pg, "cdc_pub_append"), what="the log published")
+        pg.execute("INSERT INTO director.notes VALUES ('a'), ('a')")
+        pg.execute("UPDATE director.notes SET v = 'x'")
+        wait_until(lambda: any(e["event"] == "append_only_changes_not_replicated" for e in logs),
+                   what="the updates to be reported")  # fmt: skip
+        pg.execute("DROP TABLE director.late")
+        wait_until(lambda: any(e["event"] == "table_dropped" for e in logs),
+                   what="the drop to be logged")  # fmt: skip
+    said = [e for e in logs if e["event"] == "append_only_changes_not_replicated"]
+    assert [e["table"] for e in said] == ["director.notes"]  # once
+    assert "ALTER TABLE director.notes ADD PRIMARY KEY (...)" in said[0]["fix"]
+    assert not any(e["event"] == "table_excluded" for e in logs)
+    dropped = next(e for e in logs if e["event"] == "table_dropped")
+    assert dropped["table"] == "director.late"
+    row = pg.execute("SELECT count(*) FROM historic.late_current").fetchone()
+    assert row is not None and row[0] > 500  # the targets are kept
+    assert published(pg, "cdc_pub") == ["first"]
+
+
+def test_status_shows_every_table_of_the_schema_with_its_state(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.keyed (id int PRIMARY KEY)")
+    pg.execute("CREATE TABLE director.gone (id int PRIMARY KEY)")
+    pg.execute("CREATE TABLE director.nokey (v text)")
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    env = {"CDC_SOURCE_DSN": pg_dsn, "CDC_SLOT": settings.slot,
+           "CDC_PUBLICATION": settings.publication}  # fmt: skip
+    with running_daemon(settings, ch):
+        pg.execute("DROP TABLE director.gone")
+        wait_until(lambda: pg.execute("SELECT 1 FROM historic._cdc_tables WHERE "
+                                      "table_name = 'gone' AND state = 'dropped'").fetchone()
+                   is not None, what="the drop to be recorded")  # fmt: skip
+        result = runner.invoke(app, ["status", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    states = {t["table"]: (t["state"], t["error"]) for t in document["tables"]}
+    assert states["keyed"] == ("streaming", None)
+    assert states["gone"][0] == "dropped"
+    assert states["nokey"][0] == "streaming"
+    logs = {t["table"] for t in document["tables"] if t["append_only"]}
+    assert logs == {"nokey"}
+    assert document["excluded"] == []
+
+
+def test_a_table_taken_out_by_hand_stays_out(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.kept (id int PRIMARY KEY)")
+    pg.execute("CREATE TABLE director.out (id int PRIMARY KEY)")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, initial_load=False,
+                             schema_poll_interval_s=0.2)  # fmt: skip
+    with capture_logs() as logs, running_daemon(settings, clickhouse_server.client):
+        pg.execute("ALTER PUBLICATION cdc_pub DROP TABLE director.out")
+        pg.execute("CREATE TABLE director.other (id int PRIMARY KEY)")
+        wait_until(lambda: "other" in published(pg, "cdc_pub"), what="the new table")
+        time.sleep(0.5)  # more looks at the schema
+    assert published(pg, "cdc_pub") == ["kept", "other"]
+    assert [e["table"] for e in logs if e["event"] == "table_added"] == ["director.other"]
+
+
+def test_backfill_of_a_partitioned_table_copies_every_partition(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    pg.execute(EVENTS)
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    env = {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": clickhouse_server.url,
+           "CDC_CLICKHOUSE_DATABASE": ch_database, "CDC_SLOT": settings.slot,
+           "CDC_PUBLICATION": settings.publication}  # fmt: skip
+    with running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, ["events"], running=running)
+        pg.execute("DELETE FROM historic.events WHERE day IN (3, 13)")  # in both partitions
+        ch.command(f"DELETE FROM `{ch_database}`.events WHERE day IN (3, 13)")
+        result = runner.invoke(app, ["backfill", "events"], env=env)
+        assert result.exit_code == 0, result.output
+        wait_in_step(pg, ch, ch_database, ["events"], running=running)

@@ -1,0 +1,91 @@
+"""Which tables may be published (invariant 7), what the follower does about the schema,
+and the publication SQL: pure rules, no database."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cdc.stream.eligibility import SourceTable, exclusion
+from cdc.stream.following import plan
+from cdc.stream.slots import create_publication_sql, via_root_sql
+
+KEYED = SourceTable("t", "director.t", False, False, "d", True, ())
+KEYLESS = replace(KEYED, has_primary_key=False, unusable=("director.t",))
+
+
+def test_keyed_full_and_index_identities_may_be_published() -> None:
+    assert exclusion(KEYED) is None
+    full = replace(KEYLESS, identity="f", unusable=())
+    assert exclusion(full) is None
+    by_index = replace(KEYLESS, identity="i", unusable=())
+    assert exclusion(by_index) is None
+
+
+def test_each_exclusion_names_its_fix() -> None:
+    why = exclusion(KEYLESS)
+    assert why is not None
+    assert why.fix == "ALTER TABLE director.t ADD PRIMARY KEY (...)"
+    assert "refuse the application's own UPDATE and DELETE" in why.reason
+    nothing = exclusion(replace(KEYED, identity="n", unusable=("director.t",)))
+    assert nothing is not None and nothing.fix == "ALTER TABLE director.t REPLICA IDENTITY DEFAULT"
+    lost_index = exclusion(replace(KEYLESS, identity="i"))
+    assert lost_index is not None and "no longer exists" in lost_index.reason
+    unlogged = exclusion(replace(KEYED, unlogged=True))
+    assert unlogged is not None and unlogged.fix == "ALTER TABLE director.t SET LOGGED"
+    leaves = exclusion(replace(KEYED, partitioned=True, unusable=("director.t_1",)))
+    assert leaves is not None and leaves.fix == "ALTER TABLE director.t_1 REPLICA IDENTITY DEFAULT"
+
+
+def test_a_keyless_table_may_join_a_publication_of_inserts_only() -> None:
+    assert exclusion(KEYLESS, publishes_changes=False) is None
+    assert exclusion(replace(KEYED, unlogged=True), publishes_changes=False) is not None
+
+
+def test_plan_adds_new_tables_but_not_ones_taken_out_by_hand() -> None:
+    new = replace(KEYED, name="new")
+    taken_out = replace(KEYED, name="out")
+    fixed = replace(KEYED, name="fixed")
+    todo = plan([KEYED, new, taken_out, fixed], {"t"}, {"out": "ready", "fixed": "excluded"},
+                {"t": frozenset()}, set(), True)  # fmt: skip
+    assert todo.add == ("new", "fixed")
+    assert todo.seen is not None and set(todo.seen) == {"t", "new", "fixed"}
+
+
+def test_plan_unpublishes_a_table_that_lost_its_key_and_reports_exclusions_once() -> None:
+    lost = replace(KEYLESS, name="lost")
+    never = replace(KEYLESS, name="never")
+    todo = plan([lost, never], {"lost"}, {}, {"lost": frozenset()}, set(), True)
+    assert [w.table for w in todo.unpublish] == ["lost"]
+    assert [w.table for w in todo.excluded] == ["never"]
+    again = plan([never], set(), {}, {}, {"never"}, True)
+    assert again.excluded == () and again.add == ()
+
+
+def test_plan_copies_a_partitioned_table_again_when_it_gains_partitions() -> None:
+    root = replace(KEYED, name="root", partitioned=True, partitions=frozenset({1, 2}))
+    same = plan([root], {"root"}, {}, {"root": frozenset({1, 2})}, set(), True)
+    assert same.reload == ()
+    grown = plan([replace(root, partitions=frozenset({1, 2, 3}))], {"root"}, {},
+                 {"root": frozenset({1, 2})}, set(), True)  # fmt: skip
+    assert grown.reload == ("root",)
+    detached = plan([replace(root, partitions=frozenset({1}))], {"root"}, {},
+                    {"root": frozenset({1, 2})}, set(), True)  # fmt: skip
+    assert detached.reload == ()
+
+
+def test_plan_after_a_restart_copies_again_a_load_cut_short_and_notices_drops() -> None:
+    todo = plan([KEYED], {"t"}, {"t": "copying"}, None, set(), True)
+    assert todo.reload == ("t",)
+    gone = plan([], set(), {}, {"t": frozenset()}, set(), True)
+    assert gone.dropped == ("t",)
+
+
+def test_publication_sql_publishes_partitions_via_their_root() -> None:
+    text = create_publication_sql("p", "director", ["a", "Odd"]).as_string(None)
+    assert text == (
+        'CREATE PUBLICATION "p" FOR TABLE "director"."a", "director"."Odd" '
+        "WITH (publish_via_partition_root = true)"
+    )
+    assert via_root_sql("p").as_string(None) == (
+        'ALTER PUBLICATION "p" SET (publish_via_partition_root = true)'
+    )
