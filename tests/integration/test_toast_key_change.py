@@ -10,6 +10,7 @@ key is sent), `USING INDEX` (the old index columns) and `FULL` (the whole old ro
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from cdc.apply.batch import Batch, BatchBuilder
 from cdc.apply.changes import Record, RecordChunk, Transaction
+from cdc.errors import CdcError, ErrorKind
 from cdc.protocol import UNCHANGED_TOAST, Insert, Relation, RelationColumn, Update
 from cdc.protocol.lsn import Lsn
 from cdc.protocol.tags import ReplicaIdentity, TupleMarker
@@ -232,3 +234,47 @@ def test_a_replay_fills_moved_rows_from_the_rows_as_the_change_found_them(
     rows = pg.execute("SELECT line, note, _is_deleted FROM historic.items ORDER BY line").fetchall()
     got = {line: (note[:1] if note else None, deleted) for line, note, deleted in rows}
     assert got == {-1: ("C", True), 2: ("A", False), 5: ("B", False), 6: ("C", False)}
+
+
+def test_a_writer_that_lost_its_connection_fails_the_batch_for_a_retry(
+    pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    """A large batch is written by several connections at once; one of them lost (here:
+    terminated, as a restart of Postgres would) fails the batch as a connection error,
+    which the daemon retries, and the next try writes it on a new connection."""
+    pg.execute(ITEMS)
+    layout = describe_table(pg, "director", "items")
+    relation = _items_relation(layout)
+    layouts = {("director", "items"): layout}
+
+    def batch(commit: int) -> Batch:
+        builder = BatchBuilder(lambda r: layout.key_indexes)
+        builder.add(_inserts(relation, commit, {line: b"n%d" % commit for line in range(3000)}))
+        return builder.build()
+
+    sink = HistoricSink(pg_dsn, "historic", writers=2)
+    try:
+        sink.prepare([layout])
+        sink.apply(batch(10), layouts)
+        # Writer 1 (every second row of the batch: the odd lines) waits on these row locks
+        # while writer 0 finishes; then it loses its connection, in the pool's thread.
+        with psycopg.connect(pg_dsn) as blocker:
+            blocker.execute("SELECT 1 FROM historic.items WHERE line % 2 = 1 FOR UPDATE")
+
+            def terminate() -> None:
+                pg.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'cdc historic writer 1'"
+                )
+                blocker.commit()
+
+            threading.Timer(1.0, terminate).start()
+            with pytest.raises(CdcError) as failed:
+                sink.apply(batch(20), layouts)
+        assert failed.value.kind is ErrorKind.SINK_CONNECTION
+        sink.apply(batch(20), layouts)
+    finally:
+        sink.close()
+    notes = pg.execute("SELECT DISTINCT note FROM historic.items").fetchall()
+    assert notes == [("n20",)]
+    assert pg.execute("SELECT count(*) FROM historic.items").fetchone() == (3000,)

@@ -186,11 +186,12 @@ class ClickHouseSink:
         known = self._columns.get(name)
         if known is None:
             known = self._target_columns(layout.name)
-            if known and not self._has_commit_time(layout.name):  # made by an older version
-                for table_name in self._physical(layout.name):
-                    client.command(
-                        ddl.clickhouse_commit_time_column(self.database, table_name, cluster)
-                    )
+            if known:
+                if not self._has_commit_time(layout.name):  # made by an older version
+                    for table_name in self._physical(layout.name):
+                        client.command(
+                            ddl.clickhouse_commit_time_column(self.database, table_name, cluster)
+                        )
             else:
                 client.command(ddl.clickhouse_table(self.database, layout, cluster))
                 if cluster is not None:

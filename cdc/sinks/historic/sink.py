@@ -83,7 +83,9 @@ class HistoricSink:
         conn = self._conns[writer]
         if conn is None or conn.closed:
             try:
-                conn = psycopg.connect(canonical_dsn(self._dsn))
+                conn = psycopg.connect(
+                    canonical_dsn(self._dsn), application_name=f"cdc historic writer {writer}"
+                )
             except psycopg.Error as exc:
                 raise CdcError(
                     ErrorKind.SINK_CONNECTION,
@@ -96,11 +98,15 @@ class HistoricSink:
                 self._types.clear()
         return conn
 
+    def _drop(self, writer: int) -> None:
+        conn = self._conns[writer]
+        if conn is not None:
+            conn.close()
+            self._conns[writer] = None
+
     def close(self) -> None:
-        for writer, conn in enumerate(self._conns):
-            if conn is not None:
-                conn.close()
-                self._conns[writer] = None
+        for writer in range(len(self._conns)):
+            self._drop(writer)
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -121,7 +127,9 @@ class HistoricSink:
         except psycopg.Error as exc:
             error = postgres_error(exc, ErrorKind.SINK_CONNECTION, "historic write failed")
             if error.kind is ErrorKind.SINK_CONNECTION:
-                self.close()
+                # Only this writer's connection: this may run in a pool thread, which
+                # cannot shut its own pool down. The others fail on their next use.
+                self._drop(writer)
             raise error from exc
 
     def apply(self, batch: Batch, layouts: Layouts) -> None:
