@@ -54,11 +54,11 @@ def _docker_available() -> bool:
 
     try:
         client = docker.from_env(timeout=2)
-    except Exception:
+    except (docker.errors.DockerException, OSError):
         return False
     try:
         return bool(client.ping())
-    except Exception:
+    except (docker.errors.DockerException, OSError):
         return False
     finally:
         client.close()

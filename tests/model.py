@@ -297,9 +297,20 @@ class Workload:
             self._one(txn)
 
     def _one(self, txn: Txn) -> None:
-        rng = self.rng
-        roll = rng.random()
+        roll = self.rng.random()
         order_id, line = self.order(), self.line()
+        if roll < 0.58:
+            self._line_change(txn, roll, order_id, line)
+        elif roll < 0.83:
+            self._card_change(txn, roll)
+        elif roll < 0.985:
+            self._team_change(txn, roll)
+        else:
+            row = self.order_line_row(order_id, line)
+            txn.add("savepoint rollback", lambda c: rolled_back(c, row))
+
+    def _line_change(self, txn: Txn, roll: float, order_id: int, line: int) -> None:
+        rng = self.rng
         if roll < 0.14:
             row = self.order_line_row(order_id, line)
             txn.add("line insert", lambda c: insert_line(c, row))
@@ -326,12 +337,14 @@ class Workload:
         elif roll < 0.54:
             row = self.order_line_row(order_id, line)
             txn.add("line delete+insert", lambda c: reinsert_line(c, row))
-        elif roll < 0.58:
+        else:
             target = self.order()
             txn.add("line move order", lambda c: c.execute(
                 "UPDATE director.order_lines SET order_id = %s, qty = coalesce(qty, 0) + 1 "
                 "WHERE order_id = %s AND line = %s", (target, order_id, line)))  # fmt: skip
-        elif roll < 0.66:
+
+    def _card_change(self, txn: Txn, roll: float) -> None:
+        if roll < 0.66:
             row = self.card_row(self.card())
             txn.add("card upsert", lambda c: insert_card(c, row, upsert=True))
         elif roll < 0.72:
@@ -347,13 +360,16 @@ class Workload:
             card = self.card()
             txn.add("card delete", lambda c: c.execute(
                 "DELETE FROM director.cards WHERE id = %s", (card,)))  # fmt: skip
-        elif roll < 0.83:
+        else:
             old, new = self.card(), self.card()
             payload = self.payload()
             txn.add("card rekey", lambda c: c.execute(
                 "UPDATE director.cards SET id = %s, payload = %s WHERE id = %s",
                 (new, payload, old)))  # fmt: skip
-        elif roll < 0.88:
+
+    def _team_change(self, txn: Txn, roll: float) -> None:
+        rng = self.rng
+        if roll < 0.88:
             row = self.team_row(self.team())
             txn.add("team insert", lambda c: insert_team(c, row))
         elif roll < 0.92:
@@ -371,12 +387,9 @@ class Workload:
             team = self.team()
             txn.add("team delete", lambda c: c.execute(
                 'DELETE FROM director."Team Notes" WHERE "Team Id" = %s', (team,)))  # fmt: skip
-        elif roll < 0.985:
+        else:
             rows = [self.team_row(t) for t in rng.sample(range(1, TEAMS + 1), 5)]
             txn.add("team truncate+insert", lambda c: truncate_teams(c, rows))
-        else:
-            row = self.order_line_row(order_id, line)
-            txn.add("savepoint rollback", lambda c: rolled_back(c, row))
 
 
 def insert_line(conn: psycopg.Connection[Any], row: tuple[Any, ...]) -> None:

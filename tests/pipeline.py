@@ -13,9 +13,11 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from psycopg import sql
 
 from cdc.apply.daemon import Daemon
+from cdc.errors import CdcError
 from cdc.ops.settings import Settings
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import Sink
@@ -98,7 +100,7 @@ def running_daemon(settings: Settings, ch_client: Any) -> Iterator[RunningDaemon
     def target() -> None:
         try:
             daemon.run(stop)
-        except BaseException as exc:  # re-raised by the context manager in the test
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the context manager
             running.error = exc
 
     thread = threading.Thread(target=target, name="cdc-daemon", daemon=True)
@@ -177,7 +179,7 @@ def wait_in_step(
                     return False
                 if clickhouse_rows(ch_client, ch_database, table) != source:
                     return False
-            except Exception:  # targets not created yet
+            except (psycopg.Error, ClickHouseError):  # targets not created yet
                 return False
         return True
 
@@ -201,6 +203,6 @@ def stop_message(
         with running_daemon(settings, ch_client) as running:
             provoke(running)
             wait_until(lambda: not running.thread.is_alive(), 60, "the daemon to stop")
-    except Exception as exc:
+    except CdcError as exc:
         return str(exc)
     raise AssertionError("the daemon kept running")

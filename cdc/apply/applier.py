@@ -56,7 +56,7 @@ class Applier:
                         self.applied = batch.end_lsn
                     elif self.error is None:
                         self._hand_on(outbox, batch)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - raised again by the caller (`check`)
                 self.error = exc
             finally:
                 inbox.task_done()

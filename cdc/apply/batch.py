@@ -33,6 +33,7 @@ from cdc.protocol import (
     pg_timestamp_to_datetime,
 )
 from cdc.protocol.lsn import Lsn
+from cdc.versions import version_of
 
 NativeFold = Callable[..., int]
 _fold: NativeFold | None
@@ -175,7 +176,7 @@ class BatchBuilder:
         limit = self._max_changes
         batch = self._batch
         batch.end_lsn = self._last_end
-        commit_high = txn.commit_lsn << 64
+        commit_high = version_of(txn.commit_lsn, 0)  # `| ordinal` gives each version
         commit_time = commit_time_text(txn.commit_ts)
         batch.commit_time_text[txn.commit_lsn] = commit_time
         # Changes this batch can still take (-1: any number).
@@ -285,26 +286,37 @@ class BatchBuilder:
                 self._tombstone(table, key_of, _relayout(old, remap), version)
                 continue
             assert new is not None
-            new = _relayout(new, remap)
-            if old is None:
-                self._upsert(table, key_of, new, version)
-                continue
-            old = _relayout(old, remap)
-            if UNCHANGED_TOAST in new:
-                # REPLICA IDENTITY FULL: the old row holds the unchanged values. (An old key
-                # has every column too, the others NULL; a TOASTed value is never NULL.)
-                new = tuple(
-                    o if n is UNCHANGED_TOAST and o is not None else n
-                    for n, o in zip(new, old, strict=True)
-                )
-            old_key = key_of(old)
-            if old_key == key_of(new):
-                self._upsert(table, key_of, new, version)
-                continue
-            # The key changed: unchanged values come from the old key's image, taken before
-            # its tombstone replaces it; the new key has no row of its own yet.
-            self._upsert(table, key_of, new, version, source=old_key)
-            self._tombstone(table, key_of, old, version)
+            self._update(table, key_of, _relayout(new, remap), old, remap, version)
+
+    def _update(
+        self,
+        table: TableBatch,
+        key_of: KeyGetter,
+        new: TupleData,
+        old: TupleData | None,
+        remap: tuple[int, ...] | None,
+        version: int,
+    ) -> None:
+        """An update (or an insert over a row of the batch), `new` laid out as the table."""
+        if old is None:
+            self._upsert(table, key_of, new, version)
+            return
+        old = _relayout(old, remap)
+        if UNCHANGED_TOAST in new:
+            # REPLICA IDENTITY FULL: the old row holds the unchanged values. (An old key
+            # has every column too, the others NULL; a TOASTed value is never NULL.)
+            new = tuple(
+                o if n is UNCHANGED_TOAST and o is not None else n
+                for n, o in zip(new, old, strict=True)
+            )
+        old_key = key_of(old)
+        if old_key == key_of(new):
+            self._upsert(table, key_of, new, version)
+            return
+        # The key changed: unchanged values come from the old key's image, taken before
+        # its tombstone replaces it; the new key has no row of its own yet.
+        self._upsert(table, key_of, new, version, source=old_key)
+        self._tombstone(table, key_of, old, version)
 
     def _append(
         self,

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from cdc.protocol import Delete, Insert, Relation, Truncate, TupleData, Update
 from cdc.protocol.lsn import Lsn
+from cdc.versions import version_of
 
 
 class Op(enum.Enum):
@@ -102,8 +103,8 @@ class Transaction:
             yield from chunk.changes()
 
     def version(self, ordinal: int) -> int:
-        """The `_version` of the change at `ordinal`: (commit LSN << 64) | ordinal."""
-        return (self.commit_lsn << 64) | ordinal
+        """The `_version` of the change at `ordinal` (`cdc.versions`)."""
+        return version_of(self.commit_lsn, ordinal)
 
     def close(self) -> None:
         """Release the buffered changes (and the spill file, if any) once applied."""

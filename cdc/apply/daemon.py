@@ -11,7 +11,6 @@ batch, acknowledges it and returns.
 from __future__ import annotations
 
 import functools
-import random
 import threading
 import time
 from collections import deque
@@ -39,11 +38,13 @@ from cdc.ops.metrics import HealthState, Metrics, serve
 from cdc.ops.settings import Settings, redact_url
 from cdc.protocol import LogicalMessage, Relation, datetime_to_pg_timestamp
 from cdc.protocol.lsn import Lsn
+from cdc.retry import Backoff, retryable, retrying
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import Layouts, Sink
 from cdc.sinks.clickhouse.client import embedded_path
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.factory import SinkFactory, default_sinks
+from cdc.states import DaemonState, TableState
 from cdc.stream import feedback, slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.following import SchemaFollower
@@ -85,8 +86,7 @@ class Daemon:
         self.metrics.freshness.set_function(self.position.freshness)
         self.health = HealthState(settings.ready_max_lag_s)
         self._stop: threading.Event | None = None
-        self.catalog = Catalog(self._connect_source, settings.max_retry_delay_s,
-                               self._stopping, self.log)  # fmt: skip
+        self.catalog = Catalog(self._connect_source, settings.max_retry_delay_s, self._stopping)
         # Tables set aside, with why: written by the apply threads and the main thread.
         self._quarantined: dict[tuple[str, str], str] = {}
         self._quarantine_lock = threading.Lock()
@@ -286,7 +286,7 @@ class Daemon:
         with self._quarantine_lock:
             self._quarantined[name] = str(exc)
         status.record_table(self.settings.require_historic_dsn(), self.settings.historic_schema,
-                            name[1], "quarantined", str(exc))  # fmt: skip
+                            name[1], TableState.QUARANTINED, str(exc))  # fmt: skip
         self.log.error(
             "table_quarantined", table=f"{name[0]}.{name[1]}", error=str(exc),
             hint=exc.policy.hint,
@@ -348,25 +348,40 @@ class Daemon:
     def _with_retries(
         self, batch: Batch, sinks: Sequence[Sink], write: Callable[[Batch], None]
     ) -> None:
-        attempt = 0
+        """`write(batch)`, retried while it fails on something transient (`cdc.retry`),
+        without the tables whose rows cannot be stored (quarantined)."""
+
+        def on_retry(exc: BaseException, _delay: float) -> None:
+            kind = exc.kind.value if isinstance(exc, CdcError) else type(exc).__name__
+            self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
+            self.metrics.errors.labels(kind).inc()
+            self.health.last_apply_ok = False
+            for sink in sinks:  # they reconnect on their next use
+                sink.close()
+
+        backoff = Backoff(max_s=self.settings.max_retry_delay_s)
+        for attempt in retrying(
+            "apply_retry",
+            backoff,
+            stopping=self._stopping,
+            on_retry=on_retry,
+            slot=self.settings.slot,
+        ):
+            with attempt:
+                self._write_quarantining(batch, write)
+        self.health.last_apply_ok = True
+
+    def _write_quarantining(self, batch: Batch, write: Callable[[Batch], None]) -> None:
         while True:
             try:
                 write(batch)
-                self.health.last_apply_ok = True
                 return
             except CdcError as exc:
-                action = exc.policy.action
-                if action is Action.QUARANTINE_TABLE and exc.table in batch.tables:
-                    self._quarantine(exc.table, exc)
-                    del batch.tables[exc.table]
-                    continue
-                if action is not Action.RETRY or self._stopping():
+                quarantine = exc.policy.action is Action.QUARANTINE_TABLE
+                if not quarantine or exc.table not in batch.tables:
                     raise
-                attempt += 1
-                self.stats.errors[exc.kind.value] = self.stats.errors.get(exc.kind.value, 0) + 1
-                self.metrics.errors.labels(exc.kind.value).inc()
-                self.health.last_apply_ok = False
-                self._back_off("apply_retry", exc, attempt, sinks)
+                self._quarantine(exc.table, exc)
+                del batch.tables[exc.table]
 
     def _record_applied(self, batch: Batch, seconds: float) -> None:
         now = datetime_to_pg_timestamp(datetime.now(UTC))
@@ -412,14 +427,14 @@ class Daemon:
             self.log.info("leadership_acquired")
             self._run(stop, record)
         except CdcError as exc:
-            record("failed", f"{exc.kind.value}: {exc}")
+            record(DaemonState.FAILED, f"{exc.kind.value}: {exc}")
             raise
         finally:
             leadership.release()
             if server is not None:
                 server.shutdown()
                 server.server_close()
-        record("stopped")
+        record(DaemonState.STOPPED)
 
     def _explain_lost(self, exc: CdcError) -> CdcError:
         """The server says 'does not exist' for a dropped slot and a dropped publication
@@ -457,20 +472,27 @@ class Daemon:
         """`setup`, retried with backoff while it fails on something transient (a target or
         the source restarting as the daemon starts) for up to `connect_timeout_s`; anything
         else, or failing for longer, stops the daemon."""
-        attempt = 0
-        first_failure = time.monotonic()
         limit = self.settings.connect_timeout_s
-        while True:
-            try:
-                self._setup_once()
-                return
-            except CdcError as exc:
-                if exc.policy.action is not Action.RETRY or self._stopping():
-                    raise
-                if time.monotonic() - first_failure >= limit:
-                    raise CdcError(exc.kind, f"{exc} (gave up after {limit:.0f} s)") from exc
-                attempt += 1
-                self._back_off("setup_retry", exc, attempt, self.sinks)
+        backoff = Backoff(max_s=self.settings.max_retry_delay_s, give_up_after_s=limit)
+
+        def on_retry(_exc: BaseException, _delay: float) -> None:
+            for sink in self.sinks:  # they reconnect on their next use
+                sink.close()
+
+        try:
+            for attempt in retrying(
+                "setup_retry",
+                backoff,
+                stopping=self._stopping,
+                on_retry=on_retry,
+                slot=self.settings.slot,
+            ):
+                with attempt:
+                    self._setup_once()
+        except CdcError as exc:
+            if retryable(exc) and not self._stopping():
+                raise CdcError(exc.kind, f"{exc} (gave up after {limit:.0f} s)") from exc
+            raise
 
     def _setup_once(self) -> None:
         """`setup`; a connection lost on the way (the initial load's own connections raise
@@ -482,18 +504,6 @@ class Daemon:
                 ErrorKind.SOURCE_CONNECTION,
                 f"a connection failed during setup: {redact_url(str(lost).strip())}",
             ) from lost
-
-    def _back_off(self, event: str, exc: CdcError, attempt: int, sinks: Sequence[Sink]) -> None:
-        """Log the retry, close `sinks` (they reconnect on their next use) and wait: capped
-        exponential backoff with jitter."""
-        delay = min(self.settings.max_retry_delay_s, 0.2 * 2**attempt)
-        delay *= random.uniform(0.5, 1.0)
-        self.log.warning(
-            event, kind=exc.kind.value, error=str(exc), attempt=attempt, retry_in_s=round(delay, 2)
-        )
-        for sink in sinks:
-            sink.close()
-        time.sleep(delay)
 
     def _stream(self, stop: threading.Event, record: Callable[[str], None]) -> None:
         self._stop = stop
@@ -509,8 +519,6 @@ class Daemon:
                 status_interval=min(settings.status_interval_s, 10.0),
             )
         )
-        builder = BatchBuilder(self.key_positions, max_changes=settings.batch_size)
-        latency = settings.batch_latency_ms / 1000
         self.log.info(
             "daemon_started", publication=settings.publication,
             clickhouse=redact_url(settings.require_clickhouse_url()),
@@ -518,7 +526,6 @@ class Daemon:
             historic_schema=settings.historic_schema,
         )  # fmt: skip
         applier = Applier(self.stages())
-        acknowledged = Lsn.ZERO
         monitor: Monitor | None = None
         recorder = FreshnessRecorder(
             settings.require_historic_dsn(), settings.historic_schema, settings.slot,
@@ -529,33 +536,10 @@ class Daemon:
             self.follower.poll()  # records the tables streamed before anyone sees it stream
             self.streaming.set()
             self.health.streaming = True
-            record("streaming")
+            record(DaemonState.STREAMING)
             recorder.start()
             monitor = self._start_monitor()
-            batch_started = time.monotonic()
-            for event in source.events(latency):
-                if isinstance(event, Transaction):
-                    if builder.transactions == 0:
-                        batch_started = time.monotonic()
-                    builder.add(event, emit=applier.submit)
-                    event.close()
-                full = builder.changes >= settings.batch_size
-                due = time.monotonic() - batch_started >= latency
-                if builder.transactions and (full or due or stop.is_set()):
-                    applier.submit(builder.build())
-                if stop.is_set() and builder.transactions == 0:
-                    applier.drain()
-                if isinstance(event, LogicalMessage) and event.prefix == HEARTBEAT_PREFIX:
-                    progress = source.stream.progress
-                    self.position.heartbeat(event.lsn, progress.received, event.content)
-                acknowledged = self._acknowledge(source, applier, acknowledged)
-                self.position.flushed(source.stream.flush_position, source.stream.progress.durable)
-                self.health.tick()
-                self._heartbeat(event)
-                self._report(source, event)
-                self.follower.poll_if_due()
-                if stop.is_set() and builder.transactions == 0:
-                    break
+            self._consume(source, applier, stop)
         finally:
             if monitor is not None:
                 monitor.stop()
@@ -569,6 +553,38 @@ class Daemon:
         self.log.info(
             "daemon_stopped", applied_lsn=str(self.stats.applied_lsn), changes=self.stats.changes
         )
+
+    def _consume(self, source: ChangeSource, applier: Applier, stop: threading.Event) -> None:
+        """Read the stream into batches for the applier, acknowledge what both sinks hold,
+        and keep the daemon's bookkeeping, until `stop` and every batch is applied."""
+        settings = self.settings
+        builder = BatchBuilder(self.key_positions, max_changes=settings.batch_size)
+        latency = settings.batch_latency_ms / 1000
+        acknowledged = Lsn.ZERO
+        batch_started = time.monotonic()
+        for event in source.events(latency):
+            if isinstance(event, Transaction):
+                if builder.transactions == 0:
+                    batch_started = time.monotonic()
+                builder.add(event, emit=applier.submit)
+                event.close()
+            full = builder.changes >= settings.batch_size
+            due = time.monotonic() - batch_started >= latency
+            if builder.transactions and (full or due or stop.is_set()):
+                applier.submit(builder.build())
+            if stop.is_set() and builder.transactions == 0:
+                applier.drain()
+            if isinstance(event, LogicalMessage) and event.prefix == HEARTBEAT_PREFIX:
+                progress = source.stream.progress
+                self.position.heartbeat(event.lsn, progress.received, event.content)
+            acknowledged = self._acknowledge(source, applier, acknowledged)
+            self.position.flushed(source.stream.flush_position, source.stream.progress.durable)
+            self.health.tick()
+            self._heartbeat(event)
+            self._report(source, event)
+            self.follower.poll_if_due()
+            if stop.is_set() and builder.transactions == 0:
+                break
 
     def _start_monitor(self) -> Monitor | None:
         """The drift monitor on a thread of its own (off when its interval is 0). With the

@@ -21,6 +21,7 @@ from cdc.apply.batch import Key, RowImage, TableBatch
 from cdc.errors import CdcError, ErrorKind
 from cdc.load.copytext import NULL, escape
 from cdc.protocol import UNCHANGED_TOAST, TupleData
+from cdc.versions import SHIFT
 
 FIELD_SEPARATOR = b"\t"
 _DELETED_FLAG = (b"0", b"1")
@@ -114,7 +115,7 @@ def row_text(table: TableBatch) -> RowText:
     times = table.commit_times
     text.lines = [
         b"%s\t%d\t%s\t%s\n"
-        % (line, image.version, flags[image.deleted], times.get(image.version >> 64, NULL))
+        % (line, image.version, flags[image.deleted], times.get(image.version >> SHIFT, NULL))
         for line, image in zip((*joined, *other_lines), (*plain_images, *other_images), strict=True)
     ]
     text.images = [*plain_images, *other_images]

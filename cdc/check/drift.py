@@ -15,6 +15,7 @@ from rich.table import Table
 
 from cdc.check.rowhash import Key, KeyRange
 from cdc.schema import TableSchema
+from cdc.versions import commit_lsn_of
 
 SAMPLE_KEYS: Final = 5  # keys named per target and kind
 
@@ -83,7 +84,7 @@ def classify(
         else:
             continue
         key = src.key if src is not None else rows[ident].key
-        in_flight = row is not None and window[0] <= row.version >> 64 <= window[1]
+        in_flight = row is not None and window[0] <= commit_lsn_of(row.version) <= window[1]
         diffs.append(KeyDiff(target, kind, ident, key, in_flight))
     return diffs
 

@@ -103,7 +103,7 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     console.print(table)
 
 
-def _freshness(daemon: status.DaemonState | None) -> float | None:
+def _freshness(daemon: status.DaemonRecord | None) -> float | None:
     """Seconds since the commit time of the newest source transaction both targets hold."""
     if daemon is None or daemon.held_through is None:
         return None

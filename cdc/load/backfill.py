@@ -30,13 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import psycopg
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import Retrying
 
 from cdc.apply.batch import Batch, RowImage, TableBatch
 from cdc.errors import Action, CdcError, ErrorKind
@@ -59,9 +53,11 @@ from cdc.load.copytext import parse_row, split_lines
 from cdc.load.jobstate import JobState
 from cdc.ops import faults
 from cdc.ops.logs import get_logger
+from cdc.retry import Backoff, retryable, retrying
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import CopiedRows, CopyFormat, Sink
 from cdc.sinks.historic.sink import HistoricSink
+from cdc.states import TableState
 from cdc.stream.replication import canonical_dsn
 from cdc.stream.slots import replicated_tables
 from cdc.stream.snapshot import Snapshot, import_snapshot
@@ -79,24 +75,13 @@ def _transient(exc: BaseException) -> bool:
     writer, or a target's connection failed (the sink reconnects on its next use)."""
     if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):
         return True  # class 40, transaction rollback: deadlock, serialization failure
-    return isinstance(exc, CdcError) and exc.policy.action is Action.RETRY
+    return retryable(exc)
 
 
 def _retrying(table: str, chunk: int) -> Retrying:
     """Attempts at a chunk's write, again after a transient failure (`_transient`)."""
-    return Retrying(
-        retry=retry_if_exception(_transient),
-        stop=stop_after_attempt(CHUNK_ATTEMPTS),
-        wait=wait_exponential(multiplier=0.1, max=5) + wait_random(0, 0.1),
-        before_sleep=lambda state: _log.warning(
-            "backfill_chunk_retry",
-            table=table,
-            chunk=chunk,
-            attempt=state.attempt_number,
-            error=str(state.outcome.exception() if state.outcome else None).strip(),
-        ),
-        reraise=True,
-    )
+    backoff = Backoff(first_s=0.1, max_s=5.0, attempts=CHUNK_ATTEMPTS)
+    return retrying("backfill_chunk_retry", backoff, retry_if=_transient, table=table, chunk=chunk)
 
 
 @dataclass
@@ -278,7 +263,7 @@ class Backfill:
                 to_plan = self.job_state.to_plan(state)
                 chunks = self.job_state.pending_chunks(state)
             for name in copying:
-                self.job_state.set_state(state, name, "copying")
+                self.job_state.set_state(state, name, TableState.COPYING)
         if logs:
             self._replace_logs(snapshot, logs)
         self.progress = Progress(total_chunks=len(chunks))
@@ -312,12 +297,12 @@ class Backfill:
             for name in copying:
                 if name in self.progress.failed:
                     reason = self.progress.failed[name]
-                    self.job_state.set_state(state, name, "quarantined", reason)
+                    self.job_state.set_state(state, name, TableState.QUARANTINED, reason)
                 elif name in left:
                     error = str(failures[0]) if failures else None
-                    self.job_state.set_state(state, name, "failed", error)
+                    self.job_state.set_state(state, name, TableState.FAILED, error)
                 else:
-                    self.job_state.set_state(state, name, "ready")
+                    self.job_state.set_state(state, name, TableState.READY)
         if failures:
             raise failures[0]
         return self.progress

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.load.chunks import CHUNKS_TABLE, PLANS_TABLE, TABLES_TABLE, Chunk, Key, state_ddl
+from cdc.states import TableState
 
 
 class JobState:
@@ -127,7 +128,7 @@ class JobState:
         )
 
     def set_state(
-        self, conn: psycopg.Connection[Any], table: str, state: str, error: str | None = None
+        self, conn: psycopg.Connection[Any], table: str, state: TableState, error: str | None = None
     ) -> None:
         conn.execute(
             sql.SQL(

@@ -19,6 +19,7 @@ from psycopg import sql
 
 from cdc.load.chunks import TABLES_TABLE, state_ddl
 from cdc.ops.settings import redact_url
+from cdc.states import DaemonState, TableState
 from cdc.stream.eligibility import Exclusion, SourceTable
 
 DAEMON_TABLE = "_cdc_daemon"
@@ -28,9 +29,9 @@ _ADDED_COLUMNS: Final = ((DAEMON_TABLE, "held_through", "timestamptz"),)
 
 
 @dataclass(frozen=True)
-class DaemonState:
+class DaemonRecord:
     slot: str
-    state: str
+    state: str  # a `DaemonState`, as recorded
     last_error: str | None
     updated_at: datetime
     # The commit time of the newest source transaction both targets hold (None: unknown);
@@ -50,53 +51,59 @@ class TableCheck:
 
 
 @dataclass(frozen=True)
-class TableState:
+class TableRecord:
     table: str
-    state: str
+    state: str  # a `TableState`, as recorded or shown
     error: str | None
     updated_at: datetime | None  # None: nothing recorded yet
 
 
 # What `overview` shows for a published table, by its recorded state.
-_PUBLISHED_STATES = {"copying": "loading", "ready": "streaming", "failed": "failed",
-                     "quarantined": "quarantined"}  # fmt: skip
+_PUBLISHED_STATES: dict[str, TableState] = {TableState.COPYING: TableState.LOADING,
+                     TableState.READY: TableState.STREAMING,
+                     TableState.FAILED: TableState.FAILED,
+                     TableState.QUARANTINED: TableState.QUARANTINED}  # fmt: skip
 
 
 def overview(
     tables: Sequence[SourceTable],
     exclusions: Mapping[str, Exclusion],
     published: Collection[str],
-    recorded: Sequence[TableState],
-) -> list[TableState]:
+    recorded: Sequence[TableRecord],
+) -> list[TableRecord]:
     """Every table of the source schema with its state (streaming, loading, excluded,
     quarantined, failed; `not published`: taken out by hand; `new`: the running daemon
     picks it up at its next look at the schema), then the recorded tables that are gone
     from it (dropped, unless recorded quarantined or failed)."""
     by_name = {t.table: t for t in recorded}
-    shown: list[TableState] = []
+    shown: list[TableRecord] = []
     for table in tables:
         was = by_name.get(table.name)
         since = was.updated_at if was is not None else None
         why = exclusions.get(table.name)
         if why is not None:
-            excluded_since = since if was and was.state == "excluded" else None
+            excluded_since = since if was and was.state == TableState.EXCLUDED else None
             fix = f"{why.reason}; fix: {why.fix}"
-            shown.append(TableState(table.name, "excluded", fix, excluded_since))
-        elif was is not None and was.state == "quarantined":
+            shown.append(TableRecord(table.name, TableState.EXCLUDED, fix, excluded_since))
+        elif was is not None and was.state == TableState.QUARANTINED:
             shown.append(was)
         elif table.name in published:
-            state = _PUBLISHED_STATES.get(was.state, "streaming") if was else "streaming"
-            shown.append(TableState(table.name, state, was.error if was else None, since))
+            state = TableState.STREAMING
+            if was is not None:
+                state = _PUBLISHED_STATES.get(was.state, TableState.STREAMING)
+            shown.append(TableRecord(table.name, state, was.error if was else None, since))
         else:
-            gone = was is not None and was.state not in ("excluded", "dropped")
-            state = "not published" if gone else "new"
-            shown.append(TableState(table.name, state, None, since))
+            gone = was is not None and was.state not in (TableState.EXCLUDED, TableState.DROPPED)
+            state = TableState.NOT_PUBLISHED if gone else TableState.NEW
+            shown.append(TableRecord(table.name, state, None, since))
     present = {t.name for t in tables}
     for was in recorded:
         if was.table not in present:
-            kept = was.state in ("quarantined", "failed")  # what the operator must act on
-            shown.append(was if kept else TableState(
-                was.table, "dropped", was.error or "not in the source schema", was.updated_at
+            # what the operator must act on
+            kept = was.state in (TableState.QUARANTINED, TableState.FAILED)
+            shown.append(was if kept else TableRecord(
+                was.table, TableState.DROPPED, was.error or "not in the source schema",
+                was.updated_at
             ))  # fmt: skip
     return shown
 
@@ -135,7 +142,9 @@ def ensure(conn: psycopg.Connection[Any], schema: str) -> None:
             )
 
 
-def record_daemon(dsn: str, schema: str, slot: str, state: str, error: str | None = None) -> None:
+def record_daemon(
+    dsn: str, schema: str, slot: str, state: DaemonState, error: str | None = None
+) -> None:
     """Best effort: the record must never be why the daemon fails."""
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
@@ -153,7 +162,7 @@ def record_daemon(dsn: str, schema: str, slot: str, state: str, error: str | Non
         pass
 
 
-def record_table(dsn: str, schema: str, table: str, state: str, error: str | None) -> None:
+def record_table(dsn: str, schema: str, table: str, state: TableState, error: str | None) -> None:
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
             ensure(conn, schema)
@@ -201,7 +210,7 @@ def record_check(
 
 
 def read(conn: psycopg.Connection[Any], schema: str, slot: str) -> tuple[
-    DaemonState | None, list[TableState]
+    DaemonRecord | None, list[TableRecord]
 ]:  # fmt: skip
     ensure(conn, schema)
     row = conn.execute(
@@ -216,8 +225,8 @@ def read(conn: psycopg.Connection[Any], schema: str, slot: str) -> tuple[
         )
     ).fetchall()
     return (
-        DaemonState(*row) if row else None,
-        [TableState(*t) for t in tables],
+        DaemonRecord(*row) if row else None,
+        [TableRecord(*t) for t in tables],
     )
 
 

@@ -6,7 +6,6 @@ unreachable (a restart of the source is not a reason to stop)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -17,10 +16,15 @@ from cdc.apply.batch import TableBatch
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.settings import redact_url
 from cdc.protocol import Relation
+from cdc.retry import Backoff, retrying
 from cdc.schema import TableSchema, describe_relation
 
 ATTEMPTS = 30
 T = TypeVar("T")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, CdcError) and exc.kind is ErrorKind.SOURCE_CONNECTION
 
 
 class Catalog:
@@ -29,12 +33,10 @@ class Catalog:
         connect: Callable[[], psycopg.Connection[Any]],
         max_retry_delay_s: float,
         stopping: Callable[[], bool],
-        log: Any,
     ) -> None:
         self._connect = connect
         self._max_delay = max_retry_delay_s
         self._stopping = stopping
-        self._log = log
         self._conn: psycopg.Connection[Any] | None = None
         self._schemas: dict[int, tuple[Relation, TableSchema]] = {}
         # The main thread (heartbeats, slot checks) and the historic stage (layouts) share
@@ -48,26 +50,26 @@ class Catalog:
             return self._query(query)
 
     def _query(self, query: Callable[[psycopg.Connection[Any]], T]) -> T:
-        attempt = 0
-        while True:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
-                return query(self._conn)
-            except (psycopg.OperationalError, CdcError) as exc:
-                if isinstance(exc, CdcError) and exc.kind is not ErrorKind.SOURCE_CONNECTION:
-                    raise
-                self.close()
-                attempt += 1
-                if self._stopping() or attempt > ATTEMPTS:
+        backoff = Backoff(max_s=self._max_delay, attempts=ATTEMPTS)
+        for attempt in retrying(
+            "source_catalog_retry",
+            backoff,
+            retry_if=_unreachable,
+            stopping=self._stopping,
+            on_retry=lambda _exc, _delay: self.close(),
+        ):
+            with attempt:
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = self._connect()
+                    return query(self._conn)
+                except psycopg.OperationalError as exc:
+                    self.close()
                     raise CdcError(
                         ErrorKind.SOURCE_CONNECTION,
                         f"source catalog unreachable: {redact_url(str(exc).strip())}",
                     ) from exc
-                delay = min(self._max_delay, 0.2 * 2**attempt)
-                self._log.warning("source_catalog_retry", error=redact_url(str(exc).strip()),
-                                  attempt=attempt, retry_in_s=round(delay, 2))  # fmt: skip
-                time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def schema_for(self, relation: Relation) -> TableSchema:
         with self._lock:

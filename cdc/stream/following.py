@@ -40,20 +40,21 @@ from cdc.ops import status
 from cdc.ops.settings import Settings
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.factory import SinkFactory
+from cdc.states import TableState
 from cdc.stream import eligibility, slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.eligibility import Exclusion, SourceTable
 from cdc.stream.snapshot import exported_snapshot
 
 # Recorded states after which a table that is not published is picked up as new.
-PICKED_UP_AGAIN = frozenset({"excluded", "dropped"})
+PICKED_UP_AGAIN = frozenset({TableState.EXCLUDED, TableState.DROPPED})
 # A load cut short (the daemon stopped while copying): copied again after a restart.
-CUT_SHORT = frozenset({"copying"})
+CUT_SHORT = frozenset({TableState.COPYING})
 LOAD_JOIN_S = 30.0
 
 
 # Also picked up as an append-only log: a keyless table an older version quarantined.
-LOG_PICKED_UP_AGAIN = PICKED_UP_AGAIN | {"quarantined"}
+LOG_PICKED_UP_AGAIN = PICKED_UP_AGAIN | {TableState.QUARANTINED}
 LOG_CHANGES_SQL = """
 SELECT relname, n_tup_upd + n_tup_del FROM pg_stat_user_tables
 WHERE schemaname = %(schema)s AND relname = ANY(%(tables)s) AND n_tup_upd + n_tup_del > 0
@@ -185,7 +186,7 @@ class SchemaFollower:
             by_name = {t.name: t for t in tables}
             if first:  # every table streamed is recorded: one taken out later stays out
                 for name in listed - set(recorded):
-                    self._record(name, "streaming", None)
+                    self._record(name, TableState.STREAMING, None)
             excluded = self._excluded or set()
             for why in todo.unpublish:
                 self._unpublish(why)
@@ -194,13 +195,15 @@ class SchemaFollower:
                 if not first:
                     self._log.warning("table_excluded", table=self._name(why.table),
                                       reason=why.reason, fix=why.fix)  # fmt: skip
-                self._record(why.table, "excluded", f"{why.reason}; fix: {why.fix}")
+                self._record(why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}")
                 excluded.add(why.table)
             self._excluded = {n for n in excluded if n in by_name} - set(todo.seen or {})
             for name in todo.dropped:
                 self._log.warning("table_dropped", table=self._name(name),
                                   detail="dropped at the source: its targets are kept")  # fmt: skip
-                self._record(name, "dropped", "dropped at the source; its targets are kept")
+                self._record(
+                    name, TableState.DROPPED, "dropped at the source; its targets are kept"
+                )
             seen = dict(todo.seen or {})
             for name in todo.add:
                 if not self._add(by_name[name]):
@@ -253,7 +256,7 @@ class SchemaFollower:
             _, states = status.read(conn, settings.historic_schema, settings.slot)
         return {s.table: s.state for s in states}
 
-    def _record(self, table: str, state: str, error: str | None) -> None:
+    def _record(self, table: str, state: TableState, error: str | None) -> None:
         settings = self._settings
         status.record_table(settings.require_historic_dsn(), settings.historic_schema, table,
                             state, error)  # fmt: skip
@@ -274,7 +277,7 @@ class SchemaFollower:
         self._alter("drop", why.table)
         self._log.error("publication_table_removed", table=self._name(why.table),
                         reason=why.reason, fix=why.fix)  # fmt: skip
-        self._record(why.table, "excluded", f"{why.reason}; fix: {why.fix}")
+        self._record(why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}")
 
     def _add(self, found: SourceTable, publication: str | None = None) -> bool:
         """Targets, then the publication (default: the main one), then a copy at a snapshot

@@ -34,6 +34,7 @@ from cdc.protocol.lsn import Lsn
 from cdc.stream.replication import canonical_dsn, classify
 from cdc.stream.slotcheck import PendingCheck
 from cdc.stream.slots import FAILOVER_VERSION, PLUGIN
+from cdc.versions import snapshot_version
 
 SNAPSHOT_OPTION_VERSION = 150000  # `(SNAPSHOT 'export')` replaces EXPORT_SNAPSHOT
 SLOT_ATTEMPTS = 10  # creations of a lasting slot that raced a rewrite, before giving up
@@ -62,7 +63,7 @@ class Snapshot:
     @property
     def version(self) -> int:
         """The `_version` of every row read in this snapshot."""
-        return self.lsn << 64
+        return snapshot_version(self.lsn)
 
 
 def create_slot_sql(slot: str, temporary: bool, server_version: int) -> sql.Composed:

@@ -16,20 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    wait_exponential,
-    wait_random,
-)
-
 from cdc.apply.assembler import Assembler, Event
 from cdc.apply.changes import Transaction
-from cdc.errors import Action, CdcError, DecodeError
+from cdc.errors import CdcError, DecodeError
 from cdc.ops.logs import get_logger
 from cdc.protocol import Decoder
 from cdc.protocol.lsn import Lsn
+from cdc.retry import Backoff, retryable, retrying
 from cdc.stream.replication import ReplicationStream
 
 
@@ -45,10 +38,6 @@ class SourceConfig:
     max_backoff: float = 30.0
     messages: bool = True
     streaming: bool = True
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, CdcError) and exc.policy.action is Action.RETRY
 
 
 class ChangeSource:
@@ -74,21 +63,11 @@ class ChangeSource:
         self._losses = 0  # connections lost in a row, with nothing received in between
         self._log = get_logger(slot=config.slot)
 
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        self._log.warning("source_reconnect_wait", error=str(exc), retry_in_s=round(delay, 2))
-
     def _open(self) -> None:
-        retrying = Retrying(
-            retry=retry_if_exception(_retryable),
-            wait=wait_exponential(multiplier=0.2, max=self.config.max_backoff)
-            + wait_random(0, 0.2),
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        for attempt in retrying:
+        backoff = Backoff(max_s=self.config.max_backoff)
+        for attempt in retrying(
+            "source_reconnect_wait", backoff, sleep=self._sleep, slot=self.config.slot
+        ):
             with attempt:
                 self.stream.open(self._durable)
         self.stream.acknowledge(self._durable)
@@ -115,7 +94,7 @@ class ChangeSource:
             try:
                 event = self._next_event(timeout)
             except CdcError as exc:
-                if not _retryable(exc):
+                if not retryable(exc):
                     raise
                 self._log.warning("source_connection_lost", error=str(exc))
                 self.stream.close()
@@ -126,10 +105,8 @@ class ChangeSource:
                 # its stop request between attempts.
                 self._losses += 1
                 if self._losses > 1:
-                    self._sleep(
-                        min(self.config.max_backoff, 0.2 * 2 ** (self._losses - 2))
-                        + random.uniform(0, 0.2)
-                    )
+                    backoff = Backoff(max_s=self.config.max_backoff)
+                    self._sleep(backoff.delay(self._losses - 1) + random.uniform(0, 0.2))
                 self._open()
                 yield None
                 continue

@@ -149,14 +149,15 @@ def total_of(card: dict[str, Any]) -> Decimal | None:
     return sum((Decimal(str(s["score"])) for s in card["scores"]), Decimal(0))
 
 
-def test_lifecycle(api: httpx.Client, pg: psycopg.Connection[Any]) -> None:
-    agent, template, reviewer = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+def created_draft(api: httpx.Client) -> dict[str, Any]:
+    """A new scorecard, checked to be an empty draft as created."""
+    agent, template = uuid.uuid4(), uuid.uuid4()
     created = api.post(
         "/scorecards",
         json={"agent_id": str(agent), "template_id": str(template), "notes": "first call"},
     )
     assert created.status_code == 201, created.text
-    card = created.json()
+    card: dict[str, Any] = created.json()
     card_id = card["id"]
     assert created.headers["location"] == f"/scorecards/{card_id}"
     assert card["agent_id"] == str(agent)
@@ -167,7 +168,13 @@ def test_lifecycle(api: httpx.Client, pg: psycopg.Connection[Any]) -> None:
     assert card["submitted_at"] is None
     assert card["scores"] == []
     assert api.get(f"/scorecards/{card_id}").json() == card
+    return card
 
+
+def test_lifecycle(api: httpx.Client, pg: psycopg.Connection[Any]) -> None:
+    card = created_draft(api)
+    card_id = card["id"]
+    reviewer = uuid.uuid4()
     patched = api.patch(
         f"/scorecards/{card_id}", json={"reviewer_id": str(reviewer), "notes": "calm, clear"}
     )
@@ -704,7 +711,7 @@ def test_migration_runs_concurrently(
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 start.wait()
                 results.append(migrate(conn, schema))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - raised again by the test
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
@@ -791,7 +798,7 @@ def test_racing_clients_keep_the_invariants(
             try:
                 start.wait()
                 results.append(racing_client(url, token, slots, slots_lock, seed, rounds))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - raised again by the test
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker, args=(n,)) for n in range(threads_count)]

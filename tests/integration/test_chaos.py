@@ -78,6 +78,30 @@ def writer(dsn: str, seed: int, stop: threading.Event, committed: list[int]) -> 
             continue  # two writers raced for one key; the next transaction goes on
 
 
+def _survive_rounds(pg_server: PgServer, env: dict[str, str], log: Path) -> dict[str, int]:
+    """Run the daemon through every round of `ROUNDS`; how many of each fault it survived."""
+    rng = random.Random(5)
+    survived: dict[str, int] = {}
+    for spec, ending in ROUNDS:
+        daemon = start_daemon(env, log, spec)
+        if ending == "killed":
+            code = daemon.wait(timeout=120)
+            assert code == -signal.SIGKILL, f"{spec}: exit {code}\n{log.read_text()[-3000:]}"
+        else:
+            if ending == "source restart" and pg_server.restart is not None:
+                time.sleep(rng.uniform(1.0, 2.0))
+                pg_server.restart()
+                time.sleep(rng.uniform(2.0, 3.0))
+            else:
+                time.sleep(rng.uniform(1.0, 2.5))
+            assert daemon.poll() is None, log.read_text()[-3000:]
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait()
+        label = spec.split("=")[0] if spec else ending
+        survived[label] = survived.get(label, 0) + 1
+    return survived
+
+
 @pytest.mark.slow
 def test_chaos(
     pg_server: PgServer,
@@ -102,30 +126,10 @@ def test_chaos(
     committed = [0]
     writers = [threading.Thread(target=writer, args=(pg_dsn, s, stop, committed))
                for s in range(3)]  # fmt: skip
-    rng = random.Random(5)
-    survived: dict[str, int] = {}
     for thread in writers:
         thread.start()
     try:
-        for spec, ending in ROUNDS:
-            daemon = start_daemon(env, log, spec)
-            if ending == "killed":
-                code = daemon.wait(timeout=120)
-                assert code == -signal.SIGKILL, f"{spec}: exit {code}\n{log.read_text()[-3000:]}"
-            elif ending == "source restart" and pg_server.restart is not None:
-                time.sleep(rng.uniform(1.0, 2.0))
-                pg_server.restart()
-                time.sleep(rng.uniform(2.0, 3.0))
-                assert daemon.poll() is None, log.read_text()[-3000:]
-                daemon.send_signal(signal.SIGKILL)
-                daemon.wait()
-            else:
-                time.sleep(rng.uniform(1.0, 2.5))
-                assert daemon.poll() is None, log.read_text()[-3000:]
-                daemon.send_signal(signal.SIGKILL)
-                daemon.wait()
-            label = spec.split("=")[0] if spec else ending
-            survived[label] = survived.get(label, 0) + 1
+        survived = _survive_rounds(pg_server, env, log)
     finally:
         stop.set()
         for thread in writers:

@@ -75,11 +75,14 @@ def test_unreachable_source_is_a_clear_error(env: dict[str, str]) -> None:
 
 def test_status_and_slot_recreate(pg: psycopg.Connection[Any], env: dict[str, str]) -> None:
     from cdc.ops import status
+    from cdc.states import DaemonState, TableState
 
     assert runner.invoke(app, ["slot", "create"], env=env).exit_code == 0
-    status.record_daemon(env["CDC_SOURCE_DSN"], "historic", "cli_slot", "failed",
+    status.record_daemon(env["CDC_SOURCE_DSN"], "historic", "cli_slot", DaemonState.FAILED,
                          "slot_lost: postgresql://u:secret@h/db gone")  # fmt: skip
-    status.record_table(env["CDC_SOURCE_DSN"], "historic", "scorecards", "quarantined", "bad")
+    status.record_table(
+        env["CDC_SOURCE_DSN"], "historic", "scorecards", TableState.QUARANTINED, "bad"
+    )
     shown = runner.invoke(app, ["status"], env={**env, "COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "cli_slot" in shown.output

@@ -241,6 +241,46 @@ class DaemonRounds:
                 self.fault_kills += 1
 
 
+def _prepare_source(pg: psycopg.Connection[Any], seed: int, identity: str) -> str:
+    """The model's tables and first rows; returns the name of a `test_decoding` slot that
+    records Postgres' own account of every change, for the report of a failure."""
+    pg.execute(model.SCHEMA)
+    for statement in model.IDENTITIES[identity]:
+        pg.execute(statement)
+    # The walsender reads it at connection: transactions of a few rows are streamed.
+    pg.execute(sql.SQL("ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'").format(
+        sql.Identifier(pg.info.dbname)))  # fmt: skip
+    oracle = f"model_{seed}_oracle"
+    pg.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (oracle,))
+    model.Workload(seed).seed_rows(pg)
+    return oracle
+
+
+def _write_concurrently(
+    pg_dsn: str, seed: int, logs: list[Path], rounds: DaemonRounds
+) -> list[model.WriterStats]:
+    """The writers' workload, while the daemon goes through `rounds` for `SECONDS`."""
+    stop = threading.Event()
+    stats = [model.WriterStats() for _ in logs]
+    writers = [
+        threading.Thread(
+            target=model.run_writer,
+            args=(pg_dsn, seed * 100 + w, stop, log, stats[w]),
+            name=f"model-writer-{w}",
+        )
+        for w, log in enumerate(logs)
+    ]
+    for thread in writers:
+        thread.start()
+    try:
+        rounds.run(time.monotonic() + SECONDS)
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join(timeout=60)
+    return stats
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", _seeds())
 def test_model(
@@ -255,17 +295,7 @@ def test_model(
     rng = random.Random(seed)
     settings = draw_settings(rng)
     identity = rng.choice(list(model.IDENTITIES))
-    pg.execute(model.SCHEMA)
-    for statement in model.IDENTITIES[identity]:
-        pg.execute(statement)
-    dbname = pg.info.dbname
-    # The walsender reads it at connection: transactions of a few rows are streamed.
-    pg.execute(sql.SQL("ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'").format(
-        sql.Identifier(dbname)))  # fmt: skip
-    # Postgres' own account of every change, for the report of a failure.
-    oracle = f"model_{seed}_oracle"
-    pg.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (oracle,))
-    model.Workload(seed).seed_rows(pg)
+    oracle = _prepare_source(pg, seed, identity)
     slot = f"model_{seed}"
     env, ch_url = daemon_env(pg_dsn, clickhouse_server, ch_database, tmp_path, slot, **settings)
     daemon_log = tmp_path / "daemon.log"
@@ -276,25 +306,8 @@ def test_model(
     )
     print(context)
 
-    stop = threading.Event()
-    stats = [model.WriterStats() for _ in range(WRITERS)]
-    writers = [
-        threading.Thread(
-            target=model.run_writer,
-            args=(pg_dsn, seed * 100 + w, stop, workload_logs[w], stats[w]),
-            name=f"model-writer-{w}",
-        )
-        for w in range(WRITERS)
-    ]
     rounds = DaemonRounds(env, daemon_log, rng)
-    for thread in writers:
-        thread.start()
-    try:
-        rounds.run(time.monotonic() + SECONDS)
-    finally:
-        stop.set()
-        for thread in writers:
-            thread.join(timeout=60)
+    stats = _write_concurrently(pg_dsn, seed, workload_logs, rounds)
 
     # Catch up with everything, then stop cleanly and compare.
     end = Lsn.parse(pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]

@@ -70,7 +70,7 @@ def racing_slot_creation(pg_dsn: str, pg: psycopg.Connection[Any], create: Calla
         def run() -> None:
             try:
                 create()
-            except BaseException as exc:  # re-raised below
+            except BaseException as exc:  # noqa: BLE001 - raised again below
                 failure.append(exc)
 
         creator = threading.Thread(target=run)

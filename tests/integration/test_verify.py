@@ -226,7 +226,7 @@ def writing(dsn: str) -> Iterator[threading.Event]:
                             "ON CONFLICT (id) DO NOTHING",
                             (i + 2,),
                         )
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - raised again by the test
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(seed,)) for seed in range(2)]

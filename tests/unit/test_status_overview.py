@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from cdc.ops.status import TableState, overview
+from cdc.ops.status import TableRecord, overview
 from cdc.stream.eligibility import Exclusion, SourceTable
 
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
@@ -16,11 +16,11 @@ T = SourceTable("t", "director.t", False, False, "d", True, ())
 def test_each_table_gets_one_state() -> None:
     tables = [replace(T, name=n) for n in ("loading", "live", "odd", "nokey", "out", "new")]
     recorded = [
-        TableState("loading", "copying", None, NOW),
-        TableState("live", "ready", None, NOW),
-        TableState("odd", "quarantined", "bad value", NOW),
-        TableState("out", "ready", None, NOW),
-        TableState("old", "ready", None, NOW),
+        TableRecord("loading", "copying", None, NOW),
+        TableRecord("live", "ready", None, NOW),
+        TableRecord("odd", "quarantined", "bad value", NOW),
+        TableRecord("out", "ready", None, NOW),
+        TableRecord("old", "ready", None, NOW),
     ]
     nokey = Exclusion("nokey", "no primary key", "ALTER TABLE director.nokey ADD PRIMARY KEY (...)")
     shown = overview(tables, {"nokey": nokey}, {"loading", "live", "odd"}, recorded)

@@ -36,6 +36,7 @@ from cdc.sinks.clickhouse import rowbinary
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.types import clickhouse_type
 from cdc.sinks.clickhouse.values import INSERT_SETTINGS, RowEncoder
+from cdc.versions import SHIFT
 
 MUTATION_SETTINGS = {"mutations_sync": 2}
 # On a cluster an insert into a Distributed table returns only once every shard has it.
@@ -298,7 +299,7 @@ class ClickHouseSink:
         to_encode = [*to_encode, *(table.rows[key] for key in text.incomplete)]
         times = table.commit_times
         encoded = [
-            self._encode_row(encoder, layout, image, times.get(image.version >> 64, NULL))
+            self._encode_row(encoder, layout, image, times.get(image.version >> SHIFT, NULL))
             for image in to_encode
         ]
         client.raw_insert(
