@@ -314,9 +314,11 @@ class Daemon:
             stage(batch)
 
     def stages(self) -> list[Stage]:
-        """The applier's pipeline: the historic sink first (it fills in values the stream
-        did not resend), then the other sinks and the bookkeeping of a batch that every
-        sink holds. Each stage retries transient failures with backoff (re-applying is
+        """The applier's pipeline: the batch completed from the historic copy (values the
+        stream did not resend) and applied to historic, then the other sinks and the
+        bookkeeping of a batch that every sink holds. Completion comes first in the first
+        stage: the historic copy is read before this batch, and after every earlier one,
+        is written to it. Each stage retries transient failures with backoff (re-applying is
         harmless); a table whose rows cannot be stored is quarantined and the batch
         applied without it; anything else stops the daemon."""
         return [self._apply_historic, self._apply_others]
@@ -328,6 +330,9 @@ class Daemon:
 
         def write(batch: Batch) -> None:
             faults.point("before_historic")
+            # Every value decided before any sink sees the batch (the historic copy holds
+            # the rows as the batch found them: nothing after this stage has written yet).
+            self.sinks[0].complete(batch, layouts)
             self.sinks[0].apply(batch, layouts)
             faults.point("after_historic")
 

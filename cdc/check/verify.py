@@ -461,9 +461,11 @@ class Verifier:
             batch_table.rows[key_values] = RowImage(snapshot.version, True, tuple(values))
         batch = Batch(tables={batch_table.name: batch_table}, end_lsn=snapshot.lsn)
         sinks = self.sink_factory()
+        layouts = {batch_table.name: table}
         try:
-            for sink in sinks:  # historic first: it completes rows for the sinks after it
-                sink.apply(batch, {batch_table.name: table})
+            sinks[0].complete(batch, layouts)  # historic keeps the values tombstones need
+            for sink in sinks:
+                sink.apply(batch, layouts)
         finally:
             for sink in sinks:
                 sink.close()

@@ -9,6 +9,9 @@ Contract:
 - **Order-free.** Applying batches in any order gives the same final state: a row is
   replaced only by a higher `_version`; a truncation removes only lower versions.
 - **At-least-once input.** After a crash the stream replays batches already applied.
+- **Complete input.** `apply` is given a batch whose every value is decided: `complete`
+  was called on the first sink (historic, which keeps the copy the stream's unchanged
+  values are filled from) before any sink applies it. No sink depends on another.
 - **Creates what is missing.** Target tables, views and columns added at the source are
   created before the rows that use them; columns dropped at the source stay, nullable.
 """
@@ -50,8 +53,15 @@ class Sink(Protocol):
         """Create the targets of `tables` that are missing (idempotent)."""
         ...
 
+    def complete(self, batch: Batch, layouts: Layouts) -> None:
+        """Fill the values the stream did not resend (unchanged TOAST, a tombstone's
+        columns) into `batch` from the copy this sink keeps, writing nothing; a sink that
+        keeps none does nothing."""
+        ...
+
     def apply(self, batch: Batch, layouts: Layouts) -> None:
-        """Apply `batch`; durable on return (see the module docstring for the contract)."""
+        """Apply `batch`, which is complete; durable on return (see the module docstring
+        for the contract)."""
         ...
 
     def copy_format(self, layout: TableSchema) -> CopyFormat:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from cdc.protocol import UNCHANGED_TOAST, Insert, Relation, RelationColumn, Upda
 from cdc.protocol.lsn import Lsn
 from cdc.protocol.tags import ReplicaIdentity, TupleMarker
 from cdc.schema import TableSchema, describe_table
+from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.historic.sink import HistoricSink
 from tests.harness import ClickHouseServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step
@@ -216,10 +218,15 @@ def test_a_replay_fills_moved_rows_from_the_rows_as_the_change_found_them(
 
     sink = HistoricSink(pg_dsn, "historic")
     layouts = {("director", "items"): layout}
+
+    def apply(batch: Batch) -> None:
+        sink.complete(batch, layouts)
+        sink.apply(batch, layouts)
+
     try:
         sink.prepare([layout])
-        sink.apply(batch(first), layouts)
-        sink.apply(batch(swap), layouts)  # the first run got this far
+        apply(batch(first))
+        apply(batch(swap))  # the first run got this far
         if applied_first != "swap":
             # ... or a partial commit of the move's batch wrote only line 6's tombstone.
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -228,7 +235,7 @@ def test_a_replay_fills_moved_rows_from_the_rows_as_the_change_found_them(
                     "WHERE order_id = 1 AND line = 6",
                     ((40 << 64) | 2,),
                 )
-        sink.apply(batch(swap, insert, move), layouts)  # the replay
+        apply(batch(swap, insert, move))  # the replay
     finally:
         sink.close()
     rows = pg.execute("SELECT line, note, _is_deleted FROM historic.items ORDER BY line").fetchall()
@@ -262,13 +269,16 @@ def test_a_writer_that_lost_its_connection_fails_the_batch_for_a_retry(
             blocker.execute("SELECT 1 FROM historic.items WHERE line % 2 = 1 FOR UPDATE")
 
             def terminate() -> None:
-                pg.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = 'cdc historic writer 1'"
-                )
+                with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+                    while not watcher.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'cdc historic writer 1' "
+                        "AND wait_event_type = 'Lock'"
+                    ).fetchall():
+                        time.sleep(0.05)
                 blocker.commit()
 
-            threading.Timer(1.0, terminate).start()
+            threading.Thread(target=terminate, daemon=True).start()
             with pytest.raises(CdcError) as failed:
                 sink.apply(batch(20), layouts)
         assert failed.value.kind is ErrorKind.SINK_CONNECTION
@@ -278,3 +288,55 @@ def test_a_writer_that_lost_its_connection_fails_the_batch_for_a_retry(
     notes = pg.execute("SELECT DISTINCT note FROM historic.items").fetchall()
     assert notes == [("n20",)]
     assert pg.execute("SELECT count(*) FROM historic.items").fetchone() == (3000,)
+
+
+def test_sinks_receive_complete_immutable_batches(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    """Invariant 8: every value is decided before a sink sees the batch. ClickHouse refuses
+    a batch that still holds values the stream did not resend (it never fills them with
+    NULL); once completed, the sinks apply it in any order with the same result."""
+    pg.execute(ITEMS)
+    layout = describe_table(pg, "director", "items")
+    relation = _items_relation(layout)
+    layouts = {("director", "items"): layout}
+    ch = clickhouse_server.client
+
+    def batch(transaction: Transaction) -> Batch:
+        builder = BatchBuilder(lambda r: layout.key_indexes)
+        builder.add(transaction)
+        return builder.build()
+
+    historic = HistoricSink(pg_dsn, "historic")
+    clickhouse = ClickHouseSink(clickhouse_server.url, ch_database, client=ch)
+    try:
+        first = batch(_inserts(relation, 10, {5: b"A" * 3000, 6: b"B" * 3000}))
+        for sink in (historic, clickhouse):
+            sink.prepare([layout])
+            sink.complete(first, layouts)
+            sink.apply(first, layouts)
+        move = batch(_moves(relation, 20, [(5, 7)]))
+        with pytest.raises(ValueError, match="completed before it is applied"):
+            clickhouse.apply(move, layouts)
+        with pytest.raises(ValueError, match="completed before it is applied"):
+            historic.apply(move, layouts)
+        historic.complete(move, layouts)
+        clickhouse.apply(move, layouts)  # ClickHouse first: it needs nothing from historic
+        historic.apply(move, layouts)
+    finally:
+        historic.close()
+        clickhouse.close()
+    expected = [(5, "A", True), (6, "B", False), (7, "A", False)]  # a tombstone keeps its values
+    rows = pg.execute(
+        "SELECT line, left(note, 1), _is_deleted FROM historic.items ORDER BY line"
+    ).fetchall()
+    assert rows == expected
+    got = ch.query(
+        f"SELECT line, if(note IS NULL, NULL, substring(note, 1, 1)), _is_deleted "
+        f"FROM `{ch_database}`.items FINAL ORDER BY line"
+    ).result_rows
+    # FINAL shows live rows only (ReplacingMergeTree with `_is_deleted`).
+    assert [(line, note, bool(deleted)) for line, note, deleted in got] == expected[1:]

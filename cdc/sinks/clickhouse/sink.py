@@ -21,7 +21,6 @@ from cdc.classify import clickhouse_error
 from cdc.errors import CdcError
 from cdc.load.copytext import NULL
 from cdc.ops.logs import get_logger
-from cdc.protocol import UNCHANGED_TOAST
 from cdc.schema import (
     COMMIT_TIME_COLUMN,
     DELETED_COLUMN,
@@ -111,6 +110,9 @@ class ClickHouseSink:
     @property
     def _insert_settings(self) -> dict[str, Any]:
         return INSERT_SETTINGS if self.cluster is None else {**INSERT_SETTINGS, **SYNC_INSERT}
+
+    def complete(self, batch: Batch, layouts: Layouts) -> None:
+        """ClickHouse keeps no copy to complete a batch from (`cdc.sinks.base.Sink`)."""
 
     def apply(self, batch: Batch, layouts: Layouts) -> None:
         for name, table in batch.tables.items():
@@ -296,7 +298,8 @@ class ClickHouseSink:
                 lines = [line for i, line in enumerate(lines) if i not in redo]
         else:
             lines, to_encode = [], text.images
-        to_encode = [*to_encode, *(table.rows[key] for key in text.incomplete)]
+        if text.incomplete:
+            raise ValueError(f"{layout.qualified_name}: a batch is completed before it is applied")
         times = table.commit_times
         encoded = [
             self._encode_row(encoder, layout, image, times.get(image.version >> SHIFT, NULL))
@@ -317,8 +320,6 @@ class ClickHouseSink:
         """One row encoded value by value; a value ClickHouse cannot store is an error
         naming the table, the key and the value."""
         values = image.values
-        if UNCHANGED_TOAST in values:
-            values = tuple(None if v is UNCHANGED_TOAST else v for v in values)
         try:
             return encoder.encode_versioned(values, image.version, image.deleted, commit_time)  # type: ignore[arg-type]
         except CdcError as exc:

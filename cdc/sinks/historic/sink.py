@@ -1,14 +1,14 @@
 """The historic sink: versioned upserts into a Postgres schema, one transaction per batch.
 
-Per batch: truncations first (rows below the truncate's version are deleted and the
-version is kept as the table's watermark); then the rows are completed: values the stream
-did not resend (unchanged TOAST, the non-key columns of tombstones) are filled, before
-anything is written, from the historic row of the key the row had before the batch
-changed it (`TableBatch.fill_from`), and put into the batch, so every sink receives
-complete rows. Then the rows are COPYed (text format, values exactly as Postgres sent them)
-into a temp staging table, and one `INSERT ... ON CONFLICT DO UPDATE ... WHERE
-target._version < excluded._version` applies them (a large batch split by key over several
-connections). The SQL is built in `cdc.sinks.historic.sql`.
+Before any sink applies a batch, `complete` fills the values the stream did not resend
+(unchanged TOAST, the non-key columns of tombstones) into it, from the historic row of the
+key the row had before the batch changed it (`TableBatch.fill_from`), in a transaction of
+its own: every sink then receives complete rows, and none depends on another having run.
+`apply`: truncations first (rows below the truncate's version are deleted and the version
+is kept as the table's watermark); then the rows are COPYed (text format, values exactly
+as Postgres sent them) into a temp staging table, and one `INSERT ... ON CONFLICT DO
+UPDATE ... WHERE target._version < excluded._version` applies them (a large batch split by
+key over several connections). The SQL is built in `cdc.sinks.historic.sql`.
 """
 
 from __future__ import annotations
@@ -132,18 +132,31 @@ class HistoricSink:
                 self._drop(writer)
             raise error from exc
 
+    def complete(self, batch: Batch, layouts: Layouts) -> None:
+        """Fill the values the stream did not resend into `batch`'s rows, from the historic
+        rows as they were before the batch (it is applied after): one transaction that
+        writes no row. A value no historic row holds is NULL, with a warning."""
+        work = [
+            (table, layouts[name])
+            for name, table in batch.tables.items()
+            if rowtext.shared_row_text(table).incomplete
+        ]
+        if not work:
+            return
+        with self._transaction() as conn:
+            for table, layout in work:
+                self._ensure(conn, (layout.schema, layout.name), layout)
+                self._complete(conn, table, layout)
+
     def apply(self, batch: Batch, layouts: Layouts) -> None:
         """Targets and truncations first, then the rows: all in one transaction, or for a
-        large batch split by key over the writers' connections, written at once."""
+        large batch split by key over the writers' connections, written at once. The
+        batch is complete (`complete`)."""
         work = [(table, layouts[name]) for name, table in batch.tables.items()]
         with self._transaction() as conn:
             for table, layout in work:
                 self._ensure(conn, (layout.schema, layout.name), layout)
                 self._truncate(conn, table, layout)
-            # Every value is decided before any row is written (by any writer): a fill
-            # reads the rows as the batch found them.
-            for table, layout in work:
-                self._complete(conn, table, layout)
             writers = len(self._conns)
             # A batch that moved rows to other keys commits in one transaction: a replay
             # after a partial commit could find neither a moved row's old key nor its new
@@ -287,7 +300,8 @@ class HistoricSink:
         layout: TableSchema,
         text: rowtext.RowText,
     ) -> None:
-        assert not text.incomplete, "rows are completed before they are written"
+        if text.incomplete:
+            raise ValueError(f"{layout.qualified_name}: a batch is completed before it is applied")
         if not text.lines:
             return
         staged = text.lines
@@ -325,7 +339,7 @@ class HistoricSink:
             fill = sql.Identifier(FILL_TABLE)
             with conn.cursor() as cur, cur.copy(copy_sql(fill, fill_columns(layout))) as pipe:
                 pipe.write(fill_sources(table, text.incomplete))
-        conn.execute(fill_sql(self.schema, layout, moved))
+        conn.execute(fill_sql(self.schema, layout, moved, table.truncate_version or 0))
         self._warn_unfilled(conn, layout)
         self._write_back(conn, table, layout)
         conn.execute(sql.SQL("DROP TABLE {}").format(stage))

@@ -130,17 +130,23 @@ def watermark_sql(schema: str) -> sql.Composed:
     )
 
 
-def fill_sql(schema: str, layout: TableSchema, redirected: bool) -> sql.Composed:
+def fill_sql(schema: str, layout: TableSchema, redirected: bool, floor: int = 0) -> sql.Composed:
     """Take values marked unchanged from a historic row: the staged row's own key's, or,
     if `redirected`, the first of its `FILL_TABLE` rows whose historic row has a version
-    in range. A row's marker becomes empty once filled."""
+    in range. A row's marker becomes empty once filled. Historic rows below `floor` (the
+    version of a truncation in the batch, not yet applied) are not taken."""
     key = layout.primary_key
+    above = sql.SQL(" AND {}.{} >= {}").format(
+        sql.Identifier("t" if not redirected else "h"),
+        sql.Identifier(VERSION_COLUMN),
+        sql.Literal(floor),
+    )
     if not redirected:
         match = sql.SQL(" AND ").join(
             sql.SQL("s.{k} = t.{k}").format(k=sql.Identifier(k)) for k in key
         )
         own = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(layout.name))
-        return _fill_from(layout, match, own)
+        return _fill_from(layout, match + above if floor else match, own)
     columns = fill_columns(layout)
     to = [sql.Identifier(c) for c in columns[: len(key)]]
     sources = [sql.Identifier(c) for c in columns[len(key) + 1 : 2 * len(key) + 1]]
@@ -151,9 +157,10 @@ def fill_sql(schema: str, layout: TableSchema, redirected: bool) -> sql.Composed
     )
     candidates = sql.SQL(
         "(SELECT DISTINCT ON ({to}) {to_f}, h.* FROM {fill} AS f JOIN {schema}.{table} AS h "
-        "ON {joined} AND h.{version} >= f.{lowest} AND h.{version} < f.{bound} "
+        "ON {joined} AND h.{version} >= f.{lowest} AND h.{version} < f.{bound}{above} "
         "ORDER BY {to}, f.{rank})"
     ).format(
+        above=above if floor else sql.SQL(""),
         to=sql.SQL(", ").join(to),
         to_f=sql.SQL(", ").join(sql.SQL("f.{}").format(c) for c in to),
         fill=sql.Identifier(FILL_TABLE),
