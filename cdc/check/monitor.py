@@ -46,7 +46,7 @@ from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
 from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.factory import SinkFactory
-from cdc.stream.replication import canonical_dsn
+from cdc.stream.session import canonical_dsn
 from cdc.stream.snapshot import exported_snapshot, import_snapshot
 
 STEP_SECONDS: Final = 10.0  # a step reads about this many seconds of the row budget

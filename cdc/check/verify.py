@@ -58,7 +58,7 @@ from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.ddl import current_view_name
 from cdc.sinks.factory import SinkFactory, default_sinks
 from cdc.stream import slots
-from cdc.stream.replication import canonical_dsn
+from cdc.stream.session import canonical_dsn
 from cdc.stream.snapshot import Snapshot, exported_snapshot, import_snapshot
 
 LEAF_ROWS: Final = 200  # ranges this small are compared key by key

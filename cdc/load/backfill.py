@@ -58,7 +58,7 @@ from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import CopiedRows, CopyFormat, Sink
 from cdc.sinks.historic.sink import HistoricSink
 from cdc.states import TableState
-from cdc.stream.replication import canonical_dsn
+from cdc.stream.session import canonical_dsn
 from cdc.stream.slots import replicated_tables
 from cdc.stream.snapshot import Snapshot, import_snapshot
 
