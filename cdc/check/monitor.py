@@ -38,7 +38,7 @@ from cdc.check.position import TargetPosition
 from cdc.check.rowhash import Key, KeyRange, ranges_between
 from cdc.check.verify import FANOUT, LEAF_ROWS, TableStores, Verifier
 from cdc.errors import CdcError, ErrorKind
-from cdc.load.backfill import published_schemas
+from cdc.load.planning import published_schemas
 from cdc.ops import status
 from cdc.ops.metrics import Metrics
 from cdc.ops.settings import Settings, redact_url

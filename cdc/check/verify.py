@@ -48,8 +48,9 @@ from cdc.check.drift import (
 from cdc.check.rowhash import Key, KeyRange
 from cdc.classify import clickhouse_error
 from cdc.errors import CdcError, ErrorKind
-from cdc.load.backfill import Backfill, published_schemas
+from cdc.load.backfill import Backfill
 from cdc.load.chunks import relation_for
+from cdc.load.planning import published_schemas
 from cdc.ops.settings import Settings, redact_url
 from cdc.protocol import UNCHANGED_TOAST, TupleValue
 from cdc.protocol.lsn import Lsn
