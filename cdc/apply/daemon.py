@@ -48,7 +48,7 @@ from cdc.states import DaemonState, TableState
 from cdc.stream import feedback, slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.following import SchemaFollower
-from cdc.stream.replication import canonical_dsn
+from cdc.stream.session import canonical_dsn
 from cdc.stream.slotcheck import PendingCheck
 from cdc.stream.snapshot import Snapshot, exported_snapshot, raced_relations
 from cdc.stream.source import ChangeSource, SourceConfig

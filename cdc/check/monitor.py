@@ -38,7 +38,7 @@ from cdc.check.position import TargetPosition
 from cdc.check.rowhash import Key, KeyRange, ranges_between
 from cdc.check.verify import FANOUT, LEAF_ROWS, TableStores, Verifier
 from cdc.errors import CdcError, ErrorKind
-from cdc.load.backfill import published_schemas
+from cdc.load.planning import published_schemas
 from cdc.ops import status
 from cdc.ops.metrics import Metrics
 from cdc.ops.settings import Settings, redact_url
@@ -46,7 +46,7 @@ from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
 from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.factory import SinkFactory
-from cdc.stream.replication import canonical_dsn
+from cdc.stream.session import canonical_dsn
 from cdc.stream.snapshot import exported_snapshot, import_snapshot
 
 STEP_SECONDS: Final = 10.0  # a step reads about this many seconds of the row budget

@@ -48,8 +48,9 @@ from cdc.check.drift import (
 from cdc.check.rowhash import Key, KeyRange
 from cdc.classify import clickhouse_error
 from cdc.errors import CdcError, ErrorKind
-from cdc.load.backfill import Backfill, published_schemas
+from cdc.load.backfill import Backfill
 from cdc.load.chunks import relation_for
+from cdc.load.planning import published_schemas
 from cdc.ops.settings import Settings, redact_url
 from cdc.protocol import UNCHANGED_TOAST, TupleValue
 from cdc.protocol.lsn import Lsn
@@ -58,7 +59,7 @@ from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.ddl import current_view_name
 from cdc.sinks.factory import SinkFactory, default_sinks
 from cdc.stream import slots
-from cdc.stream.replication import canonical_dsn
+from cdc.stream.session import canonical_dsn
 from cdc.stream.snapshot import Snapshot, exported_snapshot, import_snapshot
 
 LEAF_ROWS: Final = 200  # ranges this small are compared key by key

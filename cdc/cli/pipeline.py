@@ -30,8 +30,9 @@ from cdc.check.verify import run as run_verify
 from cdc.cli.app import JsonOption, app, fail, settings_of, source_connection
 from cdc.cli.output import console, print_json
 from cdc.errors import CdcError
-from cdc.load.backfill import Backfill, published_schemas
+from cdc.load.backfill import Backfill
 from cdc.load.backfill import Progress as BackfillProgress
+from cdc.load.planning import published_schemas
 from cdc.ops import faults, logs
 from cdc.sinks.factory import default_sinks
 from cdc.stream.snapshot import exported_snapshot

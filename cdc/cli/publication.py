@@ -8,7 +8,7 @@ from rich.table import Table
 from cdc.cli.app import JsonOption, publication_app, source_session
 from cdc.cli.output import console, print_json
 from cdc.errors import CdcError, ErrorKind
-from cdc.stream import slots
+from cdc.stream import membership, slots
 
 
 @publication_app.command("create")
@@ -39,7 +39,7 @@ def publication_create(ctx: typer.Context) -> None:
 def publication_add_table(ctx: typer.Context, table: str) -> None:
     """Add a table of the source schema (then run `cdc backfill TABLE`)."""
     with source_session(ctx) as (settings, conn):
-        slots.add_table(conn, settings.publication, settings.source_schema, table)
+        membership.add_table(conn, settings.publication, settings.source_schema, table)
     typer.echo(
         f"added {settings.source_schema}.{table} to {settings.publication}; "
         f"copy its existing rows with `cdc backfill {table}`"
@@ -50,7 +50,7 @@ def publication_add_table(ctx: typer.Context, table: str) -> None:
 def publication_drop_table(ctx: typer.Context, table: str) -> None:
     """Stop replicating a table (its target copies are kept)."""
     with source_session(ctx) as (settings, conn):
-        slots.drop_table(conn, settings.publication, settings.source_schema, table)
+        membership.drop_table(conn, settings.publication, settings.source_schema, table)
     typer.echo(f"dropped {settings.source_schema}.{table} from {settings.publication}")
 
 

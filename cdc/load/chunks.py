@@ -266,6 +266,3 @@ def relation_for(table: TableSchema) -> Relation:
             for c in table.columns
         ),
     )
-
-
-# -- the job ----------------------------------------------------------------------------------

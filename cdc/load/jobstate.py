@@ -10,7 +10,7 @@ recorded chunk.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import psycopg
@@ -138,3 +138,23 @@ class JobState:
             ).format(self._ident(TABLES_TABLE)),
             (table, self.job, state, error),
         )
+
+    def finish(
+        self,
+        conn: psycopg.Connection[Any],
+        copying: Collection[str],
+        quarantined: Mapping[str, str],
+        error: str | None,
+    ) -> None:
+        """Record the state of each table a run copied: quarantined (`quarantined` says
+        why), failed (with `error`) if a chunk is left or its plan was cut short, else
+        ready."""
+        cut = {name for name, planned in self.plans(conn).items() if not planned}
+        left = {c.table for c in self.pending_chunks(conn)} | cut
+        for name in copying:
+            if name in quarantined:
+                self.set_state(conn, name, TableState.QUARANTINED, quarantined[name])
+            elif name in left:
+                self.set_state(conn, name, TableState.FAILED, error)
+            else:
+                self.set_state(conn, name, TableState.READY)

@@ -1,14 +1,16 @@
 """Follow the source schema while streaming: tables created, dropped, or partitioned further.
 
 Every few seconds the daemon's main loop calls `SchemaFollower.poll`, which compares the
-source schema's tables with the publication (`plan`, a pure function) and acts:
+source schema's tables with the publication (`cdc.stream.followplan.plan`, a pure
+function) and acts:
 
-- a new table that may be published (`cdc.stream.eligibility`) gets its targets, is added to the
-  publication, and its existing rows are copied in the background at a fresh exported
-  snapshot, taken after the table joined the publication (DESIGN.md invariant 3: every
-  change streamed from then on has a higher version than the copy). "New" means: not in
-  the publication and never replicated before (no state recorded, or recorded as excluded
-  or dropped), so a table taken out with `cdc publication drop-table` stays out;
+- a new table that may be published (`cdc.stream.eligibility`) gets its targets, is added
+  to the publication, and its existing rows are copied in the background
+  (`cdc.stream.tableload`) at a fresh exported snapshot, taken after the table joined the
+  publication (DESIGN.md invariant 3: every change streamed from then on has a higher
+  version than the copy). "New" means: not in the publication and never replicated before
+  (no state recorded, or recorded as excluded or dropped), so a table taken out with
+  `cdc publication drop-table` stays out;
 - a published table whose UPDATE and DELETE Postgres would refuse (its primary key was
   dropped) leaves the publication at once (invariant 7), and is added again when fixed;
 - a table that may not be published is logged once with the statement that fixes it;
@@ -24,18 +26,13 @@ daemon says once that those changes are not replicated and how to fix it.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from cdc.errors import Action, CdcError, ErrorKind
-from cdc.load.backfill import Backfill
 from cdc.ops import status
 from cdc.ops.settings import Settings
 from cdc.schema import TableSchema, describe_table
@@ -44,96 +41,13 @@ from cdc.states import TableState
 from cdc.stream import eligibility, slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.eligibility import Exclusion, SourceTable
-from cdc.stream.snapshot import exported_snapshot
+from cdc.stream.followplan import plan
+from cdc.stream.tableload import LoadFactory, TableLoader
 
-# Recorded states after which a table that is not published is picked up as new.
-PICKED_UP_AGAIN = frozenset({TableState.EXCLUDED, TableState.DROPPED})
-# A load cut short (the daemon stopped while copying): copied again after a restart.
-CUT_SHORT = frozenset({TableState.COPYING})
-LOAD_JOIN_S = 30.0
-
-
-# Also picked up as an append-only log: a keyless table an older version quarantined.
-LOG_PICKED_UP_AGAIN = PICKED_UP_AGAIN | {TableState.QUARANTINED}
 LOG_CHANGES_SQL = """
 SELECT relname, n_tup_upd + n_tup_del FROM pg_stat_user_tables
 WHERE schemaname = %(schema)s AND relname = ANY(%(tables)s) AND n_tup_upd + n_tup_del > 0
 """
-
-
-@dataclass(frozen=True)
-class Plan:
-    add: tuple[str, ...] = ()  # publish, create targets, copy
-    add_log: tuple[str, ...] = ()  # the same, in the append publication
-    reload: tuple[str, ...] = ()  # published; copy again
-    unpublish: tuple[Exclusion, ...] = ()  # published, but Postgres would refuse its writes
-    excluded: tuple[Exclusion, ...] = ()  # newly not publishable: say why, once
-    dropped: tuple[str, ...] = ()  # followed, gone from the schema
-    seen: Mapping[str, frozenset[int]] | None = None  # the tables followed now: partitions
-    logs: tuple[str, ...] = ()  # the append-only logs followed now
-
-
-def plan(
-    tables: list[SourceTable],
-    published: set[str],
-    recorded: Mapping[str, str],
-    seen: Mapping[str, frozenset[int]] | None,
-    excluded_before: set[str],
-    publishes_changes: bool,
-    appended: set[str] | None = None,
-) -> Plan:
-    """What to do about the schema's `tables`, given the publication's tables, each table's
-    recorded state, the tables followed at the last poll with their partitions (None at the
-    first poll after start), the tables already reported excluded, and the append
-    publication's tables (None: there is none, so keyless tables are excluded).
-
-    A table in the append publication stays an append-only log even once it has a key
-    (its targets are keyed by `_version`): docs/architecture.md says how to convert it."""
-    add: list[str] = []
-    add_log: list[str] = []
-    reload: list[str] = []
-    unpublish: list[Exclusion] = []
-    excluded: list[Exclusion] = []
-    followed: dict[str, frozenset[int]] = {}
-    logs: list[str] = []
-    for table in tables:
-        why = eligibility.exclusion(table, publishes_changes)
-        as_log = appended is not None and (
-            table.name in appended
-            or (why is not None and publishes_changes and eligibility.logged_only(table))
-        )
-        if why is not None and table.name in published:
-            unpublish.append(why)
-            continue
-        if why is not None and not as_log:
-            if table.name not in excluded_before:
-                excluded.append(why)
-            continue
-        state = recorded.get(table.name)
-        listed = appended if as_log and appended is not None else published
-        if table.name not in listed:
-            again = LOG_PICKED_UP_AGAIN if as_log else PICKED_UP_AGAIN
-            if state is None or state in again:
-                (add_log if as_log else add).append(table.name)
-                followed[table.name] = table.partitions
-                if as_log:
-                    logs.append(table.name)
-            continue
-        if as_log:
-            logs.append(table.name)
-        followed[table.name] = table.partitions
-        if seen is None:
-            if state in CUT_SHORT:
-                reload.append(table.name)
-        elif table.partitions - seen.get(table.name, table.partitions):
-            reload.append(table.name)
-    present = {t.name for t in tables}
-    dropped = tuple(sorted(name for name in (seen or {}) if name not in present))
-    return Plan(tuple(add), tuple(add_log), tuple(reload), tuple(unpublish), tuple(excluded),
-                dropped, followed, tuple(logs))  # fmt: skip
-
-
-LoadFactory = Callable[[list[TableSchema], str], Backfill]
 
 
 class SchemaFollower:
@@ -149,11 +63,9 @@ class SchemaFollower:
         quarantine: Callable[[tuple[str, str], CdcError], None],
         log: Any,
     ) -> None:
-        self._source_dsn = source_dsn
         self._settings = settings
         self._query = catalog.query
         self._sink_factory = sink_factory
-        self._make_load = make_load
         self._quarantine = quarantine
         self._log = log
         self._seen: Mapping[str, frozenset[int]] | None = None
@@ -161,9 +73,7 @@ class SchemaFollower:
         self._refused: dict[str, SourceTable] = {}  # could not be described, as it was then
         self._warned_logs: set[str] = set()  # append-only logs said to be updated
         self._last_poll = float("-inf")
-        self._loads: queue.SimpleQueue[TableSchema | None] = queue.SimpleQueue()
-        self._loading: set[str] = set()
-        self._loader: threading.Thread | None = None
+        self._loader = TableLoader(source_dsn, make_load, quarantine, log)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -329,43 +239,8 @@ class SchemaFollower:
             self._log.info("table_streamed_without_copy", table=table.qualified_name,
                            hint=f"initial_load is off: `cdc backfill {table.name}`")  # fmt: skip
             return
-        if table.name in self._loading:
-            return
-        self._loading.add(table.name)
-        if self._loader is None:
-            self._loader = threading.Thread(target=self._load_all, name="cdc-table-load",
-                                            daemon=True)  # fmt: skip
-            self._loader.start()
-        self._loads.put(table)
-
-    def _load_all(self) -> None:
-        while (table := self._loads.get()) is not None:
-            try:
-                self._load(table)
-            except (CdcError, psycopg.Error) as exc:
-                hint = f"restart the daemon, or `cdc backfill {table.name}`"
-                self._log.error("table_load_failed", table=table.qualified_name,
-                                error=str(exc).strip(), hint=hint)  # fmt: skip
-            finally:
-                self._loading.discard(table.name)
-
-    def _load(self, table: TableSchema) -> None:
-        job = f"table_{table.name}_{uuid.uuid4().hex[:8]}"
-        with exported_snapshot(self._source_dsn) as snapshot:
-            self._log.info("table_load_started", table=table.qualified_name,
-                           snapshot_lsn=str(snapshot.lsn))  # fmt: skip
-            progress = self._make_load([table], job).run(snapshot)
-        for name, reason in progress.failed.items():
-            self._quarantine((table.schema, name), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
-        self._log.info("table_load_done", table=table.qualified_name, rows=progress.rows)
+        self._loader.queue(table)
 
     def close(self) -> None:
-        """Stop the loader after the copy in progress (a copy still running after
-        `LOAD_JOIN_S` is left: it is copied again at the next start)."""
-        if self._loader is None:
-            return
-        self._loads.put(None)
-        self._loader.join(timeout=LOAD_JOIN_S)
-        if self._loader.is_alive():
-            self._log.warning("table_load_abandoned", tables=sorted(self._loading))
-        self._loader = None
+        """Stop copying tables after the copy in progress (`TableLoader.close`)."""
+        self._loader.close()

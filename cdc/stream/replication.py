@@ -6,7 +6,8 @@ and hands out pgoutput payloads one at a time. It waits on the socket (never spi
 answers keepalives that ask for a reply at once, sends standby status updates every
 `status_interval` seconds with the flush LSN decided by `cdc.stream.feedback.flush_lsn`, and
 ends the copy cleanly on close. Connection failures raise `CdcError` with a kind chosen
-from the SQLSTATE class, never from message text.
+from the SQLSTATE class, never from message text. The command and that choice are pure
+functions in `cdc.stream.walsender`.
 """
 
 from __future__ import annotations
@@ -18,92 +19,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg import pq
 
 from cdc.errors import CdcError, ErrorKind
-from cdc.ops.settings import redact_url
 from cdc.protocol import Keepalive, decode_frame, encode_standby_status
 from cdc.protocol.lsn import Lsn
 from cdc.protocol.messages import datetime_to_pg_timestamp
 from cdc.stream.feedback import Progress, flush_lsn
+from cdc.stream.session import canonical_dsn
+from cdc.stream.walsender import (
+    SLOT_LOST_STATES,
+    classify,
+    protocol_version,
+    start_replication_command,
+)
 
 COPY_WOULD_BLOCK = 0
-COPY_DONE = -1
-COPY_ERROR = -2
 XLOG_DATA_TAG = ord("w")
 XLOG_DATA_HEADER = 25  # 'w' + wal start + wal end + send time
 WAL_START = slice(1, 9)  # the XLogData's start position, in its header
 STATUS_CHECK_EVERY = 256  # messages read back to back between looks at the status clock
-
-# SQLSTATEs (and classes) that mean the slot cannot be used any more.
-SLOT_LOST_STATES = {"42704", "55000"}  # undefined_object, object_not_in_prerequisite_state
-PERMISSION_STATE = "42501"  # insufficient_privilege
-
-
-# Session settings that make the text form of every value canonical and independent of the
-# server's or role's defaults (the walsender prints values with its session's settings).
-CANONICAL_TEXT_OPTIONS = (
-    "-c DateStyle=ISO,MDY -c TimeZone=UTC -c IntervalStyle=postgres "
-    "-c extra_float_digits=3 -c bytea_output=hex"
-)
-
-
-def canonical_dsn(dsn: str) -> str:
-    """`dsn` with `CANONICAL_TEXT_OPTIONS` appended to its `options`."""
-    params = conninfo_to_dict(dsn)
-    existing = str(params.get("options") or "")
-    return make_conninfo(dsn, options=f"{existing} {CANONICAL_TEXT_OPTIONS}".strip())
-
-
-def protocol_version(server_version: int) -> int:
-    """The newest pgoutput protocol the server speaks: 4 from PG16, 3 from 15, 2 from 14."""
-    if server_version >= 160000:
-        return 4
-    if server_version >= 150000:
-        return 3
-    if server_version >= 140000:
-        return 2
-    return 1
-
-
-def start_replication_command(
-    slot: str,
-    start: Lsn,
-    publications: Sequence[str],
-    proto: int,
-    messages: bool,
-    streaming: bool,
-) -> sql.Composed:
-    """`publications`: pgoutput streams the changes of every one of them."""
-    names = ",".join(sql_quote_name(name) for name in publications)
-    options: list[sql.Composable] = [
-        sql.SQL("proto_version {}").format(sql.Literal(str(proto))),
-        sql.SQL("publication_names {}").format(sql.Literal(names)),
-    ]
-    if messages:
-        options.append(sql.SQL("messages 'true'"))
-    if streaming and proto >= 2:
-        options.append(sql.SQL("streaming 'on'"))
-    return sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
-        sql.Identifier(slot), sql.SQL(str(start)), sql.SQL(", ").join(options)
-    )
-
-
-def sql_quote_name(name: str) -> str:
-    """A publication name as pgoutput's `publication_names` list syntax expects it."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def classify(exc: psycopg.Error, what: str) -> CdcError:
-    """A `CdcError` for a psycopg error, by SQLSTATE (class), with `what` as context."""
-    state = exc.sqlstate or ""
-    detail = redact_url(str(exc).strip())
-    if state in SLOT_LOST_STATES:
-        return CdcError(ErrorKind.SLOT_LOST, f"{what}: {detail}")
-    if state == PERMISSION_STATE:
-        return CdcError(ErrorKind.PERMISSION, f"{what}: {detail}")
-    return CdcError(ErrorKind.SOURCE_CONNECTION, f"{what}: {detail}")
 
 
 def now_pg_timestamp() -> int:

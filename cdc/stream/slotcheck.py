@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.stream.replication import canonical_dsn
+from cdc.stream.session import canonical_dsn
 
 CHECKS_TABLE = "_cdc_slot_checks"
 

@@ -5,7 +5,8 @@ that may be published (`cdc.stream.eligibility`: never one whose UPDATE and DELE
 then refuse). The publication lists tables explicitly (not `FOR TABLES IN SCHEMA`), each
 partitioned table by its root, with `publish_via_partition_root`, so a partitioned table's
 changes arrive under its own name whatever partition they land in. The running daemon adds
-tables created later (`cdc.stream.following`); `cdc publication add-table` does it by hand.
+tables created later (`cdc.stream.following`); `cdc publication add-table` does it by hand
+(`cdc.stream.membership`).
 
 Tables without a usable replica identity go into a second publication, `<name>_append`
 (`append_publication`), which publishes inserts and truncates only, so Postgres keeps
@@ -284,58 +285,6 @@ def repair_publication(conn: psycopg.Connection[Any], name: str, schema: str) ->
                     repairs.append(Repair("publication_table_removed", f"{schema}.{found.name}",
                                           f"{why.reason}; fix: {why.fix}"))  # fmt: skip
     return repairs
-
-
-def _require_publication(conn: psycopg.Connection[Any], name: str) -> None:
-    if not publication_exists(conn, name):
-        raise CdcError(
-            ErrorKind.SETUP,
-            f"publication {name!r} does not exist; create it with `cdc publication create`",
-        )
-
-
-def add_table(conn: psycopg.Connection[Any], name: str, schema: str, table: str) -> None:
-    """Add `table`, unless Postgres would then refuse its UPDATE and DELETE (DESIGN.md
-    invariant 7): that is refused with the statement that fixes it."""
-    _require_publication(conn, name)
-    found = {t.name: t for t in eligibility.source_tables(conn, schema)}
-    if table not in found:
-        raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} does not exist")
-    if (schema, table) in publication_tables(conn, name):
-        raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} is already in {name!r}")
-    why = eligibility.exclusion(found[table], publication_options(conn, name).publishes_changes)
-    if why is not None and eligibility.logged_only(found[table]):
-        append = append_publication(name)
-        if not publication_exists(conn, append):
-            raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} has no primary key and is "
-                           f"replicated through publication {append!r}, which does not exist; "
-                           f"create it: CREATE PUBLICATION {append} WITH "
-                           f"({INSERTS_ONLY.as_string(None)})")  # fmt: skip
-        if (schema, table) in publication_tables(conn, append):
-            raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} is already in {append!r}")
-        conn.execute(alter_publication_sql(append, "add", schema, table))
-        return
-    if why is not None:
-        raise CdcError(
-            ErrorKind.SETUP,
-            f"table {schema}.{table} is not added to {name!r}: {why.reason}; fix: {why.fix}",
-        )
-    with conn.transaction():
-        conn.execute(alter_publication_sql(name, "add", schema, table))
-        append = append_publication(name)
-        if (schema, table) in publication_tables(conn, append):  # it has a key now
-            conn.execute(alter_publication_sql(append, "drop", schema, table))
-
-
-def drop_table(conn: psycopg.Connection[Any], name: str, schema: str, table: str) -> None:
-    _require_publication(conn, name)
-    append = append_publication(name)
-    if (schema, table) in publication_tables(conn, append):
-        conn.execute(alter_publication_sql(append, "drop", schema, table))
-        return
-    if (schema, table) not in publication_tables(conn, name):
-        raise CdcError(ErrorKind.SETUP, f"table {schema}.{table} is not in {name!r}")
-    conn.execute(alter_publication_sql(name, "drop", schema, table))
 
 
 def replicated_tables(conn: psycopg.Connection[Any], name: str) -> list[tuple[str, str]]:

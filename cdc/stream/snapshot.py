@@ -31,9 +31,10 @@ from psycopg import sql
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.logs import get_logger
 from cdc.protocol.lsn import Lsn
-from cdc.stream.replication import canonical_dsn, classify
+from cdc.stream.session import canonical_dsn
 from cdc.stream.slotcheck import PendingCheck
 from cdc.stream.slots import FAILOVER_VERSION, PLUGIN
+from cdc.stream.walsender import classify
 from cdc.versions import snapshot_version
 
 SNAPSHOT_OPTION_VERSION = 150000  # `(SNAPSHOT 'export')` replaces EXPORT_SNAPSHOT

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from cdc.load.backfill import Backfill
+from cdc.load.chunkcopy import ChunkCopier
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.historic.sink import HistoricSink
@@ -182,13 +183,13 @@ def test_a_timestamp_clickhouse_cannot_hold_quarantines_the_table_and_names_it(
         pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
     )
     parsed: list[int] = []
-    copy_parsed = Backfill._copy_chunk_parsed
+    copy_parsed = ChunkCopier._copy_parsed
 
-    def counted(self: Backfill, *args: Any) -> int:
+    def counted(self: ChunkCopier, *args: Any) -> int:
         parsed.append(args[3].number)
         return copy_parsed(self, *args)
 
-    monkeypatch.setattr(Backfill, "_copy_chunk_parsed", counted)
+    monkeypatch.setattr(ChunkCopier, "_copy_parsed", counted)
     with exported_snapshot(pg_dsn) as snapshot:
         backfill = Backfill(pg_dsn, pg_dsn, "historic", "t-job", [table], sinks,
                             chunk_size=1000, workers=1)  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.load.backfill import Backfill
+from cdc.load.chunkcopy import ChunkCopier
 from cdc.protocol.lsn import Lsn
 from tests.harness import ClickHouseServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
@@ -281,15 +281,15 @@ def test_a_connection_lost_during_the_initial_load_is_retried_and_the_load_resum
     pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, v text)")
     pg.execute("INSERT INTO director.t SELECT g, 'v' || g FROM generate_series(1, 3000) g")
     cut: list[int] = []
-    copy_chunk = Backfill._copy_chunk_retrying
+    copy_chunk = ChunkCopier.copy
 
-    def cut_once(self: Backfill, source: psycopg.Connection[Any], *args: Any) -> Any:
+    def cut_once(self: ChunkCopier, source: psycopg.Connection[Any], *args: Any) -> Any:
         if not cut:
             cut.append(source.info.backend_pid)
             pg.execute("SELECT pg_terminate_backend(%s)", (source.info.backend_pid,))
         return copy_chunk(self, source, *args)
 
-    monkeypatch.setattr(Backfill, "_copy_chunk_retrying", cut_once)
+    monkeypatch.setattr(ChunkCopier, "copy", cut_once)
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, backfill_chunk_size=1000)
     with running_daemon(settings, clickhouse_server.client) as running:
         wait_in_step(pg, clickhouse_server.client, ch_database, ["t"], running=running)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from cdc.check import rowhash
 from cdc.cli import app
-from cdc.load.backfill import published_schemas
+from cdc.load.planning import published_schemas
 from cdc.ops.settings import Settings
 from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema

@@ -18,9 +18,9 @@ from cdc.schema import Column, TableSchema, TypeKind, _choose_key
 from cdc.sinks import ddl
 from cdc.sinks.historic.sql import upsert_sql
 from cdc.stream.eligibility import SourceTable, classify, logged_only
-from cdc.stream.following import plan
-from cdc.stream.replication import start_replication_command
+from cdc.stream.followplan import plan
 from cdc.stream.slots import INSERTS_ONLY, append_publication, create_publication_sql
+from cdc.stream.walsender import start_replication_command
 from tests.unit.test_batch import RELATION, txn
 
 pytestmark = pytest.mark.unit

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cdc.stream.eligibility import SourceTable, exclusion
-from cdc.stream.following import plan
+from cdc.stream.followplan import plan
 from cdc.stream.slots import create_publication_sql, via_root_sql
 
 KEYED = SourceTable("t", "director.t", False, False, "d", True, ())

@@ -19,7 +19,8 @@ from cdc.protocol import (
     TupleValue,
     Update,
 )
-from cdc.protocol.decoder import _tuple, row_parser
+from cdc.protocol.fields import read_tuple
+from cdc.protocol.rows import row_parser
 from cdc.protocol.tags import TupleMarker
 from tests.unit.test_pgoutput_decoder import encode as encode_message
 from tests.unit.test_pgoutput_decoder import tuple_bytes
@@ -64,7 +65,7 @@ def test_same_values_and_end_as_python(
     before: bytes, values: list[TupleValue], after: bytes
 ) -> None:
     data = before + encode(values) + after
-    expected = _tuple(data, len(before), "Insert")
+    expected = read_tuple(data, len(before), "Insert")
     assert expected == (tuple(values), len(data) - len(after))
     assert in_c(encode(values)) == Insert(None, 0, expected[0])
 
@@ -78,14 +79,14 @@ def test_a_cut_tuple_is_none_and_python_says_why(
     cut = data.draw(st.integers(0, len(whole) - 1))
     assert in_c(whole[:cut]) is None
     with pytest.raises(DecodeError, match="truncated"):
-        _tuple(whole[:cut], 0, "Insert")
+        read_tuple(whole[:cut], 0, "Insert")
 
 
 def test_an_unknown_column_kind_is_none() -> None:
     data = struct.pack(">H", 2) + b"n" + b"x"
     assert in_c(data) is None
     with pytest.raises(DecodeError, match="unknown column kind"):
-        _tuple(data, 0, "Insert")
+        read_tuple(data, 0, "Insert")
 
 
 VALUES = st.lists(VALUE, max_size=6).map(tuple)

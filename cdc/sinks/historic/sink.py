@@ -51,7 +51,7 @@ from cdc.sinks.historic.sql import (
     upsert_sql,
     watermark_sql,
 )
-from cdc.stream.replication import canonical_dsn
+from cdc.stream.session import canonical_dsn
 
 FIRST_USER_OID = 16384  # FirstNormalObjectId: built-in types are below
 # After a batch whose new rows were found in the table already (a replay, a backfill, a

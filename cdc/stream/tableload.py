@@ -1,0 +1,87 @@
+"""Copying the tables the schema follower adds: one at a time, on a thread of its own
+started at the first, each at a fresh exported snapshot taken after the table joined the
+publication (DESIGN.md invariant 3: every change streamed from then on has a higher
+version than the copy).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from cdc.errors import CdcError, ErrorKind
+from cdc.load.backfill import Backfill
+from cdc.schema import TableSchema
+from cdc.stream.snapshot import exported_snapshot
+
+LOAD_JOIN_S = 30.0
+
+LoadFactory = Callable[[list[TableSchema], str], Backfill]
+
+
+class TableLoader:
+    """Copies the tables queued with `queue`; a table whose rows a target cannot hold is
+    handed to `quarantine`."""
+
+    def __init__(
+        self,
+        source_dsn: str,
+        make_load: LoadFactory,
+        quarantine: Callable[[tuple[str, str], CdcError], None],
+        log: Any,
+    ) -> None:
+        self._source_dsn = source_dsn
+        self._make_load = make_load
+        self._quarantine = quarantine
+        self._log = log
+        self._loads: queue.SimpleQueue[TableSchema | None] = queue.SimpleQueue()
+        self._loading: set[str] = set()
+        self._loader: threading.Thread | None = None
+
+    def queue(self, table: TableSchema) -> None:
+        """Copy `table` after the ones queued before it (once, while it is queued)."""
+        if table.name in self._loading:
+            return
+        self._loading.add(table.name)
+        if self._loader is None:
+            self._loader = threading.Thread(target=self._load_all, name="cdc-table-load",
+                                            daemon=True)  # fmt: skip
+            self._loader.start()
+        self._loads.put(table)
+
+    def _load_all(self) -> None:
+        while (table := self._loads.get()) is not None:
+            try:
+                self._load(table)
+            except (CdcError, psycopg.Error) as exc:
+                hint = f"restart the daemon, or `cdc backfill {table.name}`"
+                self._log.error("table_load_failed", table=table.qualified_name,
+                                error=str(exc).strip(), hint=hint)  # fmt: skip
+            finally:
+                self._loading.discard(table.name)
+
+    def _load(self, table: TableSchema) -> None:
+        job = f"table_{table.name}_{uuid.uuid4().hex[:8]}"
+        with exported_snapshot(self._source_dsn) as snapshot:
+            self._log.info("table_load_started", table=table.qualified_name,
+                           snapshot_lsn=str(snapshot.lsn))  # fmt: skip
+            progress = self._make_load([table], job).run(snapshot)
+        for name, reason in progress.failed.items():
+            self._quarantine((table.schema, name), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
+        self._log.info("table_load_done", table=table.qualified_name, rows=progress.rows)
+
+    def close(self) -> None:
+        """Stop the loader after the copy in progress (a copy still running after
+        `LOAD_JOIN_S` is left: it is copied again at the next start)."""
+        if self._loader is None:
+            return
+        self._loads.put(None)
+        self._loader.join(timeout=LOAD_JOIN_S)
+        if self._loader.is_alive():
+            self._log.warning("table_load_abandoned", tables=sorted(self._loading))
+        self._loader = None
