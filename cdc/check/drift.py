@@ -13,7 +13,7 @@ from typing import Any, Final, NamedTuple
 
 from rich.table import Table
 
-from cdc.check.rowhash import Key, KeyRange
+from cdc.check.keyrange import Key, KeyRange
 from cdc.schema import TableSchema
 from cdc.versions import commit_lsn_of
 

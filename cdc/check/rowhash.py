@@ -1,4 +1,4 @@
-"""Row hashes and key ranges that Postgres and ClickHouse compute alike: pure SQL builders.
+"""Row hashes that Postgres and ClickHouse compute alike: pure SQL builders.
 
 A row's hash is the first 8 bytes of the md5 of its canonical text, read as a signed
 big-endian 64-bit integer; a range's fingerprint is `count(*)` and `sum(hash)`. The
@@ -24,7 +24,7 @@ engines produce the same bytes:
 (`cdc.sinks.clickhouse.types`): text,
 json, enums, time, interval, network types, composites, ... Postgres texts depend on the
 session's DateStyle, IntervalStyle and extra_float_digits: read through
-`cdc.stream.replication.canonical_dsn`, as the stream and the sinks do.
+`cdc.stream.session.canonical_dsn`, as the stream and the sinks do.
 
 Arrays have two texts. Against historic (Postgres holds the array as it is) the text is
 the output text, `concat(x)`. Against ClickHouse it is the array as ClickHouse can hold it
@@ -36,39 +36,24 @@ Postgres' lower bounds, so a NULL array has the text of an empty one (`[]`) and
 source has two row hashes when a table has an array column (`pg_row_hash(..., held=True)`
 is the one to compare with ClickHouse's).
 
-Key ranges `(lower, upper]` are compared in an order both engines share: numbers, dates and
-timestamps natively; uuids by their text (ClickHouse orders UUIDs differently); text-like
-keys by bytes (`COLLATE "C"` in Postgres). Keys of other types (float, bytea, arrays) have
-no shared order: such a table is compared in Postgres only. Range bounds are the keys'
-output texts; values are always bound as parameters (`%s` in Postgres, `{name:String}` in
-ClickHouse).
+Rows are compared by key range (`cdc.check.keyrange`), with the queries of
+`cdc.check.rangequery`.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Final
 
 from psycopg import sql
 
-from cdc.schema import (
-    DELETED_COLUMN,
-    TRUNCATIONS_TABLE,
-    VERSION_COLUMN,
-    Column,
-    TableSchema,
-    TypeKind,
-)
+from cdc.schema import Column, TypeKind
 from cdc.sinks.clickhouse.client import quote_identifier
-from cdc.sinks.clickhouse.types import PgType, clickhouse_type, storage_column
-from cdc.sinks.ddl import distributed_name, quote_string
+from cdc.sinks.clickhouse.types import PgType, storage_column
+from cdc.sinks.ddl import quote_string
 
-Key = tuple[str, ...]  # the key columns' output texts, in key order
 NULL_MARK: Final = "N"
-TEXT_OID: Final = 25
-VARCHAR_OID: Final = 1043
 
 
 class Form(enum.Enum):
@@ -100,8 +85,6 @@ _BASE_FORMS: Final[dict[int, Form]] = {
     PgType.TIMESTAMPTZ: Form.TIMESTAMP,
     PgType.BYTEA: Form.BYTEA,
 }
-# Forms whose values both engines order the same way, compared natively.
-_NATIVE_ORDER: Final = {Form.INTEGER, Form.NUMERIC, Form.BOOL, Form.DATE, Form.TIMESTAMP}
 
 
 def form_of(column: Column) -> Form:
@@ -271,272 +254,3 @@ def ch_row_hash(columns: Sequence[Column]) -> str:
     fields = [ch_field(c) for c in columns]
     text = fields[0] if len(fields) == 1 else f"concat({', '.join(fields)})"
     return f"reinterpretAsInt64(reverse(substring(MD5({text}), 1, 8)))"
-
-
-# -- key order ------------------------------------------------------------------------------
-
-
-def _pg_order(column: Column) -> sql.Composable:
-    """The column's sort expression in Postgres."""
-    ref = sql.Identifier(column.name)
-    if form_of(column) is not Form.TEXT:
-        return ref
-    if storage_column(column).type_oid in (TEXT_OID, VARCHAR_OID):
-        return sql.SQL('{} COLLATE "C"').format(ref)
-    return sql.SQL('concat({}) COLLATE "C"').format(ref)
-
-
-def _pg_bound(column: Column, value: sql.Composable) -> sql.Composable:
-    """`value` (a key output text) as a value of the column's sort expression."""
-    if form_of(column) is Form.TEXT:
-        return sql.SQL('{}::text COLLATE "C"').format(value)
-    return sql.SQL("{}::{}").format(value, sql.SQL(column.pg_type))
-
-
-def ch_order(column: Column, param: str) -> tuple[str, str] | None:
-    """(sort expression, bound value) in ClickHouse, or None when no order is shared."""
-    ref = quote_identifier(column.name)
-    bound = f"{{{param}:String}}"
-    form = form_of(column)
-    if form is Form.TIMESTAMP:
-        return ref, f"parseDateTime64BestEffort({bound}, 6, 'UTC')"
-    if form in _NATIVE_ORDER:
-        return ref, f"CAST({bound} AS {clickhouse_type(replace(column, nullable=False))})"
-    if form is Form.UUID:
-        return f"toString({ref})", bound
-    if form is Form.TEXT:
-        return ref, bound
-    return None
-
-
-def clickhouse_key_problem(table: TableSchema) -> str | None:
-    """Why ClickHouse cannot be compared by key range, or None when it can."""
-    for name in table.primary_key:
-        column = table.column(name)
-        if ch_order(column, "p") is None:
-            return f"key column {name} ({column.pg_type}) has no order shared with ClickHouse"
-    return None
-
-
-@dataclass(frozen=True)
-class KeyRange:
-    """Keys above `lower` (None: from the start) up to and including `upper` (None: to the
-    end). `root` numbers the top-level range a sub-range was split from."""
-
-    lower: Key | None
-    upper: Key | None
-    root: int = 0
-
-
-def ranges_between(
-    lower: Key | None, upper: Key | None, bounds: Sequence[Key], root: int = 0
-) -> list[KeyRange]:
-    """Split `(lower, upper]` at `bounds` (ascending keys inside it)."""
-    edges = [lower, *bounds, upper]
-    return [KeyRange(edges[i], edges[i + 1], root) for i in range(len(edges) - 1)]
-
-
-def _row(items: Sequence[sql.Composable]) -> sql.Composable:
-    joined = sql.SQL(", ").join(items)
-    return joined if len(items) == 1 else sql.SQL("ROW({})").format(joined)
-
-
-def pg_range_filter(
-    table: TableSchema, rng: KeyRange, inline: bool = False
-) -> tuple[sql.Composable, list[str]]:
-    """The predicate `key in (lower, upper]` and its parameters. `inline`: the values as
-    quoted literals instead, no parameters (for a predicate handed on as SQL text)."""
-    columns = [table.column(name) for name in table.primary_key]
-    parts: list[sql.Composable] = []
-    params: list[str] = []
-    for op, bound in ((">", rng.lower), ("<=", rng.upper)):
-        if bound is None:
-            continue
-        values = [
-            _pg_bound(column, sql.Literal(value) if inline else sql.Placeholder())
-            for column, value in zip(columns, bound, strict=True)
-        ]
-        parts.append(
-            sql.SQL("{} {} {}").format(
-                _row([_pg_order(c) for c in columns]), sql.SQL(op), _row(values)
-            )
-        )
-        if not inline:
-            params.extend(bound)
-    return (sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")), params
-
-
-def ch_range_filter(table: TableSchema, rng: KeyRange) -> tuple[str, dict[str, str]]:
-    """The predicate `key in (lower, upper]` in ClickHouse and its parameters."""
-    parts: list[str] = []
-    params: dict[str, str] = {}
-    for op, prefix, bound in ((">", "lo", rng.lower), ("<=", "hi", rng.upper)):
-        if bound is None:
-            continue
-        exprs, values = [], []
-        for i, (name, value) in enumerate(zip(table.primary_key, bound, strict=True)):
-            order = ch_order(table.column(name), f"{prefix}{i}")
-            if order is None:
-                raise ValueError(f"key column {name!r} has no order shared with ClickHouse")
-            exprs.append(order[0])
-            values.append(order[1])
-            params[f"{prefix}{i}"] = value
-        if len(exprs) == 1:
-            parts.append(f"{exprs[0]} {op} {values[0]}")
-        else:
-            parts.append(f"tuple({', '.join(exprs)}) {op} tuple({', '.join(values)})")
-    return (" AND ".join(parts) if parts else "1"), params
-
-
-# -- queries --------------------------------------------------------------------------------
-
-PgQuery = tuple[sql.Composed, list[Any]]
-ChQuery = tuple[str, dict[str, Any]]
-
-
-def _key_arrays(table: TableSchema) -> sql.Composable:
-    """ARRAY[canonical key texts], ARRAY[key output texts]."""
-    columns = [table.column(name) for name in table.primary_key]
-    return sql.SQL("ARRAY[{}], ARRAY[{}]").format(
-        sql.SQL(", ").join(pg_text(c) for c in columns),
-        sql.SQL(", ").join(sql.SQL("concat({})").format(sql.Identifier(c.name)) for c in columns),
-    )
-
-
-def pg_boundaries(table: TableSchema, rng: KeyRange, size: int) -> PgQuery:
-    """Every `size`-th key of the range, in the shared order: the inner bounds of its split."""
-    where, params = pg_range_filter(table, rng)
-    columns = [table.column(name) for name in table.primary_key]
-    query = sql.SQL(
-        "SELECT k FROM (SELECT ARRAY[{outs}] AS k, row_number() OVER (ORDER BY {order}) AS n "
-        "FROM {schema}.{table} WHERE {where}) numbered WHERE mod(n, %s::bigint) = 0 ORDER BY n"
-    ).format(
-        outs=sql.SQL(", ").join(
-            sql.SQL("concat({})").format(sql.Identifier(c.name)) for c in columns
-        ),
-        order=sql.SQL(", ").join(_pg_order(c) for c in columns),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
-        where=where,
-    )
-    return query, [*params, size]
-
-
-def pg_next_boundary(table: TableSchema, lower: Key | None, size: int) -> PgQuery:
-    """The `size`-th key after `lower` (None: from the start) in the shared order: the upper
-    bound of the range of `size` keys that starts there; no row when fewer are left."""
-    where, params = pg_range_filter(table, KeyRange(lower, None))
-    columns = [table.column(name) for name in table.primary_key]
-    query = sql.SQL(
-        "SELECT ARRAY[{outs}] FROM {schema}.{table} WHERE {where} ORDER BY {order} "
-        "OFFSET %s::bigint LIMIT 1"
-    ).format(
-        outs=sql.SQL(", ").join(
-            sql.SQL("concat({})").format(sql.Identifier(c.name)) for c in columns
-        ),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
-        where=where,
-        order=sql.SQL(", ").join(_pg_order(c) for c in columns),
-    )
-    return query, [*params, size - 1]
-
-
-def pg_aggregate(
-    relation: tuple[str, str], table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Composable]
-) -> PgQuery:
-    """`count(*)` and `sum(hash)` per hash expression of the range's rows in `relation`."""
-    where, params = pg_range_filter(table, rng)
-    sums = sql.SQL(", ").join(sql.SQL("coalesce(sum({}), 0)").format(h) for h in hashes)
-    query = sql.SQL("SELECT count(*), {} FROM {}.{} WHERE {}").format(
-        sums, sql.Identifier(relation[0]), sql.Identifier(relation[1]), where
-    )
-    return query, params
-
-
-def pg_source_rows(table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Composable]) -> PgQuery:
-    """Canonical key texts, key output texts and hashes of the range's source rows."""
-    where, params = pg_range_filter(table, rng)
-    query = sql.SQL("SELECT {}, {} FROM {}.{} WHERE {}").format(
-        _key_arrays(table),
-        sql.SQL(", ").join(hashes),
-        sql.Identifier(table.schema),
-        sql.Identifier(table.name),
-        where,
-    )
-    return query, params
-
-
-def pg_historic_rows(
-    schema: str, table: TableSchema, rng: KeyRange, hash_: sql.Composable
-) -> PgQuery:
-    """Like `pg_source_rows` from the historic table, tombstones too: plus `_version` and
-    whether the row is live (not deleted, above the truncate watermark)."""
-    where, params = pg_range_filter(table, rng)
-    query = sql.SQL(
-        "SELECT {keys}, {hash}, {version}, NOT {deleted} AND {version} > coalesce("
-        "(SELECT version FROM {schema}.{truncations} WHERE table_name = %s), 0) "
-        "FROM {schema}.{table} WHERE {where}"
-    ).format(
-        keys=_key_arrays(table),
-        hash=hash_,
-        version=sql.Identifier(VERSION_COLUMN),
-        deleted=sql.Identifier(DELETED_COLUMN),
-        schema=sql.Identifier(schema),
-        truncations=sql.Identifier(TRUNCATIONS_TABLE),
-        table=sql.Identifier(table.name),
-        where=where,
-    )
-    return query, [table.name, *params]
-
-
-def pg_key_exists(table: TableSchema, key: Key) -> PgQuery:
-    """Whether the source holds `key` (a key output text tuple)."""
-    columns = [table.column(name) for name in table.primary_key]
-    query = sql.SQL("SELECT EXISTS (SELECT FROM {}.{} WHERE {} = {})").format(
-        sql.Identifier(table.schema),
-        sql.Identifier(table.name),
-        _row([_pg_order(c) for c in columns]),
-        _row([_pg_bound(c, sql.Placeholder()) for c in columns]),
-    )
-    return query, list(key)
-
-
-def ch_aggregate(
-    database: str, view: str, table: TableSchema, rng: KeyRange, hash_: str
-) -> ChQuery:
-    where, params = ch_range_filter(table, rng)
-    query = (
-        f"SELECT count(), sum(toInt128({hash_})) FROM "
-        f"{quote_identifier(database)}.{quote_identifier(view)} WHERE {where}"
-    )
-    return query, params
-
-
-def ch_rows(
-    database: str, table: TableSchema, rng: KeyRange, hash_: str, distributed: bool = False
-) -> ChQuery:
-    """Canonical key texts, key texts, hash, `_version` and liveness of the newest row of
-    each key in the range, tombstones too (FINAL would hide them). `distributed`: read the
-    cluster's Distributed tables."""
-    where, params = ch_range_filter(table, rng)
-    rows, truncations = table.name, TRUNCATIONS_TABLE
-    if distributed:
-        rows, truncations = distributed_name(rows), distributed_name(truncations)
-    columns = [table.column(name) for name in table.primary_key]
-    ids = ", ".join(ch_text(c) for c in columns)
-    outs = ", ".join(f"toString({quote_identifier(c.name)})" for c in columns)
-    db = quote_identifier(database)
-    version = quote_identifier(VERSION_COLUMN)
-    watermark = (
-        f"SELECT max(version) FROM {db}.{quote_identifier(truncations)} FINAL "
-        "WHERE table_name = {verify_table:String}"
-    )
-    query = (
-        f"SELECT [{ids}], [{outs}], argMax({hash_}, {version}), max({version}), "
-        f"argMax({quote_identifier(DELETED_COLUMN)}, {version}) = 0 "
-        f"AND max({version}) > ifNull(({watermark}), 0) "
-        f"FROM {db}.{quote_identifier(rows)} WHERE {where} "
-        f"GROUP BY {', '.join(quote_identifier(c.name) for c in columns)}"
-    )
-    return query, {**params, "verify_table": table.name}

@@ -24,7 +24,7 @@ from tests.pipeline import prepared_sinks
 pytestmark = pytest.mark.integration
 
 
-def test_rows_newer_than_the_snapshot_are_kept(
+def test_snapshot_rows_are_versioned_by_their_snapshot(
     pg: psycopg.Connection[Any],
     pg_dsn: str,
     clickhouse_server: ClickHouseServer,

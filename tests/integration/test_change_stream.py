@@ -199,7 +199,7 @@ def consume_in_subprocess(dsn: str, budget: int) -> dict[str, int]:
     return result
 
 
-def test_memory_stays_flat_for_a_transaction_100x_the_budget(
+def test_bounded_memory_for_a_transaction_100x_the_budget(
     pg: psycopg.Connection[Any], pg_dsn: str
 ) -> None:
     budget = 512 * 1024

@@ -59,7 +59,7 @@ def writer(dsn: str, seed: int, stop: threading.Event) -> None:
 
 
 @pytest.mark.slow
-def test_kill_minus_nine_at_random_moments_loses_nothing(
+def test_flush_only_what_is_durable_everywhere(
     pg: psycopg.Connection[Any],
     pg_dsn: str,
     clickhouse_server: ClickHouseServer,

@@ -1160,7 +1160,9 @@ def drop_slot(conn: psycopg.Connection[Any], slot: str) -> None:
     ],
 )
 @given(workload=workloads())
-def test_pgoutput_source_matches_test_decoding(pg_dsn: str, workload: tuple[Txn, ...]) -> None:
+def test_one_ordered_stream_as_test_decoding_reads_it(
+    pg_dsn: str, workload: tuple[Txn, ...]
+) -> None:
     suffix = uuid.uuid4().hex[:12]
     pgoutput_slot, oracle_slot = f"oracle_pgoutput_{suffix}", f"oracle_test_decoding_{suffix}"
     with (

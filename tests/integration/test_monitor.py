@@ -68,7 +68,7 @@ def tamper(pg: psycopg.Connection[Any], ch: Any, database: str) -> None:
     )
 
 
-def test_monitor_names_drift_in_both_targets(
+def test_equality_is_watched_and_drift_named_in_both_targets(
     scores: psycopg.Connection[Any],
     pg_dsn: str,
     clickhouse_server: ClickHouseServer,

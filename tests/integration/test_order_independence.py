@@ -84,7 +84,7 @@ def capture(dsn: str, daemon: Daemon) -> list[Batch]:
     return batches
 
 
-def test_batches_applied_twice_or_reversed_give_the_same_state(
+def test_idempotent_order_free_sinks(
     pg: psycopg.Connection[Any],
     pg_dsn: str,
     clickhouse_server: ClickHouseServer,

@@ -60,7 +60,7 @@ def published(pg: psycopg.Connection[Any], publication: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def test_publication_create_and_add_table_keep_the_source_writable(
+def test_the_source_is_never_changed_in_behaviour(
     pg: psycopg.Connection[Any], pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from cdc.errors import CdcError, ErrorKind
 from cdc.load.copytext import escape
 from cdc.schema import Column, TableSchema, TypeKind
+from cdc.sinks.clickhouse.arrays import parse_array
 from cdc.sinks.clickhouse.types import PgType
-from cdc.sinks.clickhouse.values import RowEncoder, parse_array
+from cdc.sinks.clickhouse.values import RowEncoder
 
 TSV_UNESCAPES = {
     ord("t"): b"\t",

@@ -10,17 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc.check.drift import DiffKind, KeyDiff, Target
-from cdc.check.monitor import (
-    MAX_STEP_ROWS,
-    RangeCheck,
-    confirmed,
-    drift_summary,
-    step_due,
-    step_rows,
-)
+from cdc.check.keyrange import LEAF_ROWS, KeyRange
+from cdc.check.monitor import drift_summary
+from cdc.check.pacing import MAX_STEP_ROWS, step_due, step_rows
 from cdc.check.position import TargetPosition, heartbeat_time
-from cdc.check.rowhash import KeyRange
-from cdc.check.verify import LEAF_ROWS
+from cdc.check.rangecheck import RangeCheck, confirmed
 from cdc.protocol import datetime_to_pg_timestamp
 from cdc.protocol.lsn import Lsn
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from cdc.check import drift, rowhash
+from cdc.check import drift, keyrange, rangequery, rowhash
 from cdc.check.drift import DiffKind, Ident, KeyDiff, SourceRow, TableResult, Target, TargetRow
-from cdc.check.rowhash import Form, KeyRange
+from cdc.check.keyrange import KeyRange
+from cdc.check.rowhash import Form
 from cdc.schema import Column, TableSchema, TypeKind
 from cdc.sinks.clickhouse.types import PgType
 
@@ -181,28 +182,28 @@ def test_row_hashes_take_the_first_8_md5_bytes_as_signed_bigint() -> None:
 
 
 def test_clickhouse_orders_agree_with_postgres() -> None:
-    assert rowhash.ch_order(INT, "p") == ("`id`", "CAST({p:String} AS Int32)")
-    assert rowhash.ch_order(NAME, "p") == ("`it's \\`odd\\``", "{p:String}")
+    assert keyrange.ch_order(INT, "p") == ("`id`", "CAST({p:String} AS Int32)")
+    assert keyrange.ch_order(NAME, "p") == ("`it's \\`odd\\``", "{p:String}")
     uuid = column("u", PgType.UUID, "uuid")
-    assert rowhash.ch_order(uuid, "p") == ("toString(`u`)", "{p:String}")  # CH sorts UUIDs its way
+    assert keyrange.ch_order(uuid, "p") == ("toString(`u`)", "{p:String}")  # CH sorts UUIDs its way
     moment = column("at", PgType.TIMESTAMPTZ, "timestamp with time zone")
-    assert rowhash.ch_order(moment, "p") == (
+    assert keyrange.ch_order(moment, "p") == (
         "`at`",
         "parseDateTime64BestEffort({p:String}, 6, 'UTC')",
     )
-    assert rowhash.ch_order(column("f", PgType.FLOAT8, "double precision"), "p") is None
-    assert rowhash.clickhouse_key_problem(TABLE) is None
+    assert keyrange.ch_order(column("f", PgType.FLOAT8, "double precision"), "p") is None
+    assert keyrange.clickhouse_key_problem(TABLE) is None
     floaty = TableSchema(
         "s", "t", (column("f", PgType.FLOAT8, "double precision", False),), ("f",), "d"
     )
-    assert rowhash.clickhouse_key_problem(floaty) == (
+    assert keyrange.clickhouse_key_problem(floaty) == (
         "key column f (double precision) has no order shared with ClickHouse"
     )
 
 
 def test_ranges_between() -> None:
-    assert rowhash.ranges_between(None, None, []) == [KeyRange(None, None)]
-    assert rowhash.ranges_between(("0",), ("9",), [("3",), ("6",)], root=4) == [
+    assert keyrange.ranges_between(None, None, []) == [KeyRange(None, None)]
+    assert keyrange.ranges_between(("0",), ("9",), [("3",), ("6",)], root=4) == [
         KeyRange(("0",), ("3",), 4),
         KeyRange(("3",), ("6",), 4),
         KeyRange(("6",), ("9",), 4),
@@ -210,18 +211,18 @@ def test_ranges_between() -> None:
 
 
 def test_pg_range_filter_binds_values() -> None:
-    where, params = rowhash.pg_range_filter(TABLE, KeyRange(None, None))
+    where, params = keyrange.pg_range_filter(TABLE, KeyRange(None, None))
     assert (text(where), params) == ("true", [])
-    where, params = rowhash.pg_range_filter(TABLE, KeyRange(("10",), ("20",)))
+    where, params = keyrange.pg_range_filter(TABLE, KeyRange(("10",), ("20",)))
     assert text(where) == '"id" > %s::integer AND "id" <= %s::integer'
     assert params == ["10", "20"]
-    where, params = rowhash.pg_range_filter(PAIR, KeyRange(("o'k", "5"), None))
+    where, params = keyrange.pg_range_filter(PAIR, KeyRange(("o'k", "5"), None))
     assert text(where) == 'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer)'
     assert params == ["o'k", "5"]
 
 
 def test_pg_range_filter_inline_quotes_values() -> None:
-    where, params = rowhash.pg_range_filter(PAIR, KeyRange(None, ("o'k", "5")), inline=True)
+    where, params = keyrange.pg_range_filter(PAIR, KeyRange(None, ("o'k", "5")), inline=True)
     assert params == []
     assert text(where) == (
         'ROW("team" COLLATE "C", "id") <= ROW(\'o\'\'k\'::text COLLATE "C", \'5\'::integer)'
@@ -232,14 +233,14 @@ def test_enum_keys_sort_by_their_label_bytes() -> None:
     table = TableSchema(
         "s", "t", (column("mood", 99_001, "s.mood", False, kind=TypeKind.ENUM),), ("mood",), "d"
     )
-    where, _ = rowhash.pg_range_filter(table, KeyRange(("ok",), None))
+    where, _ = keyrange.pg_range_filter(table, KeyRange(("ok",), None))
     assert text(where) == 'concat("mood") COLLATE "C" > %s::text COLLATE "C"'
 
 
 def test_ch_range_filter_binds_values() -> None:
-    where, params = rowhash.ch_range_filter(TABLE, KeyRange(None, None))
+    where, params = keyrange.ch_range_filter(TABLE, KeyRange(None, None))
     assert (where, params) == ("1", {})
-    where, params = rowhash.ch_range_filter(PAIR, KeyRange(("a'b", "1"), ("z", "9")))
+    where, params = keyrange.ch_range_filter(PAIR, KeyRange(("a'b", "1"), ("z", "9")))
     assert where == (
         "tuple(`team`, `id`) > tuple({lo0:String}, CAST({lo1:String} AS Int32)) AND "
         "tuple(`team`, `id`) <= tuple({hi0:String}, CAST({hi1:String} AS Int32))"
@@ -249,23 +250,23 @@ def test_ch_range_filter_binds_values() -> None:
 
 
 def test_queries_keep_parameters_in_order() -> None:
-    query, params = rowhash.pg_boundaries(TABLE, KeyRange(("1",), None), 500)
+    query, params = rangequery.pg_boundaries(TABLE, KeyRange(("1",), None), 500)
     assert params == ["1", 500]
     assert 'row_number() OVER (ORDER BY "id")' in text(query)
     assert 'FROM "director"."Score Card" WHERE "id" > %s::integer' in text(query)
-    query, params = rowhash.pg_historic_rows(
+    query, params = rangequery.pg_historic_rows(
         "historic", TABLE, KeyRange(None, ("7",)), rowhash.pg_row_hash([INT])
     )
     assert params == ["Score Card", "7"]
     assert text(query).index("table_name = %s") < text(query).index('"id" <= %s')
     everything = KeyRange(None, None)
     hashes = [rowhash.pg_row_hash(TABLE.columns)]
-    query, params = rowhash.pg_aggregate(
+    query, params = rangequery.pg_aggregate(
         ("historic", "Score Card_current"), TABLE, everything, hashes
     )
     assert text(query).startswith("SELECT count(*), coalesce(sum(('x' || left(md5(")
     assert 'FROM "historic"."Score Card_current" WHERE true' in text(query)
-    query, params = rowhash.pg_key_exists(PAIR, ("a", "1"))
+    query, params = rangequery.pg_key_exists(PAIR, ("a", "1"))
     assert text(query) == (
         'SELECT EXISTS (SELECT FROM "director"."pairs" WHERE ROW("team" COLLATE "C", "id") = '
         'ROW(%s::text COLLATE "C", %s::integer))'
@@ -274,21 +275,21 @@ def test_queries_keep_parameters_in_order() -> None:
 
 
 def test_next_boundary_skips_size_keys_in_the_shared_order() -> None:
-    query, params = rowhash.pg_next_boundary(PAIR, ("a", "1"), 500)
+    query, params = rangequery.pg_next_boundary(PAIR, ("a", "1"), 500)
     assert params == ["a", "1", 499]
     assert text(query) == (
         'SELECT ARRAY[concat("team"), concat("id")] FROM "director"."pairs" WHERE '
         'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer) '
         'ORDER BY "team" COLLATE "C", "id" OFFSET %s::bigint LIMIT 1'
     )
-    query, params = rowhash.pg_next_boundary(TABLE, None, 1)
+    query, params = rangequery.pg_next_boundary(TABLE, None, 1)
     assert params == [0]
     assert "WHERE true ORDER BY" in text(query)
 
 
 def test_clickhouse_queries() -> None:
     ch_hash = rowhash.ch_row_hash([INT, NAME])
-    query, params = rowhash.ch_aggregate(
+    query, params = rangequery.ch_aggregate(
         "an`alytics", "Score Card_current", TABLE, KeyRange(("1",), None), ch_hash
     )
     assert query.startswith("SELECT count(), sum(toInt128(reinterpretAsInt64(")
@@ -296,11 +297,13 @@ def test_clickhouse_queries() -> None:
         "FROM `an\\`alytics`.`Score Card_current` WHERE `id` > CAST({lo0:String} AS Int32)" in query
     )
     assert params == {"lo0": "1"}
-    query, params = rowhash.ch_rows("analytics", TABLE, KeyRange(None, None), ch_hash)
+    query, params = rangequery.ch_rows("analytics", TABLE, KeyRange(None, None), ch_hash)
     assert "FROM `analytics`.`Score Card` WHERE 1 GROUP BY `id`" in query  # no FINAL: tombstones
     assert "argMax(`_is_deleted`, `_version`) = 0" in query
     assert params == {"verify_table": "Score Card"}
-    query, _ = rowhash.ch_rows("analytics", TABLE, KeyRange(None, None), ch_hash, distributed=True)
+    query, _ = rangequery.ch_rows(
+        "analytics", TABLE, KeyRange(None, None), ch_hash, distributed=True
+    )
     assert "`analytics`.`Score Card_all`" in query and "`_cdc_truncations_all` FINAL" in query
 
 

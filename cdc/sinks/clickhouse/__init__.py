@@ -1,3 +1,3 @@
-"""The ClickHouse sink, its client, its value encoders and RowBinary conversion, and the
-type map.
+"""The ClickHouse sink, its client, its value encoders (`values`, with the checks of
+`limits` and the array literals of `arrays`) and RowBinary conversion, and the type map.
 """

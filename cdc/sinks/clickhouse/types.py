@@ -6,7 +6,7 @@ Choices, and why:
 - `numeric(p,s)` maps to `Decimal(p,s)` (a negative scale or one above the precision is
   folded into a Decimal that holds the same values); more than 76 digits is an
   UNSUPPORTED_TYPE error. Unbounded `numeric` maps to `Decimal(76, 38)` so sums and
-  comparisons stay numeric in ClickHouse; `cdc.sinks.clickhouse.values` refuses a value with
+  comparisons stay numeric in ClickHouse; `cdc.sinks.clickhouse.limits` refuses a value with
   more than 38
   integer or 38 (significant) fractional digits instead of letting ClickHouse truncate it.
 - `date` maps to Date32 (Date silently clamps outside 1970..2149). `timestamp` and

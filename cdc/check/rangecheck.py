@@ -1,0 +1,184 @@
+"""One step of the drift monitor: a key range of a table compared in a source snapshot.
+
+1. Export a snapshot of the source (a temporary slot: its consistent point S is exact)
+   and read the range's count and row-hash sum in it (`cdc.check.stores.TableStores`).
+2. Write a heartbeat into the source's WAL and wait until the daemon holds everything
+   committed before S (`cdc.check.position`).
+3. Compare the targets' aggregates; where they differ, narrow to small pieces and compare
+   key by key (`cdc.check.drift.classify`). A target row committed at or after S
+   (`_version >= S << 64`) is newer than the read and is not compared now: a later pass
+   sees it. Every other difference (value, presence, deletion) is drift at S.
+4. Re-read the drifted pieces once at a fresh snapshot; only keys that differ in both
+   reads are drift (`confirmed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import psycopg
+
+from cdc.check.drift import KeyDiff, Target, classify
+from cdc.check.keyrange import LEAF_ROWS, Key, KeyRange, piece_rows, ranges_between
+from cdc.check.position import TargetPosition
+from cdc.check.stores import TableStores
+from cdc.ops.settings import Settings
+from cdc.protocol.lsn import Lsn
+from cdc.schema import TableSchema
+from cdc.stream.snapshot import exported_snapshot, import_snapshot
+
+WAIT_S: Final = 60.0  # a step waits this long for the daemon to pass its snapshot
+HEARTBEAT_SQL: Final = "SELECT pg_logical_emit_message(false, %s, now()::text)"
+Diffs = dict[KeyRange, list[KeyDiff]]
+Connections = tuple[psycopg.Connection[Any], psycopg.Connection[Any], psycopg.Connection[Any]]
+
+
+def confirmed(first: Sequence[KeyDiff], second: Sequence[KeyDiff]) -> list[KeyDiff]:
+    """The drift of a re-read that the first read found too (same target and key)."""
+    seen = {(d.target, d.ident) for d in first if not d.in_flight}
+    return [d for d in second if not d.in_flight and (d.target, d.ident) in seen]
+
+
+@dataclass
+class RangeCheck:
+    """One step's outcome."""
+
+    upper: Key | None  # where the range ended (None: the table's end)
+    rows: int  # source rows in the range
+    compared: bool  # False: the daemon did not pass the snapshot in time
+    drift: Diffs = field(default_factory=dict)  # confirmed, per piece
+    newer: int = 0  # differences newer than the snapshot: compared in a later pass
+
+    @property
+    def diffs(self) -> list[KeyDiff]:
+        return [d for diffs in self.drift.values() for d in diffs]
+
+
+class RangeChecker:
+    """Runs the monitor's steps. `connections()` returns the monitor's source (reads inside
+    snapshots), control (heartbeats) and historic connections, `clickhouse_client()` the
+    client to read ClickHouse with, `stopped()` whether the monitor is stopping. `read`
+    counts the source rows the last step read, narrowing too (the pace counts them)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        position: TargetPosition,
+        connections: Callable[[], Connections],
+        clickhouse_client: Callable[[], Any],
+        stopped: Callable[[], bool],
+        log: Any,
+        heartbeat_prefix: str,
+    ) -> None:
+        self.settings = settings
+        self.position = position
+        self.connections = connections
+        self.clickhouse_client = clickhouse_client
+        self.stopped = stopped
+        self.log = log
+        self.heartbeat_prefix = heartbeat_prefix
+        self.read = 0
+
+    @contextmanager
+    def _snapshot(self, table: TableSchema) -> Iterator[tuple[TableStores, Lsn]]:
+        """The table's stores, the source read inside a fresh exported snapshot at S."""
+        source, _, historic = self.connections()
+        with exported_snapshot(self.settings.require_source_dsn()) as snapshot:
+            import_snapshot(source, snapshot)
+            try:
+                stores = TableStores(
+                    table,
+                    source,
+                    historic,
+                    self.settings.historic_schema,
+                    self.clickhouse_client(),
+                    self.settings.clickhouse_database,
+                    self.settings.clickhouse_cluster is not None,
+                )
+                yield stores, snapshot.lsn
+            finally:
+                source.execute("ROLLBACK")
+
+    def _passed(self, lsn: Lsn) -> bool:
+        """Whether the daemon holds everything committed before `lsn` (a heartbeat after
+        it lets an idle stream say so at once)."""
+        _, control, _ = self.connections()
+        control.execute(HEARTBEAT_SQL, (self.heartbeat_prefix,))
+        passed = self.position.wait_past(lsn, WAIT_S, self.stopped)
+        if not passed and not self.stopped():
+            self.log.warning(
+                "monitor_waiting", lsn=str(lsn), applied=str(self.position.lsn),
+                hint="the daemon has not applied the source past the monitor's snapshot",
+            )  # fmt: skip
+        return passed
+
+    def check(
+        self, table: TableSchema, lower: Key | None, size: int
+    ) -> tuple[RangeCheck, tuple[Target, ...]]:
+        """Compare the `size` keys after `lower`; re-read what differs once."""
+        self.read = 0
+        with self._snapshot(table) as (stores, lsn):
+            upper = stores.next_boundary(lower, size)
+            rng = KeyRange(lower, upper)
+            source = stores.source_aggregate(rng)
+            self.read += source[0]
+            if not self._passed(lsn):
+                return RangeCheck(lower, source[0], compared=False), stores.targets
+            first = self._key_diffs(stores, self._differing_leaves(stores, rng, source), lsn)
+        check = RangeCheck(upper, source[0], compared=True)
+        check.newer = sum(d.in_flight for diffs in first.values() for d in diffs)
+        drifted = {
+            leaf: diffs for leaf, diffs in first.items() if any(not d.in_flight for d in diffs)
+        }
+        if drifted:
+            with self._snapshot(table) as (stores, lsn):
+                if not self._passed(lsn):
+                    return check, stores.targets  # not confirmed: the next pass looks again
+                second = self._key_diffs(stores, list(drifted), lsn)
+            for leaf, diffs in drifted.items():
+                if again := confirmed(diffs, second.get(leaf, [])):
+                    check.drift[leaf] = again
+        return check, stores.targets
+
+    def _differing_leaves(
+        self, stores: TableStores, rng: KeyRange, source: tuple[int, int, int]
+    ) -> list[KeyRange]:
+        """The pieces of `rng`, at most `LEAF_ROWS` source rows each, whose aggregates differ
+        in a target (the source read in the snapshot, the targets as they are now)."""
+        pending = [(rng, source[0])] if stores.differs(rng, source) else []
+        leaves: list[KeyRange] = []
+        while pending:
+            pieces: list[KeyRange] = []
+            for piece, count in pending:
+                if count <= LEAF_ROWS:
+                    leaves.append(piece)
+                    continue
+                bounds = stores.boundaries(piece, piece_rows(count))
+                pieces += ranges_between(piece.lower, piece.upper, bounds, piece.root)
+            pending = []
+            for piece in pieces:
+                aggregate = stores.source_aggregate(piece)
+                self.read += aggregate[0]
+                if stores.differs(piece, aggregate):
+                    pending.append((piece, aggregate[0]))
+        return leaves
+
+    def _key_diffs(self, stores: TableStores, leaves: Sequence[KeyRange], lsn: Lsn) -> Diffs:
+        """The keys of `leaves` that differ; those whose target row is not older than the
+        snapshot (`_version >= lsn << 64`) are marked in flight."""
+        newer = (int(lsn), int(Lsn.MAX))
+        found: Diffs = {}
+        for leaf in leaves:
+            source = stores.source_rows(leaf)
+            self.read += len(source)
+            diffs = [
+                d
+                for target in stores.targets
+                for d in classify(target, source, stores.target_rows(target, leaf), newer)
+            ]
+            if diffs:
+                found[leaf] = diffs
+        return found

@@ -1,0 +1,172 @@
+"""The queries that read one key range of a table in each store: its split points, its
+fingerprint (`count(*)` and `sum(row hash)`), and its rows' keys and hashes. Pure SQL
+builders (`cdc.check.rowhash` for the hashes, `cdc.check.keyrange` for the ranges); values
+are always bound as parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import sql
+
+from cdc.check.keyrange import (
+    Key,
+    KeyRange,
+    ch_range_filter,
+    pg_key_equals,
+    pg_key_order,
+    pg_range_filter,
+)
+from cdc.check.rowhash import ch_text, pg_text
+from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
+from cdc.sinks.clickhouse.client import quote_identifier
+from cdc.sinks.ddl import distributed_name
+
+PgQuery = tuple[sql.Composed, list[Any]]
+ChQuery = tuple[str, dict[str, Any]]
+
+
+def _key_outputs(table: TableSchema) -> sql.Composable:
+    """The key columns' output texts, in key order."""
+    return sql.SQL(", ").join(
+        sql.SQL("concat({})").format(sql.Identifier(name)) for name in table.primary_key
+    )
+
+
+def _key_arrays(table: TableSchema) -> sql.Composable:
+    """ARRAY[canonical key texts], ARRAY[key output texts]."""
+    columns = [table.column(name) for name in table.primary_key]
+    return sql.SQL("ARRAY[{}], ARRAY[{}]").format(
+        sql.SQL(", ").join(pg_text(c) for c in columns), _key_outputs(table)
+    )
+
+
+def pg_boundaries(table: TableSchema, rng: KeyRange, size: int) -> PgQuery:
+    """Every `size`-th key of the range, in the shared order: the inner bounds of its split."""
+    where, params = pg_range_filter(table, rng)
+    query = sql.SQL(
+        "SELECT k FROM (SELECT ARRAY[{outs}] AS k, row_number() OVER (ORDER BY {order}) AS n "
+        "FROM {schema}.{table} WHERE {where}) numbered WHERE mod(n, %s::bigint) = 0 ORDER BY n"
+    ).format(
+        outs=_key_outputs(table),
+        order=pg_key_order(table),
+        schema=sql.Identifier(table.schema),
+        table=sql.Identifier(table.name),
+        where=where,
+    )
+    return query, [*params, size]
+
+
+def pg_next_boundary(table: TableSchema, lower: Key | None, size: int) -> PgQuery:
+    """The `size`-th key after `lower` (None: from the start) in the shared order: the upper
+    bound of the range of `size` keys that starts there; no row when fewer are left."""
+    where, params = pg_range_filter(table, KeyRange(lower, None))
+    query = sql.SQL(
+        "SELECT ARRAY[{outs}] FROM {schema}.{table} WHERE {where} ORDER BY {order} "
+        "OFFSET %s::bigint LIMIT 1"
+    ).format(
+        outs=_key_outputs(table),
+        schema=sql.Identifier(table.schema),
+        table=sql.Identifier(table.name),
+        where=where,
+        order=pg_key_order(table),
+    )
+    return query, [*params, size - 1]
+
+
+def pg_aggregate(
+    relation: tuple[str, str], table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Composable]
+) -> PgQuery:
+    """`count(*)` and `sum(hash)` per hash expression of the range's rows in `relation`."""
+    where, params = pg_range_filter(table, rng)
+    sums = sql.SQL(", ").join(sql.SQL("coalesce(sum({}), 0)").format(h) for h in hashes)
+    query = sql.SQL("SELECT count(*), {} FROM {}.{} WHERE {}").format(
+        sums, sql.Identifier(relation[0]), sql.Identifier(relation[1]), where
+    )
+    return query, params
+
+
+def pg_source_rows(table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Composable]) -> PgQuery:
+    """Canonical key texts, key output texts and hashes of the range's source rows."""
+    where, params = pg_range_filter(table, rng)
+    query = sql.SQL("SELECT {}, {} FROM {}.{} WHERE {}").format(
+        _key_arrays(table),
+        sql.SQL(", ").join(hashes),
+        sql.Identifier(table.schema),
+        sql.Identifier(table.name),
+        where,
+    )
+    return query, params
+
+
+def pg_historic_rows(
+    schema: str, table: TableSchema, rng: KeyRange, hash_: sql.Composable
+) -> PgQuery:
+    """Like `pg_source_rows` from the historic table, tombstones too: plus `_version` and
+    whether the row is live (not deleted, above the truncate watermark)."""
+    where, params = pg_range_filter(table, rng)
+    query = sql.SQL(
+        "SELECT {keys}, {hash}, {version}, NOT {deleted} AND {version} > coalesce("
+        "(SELECT version FROM {schema}.{truncations} WHERE table_name = %s), 0) "
+        "FROM {schema}.{table} WHERE {where}"
+    ).format(
+        keys=_key_arrays(table),
+        hash=hash_,
+        version=sql.Identifier(VERSION_COLUMN),
+        deleted=sql.Identifier(DELETED_COLUMN),
+        schema=sql.Identifier(schema),
+        truncations=sql.Identifier(TRUNCATIONS_TABLE),
+        table=sql.Identifier(table.name),
+        where=where,
+    )
+    return query, [table.name, *params]
+
+
+def pg_key_exists(table: TableSchema, key: Key) -> PgQuery:
+    """Whether the source holds `key` (a key output text tuple)."""
+    query = sql.SQL("SELECT EXISTS (SELECT FROM {}.{} WHERE {})").format(
+        sql.Identifier(table.schema), sql.Identifier(table.name), pg_key_equals(table)
+    )
+    return query, list(key)
+
+
+def ch_aggregate(
+    database: str, view: str, table: TableSchema, rng: KeyRange, hash_: str
+) -> ChQuery:
+    where, params = ch_range_filter(table, rng)
+    query = (
+        f"SELECT count(), sum(toInt128({hash_})) FROM "
+        f"{quote_identifier(database)}.{quote_identifier(view)} WHERE {where}"
+    )
+    return query, params
+
+
+def ch_rows(
+    database: str, table: TableSchema, rng: KeyRange, hash_: str, distributed: bool = False
+) -> ChQuery:
+    """Canonical key texts, key texts, hash, `_version` and liveness of the newest row of
+    each key in the range, tombstones too (FINAL would hide them). `distributed`: read the
+    cluster's Distributed tables."""
+    where, params = ch_range_filter(table, rng)
+    rows, truncations = table.name, TRUNCATIONS_TABLE
+    if distributed:
+        rows, truncations = distributed_name(rows), distributed_name(truncations)
+    columns = [table.column(name) for name in table.primary_key]
+    ids = ", ".join(ch_text(c) for c in columns)
+    outs = ", ".join(f"toString({quote_identifier(c.name)})" for c in columns)
+    db = quote_identifier(database)
+    version = quote_identifier(VERSION_COLUMN)
+    watermark = (
+        f"SELECT max(version) FROM {db}.{quote_identifier(truncations)} FINAL "
+        "WHERE table_name = {verify_table:String}"
+    )
+    query = (
+        f"SELECT [{ids}], [{outs}], argMax({hash_}, {version}), max({version}), "
+        f"argMax({quote_identifier(DELETED_COLUMN)}, {version}) = 0 "
+        f"AND max({version}) > ifNull(({watermark}), 0) "
+        f"FROM {db}.{quote_identifier(rows)} WHERE {where} "
+        f"GROUP BY {', '.join(quote_identifier(c.name) for c in columns)}"
+    )
+    return query, {**params, "verify_table": table.name}

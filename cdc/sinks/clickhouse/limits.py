@@ -1,0 +1,93 @@
+"""What ClickHouse can store of a Postgres value: one check per column type, run on each
+text value before it is written.
+
+A check returns the value to write (bytea's is the raw bytes of its hex text; every other
+check returns the value unchanged) or raises `Refused` saying why ClickHouse would store it
+wrongly: dates and timestamps outside ClickHouse's documented range 1900-01-01..2299-12-31
+(also infinity, BC and 5-digit years), numeric NaN/Infinity, or more digits than the
+Decimal holds (ClickHouse truncates extra fraction digits silently).
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Final, TypeAlias
+
+from cdc.schema import Column, TypeKind
+from cdc.sinks.clickhouse.types import UNBOUNDED_NUMERIC, PgType
+
+_MIN_DATE, _MAX_DATE = b"1900-01-01", b"2299-12-31"
+_MIN_YEAR, _MAX_YEAR = b"1900", b"2299"
+_MIN_TIMESTAMP: Final = datetime(1900, 1, 1, tzinfo=UTC)
+_MAX_TIMESTAMP: Final = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_DIGIT_9: Final = ord("9")
+
+Converter: TypeAlias = Callable[[bytes], bytes]
+
+
+class Refused(ValueError):
+    """A value ClickHouse cannot store; the message says why ("is outside ...")."""
+
+
+def _date(value: bytes) -> bytes:
+    if len(value) == len(_MIN_DATE) and _MIN_DATE <= value <= _MAX_DATE:
+        return value
+    raise Refused("is outside ClickHouse's Date32 range 1900-01-01..2299-12-31")
+
+
+def _timestamp(value: bytes) -> bytes:
+    year = value[:4]
+    if value[4:5] == b"-" and _MIN_YEAR < year < _MAX_YEAR and value[-1] <= _DIGIT_9:
+        return value
+    if value[4:5] == b"-" and year in (_MIN_YEAR, _MAX_YEAR) and value[-1] <= _DIGIT_9:
+        moment = datetime.fromisoformat(value.decode())  # an offset may cross the boundary
+        if _MIN_TIMESTAMP <= moment.replace(tzinfo=moment.tzinfo or UTC) <= _MAX_TIMESTAMP:
+            return value
+    raise Refused("is outside ClickHouse's DateTime64 range 1900-01-01..2299-12-31 UTC")
+
+
+def _bounded_decimal(value: bytes) -> bytes:
+    if value[-1] <= _DIGIT_9:
+        return value
+    raise Refused("cannot be stored in a ClickHouse Decimal")
+
+
+def _unbounded_decimal(value: bytes) -> bytes:
+    integer_max = UNBOUNDED_NUMERIC[0] - UNBOUNDED_NUMERIC[1]
+    if len(value) <= min(integer_max, UNBOUNDED_NUMERIC[1]) and value[-1] <= _DIGIT_9:
+        return value
+    _bounded_decimal(value)
+    integer, _, fraction = value.lstrip(b"-").partition(b".")
+    if len(integer.lstrip(b"0")) > integer_max or len(fraction.rstrip(b"0")) > UNBOUNDED_NUMERIC[1]:
+        raise Refused(
+            f"has more than {integer_max} integer or {UNBOUNDED_NUMERIC[1]} fraction digits, "
+            f"the most Decimal{UNBOUNDED_NUMERIC} (for unbounded numeric) holds; give the column "
+            "a precision and scale"
+        )
+    return value
+
+
+def bytea_bytes(value: bytes) -> bytes:
+    """The raw bytes of bytea's hex output text (what ClickHouse's String holds)."""
+    if value[:2] != b"\\x":
+        raise Refused("is not bytea hex output (bytea_output must be 'hex')")
+    return binascii.a2b_hex(value[2:])
+
+
+_CHECKS: Final[dict[int, Converter]] = {
+    PgType.DATE: _date,
+    PgType.TIMESTAMP: _timestamp,
+    PgType.TIMESTAMPTZ: _timestamp,
+    PgType.BYTEA: bytea_bytes,
+}
+
+
+def value_check(column: Column) -> Converter | None:
+    """The check (or transform, for bytea) of one value of a resolved column; None: none."""
+    if column.kind is not TypeKind.BASE:
+        return None
+    if column.type_oid == PgType.NUMERIC:
+        return _bounded_decimal if column.type_modifier >= 0 else _unbounded_decimal
+    return _CHECKS.get(column.type_oid)
