@@ -122,6 +122,24 @@ def row_text(table: TableBatch) -> RowText:
     return text
 
 
+def add_completed(table: TableBatch, text: RowText, images: Sequence[RowImage]) -> None:
+    """Give `text` the lines of its incomplete rows, now completed as `images`."""
+    times = table.commit_times
+    flags = _DELETED_FLAG
+    text.lines.extend(
+        b"%s\t%d\t%s\t%s\n"
+        % (
+            escaped_fields(image.values),
+            image.version,
+            flags[image.deleted],
+            times.get(image.version >> SHIFT, NULL),
+        )
+        for image in images
+    )
+    text.images.extend(images)
+    text.incomplete = []
+
+
 def shared_row_text(table: TableBatch) -> RowText:
     """`row_text(table)`, made once per table batch and kept on it for the next sink."""
     if table.text is None:

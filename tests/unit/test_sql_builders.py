@@ -1,6 +1,6 @@
 """The guards the SQL builders put into every write: the upsert's version guard, the
-truncate watermark, a fill's floor, and a backfill chunk's key bounds (lower exclusive,
-upper inclusive, so consecutive chunks neither overlap nor leave a gap)."""
+truncate watermark, the probe for a fill's rows, and a backfill chunk's key bounds (lower
+exclusive, upper inclusive, so consecutive chunks neither overlap nor leave a gap)."""
 
 from __future__ import annotations
 
@@ -54,13 +54,16 @@ def test_truncate_deletes_below_its_version_and_only_raises_the_watermark() -> N
     )
 
 
-def test_a_fill_ignores_rows_below_the_batch_truncation() -> None:
-    unfloored = historic_sql.fill_sql("historic", TABLE, False).as_string(None)
-    floored = historic_sql.fill_sql("historic", TABLE, False, 7 << 64).as_string(None)
-    assert '_version" >=' not in unfloored
-    assert floored.endswith(f'AND "t"."_version" >= {7 << 64}')
-    redirected = historic_sql.fill_sql("historic", TABLE, True, 7 << 64).as_string(None)
-    assert f'AND "h"."_version" >= {7 << 64}' in redirected
+def test_donors_are_probed_by_key_cast_to_its_type() -> None:
+    text = historic_sql.donors_sql("historic", TABLE).as_string(None)
+    assert text == (
+        'SELECT k."_cdc_position", h."_version"::text, h."id"::text, h."Order"::text, '
+        'h."it\'s"::text, h."ünï`\\"::text, h."select"::text '
+        "FROM unnest(%s::text[], %s::text[]) "
+        'WITH ORDINALITY AS k("_cdc_key_0", "_cdc_key_1", "_cdc_position") '
+        'JOIN "historic"."Score Card" AS h ON h."id" = CAST(k."_cdc_key_0" AS bigint) '
+        'AND h."Order" = CAST(k."_cdc_key_1" AS integer)'
+    )
 
 
 def test_chunk_bounds_are_lower_exclusive_upper_inclusive() -> None:

@@ -20,10 +20,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc.apply import rowtext
-from cdc.apply.batch import Batch, RowImage, TableBatch, TableName
+from cdc.apply.batch import Batch, TableBatch, TableName
 from cdc.classify import postgres_error
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.logs import get_logger
@@ -32,22 +34,14 @@ from cdc.protocol import TupleValue
 from cdc.schema import COMMIT_TIME_COLUMN, DELETED_COLUMN, VERSION_COLUMN, TableSchema
 from cdc.sinks import ddl
 from cdc.sinks.base import CopiedRows, CopyFormat, Layouts
+from cdc.sinks.historic import fill
 from cdc.sinks.historic.sql import (
-    FILL_TABLE,
     STAGE_TABLE,
-    UNCHANGED_COLUMN,
     copy_sql,
     copy_within_sql,
-    fill_columns,
-    fill_sources,
-    fill_sql,
-    fill_table_sql,
-    filled_rows_sql,
-    incomplete_rows,
-    redirected,
+    donors_sql,
     row_columns,
     truncate_sql,
-    unfilled_sql,
     upsert_sql,
     watermark_sql,
 )
@@ -323,29 +317,26 @@ class HistoricSink:
         self, conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema
     ) -> None:
         """Fill the values the stream did not resend (unchanged TOAST, a tombstone's
-        columns) from historic rows, into the batch: every sink then writes complete rows."""
+        columns) from historic rows, into the batch (`cdc.sinks.historic.fill`): every sink
+        then writes complete rows."""
         text = rowtext.shared_row_text(table)
         if not text.incomplete:
             return
-        self._create_stage(conn, layout)
-        stage = sql.Identifier(STAGE_TABLE)
-        columns = [*row_columns(layout), UNCHANGED_COLUMN]
-        with conn.cursor() as cur, cur.copy(copy_sql(stage, columns)) as pipe:
-            pipe.write(incomplete_rows(table, text.incomplete))
-        moved = redirected(table, text.incomplete)
-        if moved:
-            for statement in fill_table_sql(self.schema, layout):
-                conn.execute(statement)
-            fill = sql.Identifier(FILL_TABLE)
-            with conn.cursor() as cur, cur.copy(copy_sql(fill, fill_columns(layout))) as pipe:
-                pipe.write(fill_sources(table, text.incomplete))
-        conn.execute(fill_sql(self.schema, layout, moved, table.truncate_version or 0))
-        self._warn_unfilled(conn, layout)
-        self._write_back(conn, table, layout)
-        conn.execute(sql.SQL("DROP TABLE {}").format(stage))
-        if moved:
-            conn.execute(sql.SQL("DROP TABLE {}").format(fill))
-        table.text = None  # made again, from the completed rows
+        planned = fill.plan(table, text.incomplete)
+        keys = planned.donor_keys
+        arrays = [[_text(key[i]) for key in keys] for i in range(len(layout.primary_key))]
+        with conn.cursor() as cur:
+            cur.adapters.register_loader("text", _RawText)
+            found = cur.execute(donors_sql(self.schema, layout), arrays).fetchall()
+        donors = {keys[row[0] - 1]: fill.Donor(int(row[1]), row[2:]) for row in found}
+        completed, unfilled = fill.fill(table, planned, donors)
+        if unfilled:
+            _log.warning(
+                "unchanged_values_unknown", table=layout.qualified_name, rows=unfilled,
+                hint="rows whose TOASTed values the stream did not resend and historic does "
+                f"not hold; they are stored as NULL: run `cdc backfill {layout.name}`",
+            )  # fmt: skip
+        rowtext.add_completed(table, text, completed)
 
     def _insert_new(
         self,
@@ -379,16 +370,6 @@ class HistoricSink:
             return False
         return True
 
-    @staticmethod
-    def _warn_unfilled(conn: psycopg.Connection[Any], layout: TableSchema) -> None:
-        row = conn.execute(unfilled_sql()).fetchone()
-        if row is not None and row[0]:
-            _log.warning(
-                "unchanged_values_unknown", table=layout.qualified_name, rows=row[0],
-                hint="rows whose TOASTed values the stream did not resend and historic does "
-                f"not hold; they are stored as NULL: run `cdc backfill {layout.name}`",
-            )  # fmt: skip
-
     def _create_stage(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
         conn.execute(
             sql.SQL(
@@ -399,16 +380,6 @@ class HistoricSink:
                 columns=sql.SQL(", ").join(map(sql.Identifier, row_columns(layout))),
                 schema=sql.Identifier(self.schema),
                 table=sql.Identifier(layout.name),
-            )
-        )
-        conn.execute(
-            sql.SQL(
-                "ALTER TABLE {stage} ADD COLUMN {unchanged} int2[], "
-                "ALTER COLUMN {deleted} SET DEFAULT false"
-            ).format(
-                stage=sql.Identifier(STAGE_TABLE),
-                unchanged=sql.Identifier(UNCHANGED_COLUMN),
-                deleted=sql.Identifier(DELETED_COLUMN),
             )
         )
 
@@ -450,17 +421,18 @@ class HistoricSink:
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
         return refused
 
-    @staticmethod
-    def _write_back(conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema) -> None:
-        """Put the filled values into the batch (tombstones' too: historic keeps them for
-        later fills)."""
-        key_positions = layout.key_indexes
-        for row in conn.execute(filled_rows_sql(layout)).fetchall():
-            values: tuple[TupleValue, ...] = tuple(None if v is None else v.encode() for v in row)
-            key = tuple(values[i] for i in key_positions)
-            image = table.rows.get(key)
-            if image is not None:
-                table.rows[key] = RowImage(image.version, image.deleted, values)
+
+class _RawText(Loader):
+    """Text as the bytes Postgres sent, as the stream carries values."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+def _text(value: TupleValue) -> str:
+    if not isinstance(value, bytes):
+        raise ValueError(f"a key value is not text: {value!r}")
+    return value.decode()
 
 
 def _database_of(dsn: str) -> tuple[object, ...]:

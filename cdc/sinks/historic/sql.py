@@ -1,5 +1,6 @@
-"""The historic sink's SQL, built by pure functions: the staging table's COPY and fill,
-the version-guarded upsert, the copy inside the source database, truncations.
+"""The historic sink's SQL, built by pure functions: the rows a batch is completed from,
+the staging table's COPY, the version-guarded upsert, the copy inside the source
+database, truncations.
 
 Every write is guarded twice: a row only replaces an older version of itself
 (`ON CONFLICT ... WHERE t._version < excluded._version`), and only rows above the table's
@@ -16,9 +17,6 @@ from collections.abc import Sequence
 
 from psycopg import sql
 
-from cdc.apply import rowtext
-from cdc.apply.batch import NO_BOUND, FillSource, Key, TableBatch
-from cdc.protocol import UNCHANGED_TOAST
 from cdc.schema import (
     COMMIT_TIME_COLUMN,
     DELETED_COLUMN,
@@ -28,88 +26,9 @@ from cdc.schema import (
 )
 
 STAGE_TABLE = "_cdc_stage"
-UNCHANGED_COLUMN = "_cdc_unchanged"
-FILL_TABLE = "_cdc_fill"
-TO_PREFIX = "_cdc_to_"
-FROM_PREFIX = "_cdc_from_"
-RANK_COLUMN = "_cdc_rank"
-LOWEST_COLUMN = "_cdc_lowest"
-BOUND_COLUMN = "_cdc_bound"
+GIVEN_PREFIX = "_cdc_key_"
+POSITION_COLUMN = "_cdc_position"
 ALL_ROWS = sql.SQL("true")
-
-
-def fill_columns(layout: TableSchema) -> list[str]:
-    """The columns of `FILL_TABLE`: a staged row's key, a rank, the key of a historic row
-    that may hold its unchanged values, and the range its `_version` must be in."""
-    width = range(len(layout.primary_key))
-    return [
-        *(f"{TO_PREFIX}{i}" for i in width),
-        RANK_COLUMN,
-        *(f"{FROM_PREFIX}{i}" for i in width),
-        LOWEST_COLUMN,
-        BOUND_COLUMN,
-    ]
-
-
-def fill_table_sql(schema: str, layout: TableSchema) -> list[sql.Composed]:
-    """Create `FILL_TABLE` for `layout` (dropped at commit)."""
-    key = layout.primary_key
-    names = fill_columns(layout)
-    keys = [*key, *key]
-    key_columns = [*names[: len(key)], *names[len(key) + 1 : 2 * len(key) + 1]]
-    return [
-        sql.SQL(
-            "CREATE TEMP TABLE {fill} ON COMMIT DROP AS SELECT {columns} "
-            "FROM {schema}.{table} WITH NO DATA"
-        ).format(
-            fill=sql.Identifier(FILL_TABLE),
-            columns=sql.SQL(", ").join(
-                sql.SQL("{} AS {}").format(sql.Identifier(k), sql.Identifier(c))
-                for k, c in zip(keys, key_columns, strict=True)
-            ),
-            schema=sql.Identifier(schema),
-            table=sql.Identifier(layout.name),
-        ),
-        sql.SQL(
-            "ALTER TABLE {} ADD COLUMN {} int, ADD COLUMN {} numeric, ADD COLUMN {} numeric"
-        ).format(*map(sql.Identifier, (FILL_TABLE, RANK_COLUMN, LOWEST_COLUMN, BOUND_COLUMN))),
-    ]
-
-
-def incomplete_rows(table: TableBatch, keys: Sequence[Key]) -> bytes:
-    """COPY text of rows with values to fill: NULL in their place, and the int2[] of the
-    positions to take from a historic row, after `_version`, `_is_deleted` and
-    `_commit_time` (not needed to fill: NULL)."""
-    lines = []
-    for key in keys:
-        image = table.rows[key]
-        values = image.values
-        unchanged = [b"%d" % (i + 1) for i, v in enumerate(values) if v is UNCHANGED_TOAST]
-        row = rowtext.escaped_fields(tuple(None if v is UNCHANGED_TOAST else v for v in values))
-        marker = b"{%s}" % b",".join(unchanged)
-        lines.append(b"%s\t%d\t%d\t\\N\t%s\n" % (row, image.version, image.deleted, marker))
-    return b"".join(lines)
-
-
-def fill_sources(table: TableBatch, keys: Sequence[Key]) -> bytes:
-    """COPY text of `FILL_TABLE` for these rows (`fill_columns`): where each row's
-    unchanged values are (`TableBatch.fill_from`; by default its own key's row)."""
-    lines = []
-    fill_from = table.fill_from
-    for key in keys:
-        to = rowtext.escaped_fields(key)
-        sources = fill_from.get(key) or (FillSource(key, 0, NO_BOUND),)
-        for rank, (source, lowest, bound) in enumerate(sources):
-            fields = (to, rank, rowtext.escaped_fields(source), lowest, bound)
-            lines.append(b"%s\t%d\t%s\t%d\t%d\n" % fields)
-    return b"".join(lines)
-
-
-def redirected(table: TableBatch, keys: Sequence[Key]) -> bool:
-    """True if one of these rows takes its unchanged values from elsewhere than its own
-    key's historic row."""
-    fill_from = table.fill_from
-    return any(key in fill_from for key in keys)
 
 
 def row_columns(layout: TableSchema) -> list[str]:
@@ -130,92 +49,31 @@ def watermark_sql(schema: str) -> sql.Composed:
     )
 
 
-def fill_sql(schema: str, layout: TableSchema, redirected: bool, floor: int = 0) -> sql.Composed:
-    """Take values marked unchanged from a historic row: the staged row's own key's, or,
-    if `redirected`, the first of its `FILL_TABLE` rows whose historic row has a version
-    in range. A row's marker becomes empty once filled. Historic rows below `floor` (the
-    version of a truncation in the batch, not yet applied) are not taken."""
+def donors_sql(schema: str, layout: TableSchema) -> sql.Composed:
+    """The historic rows of the keys given as parameters, one text array per key column:
+    each row with its key's position in the arrays (from 1), then `_version` and every
+    column as text. One index probe per key (the keys' text cast to the columns' types)."""
     key = layout.primary_key
-    above = sql.SQL(" AND {}.{} >= {}").format(
-        sql.Identifier("t" if not redirected else "h"),
-        sql.Identifier(VERSION_COLUMN),
-        sql.Literal(floor),
-    )
-    if not redirected:
-        match = sql.SQL(" AND ").join(
-            sql.SQL("s.{k} = t.{k}").format(k=sql.Identifier(k)) for k in key
-        )
-        own = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(layout.name))
-        return _fill_from(layout, match + above if floor else match, own)
-    columns = fill_columns(layout)
-    to = [sql.Identifier(c) for c in columns[: len(key)]]
-    sources = [sql.Identifier(c) for c in columns[len(key) + 1 : 2 * len(key) + 1]]
-    version = sql.Identifier(VERSION_COLUMN)
-    joined = sql.SQL(" AND ").join(
-        sql.SQL("h.{k} = f.{f}").format(k=sql.Identifier(k), f=f)
-        for k, f in zip(key, sources, strict=True)
-    )
-    candidates = sql.SQL(
-        "(SELECT DISTINCT ON ({to}) {to_f}, h.* FROM {fill} AS f JOIN {schema}.{table} AS h "
-        "ON {joined} AND h.{version} >= f.{lowest} AND h.{version} < f.{bound}{above} "
-        "ORDER BY {to}, f.{rank})"
+    types = {c.name: c.pg_type for c in layout.columns}
+    given = [sql.Identifier(f"{GIVEN_PREFIX}{i}") for i in range(len(key))]
+    position = sql.Identifier(POSITION_COLUMN)
+    return sql.SQL(
+        "SELECT k.{position}, h.{version}::text, {values} FROM unnest({arrays}) "
+        "WITH ORDINALITY AS k({given}, {position}) JOIN {schema}.{table} AS h ON {match}"
     ).format(
-        above=above if floor else sql.SQL(""),
-        to=sql.SQL(", ").join(to),
-        to_f=sql.SQL(", ").join(sql.SQL("f.{}").format(c) for c in to),
-        fill=sql.Identifier(FILL_TABLE),
+        position=position,
+        version=sql.Identifier(VERSION_COLUMN),
+        values=sql.SQL(", ").join(
+            sql.SQL("h.{}::text").format(sql.Identifier(c)) for c in layout.column_names
+        ),
+        arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in key),
+        given=sql.SQL(", ").join(given),
         schema=sql.Identifier(schema),
         table=sql.Identifier(layout.name),
-        joined=joined,
-        version=version,
-        lowest=sql.Identifier(LOWEST_COLUMN),
-        bound=sql.Identifier(BOUND_COLUMN),
-        rank=sql.Identifier(RANK_COLUMN),
-    )
-    match = sql.SQL(" AND ").join(
-        sql.SQL("s.{k} = t.{c}").format(k=sql.Identifier(k), c=c)
-        for k, c in zip(key, to, strict=True)
-    )
-    return _fill_from(layout, match, candidates)
-
-
-def _fill_from(layout: TableSchema, match: sql.Composable, rows: sql.Composable) -> sql.Composed:
-    keep = sql.SQL("{col} = CASE WHEN {pos} = ANY(s.{unchanged}) THEN t.{col} ELSE s.{col} END")
-    unchanged = sql.Identifier(UNCHANGED_COLUMN)
-    sets = [
-        keep.format(col=sql.Identifier(name), pos=sql.Literal(position + 1), unchanged=unchanged)
-        for position, name in enumerate(layout.column_names)
-        if name not in layout.primary_key
-    ]
-    sets.append(sql.SQL("{} = '{{}}'").format(unchanged))
-    return sql.SQL(
-        "UPDATE {stage_table} AS s SET {sets} FROM {rows} AS t "
-        "WHERE cardinality(s.{unchanged}) > 0 AND {match}"
-    ).format(
-        stage_table=sql.Identifier(STAGE_TABLE),
-        sets=sql.SQL(", ").join(sets),
-        rows=rows,
-        unchanged=unchanged,
-        match=match,
-    )
-
-
-def unfilled_sql() -> sql.Composed:
-    """The live staged rows whose unchanged values no historic row held (they stay NULL)."""
-    return sql.SQL("SELECT count(*) FROM {} WHERE cardinality({}) > 0 AND NOT {}").format(
-        sql.Identifier(STAGE_TABLE),
-        sql.Identifier(UNCHANGED_COLUMN),
-        sql.Identifier(DELETED_COLUMN),
-    )
-
-
-def filled_rows_sql(layout: TableSchema) -> sql.Composed:
-    """The staged rows' values as text, after the fill."""
-    return sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(
-            sql.SQL("{}::text").format(sql.Identifier(n)) for n in layout.column_names
+        match=sql.SQL(" AND ").join(
+            sql.SQL("h.{} = CAST(k.{} AS {})").format(sql.Identifier(k), g, sql.SQL(types[k]))
+            for k, g in zip(key, given, strict=True)
         ),
-        sql.Identifier(STAGE_TABLE),
     )
 
 

@@ -1,0 +1,71 @@
+"""Completing a batch: the values the stream did not resend, taken from historic rows.
+
+Pure: the historic sink reads the rows (`cdc.sinks.historic.sql.donors_sql`) and hands
+them here. A row's unchanged values belong to its image under the key it had before the
+batch changed it: its own key's historic row, or for a row moved to another key in this
+batch the historic rows `TableBatch.fill_from` lists, in order, each only while its
+`_version` is in the range that proves it is still the state the change read. Historic
+rows below the batch's truncation are gone once the batch is applied: never taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from cdc.apply.batch import NO_BOUND, FillSource, Key, RowImage, TableBatch
+from cdc.protocol import UNCHANGED_TOAST, TupleData
+
+
+class Donor(NamedTuple):
+    """A historic row: its `_version` and its values, in the table's column layout."""
+
+    version: int
+    values: tuple[bytes | None, ...]
+
+
+class Plan(NamedTuple):
+    """For each incomplete row, the historic rows that may hold its values, in order; and
+    every key among them once (the rows to read)."""
+
+    rows: list[tuple[Key, tuple[FillSource, ...]]]
+    donor_keys: list[Key]
+
+
+def plan(table: TableBatch, keys: Sequence[Key]) -> Plan:
+    fill_from = table.fill_from
+    rows = [(key, fill_from.get(key) or (FillSource(key, 0, NO_BOUND),)) for key in keys]
+    donor_keys = list(dict.fromkeys(source.key for _, sources in rows for source in sources))
+    return Plan(rows, donor_keys)
+
+
+def fill(table: TableBatch, plan: Plan, donors: dict[Key, Donor]) -> tuple[list[RowImage], int]:
+    """Complete the planned rows of `table` in place from `donors` (by key); a value no
+    donor holds becomes NULL. Returns the completed images and how many live rows had no
+    donor."""
+    floor = table.truncate_version or 0
+    rows = table.rows
+    completed = []
+    unfilled = 0
+    for key, sources in plan.rows:
+        donor = _donor(sources, donors, floor)
+        image = rows[key]
+        values: TupleData
+        if donor is None:
+            unfilled += not image.deleted
+            values = tuple(None if v is UNCHANGED_TOAST else v for v in image.values)
+        else:
+            values = tuple(
+                donor.values[i] if v is UNCHANGED_TOAST else v for i, v in enumerate(image.values)
+            )
+        rows[key] = image = RowImage(image.version, image.deleted, values, image.inserted)
+        completed.append(image)
+    return completed, unfilled
+
+
+def _donor(sources: tuple[FillSource, ...], donors: dict[Key, Donor], floor: int) -> Donor | None:
+    for source in sources:
+        donor = donors.get(source.key)
+        if donor is not None and max(source.lowest, floor) <= donor.version < source.bound:
+            return donor
+    return None
