@@ -17,7 +17,8 @@ from cdc.protocol.lsn import Lsn
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """The consumer's position as the stream sees it.
+    """The consumer's position: its one record (the stream's, kept across reconnects;
+    the daemon, the monitor and `status` read it from there).
 
     - `durable`: end LSN of the last transaction acknowledged as durable in every sink.
     - `received`: end LSN of the last complete transaction received.

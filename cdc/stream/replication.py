@@ -77,9 +77,15 @@ class ReplicationStream:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def open(self, start: Lsn = Lsn.ZERO) -> None:
-        """Connect and start streaming from `start` (the server never goes below the slot's
-        confirmed_flush_lsn, so 0/0 means "where the slot is")."""
+    def reset(self, start: Lsn) -> None:
+        """Take `start` as durable and received: where the next `open` starts."""
+        self.progress = Progress(durable=start, received=start)
+
+    def open(self) -> None:
+        """Connect and start streaming from the durable position (the server never goes
+        below the slot's confirmed_flush_lsn, so 0/0 means "where the slot is"). What was
+        received before stays received: the caller skips it when it is sent again."""
+        start = self.progress.durable
         try:
             conn = psycopg.connect(
                 canonical_dsn(self._dsn), replication="database", autocommit=True
@@ -97,7 +103,7 @@ class ReplicationStream:
             conn.close()
             self._conn = None
             raise classify(exc, f"cannot start replication from slot {self.slot!r}") from exc
-        self.progress = Progress(durable=start, received=start)
+        self.progress = self.progress.with_open_transaction(False)
         self._next_status = self._clock() + self.status_interval
 
     @property

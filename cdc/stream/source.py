@@ -57,8 +57,6 @@ class ChangeSource:
             streaming=config.streaming,
         )
         self.decoder = Decoder(1)
-        self._durable = Lsn.ZERO
-        self._received = Lsn.ZERO
         self.reconnects = 0
         self._losses = 0  # connections lost in a row, with nothing received in between
         self._log = get_logger(slot=config.slot)
@@ -69,22 +67,19 @@ class ChangeSource:
             "source_reconnect_wait", backoff, sleep=self._sleep, slot=self.config.slot
         ):
             with attempt:
-                self.stream.open(self._durable)
-        self.stream.acknowledge(self._durable)
-        self.stream.note_received(self._received)
+                self.stream.open()
         self.decoder = Decoder(self.stream.proto_version)
         self._log.info(
-            "replication_started", start_lsn=str(self._durable), proto=self.stream.proto_version
+            "replication_started",
+            start_lsn=str(self.stream.progress.durable),
+            proto=self.stream.proto_version,
         )
 
     def acknowledge(self, end_lsn: Lsn) -> None:
-        self._durable = max(self._durable, end_lsn)
-        if self.stream.is_open:
-            self.stream.acknowledge(end_lsn)
+        self.stream.acknowledge(end_lsn)
 
     def start(self, start: Lsn = Lsn.ZERO) -> None:
-        self._durable = start
-        self._received = start
+        self.stream.reset(start)
         self._open()
 
     def events(self, timeout: float) -> Iterator[Event | None]:
@@ -134,12 +129,12 @@ class ChangeSource:
             if event is None:
                 continue
             if isinstance(event, Transaction):
+                resent = event.end_lsn <= stream.progress.received
                 stream.note_received(event.end_lsn)
                 stream.note_open_transaction(assembler.has_open_transaction)
-                if event.end_lsn <= self._received:
+                if resent:
                     event.close()  # resent after a reconnect; already handed out
                     continue
-                self._received = event.end_lsn
             return event
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from cdc.errors import CdcError, DecodeError, ErrorKind
 from cdc.protocol.lsn import Lsn
+from cdc.stream.feedback import Progress
 from cdc.stream.source import ChangeSource, SourceConfig
 
 
@@ -21,8 +22,12 @@ class EndingStream:
 
     def __init__(self) -> None:
         self.opened = 0
+        self.progress = Progress()
 
-    def open(self, start: Lsn) -> None:
+    def reset(self, start: Lsn) -> None:
+        self.progress = Progress(durable=start, received=start)
+
+    def open(self) -> None:
         self.opened += 1
 
     def read_until(self, deadline: float) -> bytes | None:
