@@ -6,6 +6,11 @@ into batches (by size and age), each batch is applied to the historic sink, then
 ClickHouse, and only then acknowledged, so the flush LSN reported to Postgres never passes
 what both sinks hold durably (DESIGN.md invariant 5). A stop request drains the current
 batch, acknowledges it and returns.
+
+Its parts: `cdc.apply.setup` (what is created before streaming, the initial load),
+`cdc.apply.stages` (a batch through the sinks), `cdc.apply.quarantine` (tables set aside);
+here: leadership, the loop from the stream to the applier, acknowledgements, heartbeats
+and progress reports.
 """
 
 from __future__ import annotations
@@ -13,62 +18,36 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
-
-import psycopg
+from collections.abc import Callable
 
 from cdc.apply.applier import Applier, Stage
 from cdc.apply.assembler import Event
 from cdc.apply.batch import Batch, BatchBuilder
 from cdc.apply.changes import Transaction
+from cdc.apply.quarantine import Quarantine
+from cdc.apply.setup import DESCRIBE_QUARANTINES, Setup
+from cdc.apply.stages import BatchStages
 from cdc.check.monitor import Monitor
 from cdc.check.position import TargetPosition
-from cdc.errors import Action, CdcError, ErrorKind
-from cdc.load.backfill import Backfill
-from cdc.load.backfill import Progress as BackfillProgress
-from cdc.ops import faults, preflight, status
+from cdc.errors import CdcError, ErrorKind
+from cdc.ops import faults, status
 from cdc.ops.freshness import FreshnessRecorder
 from cdc.ops.leader import Leadership
 from cdc.ops.logs import get_logger
 from cdc.ops.metrics import HealthState, Metrics, serve
 from cdc.ops.settings import Settings, redact_url
-from cdc.protocol import LogicalMessage, Relation, datetime_to_pg_timestamp
+from cdc.protocol import LogicalMessage, Relation
 from cdc.protocol.lsn import Lsn
-from cdc.retry import Backoff, retryable, retrying
-from cdc.schema import TableSchema, describe_table
-from cdc.sinks.base import Layouts, Sink
+from cdc.sinks.base import Sink
 from cdc.sinks.clickhouse.client import embedded_path
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.factory import SinkFactory, default_sinks
-from cdc.states import DaemonState, TableState
+from cdc.states import DaemonState
 from cdc.stream import feedback, slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.following import SchemaFollower
-from cdc.stream.session import canonical_dsn
-from cdc.stream.slotcheck import PendingCheck
-from cdc.stream.snapshot import Snapshot, exported_snapshot, raced_relations
 from cdc.stream.source import ChangeSource, SourceConfig
 
-
-@dataclass
-class Stats:
-    transactions: int = 0
-    changes: int = 0
-    batches: int = 0
-    skipped: int = 0
-    applied_lsn: Lsn = Lsn.ZERO
-    errors: dict[str, int] = field(default_factory=dict)
-    # Seconds from commit at the source to durable in every sink, per transaction.
-    lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
-
-
-INITIAL_LOAD_JOB = "initial"
-# What describing a table may raise that sets that table aside while the others go on.
-DESCRIBE_QUARANTINES = (ErrorKind.SCHEMA, ErrorKind.NO_KEY, ErrorKind.UNSUPPORTED_TYPE)
 HEARTBEAT_PREFIX = "cdc_heartbeat"
 
 
@@ -79,331 +58,58 @@ class Daemon:
         self.log = get_logger(slot=settings.slot)
         self.sink_factory = sink_factory or default_sinks(settings)
         self.sinks: list[Sink] = self.sink_factory()
-        self.stats = Stats()
         self.streaming = threading.Event()  # set once replication has started
         self.metrics = Metrics()
         self.position = TargetPosition()  # what both targets hold: LSN and commit time
         self.metrics.freshness.set_function(self.position.freshness)
         self.health = HealthState(settings.ready_max_lag_s)
         self._stop: threading.Event | None = None
-        self.catalog = Catalog(self._connect_source, settings.max_retry_delay_s, self._stopping)
-        # Tables set aside, with why: written by the apply threads and the main thread.
-        self._quarantined: dict[tuple[str, str], str] = {}
-        self._quarantine_lock = threading.Lock()
+        self.quarantine = Quarantine(settings, self.log)
+        self._setup = Setup(settings, self.sinks, self.sink_factory, self.quarantine,
+                            self.metrics, self.log, self._stopping)  # fmt: skip
+        self.catalog = Catalog(self._setup.connect_source, settings.max_retry_delay_s,
+                               self._stopping)  # fmt: skip
+        self._stages = BatchStages(settings, self.sinks, self.catalog, self.quarantine,
+                                   self.metrics, self.health, self.position,
+                                   self._stopping)  # fmt: skip
+        self.stats = self._stages.stats
         self._last_progress = time.monotonic()
-        self._preflight_logged = False
         self._last_event_at = time.monotonic()
-        self._backfill_rows_seen = 0
         self._last_progress_changes = 0
-        # Batches between the applier's stages: when the first began, and their layouts.
-        self._in_flight: dict[int, tuple[float, Layouts]] = {}
-        self._publications: tuple[str, ...] = (settings.publication,)  # streamed (setup)
         self.follower = SchemaFollower(self.source_dsn, settings, self.catalog,
-                                       self.sink_factory, self._initial_load, self._quarantine,
-                                       self.log)  # fmt: skip
-
-    # -- setup -----------------------------------------------------------------------------
-
-    def _connect_source(self) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(canonical_dsn(self.source_dsn), autocommit=True)
-        except psycopg.Error as exc:
-            raise CdcError(
-                ErrorKind.SOURCE_CONNECTION,
-                f"cannot connect to the source {redact_url(self.source_dsn)}: "
-                f"{redact_url(str(exc).strip())}",
-            ) from exc
+                                       self.sink_factory, self._setup.initial_load,
+                                       self.quarantine.add, self.log)  # fmt: skip
 
     def setup(self) -> None:
         """Create what is missing: publication, targets, slot; load existing rows once."""
-        settings = self.settings
-        with self._connect_source() as conn:
-            preflight.check_wal_level(conn)
-            if not slots.publication_exists(conn, settings.publication):
-                published, logs, _ = slots.create_publication(
-                    conn, settings.publication, settings.source_schema
-                )
-                self.log.info(
-                    "publication_created", publication=settings.publication, tables=published
-                )
-                self.log.info("publication_created", publish="insert, truncate",
-                              publication=slots.append_publication(settings.publication),
-                              tables=logs)  # fmt: skip
-            else:
-                for repair in slots.repair_publication(
-                    conn, settings.publication, settings.source_schema
-                ):
-                    self.log.warning(repair.event, publication=settings.publication,
-                                     table=repair.table, detail=repair.detail)  # fmt: skip
-            slot_exists = slots.get_slot(conn, settings.slot) is not None
-            self._ensure_append_publication(conn, slot_exists)
-            findings = preflight.source_findings(conn, settings.publication, settings.source_schema)
-            if not self._preflight_logged:  # once per start, not on every setup retry
-                self._preflight_logged = True
-                for finding in findings:
-                    self.log.warning("preflight", check=finding.check, hint=finding.message)
-            tables = self._published_schemas(conn)
-            self._publications = self._streamed_publications(conn)
-        for sink in self.sinks:
-            sink.prepare([])  # reach every sink now: an unreachable one fails the start
-        tables = [t for t in tables if self._prepared(t)]
-        self.log.info("targets_ready", tables=[t.qualified_name for t in tables])
-        load = self._initial_load(tables)
-        check = PendingCheck(settings.require_historic_dsn(), settings.historic_schema,
-                             settings.slot)  # fmt: skip
-        if slot_exists and self._raced_at_creation(check):
-            slot_exists = False
-            if settings.initial_load:
-                load.register()
-                load.restart()  # copied at the dropped slot's snapshot: copy all again
-        if not slot_exists and settings.initial_load:
-            # Recorded before the slot exists: a daemon killed between creating the slot and
-            # starting the copy resumes the copy at its next start instead of skipping it.
-            load.register()
-        if not slot_exists:
-            with exported_snapshot(self.source_dsn, slot=settings.slot, check=check) as snapshot:
-                self.log.info("slot_created", lsn=str(snapshot.lsn))
-                faults.point("after_slot_created")
-                if settings.initial_load:
-                    self._run_load(load, snapshot)
-        elif settings.initial_load and load.unfinished():
-            with exported_snapshot(self.source_dsn) as snapshot:
-                self.log.info("initial_load_resumed", snapshot_lsn=str(snapshot.lsn))
-                self._run_load(load, snapshot)
-
-    def _raced_at_creation(self, check: PendingCheck) -> bool:
-        """True (and the slot dropped) if a daemon was stopped while creating the slot, before
-        checking it, and it raced a table rewrite (`cdc.stream.snapshot`): the slot never
-        streamed, so it is made again."""
-        next_xid = check.pending()
-        if next_xid is None:
-            return False
-        raced = raced_relations(self.source_dsn, next_xid)
-        if raced:
-            self.log.warning(
-                "slot_creation_raced", relations=raced[:10],
-                hint="the slot was made by a daemon stopped before checking it, while "
-                "relations were rewritten; it cannot decode their changes: made again",
-            )  # fmt: skip
-            with self._connect_source() as conn:
-                slots.drop_slot(conn, self.settings.slot, force=True)
-        check.clear()
-        return bool(raced)
-
-    def _ensure_append_publication(self, conn: psycopg.Connection[Any], slot_exists: bool) -> None:
-        """Create the publication of the append-only logs if it is missing, unless the slot
-        exists already: Postgres 15's pgoutput cannot decode WAL older than a publication it
-        is asked for, so a slot made without it keeps the keyless tables excluded."""
-        settings = self.settings
-        append = slots.append_publication(settings.publication)
-        if slots.publication_exists(conn, append):
-            return
-        if slot_exists:
-            self.log.warning(
-                "append_publication_missing", publication=append,
-                detail="tables without a key are not replicated: the slot predates the "
-                "publication of append-only logs",
-                fix=f"stop the daemon; CREATE PUBLICATION {append} WITH "
-                f"({slots.INSERTS_ONLY.as_string(None)}); `cdc slot recreate`; start; then "
-                "`cdc backfill`",
-            )  # fmt: skip
-            return
-        tables = slots.create_append_publication(conn, settings.publication,
-                                                 settings.source_schema)  # fmt: skip
-        self.log.info("publication_created", publication=append, tables=tables,
-                      publish="insert, truncate")  # fmt: skip
-
-    def _streamed_publications(self, conn: psycopg.Connection[Any]) -> tuple[str, ...]:
-        """The publications the slot streams: the main one, and the append one if it exists."""
-        append = slots.append_publication(self.settings.publication)
-        extra = (append,) if slots.publication_exists(conn, append) else ()
-        return (self.settings.publication, *extra)
-
-    def _prepared(self, table: TableSchema) -> bool:
-        """Create the table's targets; a table they cannot hold is quarantined."""
-        try:
-            for sink in self.sinks:
-                sink.prepare([table])
-        except CdcError as exc:
-            if exc.policy.action is not Action.QUARANTINE_TABLE:
-                raise
-            self._quarantine((table.schema, table.name), exc)
-            return False
-        return True
-
-    def _initial_load(self, tables: list[TableSchema], job: str = INITIAL_LOAD_JOB) -> Backfill:
-        settings = self.settings
-        return Backfill(
-            self.source_dsn,
-            settings.require_historic_dsn(),
-            settings.historic_schema,
-            job,
-            tables,
-            self.sink_factory,
-            chunk_size=settings.backfill_chunk_size,
-            workers=settings.backfill_workers,
-            batch_bytes=settings.backfill_batch_mb << 20,
-            on_progress=self._backfill_progress,
-        )
-
-    def _backfill_progress(self, progress: BackfillProgress) -> None:
-        if progress.rows < self._backfill_rows_seen:  # another load (a table added)
-            self._backfill_rows_seen = 0
-        self.metrics.backfill_rows.inc(progress.rows - self._backfill_rows_seen)
-        self._backfill_rows_seen = progress.rows
-        self.metrics.backfill_chunks_left.set(progress.total_chunks - progress.done_chunks)
-
-    def _run_load(self, load: Backfill, snapshot: Snapshot) -> None:
-        self._backfill_rows_seen = 0
-        self.log.info("initial_load_started", snapshot_lsn=str(snapshot.lsn))
-        progress = load.run(snapshot)
-        for table, reason in progress.failed.items():
-            schema = load.tables[table].schema
-            self._quarantine((schema, table), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
-        self.log.info(
-            "initial_load_done", rows=progress.rows, chunks=progress.done_chunks,
-            rows_per_s=round(progress.rows_per_s),
-        )  # fmt: skip
-
-    def _published_schemas(self, conn: psycopg.Connection[Any]) -> list[TableSchema]:
-        found = []
-        for schema, name in slots.replicated_tables(conn, self.settings.publication):
-            try:
-                found.append(describe_table(conn, schema, name))
-            except CdcError as exc:
-                if exc.kind not in DESCRIBE_QUARANTINES:
-                    raise
-                self._quarantine((schema, name), exc)
-        return found
+        self._setup.run()
 
     @property
     def quarantined(self) -> dict[tuple[str, str], str]:
         """The quarantined tables and why (a copy: safe from any thread)."""
-        with self._quarantine_lock:
-            return dict(self._quarantined)
-
-    def _quarantine(self, name: tuple[str, str], exc: CdcError) -> None:
-        with self._quarantine_lock:
-            self._quarantined[name] = str(exc)
-        status.record_table(self.settings.require_historic_dsn(), self.settings.historic_schema,
-                            name[1], TableState.QUARANTINED, str(exc))  # fmt: skip
-        self.log.error(
-            "table_quarantined", table=f"{name[0]}.{name[1]}", error=str(exc),
-            hint=exc.policy.hint,
-        )  # fmt: skip
+        return self.quarantine.tables()
 
     def key_positions(self, relation: Relation) -> tuple[int, ...] | None:
         name = (relation.namespace, relation.name)
-        with self._quarantine_lock:
-            if name in self._quarantined:
-                return None
+        if name in self.quarantine:
+            return None
         try:
             return self.catalog.schema_for(relation).key_indexes
         except CdcError as exc:
             if exc.kind not in DESCRIBE_QUARANTINES:
                 raise
-            self._quarantine(name, exc)
+            self.quarantine.add(name, exc)
             return None
 
     # -- streaming -------------------------------------------------------------------------
 
     def apply(self, batch: Batch) -> None:
-        """Apply to every sink, then record the batch as applied (the applier's stages,
-        one after the other on the calling thread)."""
-        for stage in self.stages():
-            stage(batch)
+        """Apply to every sink, then record the batch as applied (`cdc.apply.stages`)."""
+        self._stages.apply(batch)
 
     def stages(self) -> list[Stage]:
-        """The applier's pipeline: the batch completed from the historic copy (values the
-        stream did not resend) and applied to historic, then the other sinks and the
-        bookkeeping of a batch that every sink holds. Completion comes first in the first
-        stage: the historic copy is read before this batch, and after every earlier one,
-        is written to it. Each stage retries transient failures with backoff (re-applying is
-        harmless); a table whose rows cannot be stored is quarantined and the batch
-        applied without it; anything else stops the daemon."""
-        return [self._apply_historic, self._apply_others]
-
-    def _apply_historic(self, batch: Batch) -> None:
-        started = time.monotonic()
-        layouts: Layouts = {name: self.catalog.layout(t) for name, t in batch.tables.items()}
-        self._in_flight[id(batch)] = (started, layouts)
-
-        def write(batch: Batch) -> None:
-            faults.point("before_historic")
-            # Every value decided before any sink sees the batch (the historic copy holds
-            # the rows as the batch found them: nothing after this stage has written yet).
-            self.sinks[0].complete(batch, layouts)
-            self.sinks[0].apply(batch, layouts)
-            faults.point("after_historic")
-
-        self._with_retries(batch, self.sinks[:1], write)
-
-    def _apply_others(self, batch: Batch) -> None:
-        started, layouts = self._in_flight.pop(id(batch))
-
-        def write(batch: Batch) -> None:
-            for sink in self.sinks[1:]:
-                faults.point("before_clickhouse")
-                sink.apply(batch, layouts)
-            faults.point("after_clickhouse")
-
-        self._with_retries(batch, self.sinks[1:], write)
-        self._record_applied(batch, time.monotonic() - started)
-
-    def _with_retries(
-        self, batch: Batch, sinks: Sequence[Sink], write: Callable[[Batch], None]
-    ) -> None:
-        """`write(batch)`, retried while it fails on something transient (`cdc.retry`),
-        without the tables whose rows cannot be stored (quarantined)."""
-
-        def on_retry(exc: BaseException, _delay: float) -> None:
-            kind = exc.kind.value if isinstance(exc, CdcError) else type(exc).__name__
-            self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
-            self.metrics.errors.labels(kind).inc()
-            self.health.last_apply_ok = False
-            for sink in sinks:  # they reconnect on their next use
-                sink.close()
-
-        backoff = Backoff(max_s=self.settings.max_retry_delay_s)
-        for attempt in retrying(
-            "apply_retry",
-            backoff,
-            stopping=self._stopping,
-            on_retry=on_retry,
-            slot=self.settings.slot,
-        ):
-            with attempt:
-                self._write_quarantining(batch, write)
-        self.health.last_apply_ok = True
-
-    def _write_quarantining(self, batch: Batch, write: Callable[[Batch], None]) -> None:
-        while True:
-            try:
-                write(batch)
-                return
-            except CdcError as exc:
-                quarantine = exc.policy.action is Action.QUARANTINE_TABLE
-                if not quarantine or exc.table not in batch.tables:
-                    raise
-                self._quarantine(exc.table, exc)
-                del batch.tables[exc.table]
-
-    def _record_applied(self, batch: Batch, seconds: float) -> None:
-        now = datetime_to_pg_timestamp(datetime.now(UTC))
-        self.stats.lags.extend((now - t) / 1e6 for t in batch.commit_times)
-        if batch.commit_times:
-            self.health.lag_s = (now - batch.commit_times[-1]) / 1e6
-            self.metrics.lag_seconds.set(self.health.lag_s)
-        self.metrics.batch_seconds.observe(seconds)
-        self.metrics.batches.inc()
-        for ((schema, table), op), count in batch.ops.items():
-            self.metrics.changes.labels(f"{schema}.{table}", op.name.lower()).inc(count)
-        self.stats.batches += 1
-        self.stats.transactions += batch.transactions
-        self.stats.changes += batch.changes
-        self.stats.skipped += batch.skipped
-        self.stats.applied_lsn = batch.end_lsn
-        self.position.applied(batch.end_lsn, batch.commit_times[-1] if batch.commit_times else None)
+        """The applier's pipeline (`cdc.apply.stages`)."""
+        return self._stages.stages()
 
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
@@ -445,7 +151,7 @@ class Daemon:
         """The server says 'does not exist' for a dropped slot and a dropped publication
         alike (same SQLSTATE): look which one it is and say what to do."""
         try:
-            with self._connect_source() as conn:
+            with self._setup.connect_source() as conn:
                 slot_gone = slots.get_slot(conn, self.settings.slot) is None
                 publication_gone = not slots.publication_exists(conn, self.settings.publication)
         except CdcError:
@@ -473,53 +179,16 @@ class Daemon:
                 raise self._explain_lost(exc) from exc
             raise
 
-    def _setup_until_done(self) -> None:
-        """`setup`, retried with backoff while it fails on something transient (a target or
-        the source restarting as the daemon starts) for up to `connect_timeout_s`; anything
-        else, or failing for longer, stops the daemon."""
-        limit = self.settings.connect_timeout_s
-        backoff = Backoff(max_s=self.settings.max_retry_delay_s, give_up_after_s=limit)
-
-        def on_retry(_exc: BaseException, _delay: float) -> None:
-            for sink in self.sinks:  # they reconnect on their next use
-                sink.close()
-
-        try:
-            for attempt in retrying(
-                "setup_retry",
-                backoff,
-                stopping=self._stopping,
-                on_retry=on_retry,
-                slot=self.settings.slot,
-            ):
-                with attempt:
-                    self._setup_once()
-        except CdcError as exc:
-            if retryable(exc) and not self._stopping():
-                raise CdcError(exc.kind, f"{exc} (gave up after {limit:.0f} s)") from exc
-            raise
-
-    def _setup_once(self) -> None:
-        """`setup`; a connection lost on the way (the initial load's own connections raise
-        psycopg's errors) is a source connection failure, retried like the others."""
-        try:
-            self.setup()
-        except psycopg.OperationalError as lost:
-            raise CdcError(
-                ErrorKind.SOURCE_CONNECTION,
-                f"a connection failed during setup: {redact_url(str(lost).strip())}",
-            ) from lost
-
     def _stream(self, stop: threading.Event, record: Callable[[str], None]) -> None:
         self._stop = stop
-        self._setup_until_done()
+        self._setup.until_done()
         settings = self.settings
         source = ChangeSource(
             SourceConfig(
                 self.source_dsn,
                 settings.slot,
                 settings.publication,
-                extra_publications=self._publications[1:],
+                extra_publications=self._setup.publications[1:],
                 memory_budget=settings.memory_budget_mb << 20,
                 status_interval=min(settings.status_interval_s, 10.0),
             )
