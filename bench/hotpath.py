@@ -4,7 +4,7 @@ Records the pgoutput messages of the streaming workload (`bench/streaming.py`) o
 replays them through each stage of the hot path in this process: decode + assemble,
 fold into batches, the shared row text (`cdc.apply.rowtext`), ClickHouse's value checks. Each
 stage is timed over several rounds (best round kept) and reported in µs per change.
-Usage: python bench/hotpath.py [changes]
+Usage: python bench/hotpath.py [--workload friendly|realistic] [changes]
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import streaming
+from bench import streaming, workloads
+from bench.workloads import Workload
 from cdc.apply import rowtext
 from cdc.apply.assembler import Assembler
 from cdc.apply.batch import Batch, BatchBuilder
@@ -33,19 +34,21 @@ BATCH_SIZE = 20_000
 ROUNDS = 5
 
 
-def record(changes: int) -> tuple[int, list[bytes], TableSchema]:
+def record(changes: int, workload: Workload) -> tuple[int, list[bytes], TableSchema]:
     """(protocol version, the messages, the table) of `changes` changes of the workload."""
-    with streaming.loaded_slot(changes) as loaded:
+    with streaming.loaded_slot(changes, workload) as loaded:
         dsn = loaded.cluster.paths.dsn
         with psycopg.connect(dsn, autocommit=True) as conn:
             table = describe_table(conn, "director", "events")
         stream = ReplicationStream(dsn, "base", "bench")
         stream.open()
         messages: list[bytes] = []
-        commits = 0
-        while commits < changes // 1000 and (payload := stream.read(5.0)) is not None:
+        counted = 0
+        while counted < changes and (payload := stream.read(5.0)) is not None:
             messages.append(payload)
-            commits += messages[-1][0] == ord("C")
+            counted += payload[:1] in (b"I", b"U", b"D")
+        while messages[-1][:1] != b"C" and (payload := stream.read(5.0)) is not None:
+            messages.append(payload)  # up to the last transaction's Commit
         stream.close()
         return stream.proto_version, messages, table
 
@@ -81,9 +84,9 @@ def one_round(proto: int, messages: list[bytes], table: TableSchema) -> dict[str
     return seconds
 
 
-def measure(changes: int) -> dict[str, float]:
+def measure(changes: int, workload: Workload = workloads.FRIENDLY) -> dict[str, float]:
     """Best-of-`ROUNDS` µs per change of each stage, and their total."""
-    proto, messages, table = record(changes)
+    proto, messages, table = record(changes, workload)
     counted = sum(1 for m in messages if m[:1] in (b"I", b"U", b"D"))
     best: dict[str, float] = {}
     for _ in range(ROUNDS):
@@ -97,7 +100,9 @@ def measure(changes: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("changes", type=int, nargs="?", default=200_000)
-    print(json.dumps(measure(parser.parse_args().changes), indent=2))
+    parser.add_argument("--workload", choices=sorted(workloads.WORKLOADS), default="friendly")
+    args = parser.parse_args()
+    print(json.dumps(measure(args.changes, workloads.WORKLOADS[args.workload]), indent=2))
 
 
 if __name__ == "__main__":

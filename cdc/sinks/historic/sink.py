@@ -382,6 +382,12 @@ class HistoricSink:
                 table=sql.Identifier(layout.name),
             )
         )
+        # A backfill's copied rows come without it: live.
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT false").format(
+                sql.Identifier(STAGE_TABLE), sql.Identifier(DELETED_COLUMN)
+            )
+        )
 
     def in_database(self, dsn: str) -> bool:
         """True if this sink writes into the database `dsn` names (same server, port and
