@@ -22,7 +22,7 @@ from typing import Any, Final
 import psycopg
 
 from cdc.check.drift import KeyDiff, Target, classify
-from cdc.check.keyrange import LEAF_ROWS, Key, KeyRange, piece_rows, ranges_between
+from cdc.check.keyrange import Key, KeyRange
 from cdc.check.position import TargetPosition
 from cdc.check.stores import TableStores
 from cdc.ops.settings import Settings
@@ -151,13 +151,8 @@ class RangeChecker:
         pending = [(rng, source[0])] if stores.differs(rng, source) else []
         leaves: list[KeyRange] = []
         while pending:
-            pieces: list[KeyRange] = []
-            for piece, count in pending:
-                if count <= LEAF_ROWS:
-                    leaves.append(piece)
-                    continue
-                bounds = stores.boundaries(piece, piece_rows(count))
-                pieces += ranges_between(piece.lower, piece.upper, bounds, piece.root)
+            small, pieces = stores.split(pending)
+            leaves += small
             pending = []
             for piece in pieces:
                 aggregate = stores.source_aggregate(piece)

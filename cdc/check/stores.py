@@ -7,6 +7,7 @@ The queries are `cdc.check.rangequery`'s; a store that cannot be reached or read
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -14,7 +15,14 @@ from psycopg import sql
 
 from cdc.check import rangequery
 from cdc.check.drift import Ident, SourceRow, Target, TargetRow, WalPosition
-from cdc.check.keyrange import Key, KeyRange, clickhouse_key_problem
+from cdc.check.keyrange import (
+    LEAF_ROWS,
+    Key,
+    KeyRange,
+    clickhouse_key_problem,
+    piece_rows,
+    ranges_between,
+)
 from cdc.check.rangequery import ChQuery, PgQuery
 from cdc.check.rowhash import ch_row_hash, held_differently, pg_row_hash
 from cdc.classify import clickhouse_error
@@ -99,6 +107,21 @@ class TableStores:
     def boundaries(self, rng: KeyRange, size: int) -> list[Key]:
         query = rangequery.pg_boundaries(self.table, rng, size)
         return [tuple(r[0]) for r in self._pg(self.source, query, self.table.qualified_name)]
+
+    def split(
+        self, pending: Sequence[tuple[KeyRange, int]]
+    ) -> tuple[list[KeyRange], list[KeyRange]]:
+        """(the ranges of `pending` small enough to compare key by key, the pieces of the
+        others): each range comes with its source row count."""
+        leaves: list[KeyRange] = []
+        pieces: list[KeyRange] = []
+        for rng, count in pending:
+            if count <= LEAF_ROWS:
+                leaves.append(rng)
+                continue
+            bounds = self.boundaries(rng, piece_rows(count))
+            pieces += ranges_between(rng.lower, rng.upper, bounds, rng.root)
+        return leaves, pieces
 
     def next_boundary(self, lower: Key | None, size: int) -> Key | None:
         """The `size`-th key after `lower` (None: fewer are left)."""

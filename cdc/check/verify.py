@@ -28,7 +28,7 @@ from typing import Any, Final
 import psycopg
 
 from cdc.check.drift import KeyDiff, TableResult, WalPosition, classify
-from cdc.check.keyrange import LEAF_ROWS, KeyRange, piece_rows, ranges_between
+from cdc.check.keyrange import KeyRange, ranges_between
 from cdc.check.repair import repair_drift
 from cdc.check.stores import TableStores, connect
 from cdc.errors import CdcError, ErrorKind
@@ -194,13 +194,8 @@ class Verifier:
         """Narrow the differing ranges down to small pieces, then compare those by key."""
         leaves: list[KeyRange] = []
         while pending:
-            pieces: list[KeyRange] = []
-            for rng, count in pending:
-                if count <= LEAF_ROWS:
-                    leaves.append(rng)
-                    continue
-                bounds = stores.boundaries(rng, piece_rows(count))
-                pieces += ranges_between(rng.lower, rng.upper, bounds, rng.root)
+            small, pieces = stores.split(pending)
+            leaves += small
             pending = self._aggregate_round(stores, pieces) if pieces else []
         result = TableResult(
             stores.table,
