@@ -30,9 +30,11 @@ from cdc.schema import (
 )
 from cdc.sinks import ddl
 from cdc.sinks.clickhouse.client import quote_identifier
+from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.clickhouse.types import PgType, clickhouse_type
 from cdc.sinks.clickhouse.values import INSERT_SETTINGS, RowEncoder
 from cdc.stream.slots import publication_tables
+from tests.harness import ClickHouseServer
 
 SESSION_SETTINGS = (
     "SET TimeZone = 'UTC'",
@@ -512,3 +514,17 @@ def test_clickhouse_current_view(ch: Any, ch_database: str, pg: psycopg.Connecti
     ch.command(ddl.clickhouse_make_nullable(ch_database, table.name, "name", "String"))
     ch.command(ddl.clickhouse_current_view(ch_database, grown))
     assert ch.query(f"SELECT * FROM {view}").result_rows == [(3, "max", None)]
+
+
+def test_clickhouse_targets_made_whole_after_a_kill_between_statements(
+    clickhouse_server: ClickHouseServer, ch: Any, ch_database: str, pg: psycopg.Connection[Any]
+) -> None:
+    """ClickHouse DDL is not transactional: a daemon killed after CREATE TABLE and before
+    CREATE VIEW leaves a table without its view. The next run makes the view."""
+    pg.execute("CREATE TABLE halfmade (id int PRIMARY KEY, name text)")
+    table = describe_table(pg, "public", "halfmade")
+    ch.command(ddl.clickhouse_table(ch_database, table))  # what the killed run made
+
+    ClickHouseSink(clickhouse_server.url, ch_database, client=ch).prepare([table])
+    view = f"{quote_identifier(ch_database)}.`halfmade_current`"
+    assert ch.query(f"SELECT count() FROM {view}").result_rows == [(0,)]

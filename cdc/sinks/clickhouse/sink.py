@@ -183,11 +183,16 @@ class ClickHouseSink:
     # -- targets ---------------------------------------------------------------------------
 
     def _ensure(self, name: TableName, layout: TableSchema) -> None:
+        """Make `layout`'s table, its Distributed table (cluster) and its view, or bring
+        them up to `layout`'s columns. ClickHouse DDL is not transactional and a kill can
+        fall between two statements: so the first call for a table in a process also
+        makes whatever a killed run left unmade (every statement is idempotent)."""
         client = self.client
         cluster = self.cluster
-        self._ensure_database()
         known = self._columns.get(name)
+        first = known is None
         if known is None:
+            self._ensure_database()
             known = self._target_columns(layout.name)
             if known:
                 if not self._has_commit_time(layout.name):  # made by an older version
@@ -197,17 +202,16 @@ class ClickHouseSink:
                         )
             else:
                 client.command(ddl.clickhouse_table(self.database, layout, cluster))
-                if cluster is not None:
-                    client.command(
-                        ddl.clickhouse_distributed_table(
-                            self.database, layout.name, layout.target_key, cluster
-                        )
-                    )
-                client.command(ddl.clickhouse_current_view(self.database, layout, cluster))
                 known = {c.name: clickhouse_type(c) for c in layout.columns}
+            if cluster is not None:
+                client.command(
+                    ddl.clickhouse_distributed_table(
+                        self.database, layout.name, layout.target_key, cluster
+                    )
+                )
             self._columns[name] = known
         added, widened = ddl.clickhouse_widenings(known, layout)
-        if not added and not widened:
+        if not added and not widened and not first:
             return
         for table_name in self._physical(layout.name):
             for column in added:
@@ -225,7 +229,7 @@ class ClickHouseSink:
         for column_name in widened:
             known[column_name] = ddl.nullable_type(known[column_name])
         view_layout = replace(layout, columns=tuple(c for c in layout.columns if c.name in known))
-        client.command(ddl.clickhouse_current_view(self.database, view_layout, self.cluster))
+        client.command(ddl.clickhouse_current_view(self.database, view_layout, cluster))
 
     def _physical(self, table_name: str) -> list[str]:
         """The tables holding `table_name`'s columns: on a cluster also its Distributed
