@@ -64,7 +64,7 @@ def one_round(proto: int, messages: list[bytes], table: TableSchema) -> dict[str
             transactions.append(event)
     seconds["decode and assemble"] = time.perf_counter() - start
     start = time.perf_counter()
-    builder = BatchBuilder(lambda relation: table.key_indexes, max_changes=BATCH_SIZE)
+    builder = BatchBuilder(lambda relation: table, max_changes=BATCH_SIZE)
     batches: list[Batch] = []
     for txn in transactions:
         batches.extend(builder.add(txn))

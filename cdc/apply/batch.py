@@ -6,9 +6,10 @@ taken from the image they replace); deletes become tombstones carrying only the 
 primary-key change is a tombstone for the old key plus an image for the new one; a
 TRUNCATE drops the table's earlier images and records its version. A table without key
 positions is an append-only log: every insert is a row of its own, keyed by its version.
-Rows are laid out in
-the table's latest column order, plus columns that a schema change inside the batch
-removed (values are matched by column name, so nothing is lost).
+Rows are laid out as the table batch's `TableSchema`: the table's latest columns,
+plus columns that a schema change inside the batch removed (nullable; values are matched
+by column name, so nothing is lost). Wire types stop here: a batch names its tables by
+`TableSchema`, never by a pgoutput `Relation`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -33,6 +34,7 @@ from cdc.protocol import (
     pg_timestamp_to_datetime,
 )
 from cdc.protocol.lsn import Lsn
+from cdc.schema import TableSchema
 from cdc.versions import version_of
 
 NativeFold = Callable[..., int]
@@ -47,10 +49,10 @@ if TYPE_CHECKING:
 
 TableName = tuple[str, str]
 Key = tuple[TupleValue, ...]
-# Key positions of a relation's columns; () for an append-only log (rows keyed by version);
-# None when the table cannot be replicated (it is quarantined: its changes are skipped
-# while the other tables keep flowing).
-KeyResolver = Callable[[Relation], tuple[int, ...] | None]
+# The table a relation describes (its key positions: `key_indexes`; none for an
+# append-only log, whose rows are keyed by version); None when the table cannot be
+# replicated (it is quarantined: its changes are skipped while the other tables flow).
+SchemaResolver = Callable[[Relation], TableSchema | None]
 KeyGetter = Callable[[TupleData], Key]
 # Per Relation object: (relation, its table batch or None if quarantined, remap, key getter)
 Route = tuple[Relation, "TableBatch | None", "tuple[int, ...] | None", KeyGetter]
@@ -87,13 +89,9 @@ NO_BOUND = 1 << 128  # above every version
 
 @dataclass
 class TableBatch:
-    relation: Relation
-    columns: tuple[str, ...]
-    type_oids: tuple[int, ...]
-    key_positions: tuple[int, ...]
+    schema: TableSchema  # the rows' layout
     rows: dict[Key, RowImage] = field(default_factory=dict)
     truncate_version: int | None = None
-    earlier_relations: list[Relation] = field(default_factory=list)
     text: RowText | None = None  # the rows' text, made once for every sink (`cdc.apply.rowtext`)
     # For a row whose unchanged values were another key's (its primary key changed in this
     # batch): the historic rows that hold them, in order (`FillSource`). Meaningful only
@@ -104,10 +102,17 @@ class TableBatch:
     # The batch's commit times as text (`commit_time_text`), by commit LSN: a row's is
     # `commit_times[version >> 64]`. Shared by every table of the batch.
     commit_times: dict[int, bytes] = field(default_factory=dict)
+    # The schema's column names and key positions, kept for the fold's inner loop.
+    columns: tuple[str, ...] = field(init=False)
+    key_positions: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.columns = self.schema.column_names
+        self.key_positions = self.schema.key_indexes
 
     @property
     def name(self) -> TableName:
-        return (self.relation.namespace, self.relation.name)
+        return (self.schema.schema, self.schema.name)
 
 
 @dataclass
@@ -128,28 +133,22 @@ class Batch:
         )
 
 
-def _layout_of(relation: Relation) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    return (
-        tuple(c.name for c in relation.columns),
-        tuple(c.type_oid for c in relation.columns),
-    )
-
-
 class BatchBuilder:
     """Accumulate transactions with `add`; `build` returns the batch and starts a new one."""
 
     def __init__(
-        self, key_positions: KeyResolver, max_changes: int | None = None, native: bool = True
+        self, resolve: SchemaResolver, max_changes: int | None = None, native: bool = True
     ) -> None:
         """`max_changes`: a transaction larger than this is cut into several batches (its
         end is acknowledged only with the batch that completes it), so memory stays bounded
         by the batch size, not by the largest transaction. `native`: fold in C when
         `cdc.apply._fold` is built (False: always in Python, the reference)."""
         self._native_fold = _fold if native else None
-        self._key_positions = key_positions
+        self._resolve = resolve
         self._max_changes = max_changes
         self._last_end = Lsn.ZERO
         self._batch = Batch()
+        self._relations: dict[TableName, Relation] = {}  # the latest of each table's
         self._remaps: dict[tuple[int, int], tuple[int, ...] | None] = {}
         self._routes: dict[int, Route] = {}
 
@@ -163,6 +162,7 @@ class BatchBuilder:
 
     def build(self) -> Batch:
         batch, self._batch = self._batch, Batch()
+        self._relations.clear()
         self._remaps.clear()
         self._routes.clear()
         return batch
@@ -352,38 +352,36 @@ class BatchBuilder:
         name = (relation.namespace, relation.name)
         table = self._batch.tables.get(name)
         if table is None:
-            key_positions = self._key_positions(relation)
-            if key_positions is None:
+            schema = self._resolve(relation)
+            if schema is None:
                 return None
-            columns, type_oids = _layout_of(relation)
-            table = TableBatch(relation, columns, type_oids, key_positions)
+            table = TableBatch(schema)
             table.commit_times = self._batch.commit_time_text
             self._batch.tables[name] = table
-        elif table.relation is not relation:
-            self._adopt(table, relation)
+            self._relations[name] = relation
+        elif self._relations[name] is not relation:
+            schema = self._resolve(relation)
+            if schema is None:  # set aside by this change: so are its rows of this batch
+                del self._batch.tables[name]
+                self._routes.clear()
+                return None
+            self._adopt(table, relation, schema)
         return table
 
-    def _adopt(self, table: TableBatch, relation: Relation) -> None:
+    def _adopt(self, table: TableBatch, relation: Relation, schema: TableSchema) -> None:
         """A new Relation for a table already in the batch: widen the layout by name."""
-        columns, type_oids = _layout_of(relation)
-        known = dict(zip(table.columns, table.type_oids, strict=True))
-        for name, oid in zip(columns, type_oids, strict=True):
-            if name in known and known[name] != oid:
-                raise CdcError(
-                    ErrorKind.SCHEMA,
-                    f"column {name!r} of {relation.namespace}.{relation.name} changed type "
-                    f"(oid {known[name]} -> {oid}) inside one batch; see `cdc run --help` on "
-                    "incompatible type changes",
-                )
-        added = [(n, o) for n, o in zip(columns, type_oids, strict=True) if n not in known]
+        widened = widen(table.schema, schema)
+        added = len(widened.columns) - len(table.columns)
         if added:
-            table.columns += tuple(n for n, _ in added)
-            table.type_oids += tuple(o for _, o in added)
-            pad = (None,) * len(added)
+            pad = (None,) * added
             table.rows = {
                 key: image._replace(values=image.values + pad) for key, image in table.rows.items()
             }
-        table.relation = relation
+        key_positions = table.key_positions
+        table.schema = widened
+        table.columns = widened.column_names
+        table.key_positions = key_positions  # the rows are keyed as they were
+        self._relations[table.name] = relation
         self._routes.clear()  # their remaps and rows may be out of date
         self._remaps.clear()
 
@@ -454,6 +452,29 @@ class BatchBuilder:
             )
         # (else: an update of a row whose values come from where its image's came from)
         rows[key] = _image((version, False, new, False))
+
+
+def widen(layout: TableSchema, latest: TableSchema) -> TableSchema:
+    """`layout` followed by `latest` (a schema change inside a batch): the columns of
+    `layout` in their place, then those `latest` added; each as `latest` describes it, or
+    nullable if `latest` no longer has it. A column whose type changed cannot follow."""
+    now = {c.name: c for c in latest.columns}
+    columns = []
+    for column in layout.columns:
+        newer = now.pop(column.name, None)
+        if newer is None:
+            columns.append(column if column.nullable else replace(column, nullable=True))
+            continue
+        if newer.type_oid != column.type_oid:
+            raise CdcError(
+                ErrorKind.SCHEMA,
+                f"column {column.name!r} of {latest.qualified_name} changed type "
+                f"(oid {column.type_oid} -> {newer.type_oid}) inside one batch; see "
+                "`cdc run --help` on incompatible type changes",
+            )
+        columns.append(newer)
+    columns += now.values()
+    return replace(latest, columns=tuple(columns))
 
 
 def commit_time_text(commit_ts: int) -> bytes:

@@ -38,6 +38,7 @@ from cdc.ops.metrics import HealthState, Metrics, serve
 from cdc.ops.settings import Settings, redact_url
 from cdc.protocol import LogicalMessage, Relation
 from cdc.protocol.lsn import Lsn
+from cdc.schema import TableSchema
 from cdc.sinks.base import Sink
 from cdc.sinks.clickhouse.client import embedded_path
 from cdc.sinks.clickhouse.sink import ClickHouseSink
@@ -89,12 +90,13 @@ class Daemon:
         """The quarantined tables and why (a copy: safe from any thread)."""
         return self.quarantine.tables()
 
-    def key_positions(self, relation: Relation) -> tuple[int, ...] | None:
+    def table_schema(self, relation: Relation) -> TableSchema | None:
+        """The table `relation` describes, None if it is quarantined (or is now)."""
         name = (relation.namespace, relation.name)
         if name in self.quarantine:
             return None
         try:
-            return self.catalog.schema_for(relation).key_indexes
+            return self.catalog.schema_for(relation)
         except CdcError as exc:
             if exc.kind not in DESCRIBE_QUARANTINES:
                 raise
@@ -232,7 +234,7 @@ class Daemon:
         """Read the stream into batches for the applier, acknowledge what both sinks hold,
         and keep the daemon's bookkeeping, until `stop` and every batch is applied."""
         settings = self.settings
-        builder = BatchBuilder(self.key_positions, max_changes=settings.batch_size)
+        builder = BatchBuilder(self.table_schema, max_changes=settings.batch_size)
         latency = settings.batch_latency_ms / 1000
         acknowledged = Lsn.ZERO
         batch_started = time.monotonic()

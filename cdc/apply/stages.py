@@ -23,7 +23,7 @@ from cdc.ops.settings import Settings
 from cdc.protocol import datetime_to_pg_timestamp
 from cdc.protocol.lsn import Lsn
 from cdc.retry import Backoff, retrying
-from cdc.sinks.base import Layouts, Sink
+from cdc.sinks.base import Sink
 from cdc.stream.catalog import Catalog
 
 
@@ -60,8 +60,8 @@ class BatchStages:
         self.stats = Stats()
         self._quarantine = quarantine
         self._stopping = stopping
-        # Batches between the stages: when the first began, and their layouts.
-        self._in_flight: dict[int, tuple[float, Layouts]] = {}
+        # Batches between the stages: when the first began.
+        self._in_flight: dict[int, float] = {}
 
     def apply(self, batch: Batch) -> None:
         """Apply to every sink, then record the batch as applied (the applier's stages,
@@ -81,26 +81,25 @@ class BatchStages:
 
     def _apply_historic(self, batch: Batch) -> None:
         started = time.monotonic()
-        layouts: Layouts = {name: self.catalog.layout(t) for name, t in batch.tables.items()}
-        self._in_flight[id(batch)] = (started, layouts)
+        self._in_flight[id(batch)] = started
 
         def write(batch: Batch) -> None:
             faults.point("before_historic")
             # Every value decided before any sink sees the batch (the historic copy holds
             # the rows as the batch found them: nothing after this stage has written yet).
-            self.sinks[0].complete(batch, layouts)
-            self.sinks[0].apply(batch, layouts)
+            self.sinks[0].complete(batch)
+            self.sinks[0].apply(batch)
             faults.point("after_historic")
 
         self._with_retries(batch, self.sinks[:1], write)
 
     def _apply_others(self, batch: Batch) -> None:
-        started, layouts = self._in_flight.pop(id(batch))
+        started = self._in_flight.pop(id(batch))
 
         def write(batch: Batch) -> None:
             for sink in self.sinks[1:]:
                 faults.point("before_clickhouse")
-                sink.apply(batch, layouts)
+                sink.apply(batch)
             faults.point("after_clickhouse")
 
         self._with_retries(batch, self.sinks[1:], write)

@@ -22,7 +22,6 @@ from cdc.check.rangequery import pg_key_exists
 from cdc.check.stores import connect
 from cdc.errors import ErrorKind
 from cdc.load.backfill import Backfill
-from cdc.load.chunks import relation_for
 from cdc.ops.settings import Settings
 from cdc.protocol import UNCHANGED_TOAST, TupleValue
 from cdc.schema import TableSchema
@@ -94,12 +93,7 @@ def _tombstone(
     sink_factory: SinkFactory, table: TableSchema, keys: Sequence[Key], snapshot: Snapshot
 ) -> None:
     """Delete `keys` in both targets at the snapshot's version: a newer row stays."""
-    batch_table = TableBatch(
-        relation_for(table),
-        table.column_names,
-        tuple(c.type_oid for c in table.columns),
-        table.key_indexes,
-    )
+    batch_table = TableBatch(table)
     for key in keys:
         values: list[TupleValue] = [UNCHANGED_TOAST] * len(table.columns)
         for index, text in zip(table.key_indexes, key, strict=True):
@@ -109,10 +103,9 @@ def _tombstone(
     batch = Batch(tables={batch_table.name: batch_table}, end_lsn=snapshot.lsn)
     sinks = sink_factory()
     try:
-        layouts = {batch_table.name: table}
-        sinks[0].complete(batch, layouts)  # historic keeps the values tombstones need
+        sinks[0].complete(batch)  # historic keeps the values tombstones need
         for sink in sinks:
-            sink.apply(batch, layouts)
+            sink.apply(batch)
     finally:
         for sink in sinks:
             sink.close()

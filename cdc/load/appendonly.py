@@ -23,7 +23,6 @@ from cdc.load.chunks import (
     Key,
     log_copy_sql,
     relation_blocks_sql,
-    relation_for,
 )
 from cdc.load.copytext import parse_row, split_lines
 from cdc.schema import TableSchema
@@ -73,17 +72,14 @@ def replace_logs(
     """Remove the rows of `logs` below the snapshot's version from every target, as a
     TRUNCATE at that version: the copy brings them back."""
     batch = Batch(end_lsn=snapshot.lsn)
-    layouts = {}
     for table in logs:
-        batch_table = TableBatch(relation_for(table), table.column_names,
-                                 tuple(c.type_oid for c in table.columns), ())  # fmt: skip
+        batch_table = TableBatch(table)
         batch_table.truncate_version = snapshot.version
         batch.tables[batch_table.name] = batch_table
-        layouts[batch_table.name] = table
     sinks = make_sinks()
     try:
         for sink in sinks:
-            sink.apply(batch, layouts)
+            sink.apply(batch)
     finally:
         for sink in sinks:
             sink.close()

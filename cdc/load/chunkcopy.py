@@ -27,7 +27,6 @@ from cdc.load.chunks import (
     copy_sql,
     direct_copy_ok,
     direct_copy_sql,
-    relation_for,
 )
 from cdc.load.copyout import copy_out
 from cdc.load.copytext import parse_row, split_lines
@@ -206,11 +205,7 @@ class ChunkCopier:
         chunk: Chunk,
         snapshot: Snapshot,
     ) -> int:
-        relation = relation_for(table)
-        batch_table = TableBatch(
-            relation, table.column_names, tuple(c.type_oid for c in table.columns),
-            table.key_indexes,
-        )  # fmt: skip
+        batch_table = TableBatch(table)
         if table.append_only:
             read_log_chunk(source, batch_table, table, chunk, self.where, snapshot)
             return self._give_parsed(sinks, batch_table, table, snapshot)
@@ -230,7 +225,6 @@ class ChunkCopier:
     ) -> int:
         faults.point("mid_backfill_chunk")
         batch = Batch(tables={batch_table.name: batch_table}, end_lsn=snapshot.lsn)
-        layouts = {batch_table.name: table}
         for sink in sinks:
-            sink.apply(batch, layouts)
+            sink.apply(batch)
         return len(batch_table.rows)

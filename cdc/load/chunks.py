@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from cdc.protocol import Relation, RelationColumn
-from cdc.protocol.tags import ReplicaIdentity
 from cdc.schema import Column, TableSchema, TypeKind
 from cdc.sinks.clickhouse.types import PgType, decimal_digits, storage_column
 
@@ -250,19 +248,4 @@ def binary_copy_sql(table: TableSchema, chunk: Chunk, where: str | None) -> sql.
         schema=sql.Identifier(table.schema),
         table=sql.Identifier(table.name),
         filter=chunk_filter(table, chunk, where),
-    )
-
-
-def relation_for(table: TableSchema) -> Relation:
-    """A Relation message equivalent to `table`, so copied rows travel like streamed ones."""
-    return Relation(
-        xid=None,
-        oid=0,
-        namespace=table.schema,
-        name=table.name,
-        replica_identity=ReplicaIdentity.DEFAULT,
-        columns=tuple(
-            RelationColumn(c.name in table.primary_key, c.name, c.type_oid, c.type_modifier)
-            for c in table.columns
-        ),
     )

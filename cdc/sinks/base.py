@@ -19,15 +19,12 @@ Contract:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cdc.apply.batch import Batch, TableName
+from cdc.apply.batch import Batch
 from cdc.schema import TableSchema
-
-# For each table in a batch: its schema laid out exactly as the batch's row values.
-Layouts = Mapping[TableName, TableSchema]
 
 
 class CopyFormat(enum.Enum):
@@ -53,13 +50,13 @@ class Sink(Protocol):
         """Create the targets of `tables` that are missing (idempotent)."""
         ...
 
-    def complete(self, batch: Batch, layouts: Layouts) -> None:
+    def complete(self, batch: Batch) -> None:
         """Fill the values the stream did not resend (unchanged TOAST, a tombstone's
         columns) into `batch` from the copy this sink keeps, writing nothing; a sink that
         keeps none does nothing."""
         ...
 
-    def apply(self, batch: Batch, layouts: Layouts) -> None:
+    def apply(self, batch: Batch) -> None:
         """Apply `batch`, which is complete; durable on return (see the module docstring
         for the contract)."""
         ...

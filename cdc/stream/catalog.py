@@ -1,18 +1,16 @@
 """The source's catalog as the daemon needs it: the schema of each Relation (cached per
-Relation object, so a relation that changed is described again) and the batch layouts built
-from them, queried on one connection that reconnects with backoff while the source is
-unreachable (a restart of the source is not a reason to stop)."""
+Relation object, so a relation that changed is described again), queried on one
+connection that reconnects with backoff while the source is unreachable (a restart of
+the source is not a reason to stop)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import psycopg
 
-from cdc.apply.batch import TableBatch
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.settings import redact_url
 from cdc.protocol import Relation
@@ -82,18 +80,6 @@ class Catalog:
         schema = self.query(lambda conn: describe_relation(conn, relation))
         self._schemas[id(relation)] = (relation, schema)
         return schema
-
-    def layout(self, table: TableBatch) -> TableSchema:
-        """The table's schema with columns in the batch's row layout (columns a schema
-        change inside the batch removed are kept, nullable)."""
-        schema = self.schema_for(table.relation)
-        if schema.column_names == table.columns:
-            return schema
-        by_name = {c.name: c for c in schema.columns}
-        for earlier in reversed(table.earlier_relations):
-            for column in self.schema_for(earlier).columns:
-                by_name.setdefault(column.name, replace(column, nullable=True))
-        return replace(schema, columns=tuple(by_name[n] for n in table.columns))
 
     def close(self) -> None:
         with self._lock:

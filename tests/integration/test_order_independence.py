@@ -67,7 +67,7 @@ def workload(conn: psycopg.Connection[Any], seed: int) -> None:
 def capture(dsn: str, daemon: Daemon) -> list[Batch]:
     """All transactions of the slot, folded into batches of 7 transactions each."""
     batches: list[Batch] = []
-    builder = BatchBuilder(daemon.key_positions)
+    builder = BatchBuilder(daemon.table_schema)
     with ChangeSource(SourceConfig(dsn, "order_slot", "cdc_pub")) as source:
         source.start()
         deadline = time.monotonic() + 30

@@ -211,17 +211,16 @@ def test_a_replay_fills_moved_rows_from_the_rows_as_the_change_found_them(
     move = _moves(relation, 40, [(2, -1), (6, 2), (-1, 6)])  # 2: A, 6: C
 
     def batch(*transactions: Transaction) -> Batch:
-        builder = BatchBuilder(lambda r: layout.key_indexes)
+        builder = BatchBuilder(lambda r: layout)
         for transaction in transactions:
             builder.add(transaction)
         return builder.build()
 
     sink = HistoricSink(pg_dsn, "historic")
-    layouts = {("director", "items"): layout}
 
     def apply(batch: Batch) -> None:
-        sink.complete(batch, layouts)
-        sink.apply(batch, layouts)
+        sink.complete(batch)
+        sink.apply(batch)
 
     try:
         sink.prepare([layout])
@@ -252,17 +251,16 @@ def test_a_writer_that_lost_its_connection_fails_the_batch_for_a_retry(
     pg.execute(ITEMS)
     layout = describe_table(pg, "director", "items")
     relation = _items_relation(layout)
-    layouts = {("director", "items"): layout}
 
     def batch(commit: int) -> Batch:
-        builder = BatchBuilder(lambda r: layout.key_indexes)
+        builder = BatchBuilder(lambda r: layout)
         builder.add(_inserts(relation, commit, {line: b"n%d" % commit for line in range(3000)}))
         return builder.build()
 
     sink = HistoricSink(pg_dsn, "historic", writers=2)
     try:
         sink.prepare([layout])
-        sink.apply(batch(10), layouts)
+        sink.apply(batch(10))
         # Writer 1 (every second row of the batch: the odd lines) waits on these row locks
         # while writer 0 finishes; then it loses its connection, in the pool's thread.
         with psycopg.connect(pg_dsn) as blocker:
@@ -280,9 +278,9 @@ def test_a_writer_that_lost_its_connection_fails_the_batch_for_a_retry(
 
             threading.Thread(target=terminate, daemon=True).start()
             with pytest.raises(CdcError) as failed:
-                sink.apply(batch(20), layouts)
+                sink.apply(batch(20))
         assert failed.value.kind is ErrorKind.SINK_CONNECTION
-        sink.apply(batch(20), layouts)
+        sink.apply(batch(20))
     finally:
         sink.close()
     notes = pg.execute("SELECT DISTINCT note FROM historic.items").fetchall()
@@ -302,11 +300,10 @@ def test_sinks_receive_complete_immutable_batches(
     pg.execute(ITEMS)
     layout = describe_table(pg, "director", "items")
     relation = _items_relation(layout)
-    layouts = {("director", "items"): layout}
     ch = clickhouse_server.client
 
     def batch(transaction: Transaction) -> Batch:
-        builder = BatchBuilder(lambda r: layout.key_indexes)
+        builder = BatchBuilder(lambda r: layout)
         builder.add(transaction)
         return builder.build()
 
@@ -316,16 +313,16 @@ def test_sinks_receive_complete_immutable_batches(
         first = batch(_inserts(relation, 10, {5: b"A" * 3000, 6: b"B" * 3000}))
         for sink in (historic, clickhouse):
             sink.prepare([layout])
-            sink.complete(first, layouts)
-            sink.apply(first, layouts)
+            sink.complete(first)
+            sink.apply(first)
         move = batch(_moves(relation, 20, [(5, 7)]))
         with pytest.raises(ValueError, match="completed before it is applied"):
-            clickhouse.apply(move, layouts)
+            clickhouse.apply(move)
         with pytest.raises(ValueError, match="completed before it is applied"):
-            historic.apply(move, layouts)
-        historic.complete(move, layouts)
-        clickhouse.apply(move, layouts)  # ClickHouse first: it needs nothing from historic
-        historic.apply(move, layouts)
+            historic.apply(move)
+        historic.complete(move)
+        clickhouse.apply(move)  # ClickHouse first: it needs nothing from historic
+        historic.apply(move)
     finally:
         historic.close()
         clickhouse.close()

@@ -21,7 +21,7 @@ from cdc.stream.eligibility import SourceTable, classify, logged_only
 from cdc.stream.followplan import plan
 from cdc.stream.slots import INSERTS_ONLY, append_publication, create_publication_sql
 from cdc.stream.walsender import start_replication_command
-from tests.unit.test_batch import RELATION, txn
+from tests.unit.test_batch import RELATION, builder_of, txn
 
 pytestmark = pytest.mark.unit
 
@@ -114,7 +114,7 @@ def folding(request: pytest.FixtureRequest) -> Callable[..., BatchBuilder]:
     native = request.param == "C"
     if native:
         assert native_fold() is not None
-    return lambda resolver: BatchBuilder(resolver, None, native=native)
+    return lambda key_positions: builder_of(key_positions, None, native=native)
 
 
 def test_a_log_keeps_every_insert_keyed_by_its_version(

@@ -8,7 +8,7 @@ import pytest
 from cdc.apply.batch import FillSource, Key, RowImage, TableBatch
 from cdc.protocol import UNCHANGED_TOAST
 from cdc.sinks.historic import fill
-from tests.unit.test_batch import RELATION
+from tests.unit.test_batch import RELATION, schema_of
 
 pytestmark = pytest.mark.unit
 
@@ -17,7 +17,7 @@ V = 10 << 64  # a version of this batch
 
 def table(**rows: tuple[bytes | None, bool]) -> TableBatch:
     """Rows keyed by id, each with `v` unchanged (or given) and deleted or not."""
-    batch = TableBatch(RELATION, ("id", "v"), (23, 25), (0,))
+    batch = TableBatch(schema_of(RELATION, (0,)))
     for key, (value, deleted) in rows.items():
         v = UNCHANGED_TOAST if value is None else value
         batch.rows[(key.encode(),)] = RowImage(V, deleted, (key.encode(), v))

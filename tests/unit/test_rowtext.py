@@ -11,6 +11,7 @@ from cdc.apply.rowtext import row_text, shared_row_text
 from cdc.load.copytext import parse_row
 from cdc.protocol import UNCHANGED_TOAST, Relation, RelationColumn, TupleValue
 from cdc.protocol.tags import ReplicaIdentity
+from tests.unit.test_batch import schema_of
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +28,7 @@ ROW = st.tuples(st.integers(0, 2**100), st.booleans(), st.lists(VALUE, min_size=
 
 
 def table_of(rows: list[tuple[int, bool, list[TupleValue]]]) -> TableBatch:
-    table = TableBatch(RELATION, tuple(c.name for c in RELATION.columns), (25,) * WIDTH, (0,))
+    table = TableBatch(schema_of(RELATION, (0,)))
     for key, (version, deleted, rest) in enumerate(rows):
         values = (b"%d" % key, *rest)
         table.rows[(values[0],)] = RowImage(version, deleted, values)

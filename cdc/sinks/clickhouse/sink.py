@@ -29,7 +29,7 @@ from cdc.schema import (
     TableSchema,
 )
 from cdc.sinks import ddl
-from cdc.sinks.base import CopiedRows, CopyFormat, Layouts
+from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.clickhouse import rowbinary
 from cdc.sinks.clickhouse.client import quote_identifier
@@ -111,15 +111,14 @@ class ClickHouseSink:
     def _insert_settings(self) -> dict[str, Any]:
         return INSERT_SETTINGS if self.cluster is None else {**INSERT_SETTINGS, **SYNC_INSERT}
 
-    def complete(self, batch: Batch, layouts: Layouts) -> None:
+    def complete(self, batch: Batch) -> None:
         """ClickHouse keeps no copy to complete a batch from (`cdc.sinks.base.Sink`)."""
 
-    def apply(self, batch: Batch, layouts: Layouts) -> None:
+    def apply(self, batch: Batch) -> None:
         for name, table in batch.tables.items():
-            layout = layouts[name]
             with self._writing(name):
-                self._ensure(name, layout)
-                self._apply_table(table, layout)
+                self._ensure(name, table.schema)
+                self._apply_table(table, table.schema)
 
     def copy_format(self, layout: TableSchema) -> CopyFormat:
         """Binary if every column converts to RowBinary as the table's type

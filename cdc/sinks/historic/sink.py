@@ -33,7 +33,7 @@ from cdc.ops.settings import redact_url
 from cdc.protocol import TupleValue
 from cdc.schema import COMMIT_TIME_COLUMN, DELETED_COLUMN, VERSION_COLUMN, TableSchema
 from cdc.sinks import ddl
-from cdc.sinks.base import CopiedRows, CopyFormat, Layouts
+from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.historic import fill
 from cdc.sinks.historic.sql import (
     STAGE_TABLE,
@@ -126,13 +126,13 @@ class HistoricSink:
                 self._drop(writer)
             raise error from exc
 
-    def complete(self, batch: Batch, layouts: Layouts) -> None:
+    def complete(self, batch: Batch) -> None:
         """Fill the values the stream did not resend into `batch`'s rows, from the historic
         rows as they were before the batch (it is applied after): one transaction that
         writes no row. A value no historic row holds is NULL, with a warning."""
         work = [
-            (table, layouts[name])
-            for name, table in batch.tables.items()
+            (table, table.schema)
+            for table in batch.tables.values()
             if rowtext.shared_row_text(table).incomplete
         ]
         if not work:
@@ -142,11 +142,11 @@ class HistoricSink:
                 self._ensure(conn, (layout.schema, layout.name), layout)
                 self._complete(conn, table, layout)
 
-    def apply(self, batch: Batch, layouts: Layouts) -> None:
+    def apply(self, batch: Batch) -> None:
         """Targets and truncations first, then the rows: all in one transaction, or for a
         large batch split by key over the writers' connections, written at once. The
         batch is complete (`complete`)."""
-        work = [(table, layouts[name]) for name, table in batch.tables.items()]
+        work = [(table, table.schema) for table in batch.tables.values()]
         with self._transaction() as conn:
             for table, layout in work:
                 self._ensure(conn, (layout.schema, layout.name), layout)
