@@ -23,7 +23,8 @@ from bench import streaming, workloads
 from bench.workloads import Workload
 from cdc.apply import rowtext
 from cdc.apply.assembler import Assembler
-from cdc.apply.batch import Batch, BatchBuilder
+from cdc.apply.batch import Batch
+from cdc.apply.batcher import BatchBuilder
 from cdc.apply.changes import Transaction
 from cdc.protocol import Decoder
 from cdc.schema import TableSchema, describe_table

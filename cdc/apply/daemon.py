@@ -9,8 +9,8 @@ batch, acknowledges it and returns.
 
 Its parts: `cdc.apply.setup` (what is created before streaming, the initial load),
 `cdc.apply.stages` (a batch through the sinks), `cdc.apply.quarantine` (tables set aside);
-here: leadership, the loop from the stream to the applier, acknowledgements, heartbeats
-and progress reports.
+`cdc.apply.upkeep` (heartbeats, slot checks, progress reports); here: leadership, the
+loop from the stream to the applier, acknowledgements.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable
 
 from cdc.apply.applier import Applier, Stage
-from cdc.apply.assembler import Event
-from cdc.apply.batch import Batch, BatchBuilder
+from cdc.apply.batch import Batch
+from cdc.apply.batcher import BatchBuilder
 from cdc.apply.changes import Transaction
 from cdc.apply.quarantine import Quarantine
 from cdc.apply.setup import DESCRIBE_QUARANTINES, Setup
 from cdc.apply.stages import BatchStages
+from cdc.apply.upkeep import Upkeep
 from cdc.check.monitor import Monitor
 from cdc.check.position import TargetPosition
 from cdc.errors import CdcError, ErrorKind
@@ -44,7 +45,7 @@ from cdc.sinks.clickhouse.client import embedded_path
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.factory import SinkFactory, default_sinks
 from cdc.states import DaemonState
-from cdc.stream import feedback, slots
+from cdc.stream import slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.following import SchemaFollower
 from cdc.stream.source import ChangeSource, SourceConfig
@@ -74,9 +75,8 @@ class Daemon:
                                    self.metrics, self.health, self.position,
                                    self._stopping)  # fmt: skip
         self.stats = self._stages.stats
-        self._last_progress = time.monotonic()
-        self._last_event_at = time.monotonic()
-        self._last_progress_changes = 0
+        self.upkeep = Upkeep(settings, self.catalog, self.metrics, self.stats,
+                             lambda: self.quarantined, HEARTBEAT_PREFIX, self.log)  # fmt: skip
         self.follower = SchemaFollower(self.source_dsn, settings, self.catalog,
                                        self.sink_factory, self._setup.initial_load,
                                        self.quarantine.add, self.log)  # fmt: skip
@@ -256,8 +256,7 @@ class Daemon:
             acknowledged = self._acknowledge(source, applier, acknowledged)
             self.position.flushed(source.stream.flush_position, source.stream.progress.durable)
             self.health.tick()
-            self._heartbeat(event)
-            self._report(source, event)
+            self.upkeep.tick(source, event)
             self.follower.poll_if_due()
             if stop.is_set() and builder.transactions == 0:
                 break
@@ -285,39 +284,6 @@ class Daemon:
         monitor.start()
         return monitor
 
-    def _heartbeat(self, event: object) -> None:
-        """While nothing arrives, write a tiny WAL record into the source database, so the
-        slot keeps moving even if the published tables never change."""
-        interval = self.settings.heartbeat_interval_s
-        now = time.monotonic()
-        if event is not None or not interval:
-            self._last_event_at = now
-            return
-        if now - self._last_event_at >= interval:
-            self.catalog.query(
-                lambda conn: conn.execute(
-                    "SELECT pg_logical_emit_message(false, %s, now()::text)", (HEARTBEAT_PREFIX,)
-                )
-            )
-            self._last_event_at = now
-
-    def _check_slot(self) -> None:
-        """Retained WAL as a metric; warnings before Postgres invalidates the slot."""
-        slot = self.catalog.query(lambda conn: slots.get_slot(conn, self.settings.slot))
-        if slot is None or slot.wal_status == "lost":
-            raise CdcError(
-                ErrorKind.SLOT_LOST,
-                f"replication slot {self.settings.slot!r} is "
-                + ("gone" if slot is None else "invalidated (wal_status lost)")
-                + ": run `cdc slot recreate`, then `cdc backfill` to copy what was missed",
-            )
-        if slot.retained_bytes is not None:
-            self.metrics.retained_wal.set(slot.retained_bytes)
-        warning = slots.wal_status_warning(slot)
-        if warning:
-            self.log.warning("slot_at_risk", wal_status=slot.wal_status,
-                             safe_wal_size=slot.safe_wal_size, hint=warning)  # fmt: skip
-
     @staticmethod
     def _acknowledge(source: ChangeSource, applier: Applier, acknowledged: Lsn) -> Lsn:
         """Let the stream report what every sink holds durably (DESIGN.md invariant 5)."""
@@ -328,27 +294,3 @@ class Daemon:
             source.acknowledge(applied)
             faults.point("after_ack")
         return applied
-
-    def _report(self, source: ChangeSource, event: Event | None) -> None:
-        now = time.monotonic()
-        elapsed = now - self._last_progress
-        if elapsed < self.settings.status_interval_s:
-            return
-        progress = source.stream.progress
-        rate = (self.stats.changes - self._last_progress_changes) / elapsed
-        lag_bytes = feedback.lag_bytes(progress)
-        self.metrics.lag_bytes.set(lag_bytes)
-        self._check_slot()
-        self.log.info(
-            "progress",
-            applied_lsn=str(self.stats.applied_lsn),
-            lag_bytes=lag_bytes,
-            lag_from=str(feedback.flush_lsn(progress)),  # what is durable (or idle)
-            lag_to=str(progress.server_wal_end),  # the server's WAL end
-            changes_per_s=round(rate),
-            changes=self.stats.changes,
-            batches=self.stats.batches,
-            quarantined=sorted(f"{s}.{t}" for s, t in self.quarantined),
-        )
-        self._last_progress = now
-        self._last_progress_changes = self.stats.changes

@@ -8,7 +8,8 @@ from typing import Any
 
 import psycopg
 
-from cdc.apply.batch import Batch, BatchBuilder
+from cdc.apply.batch import Batch
+from cdc.apply.batcher import BatchBuilder
 from cdc.apply.changes import Transaction
 from cdc.apply.daemon import Daemon
 from cdc.sinks.clickhouse.sink import ClickHouseSink

@@ -18,7 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.apply.batch import Batch, BatchBuilder
+from cdc.apply.batch import Batch
+from cdc.apply.batcher import BatchBuilder
 from cdc.apply.changes import Record, RecordChunk, Transaction
 from cdc.errors import CdcError, ErrorKind
 from cdc.protocol import UNCHANGED_TOAST, Insert, Relation, RelationColumn, Update

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from cdc.apply.batch import BatchBuilder, native_fold
+from cdc.apply.batcher import BatchBuilder, native_fold
 from cdc.apply.changes import Op
 from cdc.errors import CdcError, ErrorKind
 from cdc.load.chunks import Chunk, chunk_filter, log_copy_sql

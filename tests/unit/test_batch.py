@@ -12,16 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.apply.batch import (
-    NO_BOUND,
-    Batch,
-    BatchBuilder,
-    FillSource,
-    RowImage,
-    SchemaResolver,
-    native_fold,
-    widen,
-)
+from cdc.apply.batch import NO_BOUND, Batch, FillSource, RowImage, widen
+from cdc.apply.batcher import BatchBuilder, SchemaResolver, native_fold
 from cdc.apply.changes import Op, Record, RecordChunk, Transaction
 from cdc.errors import CdcError
 from cdc.protocol import (

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 from cdc.apply import rowtext
@@ -22,8 +21,6 @@ from cdc.errors import CdcError
 from cdc.load.copytext import NULL
 from cdc.ops.logs import get_logger
 from cdc.schema import (
-    COMMIT_TIME_COLUMN,
-    DELETED_COLUMN,
     TRUNCATIONS_TABLE,
     VERSION_COLUMN,
     TableSchema,
@@ -33,7 +30,7 @@ from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.clickhouse import rowbinary
 from cdc.sinks.clickhouse.client import quote_identifier
-from cdc.sinks.clickhouse.types import clickhouse_type
+from cdc.sinks.clickhouse.targets import ClickHouseTargets
 from cdc.sinks.clickhouse.values import INSERT_SETTINGS, RowEncoder
 from cdc.versions import SHIFT
 
@@ -56,10 +53,8 @@ class ClickHouseSink:
         self.cluster = cluster
         self._client = client
         self._owns_client = client is None
-        # Per table: its columns in ClickHouse and their types, as last read or written.
-        self._columns: dict[TableName, dict[str, str]] = {}
+        self._targets = ClickHouseTargets(lambda: self.client, database, cluster)
         self._encoders: dict[int, RowEncoder] = {}
-        self._database_ready = False
 
     @property
     def client(self) -> Any:
@@ -73,23 +68,9 @@ class ClickHouseSink:
             self._client = None
 
     def prepare(self, tables: Sequence[TableSchema]) -> None:
-        self._ensure_database()
+        self._targets.ensure_database()
         for table in tables:
-            self._ensure((table.schema, table.name), table)
-
-    def _ensure_database(self) -> None:
-        if self._database_ready:
-            return
-        client, cluster = self.client, self.cluster
-        client.command(ddl.clickhouse_database(self.database, cluster))
-        client.command(ddl.clickhouse_truncations_table(self.database, cluster))
-        if cluster is not None:
-            client.command(
-                ddl.clickhouse_distributed_table(
-                    self.database, TRUNCATIONS_TABLE, ("table_name",), cluster
-                )
-            )
-        self._database_ready = True
+            self._targets.ensure(table)
 
     @contextmanager
     def _writing(self, table: TableName) -> Iterator[None]:
@@ -117,7 +98,7 @@ class ClickHouseSink:
     def apply(self, batch: Batch) -> None:
         for name, table in batch.tables.items():
             with self._writing(name):
-                self._ensure(name, table.schema)
+                self._targets.ensure(table.schema)
                 self._apply_table(table, table.schema)
 
     def copy_format(self, layout: TableSchema) -> CopyFormat:
@@ -125,8 +106,8 @@ class ClickHouseSink:
         (`cdc.sinks.clickhouse.rowbinary`)."""
         name = (layout.schema, layout.name)
         with self._writing(name):
-            self._ensure(name, layout)
-        binary = rowbinary.plan(layout, self._columns[name]) is not None
+            columns = self._targets.ensure(layout)
+        binary = rowbinary.plan(layout, columns) is not None
         return CopyFormat.BINARY if binary else CopyFormat.TEXT
 
     def apply_copy(
@@ -141,8 +122,7 @@ class ClickHouseSink:
         refused: list[int] = []
         blocks: dict[str, list[bytes]] = {"TabSeparated": [], "RowBinary": []}
         with self._writing(name):
-            self._ensure(name, layout)
-            plan = rowbinary.plan(layout, self._columns[name])
+            plan = rowbinary.plan(layout, self._targets.ensure(layout))
             for position, copied in enumerate(copies):
                 if copied.format is CopyFormat.TEXT:
                     blocks["TabSeparated"].append(copied.data)
@@ -178,84 +158,6 @@ class ClickHouseSink:
                 reason=exc.reason,
             )
             return None
-
-    # -- targets ---------------------------------------------------------------------------
-
-    def _ensure(self, name: TableName, layout: TableSchema) -> None:
-        """Make `layout`'s table, its Distributed table (cluster) and its view, or bring
-        them up to `layout`'s columns. ClickHouse DDL is not transactional and a kill can
-        fall between two statements: so the first call for a table in a process also
-        makes whatever a killed run left unmade (every statement is idempotent)."""
-        client = self.client
-        cluster = self.cluster
-        known = self._columns.get(name)
-        first = known is None
-        if known is None:
-            self._ensure_database()
-            known = self._target_columns(layout.name)
-            if known:
-                if not self._has_commit_time(layout.name):  # made by an older version
-                    for table_name in self._physical(layout.name):
-                        client.command(
-                            ddl.clickhouse_commit_time_column(self.database, table_name, cluster)
-                        )
-            else:
-                client.command(ddl.clickhouse_table(self.database, layout, cluster))
-                known = {c.name: clickhouse_type(c) for c in layout.columns}
-            if cluster is not None:
-                client.command(
-                    ddl.clickhouse_distributed_table(
-                        self.database, layout.name, layout.target_key, cluster
-                    )
-                )
-            self._columns[name] = known
-        added, widened = ddl.clickhouse_widenings(known, layout)
-        if not added and not widened and not first:
-            return
-        for table_name in self._physical(layout.name):
-            for column in added:
-                client.command(
-                    ddl.clickhouse_add_column(self.database, table_name, column, cluster)
-                )
-            for column_name in widened:
-                client.command(
-                    ddl.clickhouse_make_nullable(
-                        self.database, table_name, column_name, known[column_name], cluster
-                    )
-                )
-        for column in added:
-            known[column.name] = ddl.added_column_type(column)
-        for column_name in widened:
-            known[column_name] = ddl.nullable_type(known[column_name])
-        view_layout = replace(layout, columns=tuple(c for c in layout.columns if c.name in known))
-        client.command(ddl.clickhouse_current_view(self.database, view_layout, cluster))
-
-    def _physical(self, table_name: str) -> list[str]:
-        """The tables holding `table_name`'s columns: on a cluster also its Distributed
-        table, whose columns are its own."""
-        if self.cluster is None:
-            return [table_name]
-        return [table_name, ddl.distributed_name(table_name)]
-
-    def _has_commit_time(self, table: str) -> bool:
-        result = self.client.query(
-            "SELECT count() FROM system.columns WHERE database = {db:String} "
-            "AND table = {table:String} AND name = {name:String}",
-            parameters={"db": self.database, "table": table, "name": COMMIT_TIME_COLUMN},
-        )
-        return bool(result.result_rows[0][0])
-
-    def _target_columns(self, table: str) -> dict[str, str]:
-        result = self.client.query(
-            "SELECT name, type FROM system.columns WHERE database = {db:String} "
-            "AND table = {table:String} ORDER BY position",
-            parameters={"db": self.database, "table": table},
-        )
-        return {
-            name: column_type
-            for name, column_type in result.result_rows
-            if name not in (VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN)
-        }
 
     # -- writes ----------------------------------------------------------------------------
 

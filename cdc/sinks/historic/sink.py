@@ -8,14 +8,13 @@ its own: every sink then receives complete rows, and none depends on another hav
 is kept as the table's watermark); then the rows are COPYed (text format, values exactly
 as Postgres sent them) into a temp staging table, and one `INSERT ... ON CONFLICT DO
 UPDATE ... WHERE target._version < excluded._version` applies them (a large batch split by
-key over several connections). The SQL is built in `cdc.sinks.historic.sql`.
+key over several connections, `cdc.sinks.historic.writers`). The SQL is built in
+`cdc.sinks.historic.sql`; the tables are made and checked by `cdc.sinks.historic.targets`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -26,13 +25,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cdc.apply import rowtext
 from cdc.apply.batch import Batch, TableBatch, TableName
-from cdc.classify import postgres_error
-from cdc.errors import CdcError, ErrorKind
 from cdc.ops.logs import get_logger
-from cdc.ops.settings import redact_url
 from cdc.protocol import TupleValue
-from cdc.schema import COMMIT_TIME_COLUMN, DELETED_COLUMN, VERSION_COLUMN, TableSchema
-from cdc.sinks import ddl
+from cdc.schema import VERSION_COLUMN, TableSchema
 from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.historic import fill
 from cdc.sinks.historic.sql import (
@@ -41,17 +36,17 @@ from cdc.sinks.historic.sql import (
     copy_within_sql,
     donors_sql,
     row_columns,
+    stage_sql,
     truncate_sql,
     upsert_sql,
     watermark_sql,
 )
-from cdc.stream.session import canonical_dsn
+from cdc.sinks.historic.targets import HistoricTargets
+from cdc.sinks.historic.writers import Writers
 
-FIRST_USER_OID = 16384  # FirstNormalObjectId: built-in types are below
 # After a batch whose new rows were found in the table already (a replay, a backfill, a
 # key deleted and inserted again), this many batches of the table go the staged way only.
 DIRECT_INSERT_BACKOFF = 16
-DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 PARALLEL_MIN_ROWS = 2_000  # smaller batches are written on one connection
 
 _log = get_logger()
@@ -66,65 +61,17 @@ class HistoricSink:
         """`writers`: connections that write a large batch's rows at once, each a share
         of the keys in its own transaction (the batch is durable when all committed)."""
         self.schema = schema
-        self._dsn = dsn
-        self._conns: list[psycopg.Connection[Any] | None] = [None] * max(1, writers)
-        self._pool: ThreadPoolExecutor | None = None
-        self._columns: dict[TableName, list[str]] = {}
-        self._types: dict[TableName, dict[str, tuple[int, int]]] = {}
+        self._targets = HistoricTargets(schema)
+        self._writers = Writers(dsn, writers, self._targets.forget)
         self._direct_backoff: dict[TableName, int] = {}
 
-    def _connection(self, writer: int = 0) -> psycopg.Connection[Any]:
-        conn = self._conns[writer]
-        if conn is None or conn.closed:
-            try:
-                conn = psycopg.connect(
-                    canonical_dsn(self._dsn), application_name=f"cdc historic writer {writer}"
-                )
-            except psycopg.Error as exc:
-                raise CdcError(
-                    ErrorKind.SINK_CONNECTION,
-                    f"cannot connect to the historic database {redact_url(self._dsn)}: "
-                    f"{redact_url(str(exc).strip())}",
-                ) from exc
-            self._conns[writer] = conn
-            if writer == 0:
-                self._columns.clear()
-                self._types.clear()
-        return conn
-
-    def _drop(self, writer: int) -> None:
-        conn = self._conns[writer]
-        if conn is not None:
-            conn.close()
-            self._conns[writer] = None
-
     def close(self) -> None:
-        for writer in range(len(self._conns)):
-            self._drop(writer)
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        self._writers.close()
 
     def prepare(self, tables: Sequence[TableSchema]) -> None:
-        with self._transaction() as conn:
+        with self._writers.transaction() as conn:
             for table in tables:
-                self._ensure(conn, (table.schema, table.name), table)
-
-    @contextmanager
-    def _transaction(self, writer: int = 0) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction on the historic database; a lost connection is a sink
-        connection failure (retried), and the next write reconnects."""
-        conn = self._connection(writer)
-        try:
-            with conn.transaction():
-                yield conn
-        except psycopg.Error as exc:
-            error = postgres_error(exc, ErrorKind.SINK_CONNECTION, "historic write failed")
-            if error.kind is ErrorKind.SINK_CONNECTION:
-                # Only this writer's connection: this may run in a pool thread, which
-                # cannot shut its own pool down. The others fail on their next use.
-                self._drop(writer)
-            raise error from exc
+                self._targets.ensure(conn, table)
 
     def complete(self, batch: Batch) -> None:
         """Fill the values the stream did not resend into `batch`'s rows, from the historic
@@ -137,9 +84,9 @@ class HistoricSink:
         ]
         if not work:
             return
-        with self._transaction() as conn:
+        with self._writers.transaction() as conn:
             for table, layout in work:
-                self._ensure(conn, (layout.schema, layout.name), layout)
+                self._targets.ensure(conn, layout)
                 self._complete(conn, table, layout)
 
     def apply(self, batch: Batch) -> None:
@@ -147,11 +94,11 @@ class HistoricSink:
         large batch split by key over the writers' connections, written at once. The
         batch is complete (`complete`)."""
         work = [(table, table.schema) for table in batch.tables.values()]
-        with self._transaction() as conn:
+        with self._writers.transaction() as conn:
             for table, layout in work:
-                self._ensure(conn, (layout.schema, layout.name), layout)
+                self._targets.ensure(conn, layout)
                 self._truncate(conn, table, layout)
-            writers = len(self._conns)
+            writers = len(self._writers)
             # A batch that moved rows to other keys commits in one transaction: a replay
             # after a partial commit could find neither a moved row's old key nor its new
             # one holding the values it needs (`TableBatch.fill_from`).
@@ -164,120 +111,14 @@ class HistoricSink:
             [(t, layout, rowtext.shared_row_text(t).share(k, writers)) for t, layout in work]
             for k in range(writers)
         ]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(writers - 1, thread_name_prefix="cdc-historic")
-        others = [self._pool.submit(self._write_share, k, shares[k]) for k in range(1, writers)]
-        try:
-            self._write_share(0, shares[0])
-        finally:
-            errors = [exc for future in others if (exc := future.exception()) is not None]
-        if errors:
-            raise errors[0]
+        self._writers.each(self._write_share, shares)
 
     def _write_share(
         self, writer: int, share: list[tuple[TableBatch, TableSchema, rowtext.RowText]]
     ) -> None:
-        with self._transaction(writer) as conn:
+        with self._writers.transaction(writer) as conn:
             for table, layout, text in share:
                 self._apply_rows(conn, table, layout, text)
-
-    def _ensure(self, conn: psycopg.Connection[Any], name: TableName, layout: TableSchema) -> None:
-        known = self._columns.get(name)
-        if known is None:
-            # `CREATE ... IF NOT EXISTS` is not safe against a concurrent session doing the
-            # same (the daemon and a backfill): take turns, until this transaction ends.
-            conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
-            conn.execute(ddl.historic_schema(self.schema))
-            conn.execute(ddl.historic_truncations_table(self.schema))
-            types = self._target_columns(conn, layout.name)
-            if types:
-                self._check_key(conn, layout)
-                self._add_commit_time(conn, layout.name)
-            if not types:
-                conn.execute(ddl.historic_table(self.schema, layout))
-                conn.execute(ddl.historic_current_view(self.schema, layout))
-                types = {c.name: (c.type_oid, c.type_modifier) for c in layout.columns}
-            known = list(types)
-            self._columns[name] = known
-            self._types[name] = types
-        self._check_types(layout)
-        missing = [c for c in layout.columns if c.name not in known]
-        if missing:
-            conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
-            for column in missing:
-                conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
-                known.append(column.name)
-                self._types[name][column.name] = (column.type_oid, column.type_modifier)
-            conn.execute(ddl.historic_current_view(self.schema, _with_columns(layout, known)))
-
-    def _check_types(self, layout: TableSchema) -> None:
-        """Stop on a column whose built-in type changed at the source: the targets cannot
-        follow by themselves, and a silent coercion could change values."""
-        types = self._types[(layout.schema, layout.name)]
-        for column in layout.columns:
-            target = types.get(column.name)
-            if target is None or (column.type_oid, column.type_modifier) == target:
-                continue
-            if column.type_oid >= FIRST_USER_OID or target[0] >= FIRST_USER_OID:
-                continue  # user types: their OIDs differ between databases
-            raise CdcError(
-                ErrorKind.SCHEMA,
-                f"column {column.name!r} of {layout.qualified_name} changed type at the source "
-                f"(now {column.pg_type}); the targets keep the old type. Change it in both "
-                f"(`ALTER TABLE {self.schema}.{layout.name} ALTER COLUMN ... TYPE ...` and "
-                "`ALTER TABLE ... MODIFY COLUMN` in ClickHouse), or drop both target tables "
-                f"and run `cdc backfill {layout.name}`; then restart the daemon",
-                table=(layout.schema, layout.name),
-            )
-
-    def _check_key(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
-        """Set aside a table whose kind changed (it gained or lost its primary key): its
-        historic copy is keyed otherwise, so its rows cannot be written by the new key."""
-        row = conn.execute(
-            "SELECT array_agg(a.attname::text) FROM pg_index i "
-            "JOIN pg_class c ON c.oid = i.indrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) "
-            "WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary",
-            (self.schema, layout.name),
-        ).fetchone()
-        target = set(row[0] or ()) if row is not None else set()
-        if target and target != set(layout.target_key):
-            keyed_by = ", ".join(sorted(target))
-            raise CdcError(
-                ErrorKind.NO_KEY,
-                f"{layout.qualified_name} is now keyed by ({', '.join(layout.target_key)}) "
-                f"but its historic copy {self.schema}.{layout.name} by ({keyed_by}): it gained "
-                "or lost its primary key. Drop its target tables (historic and ClickHouse, "
-                f"with their _current views) and run `cdc backfill {layout.name}`, then "
-                "restart the daemon",
-                table=(layout.schema, layout.name),
-            )
-
-    def _add_commit_time(self, conn: psycopg.Connection[Any], table: str) -> None:
-        """Add `_commit_time` to a table made by an older version. Only if missing: an
-        ALTER TABLE waits for every reader of the table, even when it has nothing to do."""
-        present = conn.execute(
-            "SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s "
-            "AND NOT attisdropped",
-            (sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(table))
-             .as_string(conn), COMMIT_TIME_COLUMN),
-        ).fetchone()  # fmt: skip
-        if present is None:
-            conn.execute(ddl.historic_commit_time_column(self.schema, table))
-
-    def _target_columns(
-        self, conn: psycopg.Connection[Any], table: str
-    ) -> dict[str, tuple[int, int]]:
-        rows = conn.execute(
-            "SELECT a.attname, a.atttypid::int, a.atttypmod FROM pg_attribute a "
-            "JOIN pg_class c ON c.oid = a.attrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
-            "AND a.attname NOT IN (%s, %s, %s) ORDER BY a.attnum",
-            (self.schema, table, VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN),
-        ).fetchall()
-        return {r[0]: (r[1], r[2]) for r in rows}
 
     def _truncate(
         self, conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema
@@ -304,14 +145,8 @@ class HistoricSink:
             conn, layout, row_columns(layout), b"".join(inserted), lowest
         ):
             staged = others
-        if not staged:
-            return
-        self._create_stage(conn, layout)
-        stage = sql.Identifier(STAGE_TABLE)
-        with conn.cursor() as cur, cur.copy(copy_sql(stage, row_columns(layout))) as pipe:
-            pipe.write(b"".join(staged))
-        conn.execute(upsert_sql(self.schema, layout))
-        conn.execute(sql.SQL("DROP TABLE {}").format(stage))
+        if staged:
+            self._stage_and_upsert(conn, layout, row_columns(layout), b"".join(staged))
 
     def _complete(
         self, conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema
@@ -370,29 +205,26 @@ class HistoricSink:
             return False
         return True
 
-    def _create_stage(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
-        conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
-                "SELECT {columns} FROM {schema}.{table} WITH NO DATA"
-            ).format(
-                stage=sql.Identifier(STAGE_TABLE),
-                columns=sql.SQL(", ").join(map(sql.Identifier, row_columns(layout))),
-                schema=sql.Identifier(self.schema),
-                table=sql.Identifier(layout.name),
-            )
-        )
-        # A backfill's copied rows come without it: live.
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT false").format(
-                sql.Identifier(STAGE_TABLE), sql.Identifier(DELETED_COLUMN)
-            )
-        )
+    def _stage_and_upsert(
+        self,
+        conn: psycopg.Connection[Any],
+        layout: TableSchema,
+        columns: Sequence[str],
+        data: bytes,
+    ) -> None:
+        """COPY rows into a temporary stage, then upsert them with the version guard."""
+        for statement in stage_sql(self.schema, layout):
+            conn.execute(statement)
+        stage = sql.Identifier(STAGE_TABLE)
+        with conn.cursor() as cur, cur.copy(copy_sql(stage, columns)) as pipe:
+            pipe.write(data)
+        conn.execute(upsert_sql(self.schema, layout))
+        conn.execute(sql.SQL("DROP TABLE {}").format(stage))
 
     def in_database(self, dsn: str) -> bool:
         """True if this sink writes into the database `dsn` names (same server, port and
         database name; the user and the options may differ)."""
-        return _database_of(self._dsn) == _database_of(dsn)
+        return _database_of(self._writers.dsn) == _database_of(dsn)
 
     def copy_within_sql(
         self, layout: TableSchema, rows: sql.Composable, version: int, upsert: bool
@@ -415,16 +247,10 @@ class HistoricSink:
         if not data:
             return refused
         columns = [*layout.column_names, VERSION_COLUMN]
-        with self._transaction() as conn:
-            self._ensure(conn, (layout.schema, layout.name), layout)
-            if self._insert_new(conn, layout, columns, data, version):
-                return refused
-            self._create_stage(conn, layout)
-            copy = copy_sql(sql.Identifier(STAGE_TABLE), columns)
-            with conn.cursor() as cur, cur.copy(copy) as pipe:
-                pipe.write(data)
-            conn.execute(upsert_sql(self.schema, layout))
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE_TABLE)))
+        with self._writers.transaction() as conn:
+            self._targets.ensure(conn, layout)
+            if not self._insert_new(conn, layout, columns, data, version):
+                self._stage_and_upsert(conn, layout, columns, data)
         return refused
 
 
@@ -444,12 +270,3 @@ def _text(value: TupleValue) -> str:
 def _database_of(dsn: str) -> tuple[object, ...]:
     params = conninfo_to_dict(dsn)
     return tuple(params.get(key) for key in ("host", "hostaddr", "port", "dbname"))
-
-
-def _with_columns(layout: TableSchema, names: list[str]) -> TableSchema:
-    """`layout` restricted/ordered to `names` that it knows (for the current view)."""
-    from dataclasses import replace
-
-    by_name = {c.name: c for c in layout.columns}
-    columns = tuple(by_name[n] for n in names if n in by_name)
-    return replace(layout, columns=columns)

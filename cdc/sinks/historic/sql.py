@@ -42,6 +42,26 @@ def copy_sql(table: sql.Composable, columns: Sequence[str]) -> sql.Composed:
     )
 
 
+def stage_sql(schema: str, layout: TableSchema) -> list[sql.Composed]:
+    """A temporary stage for `layout`'s rows, dropped at commit. `_is_deleted` keeps its
+    default (false): a backfill's copied rows come without it, live."""
+    stage = sql.Identifier(STAGE_TABLE)
+    return [
+        sql.SQL(
+            "CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
+            "SELECT {columns} FROM {schema}.{table} WITH NO DATA"
+        ).format(
+            stage=stage,
+            columns=sql.SQL(", ").join(map(sql.Identifier, row_columns(layout))),
+            schema=sql.Identifier(schema),
+            table=sql.Identifier(layout.name),
+        ),
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT false").format(
+            stage, sql.Identifier(DELETED_COLUMN)
+        ),
+    ]
+
+
 def watermark_sql(schema: str) -> sql.Composed:
     """The truncate watermark of the table named by the one parameter (no row: none)."""
     return sql.SQL("SELECT version FROM {}.{} WHERE table_name = %s").format(

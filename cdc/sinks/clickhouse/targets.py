@@ -1,0 +1,124 @@
+"""The ClickHouse tables as the sink knows them: the database and the truncations table,
+each table with its Distributed table (on a cluster) and its `_current` view, made on
+first use and widened as the source adds columns or drops NOT NULL. ClickHouse DDL is
+not transactional: every statement is idempotent, and the first use of a table in a
+process makes whatever a killed run left unmade."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from cdc.apply.batch import TableName
+from cdc.schema import (
+    COMMIT_TIME_COLUMN,
+    DELETED_COLUMN,
+    TRUNCATIONS_TABLE,
+    VERSION_COLUMN,
+    TableSchema,
+)
+from cdc.sinks import ddl
+from cdc.sinks.clickhouse.types import clickhouse_type
+
+
+class ClickHouseTargets:
+    def __init__(self, client: Callable[[], Any], database: str, cluster: str | None) -> None:
+        self._client = client
+        self.database = database
+        self.cluster = cluster
+        # Per table: its columns in ClickHouse and their types, as last read or written.
+        self._columns: dict[TableName, dict[str, str]] = {}
+        self._database_ready = False
+
+    def ensure_database(self) -> None:
+        if self._database_ready:
+            return
+        client, cluster = self._client(), self.cluster
+        client.command(ddl.clickhouse_database(self.database, cluster))
+        client.command(ddl.clickhouse_truncations_table(self.database, cluster))
+        if cluster is not None:
+            client.command(
+                ddl.clickhouse_distributed_table(
+                    self.database, TRUNCATIONS_TABLE, ("table_name",), cluster
+                )
+            )
+        self._database_ready = True
+
+    def ensure(self, layout: TableSchema) -> dict[str, str]:
+        """Make `layout`'s table, its Distributed table (cluster) and its view, or bring
+        them up to `layout`'s columns. ClickHouse DDL is not transactional and a kill can
+        fall between two statements: so the first call for a table in a process also
+        makes whatever a killed run left unmade (every statement is idempotent)."""
+        client = self._client()
+        cluster = self.cluster
+        name = (layout.schema, layout.name)
+        known = self._columns.get(name)
+        first = known is None
+        if known is None:
+            self.ensure_database()
+            known = self._target_columns(layout.name)
+            if known:
+                if not self._has_commit_time(layout.name):  # made by an older version
+                    for table_name in self._physical(layout.name):
+                        client.command(
+                            ddl.clickhouse_commit_time_column(self.database, table_name, cluster)
+                        )
+            else:
+                client.command(ddl.clickhouse_table(self.database, layout, cluster))
+                known = {c.name: clickhouse_type(c) for c in layout.columns}
+            if cluster is not None:
+                client.command(
+                    ddl.clickhouse_distributed_table(
+                        self.database, layout.name, layout.target_key, cluster
+                    )
+                )
+            self._columns[name] = known
+        added, widened = ddl.clickhouse_widenings(known, layout)
+        if not added and not widened and not first:
+            return known
+        for table_name in self._physical(layout.name):
+            for column in added:
+                client.command(
+                    ddl.clickhouse_add_column(self.database, table_name, column, cluster)
+                )
+            for column_name in widened:
+                client.command(
+                    ddl.clickhouse_make_nullable(
+                        self.database, table_name, column_name, known[column_name], cluster
+                    )
+                )
+        for column in added:
+            known[column.name] = ddl.added_column_type(column)
+        for column_name in widened:
+            known[column_name] = ddl.nullable_type(known[column_name])
+        view_layout = replace(layout, columns=tuple(c for c in layout.columns if c.name in known))
+        client.command(ddl.clickhouse_current_view(self.database, view_layout, cluster))
+        return known
+
+    def _physical(self, table_name: str) -> list[str]:
+        """The tables holding `table_name`'s columns: on a cluster also its Distributed
+        table, whose columns are its own."""
+        if self.cluster is None:
+            return [table_name]
+        return [table_name, ddl.distributed_name(table_name)]
+
+    def _has_commit_time(self, table: str) -> bool:
+        result = self._client().query(
+            "SELECT count() FROM system.columns WHERE database = {db:String} "
+            "AND table = {table:String} AND name = {name:String}",
+            parameters={"db": self.database, "table": table, "name": COMMIT_TIME_COLUMN},
+        )
+        return bool(result.result_rows[0][0])
+
+    def _target_columns(self, table: str) -> dict[str, str]:
+        result = self._client().query(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} "
+            "AND table = {table:String} ORDER BY position",
+            parameters={"db": self.database, "table": table},
+        )
+        return {
+            name: column_type
+            for name, column_type in result.result_rows
+            if name not in (VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN)
+        }

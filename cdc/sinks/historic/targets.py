@@ -1,0 +1,141 @@
+"""The historic tables as the sink knows them: made (with their `_current` view) on
+first use, widened when the source adds a column, and checked: a column whose built-in
+type changed, or a table that gained or lost its primary key, stops the table with the
+fix to make. The DDL runs in the caller's transaction, under an advisory lock (the daemon
+and a backfill may make the same table at once)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.apply.batch import TableName
+from cdc.errors import CdcError, ErrorKind
+from cdc.schema import COMMIT_TIME_COLUMN, DELETED_COLUMN, VERSION_COLUMN, TableSchema
+from cdc.sinks import ddl
+
+FIRST_USER_OID = 16384  # FirstNormalObjectId: built-in types are below
+DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+
+class HistoricTargets:
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self._columns: dict[TableName, list[str]] = {}
+        self._types: dict[TableName, dict[str, tuple[int, int]]] = {}
+
+    def forget(self) -> None:
+        """Read every table again on next use (a new connection may see a changed one)."""
+        self._columns.clear()
+        self._types.clear()
+
+    def ensure(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
+        """Make `layout`'s table and view, or add the columns it lacks; refuse a changed
+        type or key (in the caller's transaction: Postgres DDL is transactional)."""
+        name = (layout.schema, layout.name)
+        known = self._columns.get(name)
+        if known is None:
+            # `CREATE ... IF NOT EXISTS` is not safe against a concurrent session doing the
+            # same (the daemon and a backfill): take turns, until this transaction ends.
+            conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
+            conn.execute(ddl.historic_schema(self.schema))
+            conn.execute(ddl.historic_truncations_table(self.schema))
+            types = self._target_columns(conn, layout.name)
+            if types:
+                self._check_key(conn, layout)
+                self._add_commit_time(conn, layout.name)
+            if not types:
+                conn.execute(ddl.historic_table(self.schema, layout))
+                conn.execute(ddl.historic_current_view(self.schema, layout))
+                types = {c.name: (c.type_oid, c.type_modifier) for c in layout.columns}
+            known = list(types)
+            self._columns[name] = known
+            self._types[name] = types
+        self._check_types(layout)
+        missing = [c for c in layout.columns if c.name not in known]
+        if missing:
+            conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
+            for column in missing:
+                conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
+                known.append(column.name)
+                self._types[name][column.name] = (column.type_oid, column.type_modifier)
+            conn.execute(ddl.historic_current_view(self.schema, _with_columns(layout, known)))
+
+    def _check_types(self, layout: TableSchema) -> None:
+        """Stop on a column whose built-in type changed at the source: the targets cannot
+        follow by themselves, and a silent coercion could change values."""
+        types = self._types[(layout.schema, layout.name)]
+        for column in layout.columns:
+            target = types.get(column.name)
+            if target is None or (column.type_oid, column.type_modifier) == target:
+                continue
+            if column.type_oid >= FIRST_USER_OID or target[0] >= FIRST_USER_OID:
+                continue  # user types: their OIDs differ between databases
+            raise CdcError(
+                ErrorKind.SCHEMA,
+                f"column {column.name!r} of {layout.qualified_name} changed type at the source "
+                f"(now {column.pg_type}); the targets keep the old type. Change it in both "
+                f"(`ALTER TABLE {self.schema}.{layout.name} ALTER COLUMN ... TYPE ...` and "
+                "`ALTER TABLE ... MODIFY COLUMN` in ClickHouse), or drop both target tables "
+                f"and run `cdc backfill {layout.name}`; then restart the daemon",
+                table=(layout.schema, layout.name),
+            )
+
+    def _check_key(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
+        """Set aside a table whose kind changed (it gained or lost its primary key): its
+        historic copy is keyed otherwise, so its rows cannot be written by the new key."""
+        row = conn.execute(
+            "SELECT array_agg(a.attname::text) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) "
+            "WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary",
+            (self.schema, layout.name),
+        ).fetchone()
+        target = set(row[0] or ()) if row is not None else set()
+        if target and target != set(layout.target_key):
+            keyed_by = ", ".join(sorted(target))
+            raise CdcError(
+                ErrorKind.NO_KEY,
+                f"{layout.qualified_name} is now keyed by ({', '.join(layout.target_key)}) "
+                f"but its historic copy {self.schema}.{layout.name} by ({keyed_by}): it gained "
+                "or lost its primary key. Drop its target tables (historic and ClickHouse, "
+                f"with their _current views) and run `cdc backfill {layout.name}`, then "
+                "restart the daemon",
+                table=(layout.schema, layout.name),
+            )
+
+    def _add_commit_time(self, conn: psycopg.Connection[Any], table: str) -> None:
+        """Add `_commit_time` to a table made by an older version. Only if missing: an
+        ALTER TABLE waits for every reader of the table, even when it has nothing to do."""
+        present = conn.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s "
+            "AND NOT attisdropped",
+            (sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(table))
+             .as_string(conn), COMMIT_TIME_COLUMN),
+        ).fetchone()  # fmt: skip
+        if present is None:
+            conn.execute(ddl.historic_commit_time_column(self.schema, table))
+
+    def _target_columns(
+        self, conn: psycopg.Connection[Any], table: str
+    ) -> dict[str, tuple[int, int]]:
+        rows = conn.execute(
+            "SELECT a.attname, a.atttypid::int, a.atttypmod FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND a.attname NOT IN (%s, %s, %s) ORDER BY a.attnum",
+            (self.schema, table, VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN),
+        ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def _with_columns(layout: TableSchema, names: list[str]) -> TableSchema:
+    """`layout` restricted/ordered to `names` that it knows (for the current view)."""
+    by_name = {c.name: c for c in layout.columns}
+    columns = tuple(by_name[n] for n in names if n in by_name)
+    return replace(layout, columns=columns)
