@@ -130,5 +130,12 @@ def widen(layout: TableSchema, latest: TableSchema) -> TableSchema:
 
 def commit_time_text(commit_ts: int) -> bytes:
     """A commit timestamp (Postgres-epoch microseconds) as the text both targets read:
-    UTC, with its offset, to the microsecond."""
-    return pg_timestamp_to_datetime(commit_ts).strftime("%Y-%m-%d %H:%M:%S.%f+00").encode()
+    UTC, with its offset, to the microsecond. (One per transaction: the second's text is
+    made once for all the transactions committed in it.)"""
+    seconds, micros = divmod(commit_ts, 1_000_000)
+    return b"%s.%06d+00" % (_second_text(seconds), micros)
+
+
+@functools.lru_cache(maxsize=16)
+def _second_text(seconds: int) -> bytes:
+    return pg_timestamp_to_datetime(seconds * 1_000_000).strftime("%Y-%m-%d %H:%M:%S").encode()

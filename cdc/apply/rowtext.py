@@ -14,7 +14,7 @@ tombstone) are set apart as `incomplete`: the historic sink fills them from its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cdc.apply.batch import Key, RowImage, TableBatch
@@ -86,7 +86,22 @@ class RowText:
 
 
 def row_text(table: TableBatch) -> RowText:
-    """The lines of `table`'s complete rows, and the keys of the others.
+    """The lines of `table`'s complete rows, and the keys of the others."""
+    return _text_of(table, table.rows.items())
+
+
+def add_completed(table: TableBatch, text: RowText, images: Sequence[RowImage]) -> None:
+    """Give `text` the lines of its incomplete rows, now completed as `images`."""
+    completed = _text_of(table, (((), image) for image in images))
+    if completed.incomplete:
+        raise ValueError(f"{table.schema.qualified_name}: a completed row lacks values")
+    text.lines.extend(completed.lines)
+    text.images.extend(completed.images)
+    text.incomplete = []
+
+
+def _text_of(table: TableBatch, rows: Iterable[tuple[Key, RowImage]]) -> RowText:
+    """The lines of the complete rows among `rows`, and the keys of the others.
 
     Rows without a NULL are joined as they are (the join fails on a NULL or a marker),
     and checked together for anything to escape; the rare others go value by value."""
@@ -97,7 +112,7 @@ def row_text(table: TableBatch) -> RowText:
     other_lines: list[bytes] = []
     other_images: list[RowImage] = []
     join = FIELD_SEPARATOR.join
-    for key, image in table.rows.items():
+    for key, image in rows:
         values = image.values
         try:
             joined.append(join(values))  # type: ignore[arg-type]
@@ -120,24 +135,6 @@ def row_text(table: TableBatch) -> RowText:
     ]
     text.images = [*plain_images, *other_images]
     return text
-
-
-def add_completed(table: TableBatch, text: RowText, images: Sequence[RowImage]) -> None:
-    """Give `text` the lines of its incomplete rows, now completed as `images`."""
-    times = table.commit_times
-    flags = _DELETED_FLAG
-    text.lines.extend(
-        b"%s\t%d\t%s\t%s\n"
-        % (
-            escaped_fields(image.values),
-            image.version,
-            flags[image.deleted],
-            times.get(image.version >> SHIFT, NULL),
-        )
-        for image in images
-    )
-    text.images.extend(images)
-    text.incomplete = []
 
 
 def shared_row_text(table: TableBatch) -> RowText:

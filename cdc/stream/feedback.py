@@ -32,8 +32,11 @@ class Progress:
     open_transaction: bool = False
     server_wal_end: Lsn = Lsn.ZERO
 
-    def with_received(self, end_lsn: Lsn) -> Progress:
-        return replace(self, received=max(self.received, end_lsn), open_transaction=False)
+    def with_received(self, end_lsn: Lsn, still_open: bool = False) -> Progress:
+        """A transaction ending at `end_lsn` received (`still_open`: another, streamed,
+        has begun and not ended). Built directly: this runs once per transaction."""
+        received = end_lsn if end_lsn > self.received else self.received
+        return Progress(self.durable, received, still_open, self.server_wal_end)
 
     def with_durable(self, end_lsn: Lsn) -> Progress:
         return replace(self, durable=max(self.durable, end_lsn))

@@ -147,8 +147,8 @@ class ReplicationStream:
         """Every sink has durably applied all transactions ending at or before `end_lsn`."""
         self.progress = self.progress.with_durable(end_lsn)
 
-    def note_received(self, end_lsn: Lsn) -> None:
-        self.progress = self.progress.with_received(end_lsn)
+    def note_received(self, end_lsn: Lsn, still_open: bool = False) -> None:
+        self.progress = self.progress.with_received(end_lsn, still_open)
 
     def note_open_transaction(self, is_open: bool) -> None:
         self.progress = self.progress.with_open_transaction(is_open)

@@ -130,8 +130,7 @@ class ChangeSource:
                 continue
             if isinstance(event, Transaction):
                 resent = event.end_lsn <= stream.progress.received
-                stream.note_received(event.end_lsn)
-                stream.note_open_transaction(assembler.has_open_transaction)
+                stream.note_received(event.end_lsn, assembler.has_open_transaction)
                 if resent:
                     event.close()  # resent after a reconnect; already handed out
                     continue

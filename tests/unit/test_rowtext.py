@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from cdc.apply.batch import RowImage, TableBatch, commit_time_text
 from cdc.apply.rowtext import row_text, shared_row_text
 from cdc.load.copytext import parse_row
-from cdc.protocol import UNCHANGED_TOAST, Relation, RelationColumn, TupleValue
+from cdc.protocol import (
+    UNCHANGED_TOAST,
+    Relation,
+    RelationColumn,
+    TupleValue,
+    pg_timestamp_to_datetime,
+)
 from cdc.protocol.tags import ReplicaIdentity
 from tests.unit.test_batch import schema_of
 
@@ -68,3 +74,10 @@ def test_rows_inserted_at_the_source_are_set_apart() -> None:
 def test_the_text_is_made_once_per_table_batch() -> None:
     table = table_of([(1, False, [b"x", b"y", b"z"])])
     assert shared_row_text(table) is shared_row_text(table)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(2**40) * 10**6 // 2**10, 2**48))
+def test_commit_time_text_is_utc_to_the_microsecond(commit_ts: int) -> None:
+    expected = pg_timestamp_to_datetime(commit_ts).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    assert commit_time_text(commit_ts) == expected.encode()
