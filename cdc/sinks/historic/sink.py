@@ -19,8 +19,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.abc import Buffer
-from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc.apply import rowtext
@@ -160,8 +158,7 @@ class HistoricSink:
         planned = fill.plan(table, text.incomplete)
         keys = planned.donor_keys
         arrays = [[_text(key[i]) for key in keys] for i in range(len(layout.primary_key))]
-        with conn.cursor() as cur:
-            cur.adapters.register_loader("text", _RawText)
+        with conn.cursor(binary=True) as cur:
             found = cur.execute(donors_sql(self.schema, layout), arrays).fetchall()
         donors = {keys[row[0] - 1]: fill.Donor(int(row[1]), row[2:]) for row in found}
         completed, unfilled = fill.fill(table, planned, donors)
@@ -252,13 +249,6 @@ class HistoricSink:
             if not self._insert_new(conn, layout, columns, data, version):
                 self._stage_and_upsert(conn, layout, columns, data)
         return refused
-
-
-class _RawText(Loader):
-    """Text as the bytes Postgres sent, as the stream carries values."""
-
-    def load(self, data: Buffer) -> bytes:
-        return bytes(data)
 
 
 def _text(value: TupleValue) -> str:

@@ -72,7 +72,9 @@ def watermark_sql(schema: str) -> sql.Composed:
 def donors_sql(schema: str, layout: TableSchema) -> sql.Composed:
     """The historic rows of the keys given as parameters, one text array per key column:
     each row with its key's position in the arrays (from 1), then `_version` and every
-    column as text. One index probe per key (the keys' text cast to the columns' types)."""
+    column's text as bytea, in the client's encoding (as the stream carries values: read
+    in binary, each arrives as bytes without a Python step). One index probe per key (the
+    keys' text cast to the columns' types)."""
     key = layout.primary_key
     types = {c.name: c.pg_type for c in layout.columns}
     given = [sql.Identifier(f"{GIVEN_PREFIX}{i}") for i in range(len(key))]
@@ -84,7 +86,8 @@ def donors_sql(schema: str, layout: TableSchema) -> sql.Composed:
         position=position,
         version=sql.Identifier(VERSION_COLUMN),
         values=sql.SQL(", ").join(
-            sql.SQL("h.{}::text").format(sql.Identifier(c)) for c in layout.column_names
+            sql.SQL("convert_to(h.{}::text, pg_client_encoding())").format(sql.Identifier(c))
+            for c in layout.column_names
         ),
         arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in key),
         given=sql.SQL(", ").join(given),
