@@ -118,6 +118,7 @@ class Setup:
                 if settings.initial_load:
                     self._run_load(load, snapshot)
         elif settings.initial_load and load.unfinished():
+            load.restart_unfinished()  # one snapshot per table (`Backfill.restart_unfinished`)
             with exported_snapshot(self.source_dsn) as snapshot:
                 self.log.info("initial_load_resumed", snapshot_lsn=str(snapshot.lsn))
                 self._run_load(load, snapshot)

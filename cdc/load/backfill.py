@@ -122,6 +122,19 @@ class Backfill:
             for table in self.job_state.tables:
                 self.job_state.restart(conn, table)
 
+    def restart_unfinished(self) -> None:
+        """Forget the chunks of every table with work left, so each is copied again whole
+        at the next snapshot. A table is copied at one snapshot: the stream replays from
+        the slot's start, and a change there can need a row as the copy found it (a key
+        moved from a range copied later, at a newer snapshot that no longer has the old
+        key, into one copied before it existed, would find its unchanged values nowhere)."""
+        with self._state() as conn:
+            plans = self.job_state.plans(conn)
+            pending = {chunk.table for chunk in self.job_state.pending_chunks(conn)}
+            for table, planned in plans.items():
+                if not planned or table in pending:
+                    self.job_state.restart(conn, table)
+
     def unfinished(self) -> bool:
         """True if this job started before and has work left: a chunk not copied yet, or a
         table whose plan was cut short."""
