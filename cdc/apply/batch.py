@@ -40,11 +40,6 @@ class RowImage(NamedTuple):
     inserted: bool = False
 
 
-# `RowImage((version, deleted, values, inserted))` without the Python-level `__new__` of a
-# NamedTuple: one is built per change. Always all four fields.
-_image = functools.partial(tuple.__new__, RowImage)
-
-
 class FillSource(NamedTuple):
     """A historic row that holds a row's unchanged values if its `_version` is in
     `[lowest, bound)`: the state of `key` between two changes of this batch. (A replay
@@ -79,8 +74,13 @@ class TableBatch:
     key_positions: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.columns = self.schema.column_names
-        self.key_positions = self.schema.key_indexes
+        self.relayout(self.schema)
+
+    def relayout(self, schema: TableSchema) -> None:
+        """Lay the table out as `schema` (the caller relays its rows out)."""
+        self.schema = schema
+        self.columns = schema.column_names
+        self.key_positions = schema.key_indexes
 
     @property
     def name(self) -> TableName:
@@ -107,8 +107,19 @@ class Batch:
 
 def widen(layout: TableSchema, latest: TableSchema) -> TableSchema:
     """`layout` followed by `latest` (a schema change inside a batch): the columns of
-    `layout` in their place, then those `latest` added; each as `latest` describes it, or
-    nullable if `latest` no longer has it. A column whose type changed cannot follow."""
+    `layout` in their place, then those `latest` added. A column is nullable if it was in
+    either (rows from before the change hold NULL in a column added since, and may in one
+    made NOT NULL since), or if `latest` no longer has it. A column whose type changed, or
+    a new primary key, cannot follow: the batch's rows are keyed by the old one."""
+    if latest.primary_key != layout.primary_key:
+        raise CdcError(
+            ErrorKind.SCHEMA,
+            f"{latest.qualified_name} changed its key ({', '.join(layout.primary_key)}) -> "
+            f"({', '.join(latest.primary_key)}): its target tables are keyed by the old "
+            "one. Drop both (historic and ClickHouse, with their _current views), run "
+            f"`cdc backfill {latest.name}`, then restart the daemon",
+            table=(latest.schema, latest.name),
+        )
     now = {c.name: c for c in latest.columns}
     columns = []
     for column in layout.columns:
@@ -120,11 +131,14 @@ def widen(layout: TableSchema, latest: TableSchema) -> TableSchema:
             raise CdcError(
                 ErrorKind.SCHEMA,
                 f"column {column.name!r} of {latest.qualified_name} changed type "
-                f"(oid {column.type_oid} -> {newer.type_oid}) inside one batch; see "
-                "`cdc run --help` on incompatible type changes",
+                f"(oid {column.type_oid} -> {newer.type_oid}); the targets keep the old "
+                "type. Change it in both (`ALTER TABLE ... ALTER COLUMN ... TYPE` in "
+                "historic, `ALTER TABLE ... MODIFY COLUMN` in ClickHouse), or drop both "
+                f"target tables and run `cdc backfill {latest.name}`; then restart the daemon",
+                table=(latest.schema, latest.name),
             )
-        columns.append(newer)
-    columns += now.values()
+        columns.append(newer if newer.nullable or not column.nullable else column)
+    columns += (c if c.nullable else replace(c, nullable=True) for c in now.values())
     return replace(latest, columns=tuple(columns))
 
 

@@ -50,7 +50,6 @@ class BatchBuilder:
         self._last_end = Lsn.ZERO
         self._batch = Batch()
         self._relations: dict[TableName, Relation] = {}  # the latest of each table's
-        self._remaps: dict[tuple[int, int], tuple[int, ...] | None] = {}
         self._routes: dict[int, Route] = {}
 
     @property
@@ -64,7 +63,6 @@ class BatchBuilder:
     def build(self) -> Batch:
         batch, self._batch = self._batch, Batch()
         self._relations.clear()
-        self._remaps.clear()
         self._routes.clear()
         return batch
 
@@ -179,9 +177,7 @@ class BatchBuilder:
                     rowimages.upsert(table, key_of, new, version)  # type: ignore[arg-type]
                     continue
             if op is truncate:
-                rows.clear()
-                table.fill_from.clear()
-                table.truncate_version = version
+                rowimages.truncate(table, version)
                 continue
             if op is delete:
                 assert old is not None
@@ -196,7 +192,7 @@ class BatchBuilder:
         if table is None:
             route: Route = (relation, None, None, no_key)
         else:
-            route = (relation, table, self._remap(table, relation), rowimages.key_getter(table))
+            route = (relation, table, _remap(table, relation), rowimages.key_getter(table))
         self._routes[id(relation)] = route
         return route
 
@@ -229,27 +225,17 @@ class BatchBuilder:
             table.rows = {
                 key: image._replace(values=image.values + pad) for key, image in table.rows.items()
             }
-        key_positions = table.key_positions
-        table.schema = widened
-        table.columns = widened.column_names
-        table.key_positions = key_positions  # the rows are keyed as they were
+        table.relayout(widened)  # the same key (`widen`): the rows stay keyed as they are
         self._relations[table.name] = relation
         self._routes.clear()  # their remaps and rows may be out of date
-        self._remaps.clear()
 
-    def _remap(self, table: TableBatch, relation: Relation) -> tuple[int, ...] | None:
-        """Positions of the table layout's columns in `relation`'s tuple (None: same)."""
-        cache_key = (id(table), id(relation))
-        if cache_key in self._remaps:
-            return self._remaps[cache_key]
-        names = tuple(c.name for c in relation.columns)
-        remap = (
-            None
-            if names == table.columns
-            else tuple(names.index(c) if c in names else -1 for c in table.columns)
-        )
-        self._remaps[cache_key] = remap
-        return remap
+
+def _remap(table: TableBatch, relation: Relation) -> tuple[int, ...] | None:
+    """Positions of the table layout's columns in `relation`'s tuple (None: same)."""
+    names = tuple(c.name for c in relation.columns)
+    if names == table.columns:
+        return None
+    return tuple(names.index(c) if c in names else -1 for c in table.columns)
 
 
 def native_fold() -> NativeFold | None:

@@ -70,11 +70,17 @@ def append(
         key = (b"%d" % version,)
         table.rows[key] = image((version, False, relayout(new, remap), True))
     elif op is Op.TRUNCATE:
-        table.rows.clear()
-        table.truncate_version = version
+        truncate(table, version)
     else:
         return False
     return True
+
+
+def truncate(table: TableBatch, version: int) -> None:
+    """A TRUNCATE drops the table's earlier images and records its version."""
+    table.rows.clear()
+    table.fill_from.clear()
+    table.truncate_version = version
 
 
 def tombstone(table: TableBatch, key_of: KeyGetter, old: TupleData, version: int) -> None:

@@ -340,3 +340,17 @@ def test_a_type_change_inside_a_batch_is_refused_and_a_table_set_aside_leaves_it
     batch = builder.build()
     assert list(batch.tables) == [("s", "pairs")]
     assert batch.skipped == 2
+
+
+def test_columns_added_or_made_not_null_inside_a_batch_stay_nullable() -> None:
+    """Rows from before the change hold NULL there: both targets must take them as NULL."""
+    before = schema_of(RELATION, (0,))  # v nullable
+    after = dataclasses.replace(
+        schema_of(WIDER, (0,)),
+        columns=tuple(
+            dataclasses.replace(c, nullable=False) for c in schema_of(WIDER, (0,)).columns
+        ),
+    )  # v made NOT NULL, w added NOT NULL
+    assert [c.nullable for c in widen(before, after).columns] == [False, True, True]
+    with pytest.raises(CdcError, match=r"s\.pairs changed its key \(a, b\) -> \(a\)"):
+        widen(schema_of(PAIRS, (0, 1)), schema_of(PAIRS, (0,)))
