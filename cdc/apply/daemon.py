@@ -71,7 +71,7 @@ class Daemon:
                             self.metrics, self.log, self._stopping)  # fmt: skip
         self.catalog = Catalog(self._setup.connect_source, settings.max_retry_delay_s,
                                self._stopping)  # fmt: skip
-        self._stages = BatchStages(settings, self.sinks, self.catalog, self.quarantine,
+        self._stages = BatchStages(settings, self.sinks, self.quarantine,
                                    self.metrics, self.health, self.position,
                                    self._stopping)  # fmt: skip
         self.stats = self._stages.stats

@@ -24,7 +24,6 @@ from cdc.protocol import datetime_to_pg_timestamp
 from cdc.protocol.lsn import Lsn
 from cdc.retry import Backoff, retrying
 from cdc.sinks.base import Sink
-from cdc.stream.catalog import Catalog
 
 
 @dataclass
@@ -44,7 +43,6 @@ class BatchStages:
         self,
         settings: Settings,
         sinks: list[Sink],
-        catalog: Catalog,
         quarantine: Quarantine,
         metrics: Metrics,
         health: HealthState,
@@ -53,7 +51,6 @@ class BatchStages:
     ) -> None:
         self.settings = settings
         self.sinks = sinks
-        self.catalog = catalog
         self.metrics = metrics
         self.health = health
         self.position = position

@@ -37,9 +37,9 @@ class Catalog:
         self._stopping = stopping
         self._conn: psycopg.Connection[Any] | None = None
         self._schemas: dict[int, tuple[Relation, TableSchema]] = {}
-        # The main thread (heartbeats, slot checks) and the historic stage (layouts) share
+        # The daemon's loop (schemas, heartbeats, slot checks) and the schema follower share
         # the connection and the cache: one at a time, so a reconnect never closes the
-        # connection under the other.
+        # connection under another user.
         self._lock = threading.RLock()
 
     def query(self, query: Callable[[psycopg.Connection[Any]], T]) -> T:

@@ -54,7 +54,7 @@ class ClickHouseSink:
         self._client = client
         self._owns_client = client is None
         self._targets = ClickHouseTargets(lambda: self.client, database, cluster)
-        self._encoders: dict[int, RowEncoder] = {}
+        self._encoders: dict[TableName, RowEncoder] = {}
 
     @property
     def client(self) -> Any:
@@ -99,7 +99,7 @@ class ClickHouseSink:
         for name, table in batch.tables.items():
             with self._writing(name):
                 self._targets.ensure(table.schema)
-                self._apply_table(table, table.schema)
+                self._apply_table(table)
 
     def copy_format(self, layout: TableSchema) -> CopyFormat:
         """Binary if every column converts to RowBinary as the table's type
@@ -162,10 +162,12 @@ class ClickHouseSink:
     # -- writes ----------------------------------------------------------------------------
 
     def _encoder(self, layout: TableSchema) -> RowEncoder:
-        encoder = self._encoders.get(id(layout))
+        """The table's encoder, made again when its layout changes."""
+        name = (layout.schema, layout.name)
+        encoder = self._encoders.get(name)
         if encoder is None or encoder.table is not layout:
             encoder = RowEncoder(layout)
-            self._encoders[id(layout)] = encoder
+            self._encoders[name] = encoder
         return encoder
 
     def _written(self, table_name: str) -> str:
@@ -173,7 +175,11 @@ class ClickHouseSink:
         name = table_name if self.cluster is None else ddl.distributed_name(table_name)
         return f"{quote_identifier(self.database)}.{quote_identifier(name)}"
 
-    def _apply_table(self, table: TableBatch, layout: TableSchema) -> None:
+    def _apply_table(self, table: TableBatch) -> None:
+        layout = table.schema
+        text = rowtext.shared_row_text(table) if table.rows else None
+        if text is not None and text.incomplete:
+            raise ValueError(f"{layout.qualified_name}: a batch is completed before it is applied")
         client = self.client
         local = f"{quote_identifier(self.database)}.{quote_identifier(layout.name)}"
         on_cluster = "" if self.cluster is None else f" ON CLUSTER {quote_identifier(self.cluster)}"
@@ -191,10 +197,9 @@ class ClickHouseSink:
                 parameters={"version": table.truncate_version},
                 settings=MUTATION_SETTINGS,
             )
-        if not table.rows:
+        if text is None:
             return
         encoder = self._encoder(layout)
-        text = rowtext.shared_row_text(table)
         if encoder.reads_row_text:
             lines = text.lines
             redo = encoder.needs_encoding([image.values for image in text.images])
@@ -203,8 +208,6 @@ class ClickHouseSink:
                 lines = [line for i, line in enumerate(lines) if i not in redo]
         else:
             lines, to_encode = [], text.images
-        if text.incomplete:
-            raise ValueError(f"{layout.qualified_name}: a batch is completed before it is applied")
         times = table.commit_times
         encoded = [
             self._encode_row(encoder, layout, image, times.get(image.version >> SHIFT, NULL))

@@ -75,63 +75,52 @@ class HistoricSink:
         """Fill the values the stream did not resend into `batch`'s rows, from the historic
         rows as they were before the batch (it is applied after): one transaction that
         writes no row. A value no historic row holds is NULL, with a warning."""
-        work = [
-            (table, table.schema)
-            for table in batch.tables.values()
-            if rowtext.shared_row_text(table).incomplete
-        ]
+        work = [t for t in batch.tables.values() if rowtext.shared_row_text(t).incomplete]
         if not work:
             return
         with self._writers.transaction() as conn:
-            for table, layout in work:
-                self._targets.ensure(conn, layout)
-                self._complete(conn, table, layout)
+            for table in work:
+                self._targets.ensure(conn, table.schema)
+                self._complete(conn, table)
 
     def apply(self, batch: Batch) -> None:
         """Targets and truncations first, then the rows: all in one transaction, or for a
         large batch split by key over the writers' connections, written at once. The
         batch is complete (`complete`)."""
-        work = [(table, table.schema) for table in batch.tables.values()]
+        work = list(batch.tables.values())
         with self._writers.transaction() as conn:
-            for table, layout in work:
-                self._targets.ensure(conn, layout)
-                self._truncate(conn, table, layout)
+            for table in work:
+                self._targets.ensure(conn, table.schema)
+                self._truncate(conn, table)
             writers = len(self._writers)
             # A batch that moved rows to other keys commits in one transaction: a replay
             # after a partial commit could find neither a moved row's old key nor its new
             # one holding the values it needs (`TableBatch.fill_from`).
-            moved = any(t.fill_from for t, _ in work)
-            if writers == 1 or moved or sum(len(t.rows) for t, _ in work) < PARALLEL_MIN_ROWS:
-                for table, layout in work:
-                    self._apply_rows(conn, table, layout, rowtext.shared_row_text(table))
+            moved = any(t.fill_from for t in work)
+            if writers == 1 or moved or sum(len(t.rows) for t in work) < PARALLEL_MIN_ROWS:
+                for table in work:
+                    self._apply_rows(conn, table.schema, rowtext.shared_row_text(table))
                 return
         shares = [
-            [(t, layout, rowtext.shared_row_text(t).share(k, writers)) for t, layout in work]
+            [(t.schema, rowtext.shared_row_text(t).share(k, writers)) for t in work]
             for k in range(writers)
         ]
         self._writers.each(self._write_share, shares)
 
-    def _write_share(
-        self, writer: int, share: list[tuple[TableBatch, TableSchema, rowtext.RowText]]
-    ) -> None:
+    def _write_share(self, writer: int, share: list[tuple[TableSchema, rowtext.RowText]]) -> None:
         with self._writers.transaction(writer) as conn:
-            for table, layout, text in share:
-                self._apply_rows(conn, table, layout, text)
+            for layout, text in share:
+                self._apply_rows(conn, layout, text)
 
-    def _truncate(
-        self, conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema
-    ) -> None:
+    def _truncate(self, conn: psycopg.Connection[Any], table: TableBatch) -> None:
         if table.truncate_version is not None:
-            params = {"name": layout.name, "version": table.truncate_version}
-            for statement in truncate_sql(self.schema, layout.name):
+            name = table.schema.name
+            params = {"name": name, "version": table.truncate_version}
+            for statement in truncate_sql(self.schema, name):
                 conn.execute(statement, params)
 
     def _apply_rows(
-        self,
-        conn: psycopg.Connection[Any],
-        table: TableBatch,
-        layout: TableSchema,
-        text: rowtext.RowText,
+        self, conn: psycopg.Connection[Any], layout: TableSchema, text: rowtext.RowText
     ) -> None:
         if text.incomplete:
             raise ValueError(f"{layout.qualified_name}: a batch is completed before it is applied")
@@ -146,15 +135,12 @@ class HistoricSink:
         if staged:
             self._stage_and_upsert(conn, layout, row_columns(layout), b"".join(staged))
 
-    def _complete(
-        self, conn: psycopg.Connection[Any], table: TableBatch, layout: TableSchema
-    ) -> None:
+    def _complete(self, conn: psycopg.Connection[Any], table: TableBatch) -> None:
         """Fill the values the stream did not resend (unchanged TOAST, a tombstone's
         columns) from historic rows, into the batch (`cdc.sinks.historic.fill`): every sink
         then writes complete rows."""
+        layout = table.schema
         text = rowtext.shared_row_text(table)
-        if not text.incomplete:
-            return
         planned = fill.plan(table, text.incomplete)
         keys = planned.donor_keys
         arrays = [[_text(key[i]) for key in keys] for i in range(len(layout.primary_key))]
