@@ -38,6 +38,7 @@ from cdc.load.planning import key_chunks
 from cdc.ops import faults
 from cdc.schema import TableSchema
 from cdc.sinks.base import Sink
+from cdc.sinks.historic.sql import SESSION_SQL
 from cdc.states import TableState
 from cdc.stream.session import canonical_dsn
 from cdc.stream.snapshot import Snapshot, import_snapshot
@@ -226,8 +227,10 @@ class Backfill:
         try:
             with psycopg.connect(self.source_dsn) as source, self._state() as state:
                 # Timestamps printed in UTC: half the server's work of printing them in a
-                # named zone, and the same instants.
+                # named zone, and the same instants. Historic copies made in this session
+                # compress as the historic sink's do.
                 source.execute("SET TimeZone = 'UTC'")
+                source.execute(SESSION_SQL)
                 source.commit()
                 while (chunk := work.get()) is not None:
                     if held and held[0].chunk.table != chunk.table:

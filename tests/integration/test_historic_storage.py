@@ -1,0 +1,51 @@
+"""Wide values on their way into historic: staged rows of every width (inline in the stage
+up to a page, out of line beyond), and compressed with lz4 where the server has it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psycopg
+
+from tests.harness import ClickHouseServer
+from tests.pipeline import make_settings, running_daemon, wait_in_step
+
+NOTES = """
+CREATE SCHEMA director;
+CREATE TABLE director.notes (id int PRIMARY KEY, qty int, note text);
+"""
+
+
+def test_wide_values_round_trip_through_the_stage_and_compress_with_lz4(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    pg.execute(NOTES)
+    lz4 = pg.execute(
+        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+    ).fetchone()
+    notes = {
+        1: "abc" * 4000,  # compresses
+        2: os.urandom(1536).hex(),  # 3 kB that does not: out of line in both tables
+        3: os.urandom(6000).hex(),  # 12 kB that does not: out of line in the stage too
+        4: "short",
+    }
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, batch_size=1)
+    with running_daemon(settings, clickhouse_server.client) as running:
+        with pg.transaction():
+            for key, note in notes.items():
+                pg.execute("INSERT INTO director.notes VALUES (%s, 0, %s)", (key, note))
+        # Staged updates: one rewrites every value, one leaves the notes unchanged (filled
+        # from historic), and a delete.
+        pg.execute("UPDATE director.notes SET note = note || 'x', qty = 1 WHERE id IN (2, 3)")
+        pg.execute("UPDATE director.notes SET qty = qty + 1")
+        pg.execute("DELETE FROM director.notes WHERE id = 4")
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["notes"], running=running)
+    method = pg.execute("SELECT pg_column_compression(note) FROM historic.notes WHERE id = 1")
+    assert method.fetchone() == (("lz4" if lz4 == (True,) else "pglz"),)
+    assert pg.execute("SELECT count(*) FROM historic.notes WHERE NOT _is_deleted").fetchone() == (
+        3,
+    )
