@@ -34,6 +34,53 @@ SchemaResolver = Callable[[Relation], TableSchema | None]
 Route = tuple[Relation, TableBatch | None, tuple[int, ...] | None, KeyGetter]
 
 
+class NativePlan:
+    """What the C loop needs for chunks of one list of relations (each transaction has a
+    list of its own, of the same Relation objects): per relation its rows, key positions
+    and width, or None (left to Python), and the changes it folded per table and kind,
+    added to the tables' `op_counts` when the plan is dropped."""
+
+    __slots__ = ("counts", "relations", "routes", "tables")
+
+    def __init__(self, relations: list[Relation], routes: dict[int, Route]) -> None:
+        self.relations = tuple(relations)
+        self.tables: list[TableBatch | None] = []
+        self.routes: list[tuple[dict[Key, RowImage], tuple[int, ...], int] | None] = []
+        for relation in relations:
+            # Only tables this batch has routed already: the first change of a relation
+            # goes through Python (routing it may widen its table's layout).
+            route = routes.get(id(relation))
+            table = None
+            if route is not None and route[0] is relation and route[2] is None:
+                table = route[1]
+            if table is not None and not table.key_positions:
+                table = None  # an append-only log: folded in Python
+            self.tables.append(table)
+            self.routes.append(
+                None if table is None else (table.rows, table.key_positions, len(table.columns))
+            )
+        self.counts = [0] * (3 * len(relations))
+
+    def fits(self, relations: list[Relation]) -> bool:
+        mine = self.relations
+        return len(mine) == len(relations) and all(
+            a is b for a, b in zip(mine, relations, strict=True)
+        )
+
+    def count_in(self) -> None:
+        """Add the changes folded under this plan to their tables' `op_counts`."""
+        counts = self.counts
+        for table, inserts, updates, deletes in zip(
+            self.tables, counts[0::3], counts[1::3], counts[2::3], strict=True
+        ):
+            if table is not None and (inserts or updates or deletes):
+                op_counts = table.op_counts
+                for op, n in ((Op.INSERT, inserts), (Op.UPDATE, updates), (Op.DELETE, deletes)):
+                    if n:
+                        op_counts[op] = op_counts.get(op, 0) + n
+        self.counts = [0] * len(counts)
+
+
 class BatchBuilder:
     """Accumulate transactions with `add`; `build` returns the batch and starts a new one."""
 
@@ -51,6 +98,7 @@ class BatchBuilder:
         self._batch = Batch()
         self._relations: dict[TableName, Relation] = {}  # the latest of each table's
         self._routes: dict[int, Route] = {}
+        self._plans: dict[int, NativePlan] = {}  # by the id of their first relation
 
     @property
     def changes(self) -> int:
@@ -61,10 +109,18 @@ class BatchBuilder:
         return self._batch.transactions
 
     def build(self) -> Batch:
+        self._forget_routes()
         batch, self._batch = self._batch, Batch()
         self._relations.clear()
-        self._routes.clear()
         return batch
+
+    def _forget_routes(self) -> None:
+        """Routes and native plans are out of date (a new batch, a widened or set-aside
+        table): count in what the plans folded, and drop both."""
+        for plan in self._plans.values():
+            plan.count_in()
+        self._plans.clear()
+        self._routes.clear()
 
     def add(self, txn: Transaction, emit: Callable[[Batch], None] | None = None) -> list[Batch]:
         """Fold `txn` in. Batches that fill up on the way (usually none) go to `emit` as soon
@@ -113,35 +169,17 @@ class BatchBuilder:
     ) -> int:
         """Fold what the C loop takes of `chunk.records[start:stop]`; returns where it
         stopped."""
-        # Only tables this batch has routed already: the first change of a relation goes
-        # through Python (routing it may widen its table's layout).
-        tables: list[TableBatch | None] = []
-        routes: list[tuple[dict[Key, RowImage], tuple[int, ...], int] | None] = []
-        for relation in chunk.relations:
-            route = self._routes.get(id(relation))
-            table = None
-            if route is not None and route[0] is relation and route[2] is None:
-                table = route[1]
-            if table is not None and not table.key_positions:
-                table = None  # an append-only log: folded in Python
-            tables.append(table)
-            routes.append(
-                None if table is None else (table.rows, table.key_positions, len(table.columns))
-            )
-        counts = [0] * (3 * len(routes))
-        done = fold(
-            chunk.records, start, stop, routes, chunk.first_ordinal, commit_high, counts,
-            Insert, Update, Delete, RowImage, UNCHANGED_TOAST,
+        relations = chunk.relations
+        key = id(relations[0]) if relations else 0
+        plan = self._plans.get(key)
+        if plan is None or not plan.fits(relations):
+            if plan is not None:
+                plan.count_in()
+            plan = self._plans[key] = NativePlan(relations, self._routes)
+        return fold(
+            chunk.records, start, stop, plan.routes, chunk.first_ordinal, commit_high,
+            plan.counts, Insert, Update, Delete, RowImage, UNCHANGED_TOAST,
         )  # fmt: skip
-        for table, inserts, updates, deletes in zip(
-            tables, counts[0::3], counts[1::3], counts[2::3], strict=True
-        ):
-            if table is not None and (inserts or updates or deletes):
-                op_counts = table.op_counts
-                for op, n in ((Op.INSERT, inserts), (Op.UPDATE, updates), (Op.DELETE, deletes)):
-                    if n:
-                        op_counts[op] = op_counts.get(op, 0) + n
-        return done
 
     def _fold(self, changes: list[Change], commit_high: int) -> None:
         """Fold `changes` (counted in the batch by the caller) into their tables' rows."""
@@ -193,6 +231,9 @@ class BatchBuilder:
             route: Route = (relation, None, None, no_key)
         else:
             route = (relation, table, _remap(table, relation), rowimages.key_getter(table))
+        for plan in self._plans.values():  # they left this relation to Python
+            plan.count_in()
+        self._plans.clear()
         self._routes[id(relation)] = route
         return route
 
@@ -211,7 +252,7 @@ class BatchBuilder:
             schema = self._resolve(relation)
             if schema is None:  # set aside by this change: so are its rows of this batch
                 del self._batch.tables[name]
-                self._routes.clear()
+                self._forget_routes()
                 return None
             self._adopt(table, relation, schema)
         return table
@@ -227,7 +268,7 @@ class BatchBuilder:
             }
         table.relayout(widened)  # the same key (`widen`): the rows stay keyed as they are
         self._relations[table.name] = relation
-        self._routes.clear()  # their remaps and rows may be out of date
+        self._forget_routes()  # their remaps and rows may be out of date
 
 
 def _remap(table: TableBatch, relation: Relation) -> tuple[int, ...] | None:

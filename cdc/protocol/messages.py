@@ -60,15 +60,16 @@ TupleData: TypeAlias = tuple[TupleValue, ...]
 OldTupleKind: TypeAlias = Literal[TupleMarker.KEY, TupleMarker.OLD]
 
 
-@dataclass(frozen=True, slots=True)
-class Begin:
+class Begin(NamedTuple):
+    """A named tuple, as row changes are: one Begin and one Commit come per transaction,
+    and an application's transactions are mostly of one or a few rows."""
+
     final_lsn: Lsn
     commit_ts: int
     xid: int
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(NamedTuple):
     flags: int
     commit_lsn: Lsn
     end_lsn: Lsn

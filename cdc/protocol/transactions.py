@@ -6,6 +6,7 @@ decoding one needs no state: bytes in (tag byte first), message out.
 
 from __future__ import annotations
 
+import functools
 from struct import Struct
 from typing import Final
 
@@ -33,16 +34,27 @@ PREPARE: Final = Struct(">BQQqI")  # flags, lsn, end lsn, ts, xid; gid follows
 ROLLBACK_PREPARED: Final = Struct(">BQQqqI")  # flags, prep end, rb end, prep ts, rb ts, xid
 
 
+# Without the Python-level constructors' checks: an unsigned 64-bit field is always a
+# valid LSN, and the fields come in order. One Begin and one Commit per transaction.
+_lsn: Final = functools.partial(int.__new__, Lsn)
+_begin: Final = functools.partial(tuple.__new__, Begin)
+_commit: Final = functools.partial(tuple.__new__, Commit)
+
+
 def begin(data: bytes) -> Begin:
-    final_lsn, commit_ts, xid = unpack(BEGIN, data, 1, "Begin")
-    expect_end(data, 1 + BEGIN.size, "Begin")
-    return Begin(Lsn(final_lsn), commit_ts, xid)
+    if len(data) != 1 + BEGIN.size:  # truncated or too long: say which
+        unpack(BEGIN, data, 1, "Begin")
+        expect_end(data, 1 + BEGIN.size, "Begin")
+    final_lsn, commit_ts, xid = BEGIN.unpack_from(data, 1)
+    return _begin((_lsn(final_lsn), commit_ts, xid))
 
 
 def commit(data: bytes) -> Commit:
-    flags, commit_lsn, end_lsn, commit_ts = unpack(COMMIT, data, 1, "Commit")
-    expect_end(data, 1 + COMMIT.size, "Commit")
-    return Commit(flags, Lsn(commit_lsn), Lsn(end_lsn), commit_ts)
+    if len(data) != 1 + COMMIT.size:
+        unpack(COMMIT, data, 1, "Commit")
+        expect_end(data, 1 + COMMIT.size, "Commit")
+    flags, commit_lsn, end_lsn, commit_ts = COMMIT.unpack_from(data, 1)
+    return _commit((flags, _lsn(commit_lsn), _lsn(end_lsn), commit_ts))
 
 
 def origin(data: bytes) -> Origin:
