@@ -14,7 +14,7 @@ tombstone) are set apart as `incomplete`: the historic sink fills them from its 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from cdc.apply.batch import Key, RowImage, TableBatch
@@ -25,6 +25,14 @@ from cdc.versions import SHIFT
 
 FIELD_SEPARATOR = b"\t"
 _DELETED_FLAG = (b"0", b"1")
+
+Rows = Collection[tuple[Key, RowImage]]
+NativeLines = Callable[..., tuple[list[bytes], list[RowImage], list[Key]] | None]
+_row_lines: NativeLines | None
+try:  # built by `pip install` where a C compiler is available; optional
+    from cdc.apply._rowtext import row_lines as _row_lines
+except ImportError:  # pragma: no cover - depends on the build
+    _row_lines = None
 
 
 def escaped_fields(values: TupleData) -> bytes:
@@ -92,7 +100,7 @@ def row_text(table: TableBatch) -> RowText:
 
 def add_completed(table: TableBatch, text: RowText, images: Sequence[RowImage]) -> None:
     """Give `text` the lines of its incomplete rows, now completed as `images`."""
-    completed = _text_of(table, (((), image) for image in images))
+    completed = _text_of(table, [((), image) for image in images])
     if completed.incomplete:
         raise ValueError(f"{table.schema.qualified_name}: a completed row lacks values")
     text.lines.extend(completed.lines)
@@ -100,11 +108,18 @@ def add_completed(table: TableBatch, text: RowText, images: Sequence[RowImage]) 
     text.incomplete = []
 
 
-def _text_of(table: TableBatch, rows: Iterable[tuple[Key, RowImage]]) -> RowText:
-    """The lines of the complete rows among `rows`, and the keys of the others.
+def _text_of(table: TableBatch, rows: Rows, native: bool = True) -> RowText:
+    """The lines of the complete rows among `rows`, and the keys of the others: made in
+    C (`cdc.apply._rowtext`) when it is built, else (and for values of other kinds, which
+    it leaves here) in Python, the reference.
 
-    Rows without a NULL are joined as they are (the join fails on a NULL or a marker),
-    and checked together for anything to escape; the rare others go value by value."""
+    In Python, rows without a NULL are joined as they are (the join fails on a NULL or a
+    marker), and checked together for anything to escape; the rare others go value by
+    value."""
+    if native and _row_lines is not None:
+        made = _row_lines(rows, table.commit_times, SHIFT, UNCHANGED_TOAST)
+        if made is not None:
+            return RowText(*made)
     text = RowText()
     incomplete = text.incomplete
     joined: list[bytes] = []

@@ -6,11 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cdc.apply import rowtext
 from cdc.apply.batch import RowImage, TableBatch, commit_time_text
 from cdc.apply.rowtext import row_text, shared_row_text
+from cdc.errors import CdcError, ErrorKind
 from cdc.load.copytext import parse_row
 from cdc.protocol import (
     UNCHANGED_TOAST,
+    BinaryDatum,
     Relation,
     RelationColumn,
     TupleValue,
@@ -58,6 +61,25 @@ def test_every_line_reads_back_as_its_row(rows: list[tuple[int, bool, list[Tuple
         assert version == b"%d" % image.version
         assert deleted == (b"1" if image.deleted else b"0")
         assert commit_time == table.commit_times.get(image.version >> 64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ROW, max_size=30))
+def test_the_c_lines_are_the_python_lines(rows: list[tuple[int, bool, list[TupleValue]]]) -> None:
+    assert rowtext._row_lines is not None, "cdc.apply._rowtext is not built: run `make install`"
+    table = table_of(rows)
+    made = rowtext._text_of(table, table.rows.items())
+    assert made == rowtext._text_of(table, table.rows.items(), native=False)
+
+
+def test_a_value_of_another_kind_is_refused_by_both() -> None:
+    table = table_of(
+        [(1, False, [b"x", b"y", b"z"]), (2, False, [BinaryDatum(b"\x01"), None, b"z"])]
+    )
+    for native in (True, False):
+        with pytest.raises(CdcError) as raised:
+            rowtext._text_of(table, table.rows.items(), native=native)
+        assert raised.value.kind is ErrorKind.DECODE
 
 
 def test_rows_inserted_at_the_source_are_set_apart() -> None:
