@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # The drift monitor: one pass over every published table per interval (0: off), reading
     # at most this many source rows a second; confirmed drift repaired when asked.
     monitor_interval_s: float = Field(default=600.0, ge=0)
-    monitor_rows_per_s: int = Field(default=10_000, ge=100)
+    monitor_rows_per_s: int = Field(default=5_000, ge=100)
     monitor_repair: bool = False
     backfill_workers: int = Field(default=2, ge=1, le=64)
     backfill_chunk_size: int = Field(default=50_000, ge=1)
