@@ -1,5 +1,6 @@
 """Wide values on their way into historic: staged rows of every width (inline in the stage
-up to a page, out of line beyond), and compressed with lz4 where the server has it."""
+up to a page, out of line beyond), compressed with lz4 where the server has it, and kept
+as they are when their row is deleted."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ CREATE TABLE director.notes (id int PRIMARY KEY, qty int, note text);
 """
 
 
-def test_wide_values_round_trip_through_the_stage_and_compress_with_lz4(
+def test_wide_values_round_trip_through_the_stage_compress_and_stay_when_deleted(
     pg: psycopg.Connection[Any],
     pg_dsn: str,
     clickhouse_server: ClickHouseServer,
@@ -42,10 +43,27 @@ def test_wide_values_round_trip_through_the_stage_and_compress_with_lz4(
         # from historic), and a delete.
         pg.execute("UPDATE director.notes SET note = note || 'x', qty = 1 WHERE id IN (2, 3)")
         pg.execute("UPDATE director.notes SET qty = qty + 1")
-        pg.execute("DELETE FROM director.notes WHERE id = 4")
         wait_in_step(pg, clickhouse_server.client, ch_database, ["notes"], running=running)
+        # Tombstones completed from their own rows: historic marks those rows deleted,
+        # keeping their values (the wide one out of line); ClickHouse gets the same row.
+        kept = pg.execute("SELECT id, qty, note FROM director.notes WHERE id IN (2, 4)")
+        before = {row[0]: row[1:] for row in kept.fetchall()}
+        pg.execute("DELETE FROM director.notes WHERE id IN (2, 4)")
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["notes"], running=running)
+    tombstones = pg.execute(
+        "SELECT id, qty, note, _version::text, _commit_time IS NOT NULL FROM historic.notes "
+        "WHERE _is_deleted ORDER BY id"
+    ).fetchall()
+    assert [(i, q, n) for i, q, n, _, _ in tombstones] == [(k, *v) for k, v in before.items()]
+    assert all(stamped for *_, stamped in tombstones)
+    in_clickhouse = clickhouse_server.client.query(
+        "SELECT id, argMax(qty, _version), argMax(note, _version), toString(max(_version)) "
+        f"FROM `{ch_database}`.notes GROUP BY id HAVING argMax(_is_deleted, _version) "
+        "ORDER BY id"  # FINAL leaves deleted rows out
+    ).result_rows
+    assert [tuple(r) for r in in_clickhouse] == [t[:4] for t in tombstones]
     method = pg.execute("SELECT pg_column_compression(note) FROM historic.notes WHERE id = 1")
     assert method.fetchone() == (("lz4" if lz4 == (True,) else "pglz"),)
     assert pg.execute("SELECT count(*) FROM historic.notes WHERE NOT _is_deleted").fetchone() == (
-        3,
+        2,
     )

@@ -39,13 +39,21 @@ def plan(table: TableBatch, keys: Sequence[Key]) -> Plan:
     return Plan(rows, donor_keys)
 
 
-def fill(table: TableBatch, plan: Plan, donors: dict[Key, Donor]) -> tuple[list[RowImage], int]:
+class Filled(NamedTuple):
+    completed: list[RowImage]  # the planned rows, complete
+    unfilled: int  # live rows that had no donor (their unknown values are NULL)
+    # Tombstones that took every value from their own key's historic row: that row holds
+    # them already (their historic write need only mark it deleted).
+    kept: list[RowImage]
+
+
+def fill(table: TableBatch, plan: Plan, donors: dict[Key, Donor]) -> Filled:
     """Complete the planned rows of `table` in place from `donors` (by key); a value no
-    donor holds becomes NULL. Returns the completed images and how many live rows had no
-    donor."""
+    donor holds becomes NULL."""
     floor = table.truncate_version or 0
     rows = table.rows
     completed = []
+    kept = []
     unfilled = 0
     for key, sources in plan.rows:
         donor = _donor(sources, donors, floor)
@@ -60,7 +68,10 @@ def fill(table: TableBatch, plan: Plan, donors: dict[Key, Donor]) -> tuple[list[
             )
         rows[key] = image = RowImage(image.version, image.deleted, values, image.inserted)
         completed.append(image)
-    return completed, unfilled
+        own = donor is not None and donor is donors.get(key) and values == donor.values
+        if image.deleted and own and not floor:
+            kept.append(image)
+    return Filled(completed, unfilled, kept)
 
 
 def _donor(sources: tuple[FillSource, ...], donors: dict[Key, Donor], floor: int) -> Donor | None:

@@ -23,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cdc.apply import rowtext
 from cdc.apply.batch import Batch, TableBatch, TableName
+from cdc.load.copytext import NULL
 from cdc.ops.logs import get_logger
 from cdc.protocol import TupleValue
 from cdc.schema import VERSION_COLUMN, TableSchema
@@ -35,6 +36,7 @@ from cdc.sinks.historic.sql import (
     donors_sql,
     row_columns,
     stage_sql,
+    tombstones_sql,
     truncate_sql,
     upsert_sql,
     watermark_sql,
@@ -62,6 +64,10 @@ class HistoricSink:
         self._targets = HistoricTargets(schema)
         self._writers = Writers(dsn, writers, self._targets.forget)
         self._direct_backoff: dict[TableName, int] = {}
+        # Tombstones of the batch being applied whose historic row holds their values
+        # already (`fill.Filled.kept`), by identity: `complete` finds them, `apply` marks
+        # their rows deleted instead of writing the values again.
+        self._kept: set[int] = set()
 
     def close(self) -> None:
         self._writers.close()
@@ -75,6 +81,7 @@ class HistoricSink:
         """Fill the values the stream did not resend into `batch`'s rows, from the historic
         rows as they were before the batch (it is applied after): one transaction that
         writes no row. A value no historic row holds is NULL, with a warning."""
+        self._kept = set()
         work = [t for t in batch.tables.values() if rowtext.shared_row_text(t).incomplete]
         if not work:
             return
@@ -87,6 +94,12 @@ class HistoricSink:
         """Targets and truncations first, then the rows: all in one transaction, or for a
         large batch split by key over the writers' connections, written at once. The
         batch is complete (`complete`)."""
+        try:
+            self._apply(batch)
+        finally:
+            self._kept = set()  # only for the batch `complete` saw
+
+    def _apply(self, batch: Batch) -> None:
         work = list(batch.tables.values())
         with self._writers.transaction() as conn:
             for table in work:
@@ -126,6 +139,8 @@ class HistoricSink:
             raise ValueError(f"{layout.qualified_name}: a batch is completed before it is applied")
         if not text.lines:
             return
+        if self._kept:
+            text = self._mark_kept(conn, layout, text)
         staged = text.lines
         inserted, others, lowest = text.by_insertion()
         if lowest is not None and self._insert_new(
@@ -147,7 +162,8 @@ class HistoricSink:
         with conn.cursor(binary=True) as cur:
             found = cur.execute(donors_sql(self.schema, layout), arrays).fetchall()
         donors = {keys[row[0] - 1]: fill.Donor(int(row[1]), row[2:]) for row in found}
-        completed, unfilled = fill.fill(table, planned, donors)
+        completed, unfilled, kept = fill.fill(table, planned, donors)
+        self._kept.update(map(id, kept))
         if unfilled:
             _log.warning(
                 "unchanged_values_unknown", table=layout.qualified_name, rows=unfilled,
@@ -155,6 +171,29 @@ class HistoricSink:
                 f"not hold; they are stored as NULL: run `cdc backfill {layout.name}`",
             )  # fmt: skip
         rowtext.add_completed(table, text, completed)
+
+    def _mark_kept(
+        self, conn: psycopg.Connection[Any], layout: TableSchema, text: rowtext.RowText
+    ) -> rowtext.RowText:
+        """Mark the rows of the kept tombstones among `text`'s deleted (one statement,
+        their values stay as they are); the rest of `text`, to write as usual."""
+        kept, rest = [], rowtext.RowText()
+        for line, image in zip(text.lines, text.images, strict=True):
+            if image.deleted and id(image) in self._kept:
+                kept.append((line, image))
+            else:
+                rest.lines.append(line)
+                rest.images.append(image)
+        if kept:
+            positions = [layout.column_names.index(k) for k in layout.primary_key]
+            times = [line[line.rindex(b"\t") + 1 : -1] for line, _ in kept]
+            params = [
+                *([_text(image.values[p]) for _, image in kept] for p in positions),
+                [str(image.version) for _, image in kept],
+                [None if t == NULL else t.decode() for t in times],
+            ]
+            conn.execute(tombstones_sql(self.schema, layout), params)
+        return rest
 
     def _insert_new(
         self,

@@ -89,9 +89,7 @@ def donors_sql(schema: str, layout: TableSchema) -> sql.Composed:
     column's text as bytea, in the client's encoding (as the stream carries values: read
     in binary, each arrives as bytes without a Python step). One index probe per key (the
     keys' text cast to the columns' types)."""
-    key = layout.primary_key
-    types = {c.name: c.pg_type for c in layout.columns}
-    given = [sql.Identifier(f"{GIVEN_PREFIX}{i}") for i in range(len(key))]
+    given = _given(layout)
     position = sql.Identifier(POSITION_COLUMN)
     return sql.SQL(
         "SELECT k.{position}, h.{version}::text, {values} FROM unnest({arrays}) "
@@ -103,14 +101,50 @@ def donors_sql(schema: str, layout: TableSchema) -> sql.Composed:
             sql.SQL("convert_to(h.{}::text, pg_client_encoding())").format(sql.Identifier(c))
             for c in layout.column_names
         ),
-        arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in key),
+        arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in given),
         given=sql.SQL(", ").join(given),
         schema=sql.Identifier(schema),
         table=sql.Identifier(layout.name),
-        match=sql.SQL(" AND ").join(
-            sql.SQL("h.{} = CAST(k.{} AS {})").format(sql.Identifier(k), g, sql.SQL(types[k]))
-            for k, g in zip(key, given, strict=True)
-        ),
+        match=_key_match(layout, given),
+    )
+
+
+def tombstones_sql(schema: str, layout: TableSchema) -> sql.Composed:
+    """Mark the historic rows of the keys given as parameters deleted, keeping their
+    values, each only if older than its tombstone: one text array per key column, then
+    the versions and the commit times (text arrays). For tombstones completed from their
+    own key's row (it holds their values already): no value is written again."""
+    given = _given(layout)
+    version, deleted = sql.Identifier(VERSION_COLUMN), sql.Identifier(DELETED_COLUMN)
+    commit_time = sql.Identifier(COMMIT_TIME_COLUMN)
+    return sql.SQL(
+        "UPDATE {schema}.{table} AS h SET {version} = k.{version}, {deleted} = true, "
+        "{commit_time} = k.{commit_time} FROM unnest({arrays}, %s::numeric[], "
+        "%s::timestamptz[]) AS k({given}, {version}, {commit_time}) "
+        "WHERE {match} AND h.{version} < k.{version}"
+    ).format(
+        schema=sql.Identifier(schema),
+        table=sql.Identifier(layout.name),
+        version=version,
+        deleted=deleted,
+        commit_time=commit_time,
+        arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in given),
+        given=sql.SQL(", ").join(given),
+        match=_key_match(layout, given),
+    )
+
+
+def _given(layout: TableSchema) -> list[sql.Identifier]:
+    return [sql.Identifier(f"{GIVEN_PREFIX}{i}") for i in range(len(layout.primary_key))]
+
+
+def _key_match(layout: TableSchema, given: Sequence[sql.Identifier]) -> sql.Composed:
+    """Historic rows (`h`) whose key is the given key (`k`, text cast to the key's types:
+    one index probe per key)."""
+    types = {c.name: c.pg_type for c in layout.columns}
+    return sql.SQL(" AND ").join(
+        sql.SQL("h.{} = CAST(k.{} AS {})").format(sql.Identifier(k), g, sql.SQL(types[k]))
+        for k, g in zip(layout.primary_key, given, strict=True)
     )
 
 
