@@ -117,10 +117,11 @@ def tombstones_sql(schema: str, layout: TableSchema) -> sql.Composed:
     given = _given(layout)
     version, deleted = sql.Identifier(VERSION_COLUMN), sql.Identifier(DELETED_COLUMN)
     commit_time = sql.Identifier(COMMIT_TIME_COLUMN)
+    types = {c.name: c.pg_type for c in layout.columns}
     return sql.SQL(
         "UPDATE {schema}.{table} AS h SET {version} = k.{version}, {deleted} = true, "
-        "{commit_time} = k.{commit_time} FROM unnest({arrays}, %s::numeric[], "
-        "%s::timestamptz[]) AS k({given}, {version}, {commit_time}) "
+        "{commit_time} = k.{commit_time} FROM (SELECT * FROM unnest({arrays}, %s::numeric[], "
+        "%s::timestamptz[]) AS u({given}, {version}, {commit_time}) ORDER BY {order}) AS k "
         "WHERE {match} AND h.{version} < k.{version}"
     ).format(
         schema=sql.Identifier(schema),
@@ -130,6 +131,10 @@ def tombstones_sql(schema: str, layout: TableSchema) -> sql.Composed:
         commit_time=commit_time,
         arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in given),
         given=sql.SQL(", ").join(given),
+        order=sql.SQL(", ").join(  # rows locked in key order, as the upserts lock them
+            sql.SQL("CAST(u.{} AS {})").format(g, sql.SQL(types[k]))
+            for k, g in zip(layout.primary_key, given, strict=True)
+        ),
         match=_key_match(layout, given),
     )
 
