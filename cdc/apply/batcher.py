@@ -116,11 +116,15 @@ class BatchBuilder:
 
     def _forget_routes(self) -> None:
         """Routes and native plans are out of date (a new batch, a widened or set-aside
-        table): count in what the plans folded, and drop both."""
+        table): drop both."""
+        self._drop_plans()
+        self._routes.clear()
+
+    def _drop_plans(self) -> None:
+        """Count in what the native plans folded, and drop them."""
         for plan in self._plans.values():
             plan.count_in()
         self._plans.clear()
-        self._routes.clear()
 
     def add(self, txn: Transaction, emit: Callable[[Batch], None] | None = None) -> list[Batch]:
         """Fold `txn` in. Batches that fill up on the way (usually none) go to `emit` as soon
@@ -231,9 +235,7 @@ class BatchBuilder:
             route: Route = (relation, None, None, no_key)
         else:
             route = (relation, table, _remap(table, relation), rowimages.key_getter(table))
-        for plan in self._plans.values():  # they left this relation to Python
-            plan.count_in()
-        self._plans.clear()
+        self._drop_plans()  # they left this relation to Python
         self._routes[id(relation)] = route
         return route
 

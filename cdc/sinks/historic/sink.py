@@ -185,10 +185,9 @@ class HistoricSink:
                 rest.lines.append(line)
                 rest.images.append(image)
         if kept:
-            positions = [layout.column_names.index(k) for k in layout.primary_key]
             times = [line[line.rindex(b"\t") + 1 : -1] for line, _ in kept]
             params = [
-                *([_text(image.values[p]) for _, image in kept] for p in positions),
+                *([_text(image.values[p]) for _, image in kept] for p in layout.key_indexes),
                 [str(image.version) for _, image in kept],
                 [None if t == NULL else t.decode() for t in times],
             ]
