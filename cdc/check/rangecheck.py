@@ -1,11 +1,13 @@
 """One step of the drift monitor: a key range of a table compared in a source snapshot.
 
-1. Export a snapshot of the source (a temporary slot: its consistent point S is exact)
-   and read the range's count and row-hash sum in it (`cdc.check.stores.TableStores`).
+1. Export a snapshot of the source (a temporary slot: its consistent point S is exact),
+   read the range's keys and row hashes in it (`cdc.check.sourceread.SourceRead`), and end
+   it: a snapshot kept open would hold back the source's pruning of dead rows during the
+   wait that follows.
 2. Write a heartbeat into the source's WAL and wait until the daemon holds everything
    committed before S (`cdc.check.position`).
-3. Compare the targets' aggregates; where they differ, narrow to small pieces and compare
-   key by key (`cdc.check.drift.classify`). A target row committed at or after S
+3. Compare the targets' aggregates with the source's; where they differ, narrow to small
+   pieces and compare key by key (`cdc.check.drift.classify`). A target row committed at or after S
    (`_version >= S << 64`) is newer than the read and is not compared now: a later pass
    sees it. Every other difference (value, presence, deletion) is drift at S.
 4. Re-read the drifted pieces once at a fresh snapshot; only keys that differ in both
@@ -21,9 +23,10 @@ from typing import Any, Final
 
 import psycopg
 
-from cdc.check.drift import KeyDiff, Target, classify
+from cdc.check.drift import Ident, KeyDiff, SourceRow, Target, classify
 from cdc.check.keyrange import Key, KeyRange
 from cdc.check.position import TargetPosition
+from cdc.check.sourceread import Run, SourceRead
 from cdc.check.stores import TableStores
 from cdc.ops.settings import Settings
 from cdc.protocol.lsn import Lsn
@@ -118,57 +121,60 @@ class RangeChecker:
     def check(
         self, table: TableSchema, lower: Key | None, size: int
     ) -> tuple[RangeCheck, tuple[Target, ...]]:
-        """Compare the `size` keys after `lower`; re-read what differs once."""
-        self.read = 0
+        """Compare the `size` keys after `lower`; re-read what differs once. The source is
+        read at the start of each snapshot, which ends before the wait for the daemon."""
         with self._snapshot(table) as (stores, lsn):
-            upper = stores.next_boundary(lower, size)
-            rng = KeyRange(lower, upper)
-            source = stores.source_aggregate(rng)
-            self.read += source[0]
-            if not self._passed(lsn):
-                return RangeCheck(lower, source[0], compared=False), stores.targets
-            first = self._key_diffs(stores, self._differing_leaves(stores, rng, source), lsn)
-        check = RangeCheck(upper, source[0], compared=True)
+            source = stores.source_read(lower, size)
+        self.read = len(source)
+        if not self._passed(lsn):
+            return RangeCheck(lower, len(source), compared=False), stores.targets
+        leaves = self._differing_leaves(stores, source)
+        first = self._key_diffs(
+            stores, {leaf.range: source.leaf_rows(leaf) for leaf in leaves}, lsn
+        )
+        check = RangeCheck(source.range.upper, len(source), compared=True)
         check.newer = sum(d.in_flight for diffs in first.values() for d in diffs)
-        drifted = {
-            leaf: diffs for leaf, diffs in first.items() if any(not d.in_flight for d in diffs)
-        }
+        drifted = [leaf for leaf, diffs in first.items() if any(not d.in_flight for d in diffs)]
         if drifted:
             with self._snapshot(table) as (stores, lsn):
-                if not self._passed(lsn):
-                    return check, stores.targets  # not confirmed: the next pass looks again
-                second = self._key_diffs(stores, list(drifted), lsn)
-            for leaf, diffs in drifted.items():
-                if again := confirmed(diffs, second.get(leaf, [])):
-                    check.drift[leaf] = again
+                again = {leaf: stores.source_rows(leaf) for leaf in drifted}
+            self.read += sum(len(rows) for rows in again.values())
+            if not self._passed(lsn):
+                return check, stores.targets  # not confirmed: the next pass looks again
+            second = self._key_diffs(stores, again, lsn)
+            for leaf in drifted:
+                if both := confirmed(first[leaf], second.get(leaf, [])):
+                    check.drift[leaf] = both
         return check, stores.targets
 
-    def _differing_leaves(
-        self, stores: TableStores, rng: KeyRange, source: tuple[int, int, int]
-    ) -> list[KeyRange]:
-        """The pieces of `rng`, at most `LEAF_ROWS` source rows each, whose aggregates differ
-        in a target (the source read in the snapshot, the targets as they are now)."""
-        pending = [(rng, source[0])] if stores.differs(rng, source) else []
-        leaves: list[KeyRange] = []
+    @staticmethod
+    def _differing_leaves(stores: TableStores, source: SourceRead) -> list[Run]:
+        """The runs of `source`, at most `LEAF_ROWS` rows each, whose ranges' aggregates
+        differ in a target (the source as read in the snapshot, the targets as they are
+        now)."""
+        whole = source.whole()
+        pending = [whole] if stores.differs(whole.range, source.aggregate(whole)) else []
+        leaves: list[Run] = []
         while pending:
-            small, pieces = stores.split(pending)
-            leaves += small
-            pending = []
-            for piece in pieces:
-                aggregate = stores.source_aggregate(piece)
-                self.read += aggregate[0]
-                if stores.differs(piece, aggregate):
-                    pending.append((piece, aggregate[0]))
+            leaves += [run for run in pending if source.is_leaf(run)]
+            pending = [
+                piece
+                for run in pending
+                if not source.is_leaf(run)
+                for piece in source.split(run)
+                if stores.differs(piece.range, source.aggregate(piece))
+            ]
         return leaves
 
-    def _key_diffs(self, stores: TableStores, leaves: Sequence[KeyRange], lsn: Lsn) -> Diffs:
-        """The keys of `leaves` that differ; those whose target row is not older than the
-        snapshot (`_version >= lsn << 64`) are marked in flight."""
+    @staticmethod
+    def _key_diffs(
+        stores: TableStores, sources: dict[KeyRange, dict[Ident, SourceRow]], lsn: Lsn
+    ) -> Diffs:
+        """The keys of each leaf that differ from its source rows; those whose target row is
+        not older than the snapshot (`_version >= lsn << 64`) are marked in flight."""
         newer = (int(lsn), int(Lsn.MAX))
         found: Diffs = {}
-        for leaf in leaves:
-            source = stores.source_rows(leaf)
-            self.read += len(source)
+        for leaf, source in sources.items():
             diffs = [
                 d
                 for target in stores.targets

@@ -43,6 +43,12 @@ def _key_arrays(table: TableSchema) -> sql.Composable:
     )
 
 
+def _key_columns(table: TableSchema) -> sql.Composable:
+    """The canonical key texts, then the key output texts: one column each."""
+    columns = [table.column(name) for name in table.primary_key]
+    return sql.SQL(", ").join([*(pg_text(c) for c in columns), _key_outputs(table)])
+
+
 def pg_boundaries(table: TableSchema, rng: KeyRange, size: int) -> PgQuery:
     """Every `size`-th key of the range, in the shared order: the inner bounds of its split."""
     where, params = pg_range_filter(table, rng)
@@ -57,23 +63,6 @@ def pg_boundaries(table: TableSchema, rng: KeyRange, size: int) -> PgQuery:
         where=where,
     )
     return query, [*params, size]
-
-
-def pg_next_boundary(table: TableSchema, lower: Key | None, size: int) -> PgQuery:
-    """The `size`-th key after `lower` (None: from the start) in the shared order: the upper
-    bound of the range of `size` keys that starts there; no row when fewer are left."""
-    where, params = pg_range_filter(table, KeyRange(lower, None))
-    query = sql.SQL(
-        "SELECT ARRAY[{outs}] FROM {schema}.{table} WHERE {where} ORDER BY {order} "
-        "OFFSET %s::bigint LIMIT 1"
-    ).format(
-        outs=_key_outputs(table),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
-        where=where,
-        order=pg_key_order(table),
-    )
-    return query, [*params, size - 1]
 
 
 def pg_aggregate(
@@ -99,6 +88,23 @@ def pg_source_rows(table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Compo
         where,
     )
     return query, params
+
+
+def pg_source_rows_after(
+    table: TableSchema, lower: Key | None, size: int, hashes: Sequence[sql.Composable]
+) -> PgQuery:
+    """Like `pg_source_rows` for the first `size` keys after `lower` (None: from the
+    start), in the shared order; each key column's texts in columns of their own."""
+    where, params = pg_range_filter(table, KeyRange(lower, None))
+    query = sql.SQL("SELECT {}, {} FROM {}.{} WHERE {} ORDER BY {} LIMIT %s::bigint").format(
+        _key_columns(table),
+        sql.SQL(", ").join(hashes),
+        sql.Identifier(table.schema),
+        sql.Identifier(table.name),
+        where,
+        pg_key_order(table),
+    )
+    return query, [*params, size]
 
 
 def pg_historic_rows(

@@ -25,6 +25,7 @@ from cdc.check.keyrange import (
 )
 from cdc.check.rangequery import ChQuery, PgQuery
 from cdc.check.rowhash import ch_row_hash, held_differently, pg_row_hash
+from cdc.check.sourceread import SourceRead
 from cdc.classify import clickhouse_error
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.settings import redact_url
@@ -123,11 +124,15 @@ class TableStores:
             pieces += ranges_between(rng.lower, rng.upper, bounds, rng.root)
         return leaves, pieces
 
-    def next_boundary(self, lower: Key | None, size: int) -> Key | None:
-        """The `size`-th key after `lower` (None: fewer are left)."""
-        query = rangequery.pg_next_boundary(self.table, lower, size)
+    def source_read(self, lower: Key | None, size: int) -> SourceRead:
+        """The first `size` source rows after `lower`, in key order: their range ends at
+        the last of them (at the table's end when fewer are left)."""
+        query = rangequery.pg_source_rows_after(self.table, lower, size, self._pg_hashes)
         rows = self._pg(self.source, query, self.table.qualified_name)
-        return tuple(rows[0][0]) if rows else None
+        read = SourceRead(KeyRange(lower, None), len(self.table.primary_key), rows)
+        if len(rows) == size:
+            read.range = KeyRange(lower, read.key(-1))
+        return read
 
     def source_aggregate(self, rng: KeyRange) -> tuple[int, int, int]:
         """(rows, hash sum of the rows as they are, hash sum as ClickHouse holds them)."""

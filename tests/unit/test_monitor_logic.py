@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import math
 import threading
+from itertools import pairwise
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.check.drift import DiffKind, KeyDiff, Target
+from cdc.check.drift import DiffKind, KeyDiff, SourceRow, Target
 from cdc.check.keyrange import LEAF_ROWS, KeyRange
 from cdc.check.monitor import drift_summary
 from cdc.check.pacing import MAX_STEP_ROWS, step_due, step_rows
 from cdc.check.position import TargetPosition, heartbeat_time
 from cdc.check.rangecheck import RangeCheck, confirmed
+from cdc.check.sourceread import Run, SourceRead
 from cdc.protocol import datetime_to_pg_timestamp
 from cdc.protocol.lsn import Lsn
 
@@ -23,6 +25,53 @@ def diff(
     target: Target, key: str, kind: DiffKind = DiffKind.CHANGED, newer: bool = False
 ) -> KeyDiff:
     return KeyDiff(target, kind, (key,), (key,), newer)
+
+
+# -- the source read, kept ------------------------------------------------------------------
+
+
+def source_read(lower: int | None, hashes: list[int], upper: int | None) -> SourceRead:
+    keys = [f"{k:06d}" for k in range(len(hashes))]
+    rows = [(f"c{k}", k, h, -h) for k, h in zip(keys, hashes, strict=True)]
+    bound = None if lower is None else (f"{lower:06d}",)
+    return SourceRead(KeyRange(bound, None if upper is None else (f"{upper:06d}",)), 1, rows)
+
+
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3_000), st.booleans())
+def test_pieces_cover_their_run_and_their_fingerprints_add_up(
+    hashes: list[int], to_the_end: bool
+) -> None:
+    read = source_read(None, hashes, None if to_the_end else len(hashes) + 5)
+    whole = read.whole()
+    assert read.aggregate(whole) == (len(hashes), sum(hashes), -sum(hashes))
+    runs = [whole]
+    while runs:
+        run = runs.pop()
+        if read.is_leaf(run):
+            assert run.rows <= LEAF_ROWS
+            assert read.leaf_rows(run) == {
+                (f"c{k:06d}",): SourceRow((f"{k:06d}",), (hashes[k], -hashes[k]))
+                for k in range(run.start, run.stop)
+            }
+            continue
+        pieces = read.split(run)
+        # Adjacent, from the run's lower bound to its upper: no key of the run falls
+        # between two pieces, nor outside them.
+        assert pieces[0].range.lower == run.range.lower
+        assert pieces[-1].range.upper == run.range.upper
+        assert [p.start for p in pieces[1:]] == [p.stop for p in pieces[:-1]]
+        assert (pieces[0].start, pieces[-1].stop) == (run.start, run.stop)
+        for before, after in pairwise(pieces):
+            assert before.range.upper == after.range.lower == read.key(before.stop - 1)
+        assert sum(read.aggregate(p)[1] for p in pieces) == read.aggregate(run)[1]
+        assert len(pieces) > 1 and all(p.rows < run.rows for p in pieces)
+        runs += pieces
+
+
+def test_an_empty_read_is_one_leaf_over_its_whole_range() -> None:
+    read = source_read(7, [], None)
+    assert read.whole() == Run(KeyRange(("000007",), None), 0, 0)
+    assert read.is_leaf(read.whole()) and read.aggregate(read.whole()) == (0, 0, 0)
 
 
 # -- pacing ---------------------------------------------------------------------------------

@@ -274,16 +274,18 @@ def test_queries_keep_parameters_in_order() -> None:
     assert params == ["a", "1"]
 
 
-def test_next_boundary_skips_size_keys_in_the_shared_order() -> None:
-    query, params = rangequery.pg_next_boundary(PAIR, ("a", "1"), 500)
-    assert params == ["a", "1", 499]
+def test_source_rows_after_read_size_keys_in_the_shared_order() -> None:
+    hashes = [sql.SQL("h")]
+    query, params = rangequery.pg_source_rows_after(PAIR, ("a", "1"), 500, hashes)
+    assert params == ["a", "1", 500]
     assert text(query) == (
-        'SELECT ARRAY[concat("team"), concat("id")] FROM "director"."pairs" WHERE '
+        'SELECT concat("team"), "id"::text, concat("team"), concat("id"), h '
+        'FROM "director"."pairs" WHERE '
         'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer) '
-        'ORDER BY "team" COLLATE "C", "id" OFFSET %s::bigint LIMIT 1'
+        'ORDER BY "team" COLLATE "C", "id" LIMIT %s::bigint'
     )
-    query, params = rangequery.pg_next_boundary(TABLE, None, 1)
-    assert params == [0]
+    query, params = rangequery.pg_source_rows_after(TABLE, None, 1, hashes)
+    assert params == [1]
     assert "WHERE true ORDER BY" in text(query)
 
 
