@@ -32,6 +32,7 @@ from cdc.ops.settings import Settings
 from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
 from cdc.stream.snapshot import exported_snapshot, import_snapshot
+from cdc.versions import snapshot_version
 
 WAIT_S: Final = 60.0  # a step waits this long for the daemon to pass its snapshot
 HEARTBEAT_SQL: Final = "SELECT pg_logical_emit_message(false, %s, now()::text)"
@@ -53,7 +54,7 @@ class RangeCheck:
     rows: int  # source rows in the range
     compared: bool  # False: the daemon did not pass the snapshot in time
     drift: Diffs = field(default_factory=dict)  # confirmed, per piece
-    newer: int = 0  # differences newer than the snapshot: compared in a later pass
+    newer: int = 0  # keys changed since the snapshot in a target: compared in a later pass
 
     @property
     def diffs(self) -> list[KeyDiff]:
@@ -128,12 +129,11 @@ class RangeChecker:
         self.read = len(source)
         if not self._passed(lsn):
             return RangeCheck(lower, len(source), compared=False), stores.targets
-        leaves = self._differing_leaves(stores, source)
+        leaves, newer = self._differing_leaves(stores, source, snapshot_version(lsn))
         first = self._key_diffs(
             stores, {leaf.range: source.leaf_rows(leaf) for leaf in leaves}, lsn
         )
-        check = RangeCheck(source.range.upper, len(source), compared=True)
-        check.newer = sum(d.in_flight for diffs in first.values() for d in diffs)
+        check = RangeCheck(source.range.upper, len(source), compared=True, newer=newer)
         drifted = [leaf for leaf, diffs in first.items() if any(not d.in_flight for d in diffs)]
         if drifted:
             with self._snapshot(table) as (stores, lsn):
@@ -148,12 +148,24 @@ class RangeChecker:
         return check, stores.targets
 
     @staticmethod
-    def _differing_leaves(stores: TableStores, source: SourceRead) -> list[Run]:
-        """The runs of `source`, at most `LEAF_ROWS` rows each, whose ranges' aggregates
-        differ in a target (the source as read in the snapshot, the targets as they are
-        now)."""
-        whole = source.whole()
-        pending = [whole] if stores.differs(whole.range, source.aggregate(whole)) else []
+    def _differing_leaves(
+        stores: TableStores, source: SourceRead, newer: int
+    ) -> tuple[list[Run], int]:
+        """The runs of `source`, at most `LEAF_ROWS` rows each, whose ranges differ in a
+        target, and how many keys the targets hold changed since the snapshot (version
+        `newer` or later: left out of every comparison, a later pass compares them)."""
+
+        def differs(run: Run) -> tuple[bool, int]:
+            found, changed = False, 0
+            for target in stores.targets:
+                older, keys = stores.target_aggregate_before(target, run.range, newer)
+                which = 1 if target is Target.HISTORIC else 2
+                found = found or older != source.aggregate_without(run, keys, which)
+                changed += len(keys)
+            return found, changed
+
+        whole, changed = differs(source.whole())
+        pending = [source.whole()] if whole else []
         leaves: list[Run] = []
         while pending:
             leaves += [run for run in pending if source.is_leaf(run)]
@@ -162,9 +174,9 @@ class RangeChecker:
                 for run in pending
                 if not source.is_leaf(run)
                 for piece in source.split(run)
-                if stores.differs(piece.range, source.aggregate(piece))
+                if differs(piece)[0]
             ]
-        return leaves
+        return leaves, changed
 
     @staticmethod
     def _key_diffs(

@@ -130,6 +130,33 @@ def pg_historic_rows(
     return query, [table.name, *params]
 
 
+def pg_historic_aggregate(
+    schema: str, table: TableSchema, rng: KeyRange, hash_: sql.Composable, newer: int
+) -> PgQuery:
+    """The range's fingerprint in historic as of a source snapshot: `count(*)` and
+    `sum(hash)` of the live rows older than version `newer`, in one row with a NULL first
+    column; then one row per key changed since (`_version >= newer`, tombstones too), its
+    canonical key texts first."""
+    where, params = pg_range_filter(table, rng)
+    version = sql.Identifier(VERSION_COLUMN)
+    query = sql.SQL(
+        "SELECT CASE WHEN {version} >= %s::numeric THEN ARRAY[{ids}] END, count(*), "
+        "coalesce(sum({hash}), 0) FROM {schema}.{table} WHERE {where} AND ({version} >= "
+        "%s::numeric OR NOT {deleted} AND {version} > coalesce((SELECT version FROM "
+        "{schema}.{truncations} WHERE table_name = %s), 0)) GROUP BY 1"
+    ).format(
+        version=version,
+        ids=sql.SQL(", ").join(pg_text(table.column(name)) for name in table.primary_key),
+        hash=hash_,
+        schema=sql.Identifier(schema),
+        table=sql.Identifier(table.name),
+        where=where,
+        deleted=sql.Identifier(DELETED_COLUMN),
+        truncations=sql.Identifier(TRUNCATIONS_TABLE),
+    )
+    return query, [newer, *params, newer, table.name]
+
+
 def pg_key_exists(table: TableSchema, key: Key) -> PgQuery:
     """Whether the source holds `key` (a key output text tuple)."""
     query = sql.SQL("SELECT EXISTS (SELECT FROM {}.{} WHERE {})").format(
@@ -147,6 +174,37 @@ def ch_aggregate(
         f"{quote_identifier(database)}.{quote_identifier(view)} WHERE {where}"
     )
     return query, params
+
+
+def ch_aggregate_before(
+    database: str,
+    table: TableSchema,
+    rng: KeyRange,
+    hash_: str,
+    newer: int,
+    distributed: bool = False,
+) -> ChQuery:
+    """Like `pg_historic_aggregate` in ClickHouse (the newest row of each key, after
+    FINAL): one row with an empty first column, then one per key changed since.
+    `distributed`: read the cluster's Distributed tables."""
+    where, params = ch_range_filter(table, rng)
+    rows, truncations = table.name, TRUNCATIONS_TABLE
+    if distributed:
+        rows, truncations = distributed_name(rows), distributed_name(truncations)
+    ids = ", ".join(ch_text(table.column(name)) for name in table.primary_key)
+    db = quote_identifier(database)
+    version = quote_identifier(VERSION_COLUMN)
+    watermark = (
+        f"SELECT max(version) FROM {db}.{quote_identifier(truncations)} FINAL "
+        "WHERE table_name = {verify_table:String}"
+    )
+    query = (
+        f"SELECT if({version} >= {{newer:UInt128}}, [{ids}], []) AS _cdc_newer, count(), "
+        f"sum(toInt128({hash_})) FROM {db}.{quote_identifier(rows)} FINAL WHERE {where} "
+        f"AND ({version} >= {{newer:UInt128}} OR {quote_identifier(DELETED_COLUMN)} = 0 "
+        f"AND {version} > ifNull(({watermark}), 0)) GROUP BY _cdc_newer"
+    )
+    return query, {**params, "newer": newer, "verify_table": table.name}
 
 
 def ch_rows(

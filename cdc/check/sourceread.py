@@ -41,6 +41,7 @@ class SourceRead:
         self.range = range_
         self.width = width
         self.rows = rows
+        self._positions: dict[Ident, int] | None = None  # made when first needed
         self._sums = [list(accumulate((r[i] for r in rows), initial=0)) for i in (2 * width, -1)]
 
     def __len__(self) -> int:
@@ -61,6 +62,27 @@ class SourceRead:
             exact[run.stop] - exact[run.start],
             held[run.stop] - held[run.start],
         )
+
+    def aggregate_without(self, run: Run, idents: Sequence[Ident], which: int) -> tuple[int, int]:
+        """(rows, hash sum) of `run` without the rows of `idents`; `which`: 1 for the hash of
+        the rows as they are, 2 for the hash as ClickHouse holds them."""
+        aggregate = self.aggregate(run)
+        rows, total = aggregate[0], aggregate[which]
+        if idents:
+            index = self._index()
+            column = 2 * self.width if which == 1 else -1
+            for ident in idents:
+                at = index.get(ident)
+                if at is not None and run.start <= at < run.stop:
+                    rows -= 1
+                    total -= self.rows[at][column]
+        return rows, total
+
+    def _index(self) -> dict[Ident, int]:
+        if self._positions is None:
+            n = self.width
+            self._positions = {tuple(r[:n]): i for i, r in enumerate(self.rows)}
+        return self._positions
 
     def split(self, run: Run) -> list[Run]:
         """`run`'s pieces of `piece_rows` rows each; together they cover its range."""

@@ -155,6 +155,25 @@ class TableStores:
             )[0]
         return int(row[0]), int(row[1])
 
+    def target_aggregate_before(
+        self, target: Target, rng: KeyRange, newer: int
+    ) -> tuple[tuple[int, int], list[Ident]]:
+        """The range's fingerprint in `target` over the rows older than version `newer`,
+        and the keys changed since (their rows are left out of it)."""
+        if target is Target.HISTORIC:
+            query = rangequery.pg_historic_aggregate(
+                self.historic_schema, self.table, rng, self._pg_hash, newer
+            )
+            rows = self._pg(self.historic, query, f"{self.historic_schema}.{self.table.name}")
+        else:
+            rows = self._ch(
+                rangequery.ch_aggregate_before(
+                    self.ch_database, self.table, rng, self._ch_hash, newer, self.ch_cluster
+                )
+            )
+        older = next(((int(r[1]), int(r[2])) for r in rows if not r[0]), (0, 0))
+        return older, [tuple(r[0]) for r in rows if r[0]]
+
     def differs(self, rng: KeyRange, source: tuple[int, int, int]) -> bool:
         expected = {Target.HISTORIC: source[:2], Target.CLICKHOUSE: (source[0], source[2])}
         return any(self.target_aggregate(t, rng) != expected[t] for t in self.targets)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Collection, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -105,17 +106,13 @@ def test_equality_is_watched_and_drift_named_in_both_targets(
     assert scores.execute("SELECT points FROM historic.scores WHERE id = 7").fetchone() == (-1,)
 
 
-def test_monitor_reports_no_drift_while_writers_are_busy(
-    scores: psycopg.Connection[Any],
-    pg_dsn: str,
-    clickhouse_server: ClickHouseServer,
-    ch_database: str,
-) -> None:
-    ch = clickhouse_server.client
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
-                             monitor_interval_s=INTERVAL_S)  # fmt: skip
+@contextmanager
+def busy(pg_dsn: str, spare: Collection[int] = ()) -> Iterator[None]:
+    """Three writers upsert and delete random keys (never those in `spare`) until the block
+    ends."""
     stop = threading.Event()
     errors: list[BaseException] = []
+    keys = [k for k in range(1, ROWS + 201) if k not in spare]
 
     def write(seed: int) -> None:
         chooser = random.Random(seed)
@@ -126,35 +123,79 @@ def test_monitor_reports_no_drift_while_writers_are_busy(
                         conn.execute(
                             "INSERT INTO director.scores VALUES (%s, 'new', 0) ON CONFLICT (id) "
                             "DO UPDATE SET points = director.scores.points + 1",
-                            (chooser.randint(1, ROWS + 200),),
+                            (chooser.choice(keys),),
                         )
                         if chooser.random() < 0.2:
                             conn.execute(
-                                "DELETE FROM director.scores WHERE id = %s",
-                                (chooser.randint(1, ROWS + 200),),
+                                "DELETE FROM director.scores WHERE id = %s", (chooser.choice(keys),)
                             )
         except BaseException as exc:  # noqa: BLE001 - raised again by the test
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(seed,), daemon=True) for seed in range(3)]
-    with capture_logs() as logs, running_daemon(settings, ch) as running:
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
         for thread in threads:
-            thread.start()
-        try:
+            thread.join(30)
+    assert not errors, errors
+
+
+def test_monitor_reports_no_drift_while_writers_are_busy(
+    scores: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
+                             monitor_interval_s=INTERVAL_S)  # fmt: skip
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        with busy(pg_dsn):
             wait_until(lambda: passes(logs) >= 4, 120, "four monitor passes under load")
             checked = running.daemon.metrics.registry.get_sample_value(
                 "cdc_monitor_rows_checked_total"
             )
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(30)
-        assert not errors, errors
         wait_in_step(scores, ch, ch_database, ["scores"], running=running)
         assert checked is not None and checked >= 4 * ROWS
         assert events(logs, "drift_detected") == []
         assert drift(running.daemon, "historic") == 0
         assert drift(running.daemon, "clickhouse") == 0
+
+
+def test_drift_is_found_among_keys_changing_since_the_read(
+    scores: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    """The keys the writers change after a step's read are left out of its comparison;
+    the tampered keys beside them, in the same ranges, are still found, and only they."""
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
+                             monitor_interval_s=INTERVAL_S)  # fmt: skip
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        wait_in_step(scores, ch, ch_database, ["scores"], running=running)
+        with busy(pg_dsn, spare={7, 321, 322, 450}):
+            tamper(scores, ch, ch_database)
+            wait_until(
+                lambda: (
+                    drift(running.daemon, "historic") == 2
+                    and drift(running.daemon, "clickhouse") == 2
+                ),
+                90,
+                "the monitor to report the tampered rows",
+            )
+        found = {(e["target"], e["kind"]): e["keys"] for e in events(logs, "drift_detected")}
+        assert found == {
+            ("historic", "changed"): ["(7)"],
+            ("historic", "missing"): ["(450)"],
+            ("clickhouse", "changed"): ["(321)", "(322)"],
+        }
+        assert sum(e["newer"] for e in events(logs, "monitor_pass_done")) > 0
 
 
 def test_monitor_repairs_when_asked(

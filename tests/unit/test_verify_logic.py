@@ -289,6 +289,31 @@ def test_source_rows_after_read_size_keys_in_the_shared_order() -> None:
     assert "WHERE true ORDER BY" in text(query)
 
 
+def test_a_targets_fingerprint_as_of_a_snapshot_leaves_out_keys_changed_since() -> None:
+    query, params = rangequery.pg_historic_aggregate(
+        "historic", PAIR, KeyRange(("a", "1"), None), sql.SQL("h"), 7 << 64
+    )
+    assert params == [7 << 64, "a", "1", 7 << 64, "pairs"]
+    assert text(query) == (
+        'SELECT CASE WHEN "_version" >= %s::numeric THEN ARRAY[concat("team"), "id"::text] '
+        'END, count(*), coalesce(sum(h), 0) FROM "historic"."pairs" WHERE '
+        'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer) AND '
+        '("_version" >= %s::numeric OR NOT "_is_deleted" AND "_version" > coalesce((SELECT '
+        'version FROM "historic"."_cdc_truncations" WHERE table_name = %s), 0)) GROUP BY 1'
+    )
+    ch_query, ch_params = rangequery.ch_aggregate_before(
+        "analytics", PAIR, KeyRange(None, None), "h", 5
+    )
+    assert ch_params == {"newer": 5, "verify_table": "pairs"}
+    assert ch_query.startswith(
+        "SELECT if(`_version` >= {newer:UInt128}, [assumeNotNull(`team`), "
+        "toString(assumeNotNull(`id`))], []) "
+        "AS _cdc_newer, count(), sum(toInt128(h)) FROM `analytics`.`pairs` FINAL WHERE 1 AND "
+        "(`_version` >= {newer:UInt128} OR `_is_deleted` = 0 AND `_version` > ifNull(("
+    )
+    assert ch_query.endswith("GROUP BY _cdc_newer")
+
+
 def test_clickhouse_queries() -> None:
     ch_hash = rowhash.ch_row_hash([INT, NAME])
     query, params = rangequery.ch_aggregate(
