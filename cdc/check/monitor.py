@@ -4,13 +4,15 @@ A pass walks every published table with a key in ranges of the primary key, pace
 that the pass is spread over `monitor_interval_s` and never reads more than
 `monitor_rows_per_s` source rows a second. Each range is one step:
 
-1. Export a snapshot of the source (a temporary slot: its consistent point S is exact)
-   and read the range's count and row-hash sum in it.
+1. Export a snapshot of the source (a temporary slot: its consistent point S is exact),
+   read the range's keys and row hashes in it, and end it (a snapshot kept open would hold
+   back the source's pruning of dead rows while the step waits).
 2. Write a heartbeat into the source's WAL and wait until the daemon holds everything
    committed before S.
-3. Compare the targets' aggregates; where they differ, narrow to small pieces and compare
-   key by key. A target row committed at or after S is newer than the read and is not
-   compared now: a later pass sees it. Every other difference is drift at S.
+3. Compare each target's fingerprint of its rows older than S with the source's, both
+   leaving out the keys the target holds changed since (newer than the read: a later pass
+   compares them); where they differ, narrow to small pieces and compare key by key.
+   Every difference left is drift at S.
 4. Re-read the drifted pieces once at a fresh snapshot; only keys that differ in both
    reads are reported (and, with `monitor_repair`, repaired as `cdc verify --repair`
    does).

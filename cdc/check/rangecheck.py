@@ -6,10 +6,11 @@
    wait that follows.
 2. Write a heartbeat into the source's WAL and wait until the daemon holds everything
    committed before S (`cdc.check.position`).
-3. Compare the targets' aggregates with the source's; where they differ, narrow to small
-   pieces and compare key by key (`cdc.check.drift.classify`). A target row committed at or after S
-   (`_version >= S << 64`) is newer than the read and is not compared now: a later pass
-   sees it. Every other difference (value, presence, deletion) is drift at S.
+3. Compare each target's fingerprint of its rows older than S (`_version < S << 64`)
+   with the source's, both leaving out the keys the target holds changed since: those are
+   newer than the read, and a later pass compares them. Where the fingerprints differ,
+   narrow to small pieces and compare key by key (`cdc.check.drift.classify`); every
+   difference left (value, presence, deletion) is drift at S.
 4. Re-read the drifted pieces once at a fresh snapshot; only keys that differ in both
    reads are drift (`confirmed`).
 """
