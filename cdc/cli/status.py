@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,20 +19,33 @@ from cdc.stream import eligibility, slots
 from cdc.stream.eligibility import Exclusion, SourceTable
 
 
+@dataclass
+class StatusView:
+    """What `cdc status` shows, read from the source and historic."""
+
+    slot: slots.SlotInfo | None
+    daemon: status.DaemonRecord | None
+    tables: list[status.TableRecord]
+    exclusions: dict[str, Exclusion]
+    logs: set[str]  # tables replicated as append-only logs
+    checks: dict[str, status.TableCheck]
+
+    @property
+    def freshness(self) -> float | None:
+        """Seconds since the commit time of the newest source transaction both targets
+        hold."""
+        if self.daemon is None or self.daemon.held_through is None:
+            return None
+        return round(max(0.0, (datetime.now(UTC) - self.daemon.held_through).total_seconds()), 3)
+
+
 @app.command("status")
 def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Slot, lag, the daemon's state, last error and freshness, and each table's state and
     last drift check."""
     settings = settings_of(ctx)
     try:
-        with source_connection(settings) as conn:
-            slot = slots.get_slot(conn, settings.slot)
-            schema_tables, exclusions, published = _source_tables(conn, settings)
-            logs = _append_only(conn, settings)
-        with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
-            daemon_state, recorded = status.read(conn, settings.historic_schema, settings.slot)
-            checks = status.read_checks(conn, settings.historic_schema)
-        tables = status.overview(schema_tables, exclusions, published, recorded)
+        view = _read(settings)
     except (CdcError, psycopg.Error) as exc:
         error = (
             exc
@@ -39,75 +53,85 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
             else CdcError(ErrorKind.SINK_CONNECTION, redact_url(str(exc).strip()))
         )
         raise fail(error) from exc
-    freshness = _freshness(daemon_state)
     if as_json:
-        print_json(
-            {
-                "slot": None if slot is None else slot_document(slot),
-                "slot_warning": None if slot is None else slots.wal_status_warning(slot),
-                "daemon": None
-                if daemon_state is None
-                else {
-                    "state": daemon_state.state,
-                    "since": iso_time(daemon_state.updated_at),
-                    "last_error": daemon_state.last_error,
-                    "held_through": iso_time(daemon_state.held_through),
-                    "freshness_s": freshness,
-                },
-                "tables": [
-                    {
-                        "table": t.table,
-                        "state": t.state,
-                        "append_only": t.table in logs,
-                        "since": None if t.updated_at is None else iso_time(t.updated_at),
-                        "error": t.error,
-                        "monitor": _check_document(checks.get(t.table)),
-                    }
-                    for t in tables
-                ],
-                "excluded": [
-                    {"table": why.table, "reason": why.reason, "fix": why.fix}
-                    for why in exclusions.values()
-                ],
-            }
-        )
-        return
-    if slot is None:
-        typer.secho(f"slot {settings.slot!r} does not exist", fg=typer.colors.YELLOW)
+        print_json(_document(view))
     else:
-        console.print(slot_table([slot]))
-        if warning := slots.wal_status_warning(slot):
+        _render(view, settings.slot)
+
+
+def _read(settings: Settings) -> StatusView:
+    with source_connection(settings) as conn:
+        slot = slots.get_slot(conn, settings.slot)
+        schema_tables, exclusions, published = _source_tables(conn, settings)
+        logs = _append_only(conn, settings)
+    with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
+        daemon, recorded = status.read(conn, settings.historic_schema, settings.slot)
+        checks = status.read_checks(conn, settings.historic_schema)
+    tables = status.overview(schema_tables, exclusions, published, recorded)
+    return StatusView(slot, daemon, tables, exclusions, logs, checks)
+
+
+def _document(view: StatusView) -> dict[str, Any]:
+    daemon = view.daemon
+    return {
+        "slot": None if view.slot is None else slot_document(view.slot),
+        "slot_warning": None if view.slot is None else slots.wal_status_warning(view.slot),
+        "daemon": None
+        if daemon is None
+        else {
+            "state": daemon.state,
+            "since": iso_time(daemon.updated_at),
+            "last_error": daemon.last_error,
+            "held_through": iso_time(daemon.held_through),
+            "freshness_s": view.freshness,
+        },
+        "tables": [
+            {
+                "table": t.table,
+                "state": t.state,
+                "append_only": t.table in view.logs,
+                "since": None if t.updated_at is None else iso_time(t.updated_at),
+                "error": t.error,
+                "monitor": _check_document(view.checks.get(t.table)),
+            }
+            for t in view.tables
+        ],
+        "excluded": [
+            {"table": why.table, "reason": why.reason, "fix": why.fix}
+            for why in view.exclusions.values()
+        ],
+    }
+
+
+def _render(view: StatusView, slot_name: str) -> None:
+    if view.slot is None:
+        typer.secho(f"slot {slot_name!r} does not exist", fg=typer.colors.YELLOW)
+    else:
+        console.print(slot_table([view.slot]))
+        if warning := slots.wal_status_warning(view.slot):
             typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW)
-    if daemon_state is None:
+    daemon, freshness = view.daemon, view.freshness
+    if daemon is None:
         typer.echo("daemon: never started for this slot")
     else:
-        typer.echo(
-            f"daemon: {daemon_state.state} (since {daemon_state.updated_at:%Y-%m-%d %H:%M:%S %Z})"
-        )
-        if daemon_state.last_error:
-            typer.secho(f"last error: {daemon_state.last_error}", fg=typer.colors.RED)
-        if daemon_state.held_through is None or freshness is None:
+        typer.echo(f"daemon: {daemon.state} (since {daemon.updated_at:%Y-%m-%d %H:%M:%S %Z})")
+        if daemon.last_error:
+            typer.secho(f"last error: {daemon.last_error}", fg=typer.colors.RED)
+        if daemon.held_through is None or freshness is None:
             typer.echo("freshness: unknown (nothing recorded yet)")
         else:
             typer.echo(
                 f"freshness: {freshness:.1f} s (both targets hold the source's commits "
-                f"through {daemon_state.held_through.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
+                f"through {daemon.held_through.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
             )
     table = Table("table", "state", "kind", "since", "error", "last check", "drift", title="tables")
-    for t in tables:
+    for t in view.tables:
         since = "" if t.updated_at is None else f"{t.updated_at:%Y-%m-%d %H:%M:%S}"
-        kind = "append-only log" if t.table in logs else ""
-        check = checks.get(t.table)
+        kind = "append-only log" if t.table in view.logs else ""
+        check = view.checks.get(t.table)
         checked = "" if check is None else f"{check.checked_at:%Y-%m-%d %H:%M:%S}"
         table.add_row(t.table, t.state, kind, since, t.error or "", checked, _drift_text(check))
     console.print(table)
-
-
-def _freshness(daemon: status.DaemonRecord | None) -> float | None:
-    """Seconds since the commit time of the newest source transaction both targets hold."""
-    if daemon is None or daemon.held_through is None:
-        return None
-    return round(max(0.0, (datetime.now(UTC) - daemon.held_through).total_seconds()), 3)
 
 
 def _check_document(check: status.TableCheck | None) -> dict[str, Any] | None:
