@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -44,7 +45,10 @@ from cdc.protocol.lsn import Lsn
 from cdc.stream.source import ChangeSource, SourceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-DAEMON_SCRIPT = Path(__file__).with_name("daemon_process.py")
+# CDC_BENCH_DAEMON: another checkout's copy of daemon_process.py, run from that checkout.
+DAEMON_SCRIPT = Path(
+    os.environ.get("CDC_BENCH_DAEMON") or Path(__file__).with_name("daemon_process.py")
+)
 # What both targets must hold after a round, as in the source.
 FINGERPRINT = "SELECT count(*), sum(qty), sum(length(note)) FROM {}.events{}"
 SAMPLE_EVERY_S = 0.05  # the walsender under pg_recvlogical, which ends with it
@@ -191,7 +195,8 @@ def end_to_end(loaded: Loaded, round_: int, n: int) -> DaemonRound:
     start = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, str(DAEMON_SCRIPT), json.dumps(settings), str(n)],
-        stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=log, text=True, cwd=DAEMON_SCRIPT.resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(DAEMON_SCRIPT.resolve().parents[1])},
     )  # fmt: skip
     assert process.stdout is not None
     try:
