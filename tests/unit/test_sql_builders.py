@@ -4,6 +4,8 @@ exclusive, upper inclusive, so consecutive chunks neither overlap nor leave a ga
 
 from __future__ import annotations
 
+import pytest
+
 from cdc.load import chunks
 from cdc.sinks.historic import sql as historic_sql
 from tests.unit.test_ddl import TABLE
@@ -94,3 +96,16 @@ def test_the_next_boundary_is_the_chunk_size_th_key_after_the_last() -> None:
         '"director"."Score Card" WHERE ROW("id", "Order") > ROW(\'1\'::bigint, '
         '\'2\'::integer) ORDER BY "id", "Order" OFFSET 99 LIMIT 1) bound'
     )
+
+
+def test_array_literal_joins_text_values_and_escapes_only_where_needed() -> None:
+    literal = historic_sql.array_literal
+    assert literal([]) == "{}"
+    assert literal([b"1", b"22", b"x y"]) == '{"1","22","x y"}'
+    assert literal([b"a", None]) == '{"a",NULL}'
+    assert literal([b'q"uote', b"back\\slash", b"", b"NULL"]) == (
+        '{"q\\"uote","back\\\\slash","","NULL"}'
+    )
+    assert literal(["é".encode()]) == '{"é"}'
+    with pytest.raises(ValueError, match="not text"):
+        literal([b"1", 2])  # type: ignore[list-item]

@@ -10,7 +10,9 @@ rows below the batch's truncation are gone once the batch is applied: never take
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import NamedTuple
 
 from cdc.apply.batch import NO_BOUND, FillSource, Key, RowImage, TableBatch
@@ -24,9 +26,15 @@ class Donor(NamedTuple):
     values: tuple[bytes | None, ...]
 
 
+# `make_donor((version, values))`: a `Donor` without the Python-level `__new__` of a
+# NamedTuple (one per historic row read).
+make_donor = functools.partial(tuple.__new__, Donor)
+
+
 class Plan(NamedTuple):
-    """For each incomplete row, the historic rows that may hold its values, in order; and
-    every key among them once (the rows to read)."""
+    """For each incomplete row, the historic rows that may hold its values, in order (none
+    listed: its own key's row, whatever its version); and every key among them once (the
+    rows to read)."""
 
     rows: list[tuple[Key, tuple[FillSource, ...]]]
     donor_keys: list[Key]
@@ -34,9 +42,17 @@ class Plan(NamedTuple):
 
 def plan(table: TableBatch, keys: Sequence[Key]) -> Plan:
     fill_from = table.fill_from
-    rows = [(key, fill_from.get(key) or (FillSource(key, 0, NO_BOUND),)) for key in keys]
-    donor_keys = list(dict.fromkeys(source.key for _, sources in rows for source in sources))
+    if not fill_from:  # every row fills from its own key's row: nothing made per row
+        return Plan([(key, ()) for key in keys], list(keys))
+    rows = [(key, fill_from.get(key, ())) for key in keys]
+    donor_keys = list(
+        dict.fromkeys(source.key for key, sources in rows for source in sources or (_own(key),))
+    )
     return Plan(rows, donor_keys)
+
+
+def _own(key: Key) -> FillSource:
+    return FillSource(key, 0, NO_BOUND)
 
 
 class Filled(NamedTuple):
@@ -55,26 +71,50 @@ def fill(table: TableBatch, plan: Plan, donors: dict[Key, Donor]) -> Filled:
     completed = []
     kept = []
     unfilled = 0
+    # A row whose every value but its key is to be filled from its own key's row (a
+    # tombstone of a row the batch held no image of) takes that row's values as they are:
+    # no value copied or compared one by one.
+    to_fill = len(table.columns) - len(table.schema.key_indexes)
+    key_of = itemgetter(*table.schema.key_indexes) if table.schema.key_indexes else None
     for key, sources in plan.rows:
-        donor = _donor(sources, donors, floor)
+        donor = _donor(key, sources, donors, floor)
         image = rows[key]
         values: TupleData
+        own = donor is not None and donor is donors.get(key)
         if donor is None:
             unfilled += not image.deleted
             values = tuple(None if v is UNCHANGED_TOAST else v for v in image.values)
+        elif (
+            own
+            and key_of is not None
+            and image.values.count(UNCHANGED_TOAST) == to_fill
+            and key_of(donor.values) == key_of(image.values)
+        ):
+            values = donor.values
         else:
             values = tuple(
                 donor.values[i] if v is UNCHANGED_TOAST else v for i, v in enumerate(image.values)
             )
-        rows[key] = image = RowImage(image.version, image.deleted, values, image.inserted)
+        rows[key] = image = _image((image.version, image.deleted, values, image.inserted))
         completed.append(image)
-        own = donor is not None and donor is donors.get(key) and values == donor.values
         if image.deleted and own and not floor:
-            kept.append(image)
+            assert donor is not None
+            if values is donor.values or values == donor.values:
+                kept.append(image)
     return Filled(completed, unfilled, kept)
 
 
-def _donor(sources: tuple[FillSource, ...], donors: dict[Key, Donor], floor: int) -> Donor | None:
+# `RowImage((version, deleted, values, inserted))` without the Python-level `__new__` of a
+# NamedTuple (as `cdc.apply.rowimages.image`): one is made per completed row.
+_image = functools.partial(tuple.__new__, RowImage)
+
+
+def _donor(
+    key: Key, sources: tuple[FillSource, ...], donors: dict[Key, Donor], floor: int
+) -> Donor | None:
+    if not sources:  # its own key's row, whatever its version above the truncation
+        donor = donors.get(key)
+        return donor if donor is not None and floor <= donor.version else None
     for source in sources:
         donor = donors.get(source.key)
         if donor is not None and max(source.lowest, floor) <= donor.version < source.bound:

@@ -25,12 +25,12 @@ from cdc.apply import rowtext
 from cdc.apply.batch import Batch, TableBatch, TableName
 from cdc.load.copytext import NULL
 from cdc.ops.logs import get_logger
-from cdc.protocol import TupleValue
 from cdc.schema import VERSION_COLUMN, TableSchema
 from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.historic import fill
 from cdc.sinks.historic.sql import (
     STAGE_TABLE,
+    array_literal,
     copy_sql,
     copy_within_sql,
     donors_sql,
@@ -158,10 +158,11 @@ class HistoricSink:
         text = rowtext.shared_row_text(table)
         planned = fill.plan(table, text.incomplete)
         keys = planned.donor_keys
-        arrays = [[_text(key[i]) for key in keys] for i in range(len(layout.primary_key))]
+        arrays = [array_literal([key[i] for key in keys]) for i in range(len(layout.primary_key))]
         with conn.cursor(binary=True) as cur:
             found = cur.execute(donors_sql(self.schema, layout), arrays).fetchall()
-        donors = {keys[row[0] - 1]: fill.Donor(int(row[1]), row[2:]) for row in found}
+        make_donor = fill.make_donor
+        donors = {keys[row[0] - 1]: make_donor((int(row[1]), row[2:])) for row in found}
         completed, unfilled, kept = fill.fill(table, planned, donors)
         self._kept.update(map(id, kept))
         if unfilled:
@@ -187,9 +188,12 @@ class HistoricSink:
         if kept:
             times = [line[line.rindex(b"\t") + 1 : -1] for line, _ in kept]
             params = [
-                *([_text(image.values[p]) for _, image in kept] for p in layout.key_indexes),
-                [str(image.version) for _, image in kept],
-                [None if t == NULL else t.decode() for t in times],
+                *(
+                    array_literal([image.values[p] for _, image in kept])
+                    for p in layout.key_indexes
+                ),
+                array_literal([b"%d" % image.version for _, image in kept]),
+                array_literal([None if t == NULL else t for t in times]),
             ]
             conn.execute(tombstones_sql(self.schema, layout), params)
         return rest
@@ -273,12 +277,6 @@ class HistoricSink:
             if not self._insert_new(conn, layout, columns, data, version):
                 self._stage_and_upsert(conn, layout, columns, data)
         return refused
-
-
-def _text(value: TupleValue) -> str:
-    if not isinstance(value, bytes):
-        raise ValueError(f"a key value is not text: {value!r}")
-    return value.decode()
 
 
 def _database_of(dsn: str) -> tuple[object, ...]:
