@@ -43,10 +43,14 @@ def _key_arrays(table: TableSchema) -> sql.Composable:
     )
 
 
-def _key_columns(table: TableSchema) -> sql.Composable:
-    """The canonical key texts, then the key output texts: one column each."""
-    columns = [table.column(name) for name in table.primary_key]
-    return sql.SQL(", ").join([*(pg_text(c) for c in columns), _key_outputs(table)])
+def _aliased(expressions: Sequence[sql.Composable]) -> sql.Composable:
+    """A select list whose columns are named `_cdc_c0`, `_cdc_c1`, ...: an ORDER BY names
+    the table's columns, and an output column of the same name (`"id"::text` is named
+    `id`) would take its place."""
+    return sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(e, sql.Identifier(f"_cdc_c{i}"))
+        for i, e in enumerate(expressions)
+    )
 
 
 def pg_boundaries(table: TableSchema, rng: KeyRange, size: int) -> PgQuery:
@@ -96,9 +100,14 @@ def pg_source_rows_after(
     """Like `pg_source_rows` for the first `size` keys after `lower` (None: from the
     start), in the shared order; each key column's texts in columns of their own."""
     where, params = pg_range_filter(table, KeyRange(lower, None))
-    query = sql.SQL("SELECT {}, {} FROM {}.{} WHERE {} ORDER BY {} LIMIT %s::bigint").format(
-        _key_columns(table),
-        sql.SQL(", ").join(hashes),
+    columns = [table.column(name) for name in table.primary_key]
+    select = [
+        *(pg_text(c) for c in columns),
+        *(sql.SQL("concat({})").format(sql.Identifier(c.name)) for c in columns),
+        *hashes,
+    ]
+    query = sql.SQL("SELECT {} FROM {}.{} WHERE {} ORDER BY {} LIMIT %s::bigint").format(
+        _aliased(select),
         sql.Identifier(table.schema),
         sql.Identifier(table.name),
         where,

@@ -15,6 +15,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from cdc.apply.daemon import Daemon
+from cdc.check.keyrange import KeyRange
+from cdc.check.stores import TableStores
+from cdc.load.planning import published_schemas
 from cdc.sinks.clickhouse.client import quote_identifier
 from tests.harness import ClickHouseServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
@@ -37,6 +40,24 @@ def scores(pg: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
         (ROWS,),
     )
     return pg
+
+
+def test_a_step_reads_the_first_keys_in_key_order(scores: psycopg.Connection[Any]) -> None:
+    """The source read of a step is the `size` keys after its lower bound in the key's
+    order (numeric here, where text order would take 10 before 2), and its range ends at
+    the last of them."""
+    table = next(t for t in published_schemas(publication(scores), "cdc_monitor_order"))
+    stores = TableStores(table, scores, scores, "historic", None, "analytics")
+    read = stores.source_read(("9",), 100)
+    assert [row[0] for row in read.rows] == [str(k) for k in range(10, 110)]
+    assert read.range == KeyRange(("9",), ("109",))
+    tail = stores.source_read(("590",), 100)
+    assert len(tail) == 10 and tail.range == KeyRange(("590",), None)
+
+
+def publication(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    conn.execute("CREATE PUBLICATION cdc_monitor_order FOR TABLE director.scores")
+    return conn
 
 
 def drift(daemon: Daemon, target: str) -> float | None:

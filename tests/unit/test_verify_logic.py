@@ -279,8 +279,8 @@ def test_source_rows_after_read_size_keys_in_the_shared_order() -> None:
     query, params = rangequery.pg_source_rows_after(PAIR, ("a", "1"), 500, hashes)
     assert params == ["a", "1", 500]
     assert text(query) == (
-        'SELECT concat("team"), "id"::text, concat("team"), concat("id"), h '
-        'FROM "director"."pairs" WHERE '
+        'SELECT concat("team") AS "_cdc_c0", "id"::text AS "_cdc_c1", concat("team") AS '
+        '"_cdc_c2", concat("id") AS "_cdc_c3", h AS "_cdc_c4" FROM "director"."pairs" WHERE '
         'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer) '
         'ORDER BY "team" COLLATE "C", "id" LIMIT %s::bigint'
     )
