@@ -143,27 +143,33 @@ def pg_historic_aggregate(
     schema: str, table: TableSchema, rng: KeyRange, hash_: sql.Composable, newer: int
 ) -> PgQuery:
     """The range's fingerprint in historic as of a source snapshot: `count(*)` and
-    `sum(hash)` of the live rows older than version `newer`, in one row with a NULL first
-    column; then one row per key changed since (`_version >= newer`, tombstones too), its
-    canonical key texts first."""
+    `sum(hash)` of the live rows older than version `newer`, and the canonical key texts of
+    the keys changed since (`_version >= newer`, tombstones too; NULL: none), in one row."""
     where, params = pg_range_filter(table, rng)
     version = sql.Identifier(VERSION_COLUMN)
-    query = sql.SQL(
-        "SELECT CASE WHEN {version} >= %s::numeric THEN ARRAY[{ids}] END, count(*), "
-        "coalesce(sum({hash}), 0) FROM {schema}.{table} WHERE {where} AND ({version} >= "
-        "%s::numeric OR NOT {deleted} AND {version} > coalesce((SELECT version FROM "
-        "{schema}.{truncations} WHERE table_name = %s), 0)) GROUP BY 1"
+    older = sql.SQL(
+        "{version} < %s::numeric AND NOT {deleted} AND {version} > coalesce((SELECT version "
+        "FROM {schema}.{truncations} WHERE table_name = %s), 0)"
     ).format(
         version=version,
-        ids=sql.SQL(", ").join(pg_text(table.column(name)) for name in table.primary_key),
+        deleted=sql.Identifier(DELETED_COLUMN),
+        schema=sql.Identifier(schema),
+        truncations=sql.Identifier(TRUNCATIONS_TABLE),
+    )
+    query = sql.SQL(
+        "SELECT count(*) FILTER (WHERE {older}), coalesce(sum({hash}) FILTER (WHERE {older}), "
+        "0), array_agg(ARRAY[{ids}]) FILTER (WHERE {version} >= %s::numeric) "
+        "FROM {schema}.{table} WHERE {where}"
+    ).format(
+        older=older,
         hash=hash_,
+        ids=sql.SQL(", ").join(pg_text(table.column(name)) for name in table.primary_key),
+        version=version,
         schema=sql.Identifier(schema),
         table=sql.Identifier(table.name),
         where=where,
-        deleted=sql.Identifier(DELETED_COLUMN),
-        truncations=sql.Identifier(TRUNCATIONS_TABLE),
     )
-    return query, [newer, *params, newer, table.name]
+    return query, [newer, table.name, newer, table.name, newer, *params]
 
 
 def pg_key_exists(table: TableSchema, key: Key) -> PgQuery:
@@ -194,8 +200,7 @@ def ch_aggregate_before(
     distributed: bool = False,
 ) -> ChQuery:
     """Like `pg_historic_aggregate` in ClickHouse (the newest row of each key, after
-    FINAL): one row with an empty first column, then one per key changed since.
-    `distributed`: read the cluster's Distributed tables."""
+    FINAL). `distributed`: read the cluster's Distributed tables."""
     where, params = ch_range_filter(table, rng)
     rows, truncations = table.name, TRUNCATIONS_TABLE
     if distributed:
@@ -207,11 +212,14 @@ def ch_aggregate_before(
         f"SELECT max(version) FROM {db}.{quote_identifier(truncations)} FINAL "
         "WHERE table_name = {verify_table:String}"
     )
+    older = (
+        f"{version} < {{newer:UInt128}} AND {quote_identifier(DELETED_COLUMN)} = 0 "
+        f"AND {version} > ifNull(({watermark}), 0)"
+    )
     query = (
-        f"SELECT if({version} >= {{newer:UInt128}}, [{ids}], []) AS _cdc_newer, count(), "
-        f"sum(toInt128({hash_})) FROM {db}.{quote_identifier(rows)} FINAL WHERE {where} "
-        f"AND ({version} >= {{newer:UInt128}} OR {quote_identifier(DELETED_COLUMN)} = 0 "
-        f"AND {version} > ifNull(({watermark}), 0)) GROUP BY _cdc_newer"
+        f"SELECT countIf({older}), sumIf(toInt128({hash_}), {older}), "
+        f"groupArrayIf([{ids}], {version} >= {{newer:UInt128}}) "
+        f"FROM {db}.{quote_identifier(rows)} FINAL WHERE {where}"
     )
     return query, {**params, "newer": newer, "verify_table": table.name}
 

@@ -2,10 +2,12 @@
 
 A row's hash is the first 8 bytes of the md5 of its canonical text, read as a signed
 big-endian 64-bit integer; a range's fingerprint is `count(*)` and `sum(hash)`. The
-canonical text concatenates, per source column, `N` for NULL or `<bytes>:<text>` (the
-value's text prefixed with its length in bytes), so no value collides with NULL or with
-a different split of the same bytes. The text of a value is chosen per type so that both
-engines produce the same bytes:
+canonical text concatenates one field per source column. A value whose text may hold any
+character (text-like, arrays) is `N` for NULL or `<bytes>:<text>` (the text prefixed with
+its length in bytes); the texts of the other forms never hold a comma, and their fields
+are `N,` for NULL or `<text>,` (the text computed once, not twice). So no value collides
+with NULL or with a different split of the same bytes. The text of a value is chosen per
+type so that both engines produce the same bytes:
 
 | form      | Postgres                                  | ClickHouse                          |
 |-----------|-------------------------------------------|-------------------------------------|
@@ -220,20 +222,31 @@ def pg_field(column: Column, held: bool = False) -> sql.Composable:
         text = pg_held_text(column)
         return sql.SQL("octet_length({text})::text || ':' || {text}").format(text=text)
     text = pg_text(column)
+    ref, null = sql.Identifier(column.name), sql.Literal(NULL_MARK)
+    if _comma_free(column):
+        return sql.SQL("CASE WHEN {ref} IS NULL THEN {null} ELSE {text} || ',' END").format(
+            ref=ref, null=sql.Literal(NULL_MARK + ","), text=text
+        )
     return sql.SQL(
         "CASE WHEN {ref} IS NULL THEN {null} ELSE octet_length({text})::text || ':' || {text} END"
-    ).format(ref=sql.Identifier(column.name), null=sql.Literal(NULL_MARK), text=text)
+    ).format(ref=ref, null=null, text=text)
 
 
 def ch_field(column: Column) -> str:
     text = ch_text(column)
     if form_of(column) is Form.ARRAY:
         return f"concat(toString(length({text})), ':', {text})"
+    ref = quote_identifier(column.name)
+    if _comma_free(column):
+        return f"if(isNull({ref}), {quote_string(NULL_MARK + ',')}, concat({text}, ','))"
     null = quote_string(NULL_MARK)
-    return (
-        f"if(isNull({quote_identifier(column.name)}), {null}, "
-        f"concat(toString(length({text})), ':', {text}))"
-    )
+    return f"if(isNull({ref}), {null}, concat(toString(length({text})), ':', {text}))"
+
+
+def _comma_free(column: Column) -> bool:
+    """Whether the column's canonical texts never hold a comma (numbers, hex, uuids, dates:
+    a field ends at the comma after it)."""
+    return form_of(column) not in (Form.TEXT, Form.ARRAY)
 
 
 def held_differently(columns: Sequence[Column]) -> bool:

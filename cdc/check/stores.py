@@ -171,8 +171,8 @@ class TableStores:
                     self.ch_database, self.table, rng, self._ch_hash, newer, self.ch_cluster
                 )
             )
-        older = next(((int(r[1]), int(r[2])) for r in rows if not r[0]), (0, 0))
-        return older, [tuple(r[0]) for r in rows if r[0]]
+        count, total, changed = rows[0]
+        return (int(count), int(total)), [tuple(key) for key in changed or ()]
 
     def differs(self, rng: KeyRange, source: tuple[int, int, int]) -> bool:
         expected = {Target.HISTORIC: source[:2], Target.CLICKHOUSE: (source[0], source[2])}

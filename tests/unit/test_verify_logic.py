@@ -167,6 +167,15 @@ def test_fields_mark_null_and_prefix_the_byte_length() -> None:
     )
 
 
+def test_fields_of_comma_free_texts_end_at_a_comma() -> None:
+    assert text(rowhash.pg_field(INT)) == (
+        """CASE WHEN "id" IS NULL THEN 'N,' ELSE "id"::text || ',' END"""
+    )
+    assert rowhash.ch_field(INT) == (
+        "if(isNull(`id`), 'N,', concat(toString(assumeNotNull(`id`)), ','))"
+    )
+
+
 def test_row_hashes_take_the_first_8_md5_bytes_as_signed_bigint() -> None:
     pg = text(rowhash.pg_row_hash([INT, NAME]))
     assert pg.startswith("('x' || left(md5((CASE WHEN \"id\" IS NULL")
@@ -293,25 +302,31 @@ def test_a_targets_fingerprint_as_of_a_snapshot_leaves_out_keys_changed_since() 
     query, params = rangequery.pg_historic_aggregate(
         "historic", PAIR, KeyRange(("a", "1"), None), sql.SQL("h"), 7 << 64
     )
-    assert params == [7 << 64, "a", "1", 7 << 64, "pairs"]
+    assert params == [7 << 64, "pairs", 7 << 64, "pairs", 7 << 64, "a", "1"]
+    older = (
+        '"_version" < %s::numeric AND NOT "_is_deleted" AND "_version" > coalesce((SELECT '
+        'version FROM "historic"."_cdc_truncations" WHERE table_name = %s), 0)'
+    )
     assert text(query) == (
-        'SELECT CASE WHEN "_version" >= %s::numeric THEN ARRAY[concat("team"), "id"::text] '
-        'END, count(*), coalesce(sum(h), 0) FROM "historic"."pairs" WHERE '
-        'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer) AND '
-        '("_version" >= %s::numeric OR NOT "_is_deleted" AND "_version" > coalesce((SELECT '
-        'version FROM "historic"."_cdc_truncations" WHERE table_name = %s), 0)) GROUP BY 1'
+        f"SELECT count(*) FILTER (WHERE {older}), coalesce(sum(h) FILTER (WHERE {older}), 0), "
+        'array_agg(ARRAY[concat("team"), "id"::text]) FILTER (WHERE "_version" >= %s::numeric) '
+        'FROM "historic"."pairs" WHERE '
+        'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer)'
     )
     ch_query, ch_params = rangequery.ch_aggregate_before(
         "analytics", PAIR, KeyRange(None, None), "h", 5
     )
     assert ch_params == {"newer": 5, "verify_table": "pairs"}
-    assert ch_query.startswith(
-        "SELECT if(`_version` >= {newer:UInt128}, [assumeNotNull(`team`), "
-        "toString(assumeNotNull(`id`))], []) "
-        "AS _cdc_newer, count(), sum(toInt128(h)) FROM `analytics`.`pairs` FINAL WHERE 1 AND "
-        "(`_version` >= {newer:UInt128} OR `_is_deleted` = 0 AND `_version` > ifNull(("
+    ch_older = (
+        "`_version` < {newer:UInt128} AND `_is_deleted` = 0 AND `_version` > ifNull((SELECT "
+        "max(version) FROM `analytics`.`_cdc_truncations` FINAL WHERE table_name = "
+        "{verify_table:String}), 0)"
     )
-    assert ch_query.endswith("GROUP BY _cdc_newer")
+    assert ch_query == (
+        f"SELECT countIf({ch_older}), sumIf(toInt128(h), {ch_older}), "
+        "groupArrayIf([assumeNotNull(`team`), toString(assumeNotNull(`id`))], "
+        "`_version` >= {newer:UInt128}) FROM `analytics`.`pairs` FINAL WHERE 1"
+    )
 
 
 def test_clickhouse_queries() -> None:
