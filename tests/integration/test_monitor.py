@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 import pytest
@@ -18,6 +18,7 @@ from cdc.apply.daemon import Daemon
 from cdc.check.keyrange import KeyRange
 from cdc.check.stores import TableStores
 from cdc.load.planning import published_schemas
+from cdc.ops.settings import Settings
 from cdc.sinks.clickhouse.client import quote_identifier
 from tests.harness import ClickHouseServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
@@ -90,6 +91,24 @@ def tamper(pg: psycopg.Connection[Any], ch: Any, database: str) -> None:
     )
 
 
+# What `tamper` does, as the monitor names it.
+TAMPERED: Final = {
+    ("historic", "changed"): ["(7)"],
+    ("historic", "missing"): ["(450)"],
+    ("clickhouse", "changed"): ["(321)", "(322)"],
+}
+TAMPERED_KEYS: Final = frozenset({7, 321, 322, 450})
+
+
+def monitored(
+    pg_dsn: str, server: ClickHouseServer, ch_database: str, **overrides: Any
+) -> Settings:
+    """The daemon's settings with the monitor's interval short."""
+    return make_settings(
+        pg_dsn, server.url, ch_database, monitor_interval_s=INTERVAL_S, **overrides
+    )
+
+
 def test_equality_is_watched_and_drift_named_in_both_targets(
     scores: psycopg.Connection[Any],
     pg_dsn: str,
@@ -97,8 +116,7 @@ def test_equality_is_watched_and_drift_named_in_both_targets(
     ch_database: str,
 ) -> None:
     ch = clickhouse_server.client
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
-                             monitor_interval_s=INTERVAL_S)  # fmt: skip
+    settings = monitored(pg_dsn, clickhouse_server, ch_database)
     with capture_logs() as logs, running_daemon(settings, ch) as running:
         wait_in_step(scores, ch, ch_database, ["scores"], running=running)
         wait_until(lambda: passes(logs) >= 1, 60, "a first monitor pass")
@@ -172,8 +190,7 @@ def test_monitor_reports_no_drift_while_writers_are_busy(
     ch_database: str,
 ) -> None:
     ch = clickhouse_server.client
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
-                             monitor_interval_s=INTERVAL_S)  # fmt: skip
+    settings = monitored(pg_dsn, clickhouse_server, ch_database)
     with capture_logs() as logs, running_daemon(settings, ch) as running:
         with busy(pg_dsn):
             wait_until(lambda: passes(logs) >= 4, 120, "four monitor passes under load")
@@ -196,11 +213,10 @@ def test_drift_is_found_among_keys_changing_since_the_read(
     """The keys the writers change after a step's read are left out of its comparison;
     the tampered keys beside them, in the same ranges, are still found, and only they."""
     ch = clickhouse_server.client
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
-                             monitor_interval_s=INTERVAL_S)  # fmt: skip
+    settings = monitored(pg_dsn, clickhouse_server, ch_database)
     with capture_logs() as logs, running_daemon(settings, ch) as running:
         wait_in_step(scores, ch, ch_database, ["scores"], running=running)
-        with busy(pg_dsn, spare={7, 321, 322, 450}):
+        with busy(pg_dsn, spare=TAMPERED_KEYS):
             tamper(scores, ch, ch_database)
             wait_until(
                 lambda: (
@@ -211,11 +227,7 @@ def test_drift_is_found_among_keys_changing_since_the_read(
                 "the monitor to report the tampered rows",
             )
         found = {(e["target"], e["kind"]): e["keys"] for e in events(logs, "drift_detected")}
-        assert found == {
-            ("historic", "changed"): ["(7)"],
-            ("historic", "missing"): ["(450)"],
-            ("clickhouse", "changed"): ["(321)", "(322)"],
-        }
+        assert found == TAMPERED
         assert sum(e["newer"] for e in events(logs, "monitor_pass_done")) > 0
 
 
@@ -226,8 +238,7 @@ def test_monitor_repairs_when_asked(
     ch_database: str,
 ) -> None:
     ch = clickhouse_server.client
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
-                             monitor_interval_s=INTERVAL_S, monitor_repair=True)  # fmt: skip
+    settings = monitored(pg_dsn, clickhouse_server, ch_database, monitor_repair=True)
     with capture_logs() as logs, running_daemon(settings, ch) as running:
         wait_in_step(scores, ch, ch_database, ["scores"], running=running)
         tamper(scores, ch, ch_database)
@@ -235,11 +246,7 @@ def test_monitor_repairs_when_asked(
         detected = {(e["target"], e["kind"]): e["keys"] for e in events(logs, "drift_detected")}
         repaired = {(e["target"], e["kind"]): e["keys"] for e in events(logs, "drift_repaired")}
         assert detected == repaired
-        assert repaired == {
-            ("historic", "changed"): ["(7)"],
-            ("historic", "missing"): ["(450)"],
-            ("clickhouse", "changed"): ["(321)", "(322)"],
-        }
+        assert repaired == TAMPERED
         wait_in_step(scores, ch, ch_database, ["scores"], running=running)
         wait_until(
             lambda: (
