@@ -63,6 +63,9 @@ def draw_settings(rng: random.Random) -> dict[str, str]:
         "CDC_BACKFILL_WORKERS": str(rng.randint(1, 2)),
         "CDC_MAX_RETRY_DELAY_S": "0.3",
         "CDC_HEARTBEAT_INTERVAL_S": "1",
+        # The drift monitor checks all along (it must never call the mix drift).
+        "CDC_MONITOR_INTERVAL_S": "1",
+        "CDC_MONITOR_ROWS_PER_S": "20000",
     }
 
 
@@ -191,6 +194,10 @@ def errors(log: Path) -> list[str]:
     return [line for line in lines if '"level": "error"' in line or "Traceback" in line][-20:]
 
 
+def monitor_passes(log: Path) -> int:
+    return log.read_text(errors="replace").count('"monitor_pass_done"')
+
+
 LONG_VALUE = re.compile(r"'([0-9a-f]{200,})'")
 
 
@@ -315,6 +322,11 @@ def test_model(
     try:
         wait_for_slot(pg, slot, end, daemon)
         assert daemon.poll() is None, "daemon died:\n" + "\n".join([*errors(daemon_log), context])
+        # One more monitor pass over the caught-up targets.
+        passes = monitor_passes(daemon_log)
+        deadline = time.monotonic() + 60
+        while monitor_passes(daemon_log) <= passes and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
@@ -329,7 +341,7 @@ def test_model(
         f"{sum(s.rolled_back for s in stats)} rolled back, "
         f"{sum(s.retried for s in stats)} retried, {sum(s.skipped_ops for s in stats)} "
         f"operations refused; {rounds.kills} kills ({rounds.fault_kills} at fault points); "
-        f"streamed/spilled transactions {streamed}"
+        f"streamed/spilled transactions {streamed}; {monitor_passes(daemon_log)} monitor passes"
     )
     source = pg_state(pg, "director", "")
     historic = pg_state(pg, "historic", "_current")
@@ -341,5 +353,9 @@ def test_model(
         problems.append(f"every change, as test_decoding decoded it: {changes}")
     assert not problems, "\n".join([context, *problems])
     assert committed > 0 and rounds.kills > 0
+    drift = [line for line in daemon_log.read_text(errors="replace").splitlines()
+             if '"drift_detected"' in line]  # fmt: skip
+    assert not drift, "\n".join([context, "the monitor reported drift:", *drift[:10]])
+    assert monitor_passes(daemon_log) > 0, "\n".join([context, "no monitor pass ended"])
     if big:
         assert streamed is not None and streamed[0] > 0, "no transaction was streamed"
