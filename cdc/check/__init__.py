@@ -6,6 +6,7 @@ alike), `keyrange` (key ranges in an order both share), `rangequery` (the querie
 read a range) and `drift` (differences per key, the report); `stores` runs the queries
 against source, historic and ClickHouse. `verify` compares whole tables on demand and
 `repair` copies drifted ranges again; `monitor` walks the published tables in the
-background (`pacing` its pace, `rangecheck` one step), and reports (and optionally
+background (`pacing` its pace, `rangecheck` one step, `sourceread` the source rows a
+step keeps), and reports (and optionally
 repairs) the drift it confirms (DESIGN.md invariant 9).
 """
