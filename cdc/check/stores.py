@@ -129,10 +129,9 @@ class TableStores:
         the last of them (at the table's end when fewer are left)."""
         query = rangequery.pg_source_rows_after(self.table, lower, size, self._pg_hashes)
         rows = self._pg(self.source, query, self.table.qualified_name)
-        read = SourceRead(KeyRange(lower, None), len(self.table.primary_key), rows)
-        if len(rows) == size:
-            read.range = KeyRange(lower, read.key(-1))
-        return read
+        width = len(self.table.primary_key)
+        upper = tuple(rows[-1][width : 2 * width]) if len(rows) == size else None
+        return SourceRead(KeyRange(lower, upper), width, rows)
 
     def source_aggregate(self, rng: KeyRange) -> tuple[int, int, int]:
         """(rows, hash sum of the rows as they are, hash sum as ClickHouse holds them)."""
