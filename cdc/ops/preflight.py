@@ -121,52 +121,67 @@ def grant_findings(
     """Least privilege, checked: the source role needs REPLICATION and SELECT on the published
     tables (and nothing more to stream); the historic role needs to create and write its
     schema."""
-    findings: list[Finding] = []
     row = source.execute(
         "SELECT current_user, rolreplication OR rolsuper, rolsuper FROM pg_roles "
         "WHERE rolname = current_user"
     ).fetchone()
     assert row is not None
     user, can_replicate, superuser = row
-    if not can_replicate:
-        findings.append(Finding(
+    return [
+        *_role_findings(user, can_replicate, superuser),
+        *_select_findings(source, user, publication),
+        _historic_finding(historic, historic_schema),
+    ]
+
+
+def _role_findings(user: str, can_replicate: bool, superuser: bool) -> list[Finding]:
+    findings = [
+        Finding("ok", "replication", f"role {user!r} may replicate")
+        if can_replicate
+        else Finding(
             "error", "replication",
             f"role {user!r} cannot replicate: `ALTER ROLE {user} WITH REPLICATION`",
-        ))  # fmt: skip
-    else:
-        findings.append(Finding("ok", "replication", f"role {user!r} may replicate"))
+        )
+    ]  # fmt: skip
     if superuser:
         findings.append(Finding(
             "warning", "least privilege",
             f"role {user!r} is a superuser; a role with REPLICATION and SELECT on the "
             "published tables is enough",
         ))  # fmt: skip
+    return findings
+
+
+def _select_findings(source: psycopg.Connection[Any], user: str, publication: str) -> list[Finding]:
     unreadable = source.execute(
         "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s "
         "AND NOT has_table_privilege(format('%%I.%%I', schemaname, tablename), 'SELECT') "
         "ORDER BY 1",
         (publication,),
     ).fetchall()
-    for (table,) in unreadable:
-        findings.append(Finding(
+    if not unreadable:
+        return [Finding("ok", "select", f"role {user!r} can read every published table")]
+    return [
+        Finding(
             "error", "select", f"role {user!r} cannot read {table}: `GRANT SELECT ON {table} "
             f"TO {user}`",
-        ))  # fmt: skip
-    if not unreadable:
-        findings.append(Finding("ok", "select", f"role {user!r} can read every published table"))
-    hrow = historic.execute(
+        )
+        for (table,) in unreadable
+    ]  # fmt: skip
+
+
+def _historic_finding(historic: psycopg.Connection[Any], historic_schema: str) -> Finding:
+    row = historic.execute(
         "SELECT current_user, has_database_privilege(current_database(), 'CREATE'), "
         "(SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE nspname = %s)",
         (historic_schema,),
     ).fetchone()
-    assert hrow is not None
-    writer, create_db, create_schema = hrow
+    assert row is not None
+    writer, create_db, create_schema = row
     if create_schema or (create_schema is None and create_db):
-        findings.append(Finding("ok", "historic", f"role {writer!r} can write {historic_schema}"))
-    else:
-        findings.append(Finding(
-            "error", "historic",
-            f"role {writer!r} cannot create tables in {historic_schema!r}: `GRANT CREATE ON "
-            f"SCHEMA {historic_schema} TO {writer}` (or CREATE on the database)",
-        ))  # fmt: skip
-    return findings
+        return Finding("ok", "historic", f"role {writer!r} can write {historic_schema}")
+    return Finding(
+        "error", "historic",
+        f"role {writer!r} cannot create tables in {historic_schema!r}: `GRANT CREATE ON "
+        f"SCHEMA {historic_schema} TO {writer}` (or CREATE on the database)",
+    )  # fmt: skip
