@@ -70,29 +70,10 @@ class Setup:
         settings = self.settings
         with self.connect_source() as conn:
             preflight.check_wal_level(conn)
-            if not slots.publication_exists(conn, settings.publication):
-                published, logs, _ = slots.create_publication(
-                    conn, settings.publication, settings.source_schema
-                )
-                self.log.info(
-                    "publication_created", publication=settings.publication, tables=published
-                )
-                self.log.info("publication_created", publish="insert, truncate",
-                              publication=slots.append_publication(settings.publication),
-                              tables=logs)  # fmt: skip
-            else:
-                for repair in slots.repair_publication(
-                    conn, settings.publication, settings.source_schema
-                ):
-                    self.log.warning(repair.event, publication=settings.publication,
-                                     table=repair.table, detail=repair.detail)  # fmt: skip
+            self._ensure_publication(conn)
             slot_exists = slots.get_slot(conn, settings.slot) is not None
             self._ensure_append_publication(conn, slot_exists)
-            findings = preflight.source_findings(conn, settings.publication, settings.source_schema)
-            if not self._preflight_logged:  # once per start, not on every setup retry
-                self._preflight_logged = True
-                for finding in findings:
-                    self.log.warning("preflight", check=finding.check, hint=finding.message)
+            self._log_preflight(conn)
             tables = self._published_schemas(conn)
             self.publications = self._streamed_publications(conn)
         for sink in self.sinks:
@@ -122,6 +103,33 @@ class Setup:
             with exported_snapshot(self.source_dsn) as snapshot:
                 self.log.info("initial_load_resumed", snapshot_lsn=str(snapshot.lsn))
                 self._run_load(load, snapshot)
+
+    def _ensure_publication(self, conn: psycopg.Connection[Any]) -> None:
+        """Create the publications, or bring the existing one in line with the schema."""
+        settings = self.settings
+        if not slots.publication_exists(conn, settings.publication):
+            published, logs, _ = slots.create_publication(
+                conn, settings.publication, settings.source_schema
+            )
+            self.log.info("publication_created", publication=settings.publication, tables=published)
+            self.log.info("publication_created", publish="insert, truncate",
+                          publication=slots.append_publication(settings.publication),
+                          tables=logs)  # fmt: skip
+            return
+        for repair in slots.repair_publication(conn, settings.publication, settings.source_schema):
+            self.log.warning(repair.event, publication=settings.publication,
+                             table=repair.table, detail=repair.detail)  # fmt: skip
+
+    def _log_preflight(self, conn: psycopg.Connection[Any]) -> None:
+        """The source's findings, once per start (not on every setup retry)."""
+        if self._preflight_logged:
+            return
+        settings = self.settings
+        self._preflight_logged = True
+        for finding in preflight.source_findings(
+            conn, settings.publication, settings.source_schema
+        ):
+            self.log.warning("preflight", check=finding.check, hint=finding.message)
 
     def _raced_at_creation(self, check: PendingCheck) -> bool:
         """True (and the slot dropped) if a daemon was stopped while creating the slot, before
