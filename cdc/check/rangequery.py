@@ -35,11 +35,40 @@ def _key_outputs(table: TableSchema) -> sql.Composable:
     )
 
 
+def _key_idents(table: TableSchema) -> list[sql.Composable]:
+    """The key columns' canonical texts, in key order."""
+    return [pg_text(table.column(name)) for name in table.primary_key]
+
+
 def _key_arrays(table: TableSchema) -> sql.Composable:
     """ARRAY[canonical key texts], ARRAY[key output texts]."""
-    columns = [table.column(name) for name in table.primary_key]
     return sql.SQL("ARRAY[{}], ARRAY[{}]").format(
-        sql.SQL(", ").join(pg_text(c) for c in columns), _key_outputs(table)
+        sql.SQL(", ").join(_key_idents(table)), _key_outputs(table)
+    )
+
+
+def _pg_watermark(schema: str) -> sql.Composable:
+    """The table's truncate watermark in historic (0: never truncated); the table's name is
+    its parameter."""
+    return sql.SQL("coalesce((SELECT version FROM {}.{} WHERE table_name = %s), 0)").format(
+        sql.Identifier(schema), sql.Identifier(TRUNCATIONS_TABLE)
+    )
+
+
+def _ch_relations(table: TableSchema, distributed: bool) -> tuple[str, str]:
+    """The table's rows and the truncations, as ClickHouse names them (on a cluster: the
+    Distributed tables)."""
+    if distributed:
+        return distributed_name(table.name), distributed_name(TRUNCATIONS_TABLE)
+    return table.name, TRUNCATIONS_TABLE
+
+
+def _ch_watermark(db: str, truncations: str) -> str:
+    """The table's truncate watermark in ClickHouse (0: never truncated); the table's name
+    is the parameter `verify_table`."""
+    return (
+        f"ifNull((SELECT max(version) FROM {db}.{quote_identifier(truncations)} FINAL "
+        "WHERE table_name = {verify_table:String}), 0)"
     )
 
 
@@ -100,10 +129,9 @@ def pg_source_rows_after(
     """Like `pg_source_rows` for the first `size` keys after `lower` (None: from the
     start), in the shared order; each key column's texts in columns of their own."""
     where, params = pg_range_filter(table, KeyRange(lower, None))
-    columns = [table.column(name) for name in table.primary_key]
     select = [
-        *(pg_text(c) for c in columns),
-        *(sql.SQL("concat({})").format(sql.Identifier(c.name)) for c in columns),
+        *_key_idents(table),
+        *(sql.SQL("concat({})").format(sql.Identifier(name)) for name in table.primary_key),
         *hashes,
     ]
     query = sql.SQL("SELECT {} FROM {}.{} WHERE {} ORDER BY {} LIMIT %s::bigint").format(
@@ -123,16 +151,15 @@ def pg_historic_rows(
     whether the row is live (not deleted, above the truncate watermark)."""
     where, params = pg_range_filter(table, rng)
     query = sql.SQL(
-        "SELECT {keys}, {hash}, {version}, NOT {deleted} AND {version} > coalesce("
-        "(SELECT version FROM {schema}.{truncations} WHERE table_name = %s), 0) "
+        "SELECT {keys}, {hash}, {version}, NOT {deleted} AND {version} > {watermark} "
         "FROM {schema}.{table} WHERE {where}"
     ).format(
         keys=_key_arrays(table),
         hash=hash_,
         version=sql.Identifier(VERSION_COLUMN),
         deleted=sql.Identifier(DELETED_COLUMN),
+        watermark=_pg_watermark(schema),
         schema=sql.Identifier(schema),
-        truncations=sql.Identifier(TRUNCATIONS_TABLE),
         table=sql.Identifier(table.name),
         where=where,
     )
@@ -147,14 +174,8 @@ def pg_historic_aggregate(
     the keys changed since (`_version >= newer`, tombstones too; NULL: none), in one row."""
     where, params = pg_range_filter(table, rng)
     version = sql.Identifier(VERSION_COLUMN)
-    older = sql.SQL(
-        "{version} < %s::numeric AND NOT {deleted} AND {version} > coalesce((SELECT version "
-        "FROM {schema}.{truncations} WHERE table_name = %s), 0)"
-    ).format(
-        version=version,
-        deleted=sql.Identifier(DELETED_COLUMN),
-        schema=sql.Identifier(schema),
-        truncations=sql.Identifier(TRUNCATIONS_TABLE),
+    older = sql.SQL("{version} < %s::numeric AND NOT {deleted} AND {version} > {watermark}").format(
+        version=version, deleted=sql.Identifier(DELETED_COLUMN), watermark=_pg_watermark(schema)
     )
     query = sql.SQL(
         "SELECT count(*) FILTER (WHERE {older}), coalesce(sum({hash}) FILTER (WHERE {older}), "
@@ -163,7 +184,7 @@ def pg_historic_aggregate(
     ).format(
         older=older,
         hash=hash_,
-        ids=sql.SQL(", ").join(pg_text(table.column(name)) for name in table.primary_key),
+        ids=sql.SQL(", ").join(_key_idents(table)),
         version=version,
         schema=sql.Identifier(schema),
         table=sql.Identifier(table.name),
@@ -202,19 +223,13 @@ def ch_aggregate_before(
     """Like `pg_historic_aggregate` in ClickHouse (the newest row of each key, after
     FINAL). `distributed`: read the cluster's Distributed tables."""
     where, params = ch_range_filter(table, rng)
-    rows, truncations = table.name, TRUNCATIONS_TABLE
-    if distributed:
-        rows, truncations = distributed_name(rows), distributed_name(truncations)
+    rows, truncations = _ch_relations(table, distributed)
     ids = ", ".join(ch_text(table.column(name)) for name in table.primary_key)
     db = quote_identifier(database)
     version = quote_identifier(VERSION_COLUMN)
-    watermark = (
-        f"SELECT max(version) FROM {db}.{quote_identifier(truncations)} FINAL "
-        "WHERE table_name = {verify_table:String}"
-    )
     older = (
         f"{version} < {{newer:UInt128}} AND {quote_identifier(DELETED_COLUMN)} = 0 "
-        f"AND {version} > ifNull(({watermark}), 0)"
+        f"AND {version} > {_ch_watermark(db, truncations)}"
     )
     query = (
         f"SELECT countIf({older}), sumIf(toInt128({hash_}), {older}), "
@@ -231,22 +246,16 @@ def ch_rows(
     each key in the range, tombstones too (FINAL would hide them). `distributed`: read the
     cluster's Distributed tables."""
     where, params = ch_range_filter(table, rng)
-    rows, truncations = table.name, TRUNCATIONS_TABLE
-    if distributed:
-        rows, truncations = distributed_name(rows), distributed_name(truncations)
+    rows, truncations = _ch_relations(table, distributed)
     columns = [table.column(name) for name in table.primary_key]
     ids = ", ".join(ch_text(c) for c in columns)
     outs = ", ".join(f"toString({quote_identifier(c.name)})" for c in columns)
     db = quote_identifier(database)
     version = quote_identifier(VERSION_COLUMN)
-    watermark = (
-        f"SELECT max(version) FROM {db}.{quote_identifier(truncations)} FINAL "
-        "WHERE table_name = {verify_table:String}"
-    )
     query = (
         f"SELECT [{ids}], [{outs}], argMax({hash_}, {version}), max({version}), "
         f"argMax({quote_identifier(DELETED_COLUMN)}, {version}) = 0 "
-        f"AND max({version}) > ifNull(({watermark}), 0) "
+        f"AND max({version}) > {_ch_watermark(db, truncations)} "
         f"FROM {db}.{quote_identifier(rows)} WHERE {where} "
         f"GROUP BY {', '.join(quote_identifier(c.name) for c in columns)}"
     )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from operator import itemgetter
 from typing import NamedTuple
 
+from cdc.apply import rowimages
 from cdc.apply.batch import NO_BOUND, FillSource, Key, RowImage, TableBatch
 from cdc.protocol import UNCHANGED_TOAST, TupleData
 
@@ -95,18 +96,13 @@ def fill(table: TableBatch, plan: Plan, donors: dict[Key, Donor]) -> Filled:
             values = tuple(
                 donor.values[i] if v is UNCHANGED_TOAST else v for i, v in enumerate(image.values)
             )
-        rows[key] = image = _image((image.version, image.deleted, values, image.inserted))
+        rows[key] = image = rowimages.image((image.version, image.deleted, values, image.inserted))
         completed.append(image)
         if image.deleted and own and not floor:
             assert donor is not None
             if values is donor.values or values == donor.values:
                 kept.append(image)
     return Filled(completed, unfilled, kept)
-
-
-# `RowImage((version, deleted, values, inserted))` without the Python-level `__new__` of a
-# NamedTuple (as `cdc.apply.rowimages.image`): one is made per completed row.
-_image = functools.partial(tuple.__new__, RowImage)
 
 
 def _donor(
