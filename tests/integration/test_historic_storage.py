@@ -1,6 +1,6 @@
 """Wide values on their way into historic: staged rows of every width (inline in the stage
 up to a page, out of line beyond), compressed with lz4 where the server has it, and kept
-as they are when their row is deleted."""
+as they are when their row is deleted. Rows read or marked by key probe the key index."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from typing import Any
 
 import psycopg
 
+from cdc.schema import describe_table
+from cdc.sinks.historic.sql import array_literal, donors_sql, tombstones_sql
+from cdc.sinks.historic.writers import Writers
 from tests.harness import ClickHouseServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step
 
@@ -67,3 +70,54 @@ def test_wide_values_round_trip_through_the_stage_compress_and_stay_when_deleted
     assert pg.execute("SELECT count(*) FROM historic.notes WHERE NOT _is_deleted").fetchone() == (
         2,
     )
+
+
+PROBED = """
+CREATE SCHEMA director;
+CREATE TABLE director.probed (id bigint PRIMARY KEY, qty int);
+CREATE SCHEMA historic;
+CREATE TABLE historic.probed (
+    id bigint PRIMARY KEY, qty int, _version numeric, _is_deleted boolean,
+    _commit_time timestamptz
+);
+INSERT INTO historic.probed SELECT i, i, i, false, now() FROM generate_series(1, 20000) i;
+ANALYZE historic.probed;
+"""
+
+
+def _joins(conn: psycopg.Connection[Any], statement: Any, params: list[str]) -> set[str]:
+    plan = conn.execute(b"EXPLAIN (FORMAT JSON) " + statement.as_bytes(conn), params)
+    found: set[str] = set()
+
+    def walk(node: dict[str, Any]) -> None:
+        found.add(f"{node['Node Type']} {node.get('Index Name', '')}".strip())
+        for child in node.get("Plans", ()):
+            walk(child)
+
+    walk(plan.fetchone()[0][0]["Plan"])  # type: ignore[index]
+    return found
+
+
+def test_donors_and_tombstones_probe_the_key_index_where_the_planner_would_hash_the_table(
+    pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    pg.execute(PROBED)
+    layout = describe_table(pg, "director", "probed")
+    keys = array_literal([b"%d" % k for k in range(1, 20000, 5)])  # 4,000 of 20,000
+    versions = array_literal([b"%d" % (k << 64) for k in range(1, 20000, 5)])
+    times = array_literal([b"2026-01-01 00:00:00+00"] * 4000)
+    statements = [
+        (donors_sql("historic", layout), [keys]),
+        (tombstones_sql("historic", layout), [keys, versions, times]),
+    ]
+    # A session as the planner is left to itself hashes the whole table for these.
+    assert all("Hash Join" in _joins(pg, sql, params) for sql, params in statements)
+    writers = Writers(pg_dsn, 1, lambda: None)
+    try:
+        with writers.transaction() as conn:
+            for sql, params in statements:
+                joins = _joins(conn, sql, params)
+                assert "Index Scan probed_pkey" in joins and "Nested Loop" in joins, joins
+                assert not {"Hash Join", "Merge Join", "Seq Scan"} & joins, joins
+    finally:
+        writers.close()

@@ -56,7 +56,7 @@ def test_truncate_deletes_below_its_version_and_only_raises_the_watermark() -> N
     )
 
 
-def test_donors_are_probed_by_key_cast_to_its_type() -> None:
+def test_donors_are_probed_by_key_cast_to_its_type_in_key_order() -> None:
     text = historic_sql.donors_sql("historic", TABLE).as_string(None)
     assert text == (
         'SELECT k."_cdc_position", h."_version"::text, '
@@ -65,8 +65,9 @@ def test_donors_are_probed_by_key_cast_to_its_type() -> None:
         'convert_to(h."it\'s"::text, pg_client_encoding()), '
         'convert_to(h."ünï`\\"::text, pg_client_encoding()), '
         'convert_to(h."select"::text, pg_client_encoding()) '
-        "FROM unnest(%s::text[], %s::text[]) "
-        'WITH ORDINALITY AS k("_cdc_key_0", "_cdc_key_1", "_cdc_position") '
+        "FROM (SELECT * FROM unnest(%s::text[], %s::text[]) "
+        'WITH ORDINALITY AS u("_cdc_key_0", "_cdc_key_1", "_cdc_position") '
+        'ORDER BY CAST(u."_cdc_key_0" AS bigint), CAST(u."_cdc_key_1" AS integer)) AS k '
         'JOIN "historic"."Score Card" AS h ON h."id" = CAST(k."_cdc_key_0" AS bigint) '
         'AND h."Order" = CAST(k."_cdc_key_1" AS integer)'
     )

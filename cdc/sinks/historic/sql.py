@@ -41,6 +41,13 @@ SESSION_SQL = (
     "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
 )
 
+# The writers' statements that read or mark historic rows by key (donors, tombstones) join
+# a batch's keys, a few thousand at most, to the table. Left to choose, the planner hashes
+# the whole table when it is small or its statistics lag behind its growth, or merges
+# along its whole key index: a cost per batch that grows with the table. The writers'
+# sessions probe the key index instead, once per key, in key order.
+KEY_PROBES_SQL = ("SET enable_hashjoin = off", "SET enable_mergejoin = off")
+
 
 def row_columns(layout: TableSchema) -> list[str]:
     """The columns of a `cdc.apply.rowtext` line."""
@@ -89,12 +96,13 @@ def donors_sql(schema: str, layout: TableSchema) -> sql.Composed:
     each row with its key's position in the arrays (from 1), then `_version` and every
     column's text as bytea, in the client's encoding (as the stream carries values: read
     in binary, each arrives as bytes without a Python step). One index probe per key (the
-    keys' text cast to the columns' types)."""
+    keys' text cast to the columns' types), in key order."""
     given = _given(layout)
     position = sql.Identifier(POSITION_COLUMN)
     return sql.SQL(
-        "SELECT k.{position}, h.{version}::text, {values} FROM unnest({arrays}) "
-        "WITH ORDINALITY AS k({given}, {position}) JOIN {schema}.{table} AS h ON {match}"
+        "SELECT k.{position}, h.{version}::text, {values} FROM (SELECT * FROM unnest({arrays}) "
+        "WITH ORDINALITY AS u({given}, {position}) ORDER BY {order}) AS k "
+        "JOIN {schema}.{table} AS h ON {match}"
     ).format(
         position=position,
         version=sql.Identifier(VERSION_COLUMN),
@@ -104,6 +112,7 @@ def donors_sql(schema: str, layout: TableSchema) -> sql.Composed:
         ),
         arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in given),
         given=sql.SQL(", ").join(given),
+        order=_key_order(layout, given),
         schema=sql.Identifier(schema),
         table=sql.Identifier(layout.name),
         match=_key_match(layout, given),
@@ -118,7 +127,6 @@ def tombstones_sql(schema: str, layout: TableSchema) -> sql.Composed:
     given = _given(layout)
     version, deleted = sql.Identifier(VERSION_COLUMN), sql.Identifier(DELETED_COLUMN)
     commit_time = sql.Identifier(COMMIT_TIME_COLUMN)
-    types = {c.name: c.pg_type for c in layout.columns}
     return sql.SQL(
         "UPDATE {schema}.{table} AS h SET {version} = k.{version}, {deleted} = true, "
         "{commit_time} = k.{commit_time} FROM (SELECT * FROM unnest({arrays}, %s::numeric[], "
@@ -132,10 +140,7 @@ def tombstones_sql(schema: str, layout: TableSchema) -> sql.Composed:
         commit_time=commit_time,
         arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in given),
         given=sql.SQL(", ").join(given),
-        order=sql.SQL(", ").join(  # rows locked in key order, as the upserts lock them
-            sql.SQL("CAST(u.{} AS {})").format(g, sql.SQL(types[k]))
-            for k, g in zip(layout.primary_key, given, strict=True)
-        ),
+        order=_key_order(layout, given),  # rows locked in key order, as the upserts lock them
         match=_key_match(layout, given),
     )
 
@@ -165,6 +170,15 @@ def _element(value: TupleValue) -> str:
 
 def _given(layout: TableSchema) -> list[sql.Identifier]:
     return [sql.Identifier(f"{GIVEN_PREFIX}{i}") for i in range(len(layout.primary_key))]
+
+
+def _key_order(layout: TableSchema, given: Sequence[sql.Identifier]) -> sql.Composed:
+    """The given keys (`u`) in the table's key order (their text cast to the key's types)."""
+    types = {c.name: c.pg_type for c in layout.columns}
+    return sql.SQL(", ").join(
+        sql.SQL("CAST(u.{} AS {})").format(g, sql.SQL(types[k]))
+        for k, g in zip(layout.primary_key, given, strict=True)
+    )
 
 
 def _key_match(layout: TableSchema, given: Sequence[sql.Identifier]) -> sql.Composed:

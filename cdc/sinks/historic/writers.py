@@ -13,7 +13,7 @@ import psycopg
 from cdc.classify import postgres_error
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.settings import redact_url
-from cdc.sinks.historic.sql import SESSION_SQL
+from cdc.sinks.historic.sql import KEY_PROBES_SQL, SESSION_SQL
 from cdc.stream.session import canonical_dsn
 
 T = TypeVar("T")
@@ -38,7 +38,8 @@ class Writers:
                 conn = psycopg.connect(
                     canonical_dsn(self.dsn), application_name=f"cdc historic writer {writer}"
                 )
-                conn.execute(SESSION_SQL)
+                for statement in (SESSION_SQL, *KEY_PROBES_SQL):
+                    conn.execute(statement)
                 conn.commit()
             except psycopg.Error as exc:
                 raise CdcError(
