@@ -8,6 +8,7 @@ the rules of `cdc.apply.rowimages` (the reference: the C loop must give what the
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 from cdc.apply import rowimages
@@ -63,9 +64,7 @@ class NativePlan:
 
     def fits(self, relations: list[Relation]) -> bool:
         mine = self.relations
-        return len(mine) == len(relations) and all(
-            a is b for a, b in zip(mine, relations, strict=True)
-        )
+        return len(mine) == len(relations) and all(map(operator.is_, mine, relations))
 
     def count_in(self) -> None:
         """Add the changes folded under this plan to their tables' `op_counts`."""

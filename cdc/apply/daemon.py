@@ -51,6 +51,10 @@ from cdc.stream.following import SchemaFollower
 from cdc.stream.source import ChangeSource, SourceConfig
 
 HEARTBEAT_PREFIX = "cdc_heartbeat"
+# While transactions stream in (a small one can arrive every few µs), the loop's
+# bookkeeping (acknowledging, the targets' position, health, heartbeats, the schema
+# follower) runs when a batch was applied, on any other event, or after this many seconds.
+KEEP_EVERY_S = 0.01
 
 
 class Daemon:
@@ -237,19 +241,24 @@ class Daemon:
         builder = BatchBuilder(self.table_schema, max_changes=settings.batch_size)
         latency = settings.batch_latency_ms / 1000
         acknowledged = Lsn.ZERO
-        batch_started = time.monotonic()
+        batch_started = kept_at = time.monotonic()
         for event in source.events(latency):
+            received = False
             if isinstance(event, Transaction):
+                received = True
                 if builder.transactions == 0:
                     batch_started = time.monotonic()
                 builder.add(event, emit=applier.submit)
                 event.close()
+            now = time.monotonic()
             full = builder.changes >= settings.batch_size
-            due = time.monotonic() - batch_started >= latency
-            if builder.transactions and (full or due or stop.is_set()):
+            if builder.transactions and (full or now - batch_started >= latency or stop.is_set()):
                 applier.submit(builder.build())
             if stop.is_set() and builder.transactions == 0:
                 applier.drain()
+            elif received and applier.applied == acknowledged and now - kept_at < KEEP_EVERY_S:
+                continue  # transactions stream in and nothing was applied: no news to keep
+            kept_at = now
             if isinstance(event, LogicalMessage) and event.prefix == HEARTBEAT_PREFIX:
                 progress = source.stream.progress
                 self.position.heartbeat(event.lsn, progress.received, event.content)
