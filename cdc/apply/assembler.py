@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from cdc.apply.changes import RecordChunk, Transaction
 from cdc.apply.spill import SpillBuffer
@@ -83,8 +83,7 @@ class Assembler:
     def feed(self, message: Message, size: int) -> Event | None:
         kind = type(message)
         if kind in _ROW_CHANGES:
-            change = cast(Insert | Update | Delete, message)
-            self._append(change.xid, change.relation_oid, change, size)
+            self._append(message.xid, message.relation_oid, message, size)  # type: ignore[union-attr]
             return None
         if kind is Begin:
             assert isinstance(message, Begin)

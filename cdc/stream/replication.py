@@ -73,7 +73,7 @@ class ReplicationStream:
         self.progress = Progress()
         self._next_status = 0.0
         self._unchecked = 0
-        self._wal_start = b"\0" * 8  # of the last XLogData read (`last_wal_start`)
+        self._frame: memoryview | bytes = bytes(XLOG_DATA_HEADER)  # the last XLogData read
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ class ReplicationStream:
                     if self._unchecked >= STATUS_CHECK_EVERY:
                         self._unchecked = 0
                         self._maybe_send_status(pgconn)
-                    self._wal_start = data[WAL_START].tobytes()
+                    self._frame = data  # its WAL start names it if it cannot be decoded
                     payload: bytes = data[XLOG_DATA_HEADER:].tobytes()
                     return payload
                 frame = decode_frame(data)
@@ -212,7 +212,7 @@ class ReplicationStream:
     def last_wal_start(self) -> Lsn:
         """The WAL position of the last message `read_until` returned (to name it when it
         cannot be decoded)."""
-        return Lsn(int.from_bytes(self._wal_start, "big"))
+        return Lsn(int.from_bytes(self._frame[WAL_START], "big"))
 
     def send_status(self, reply_requested: bool = False) -> None:
         self._send_status(self._pgconn(), reply_requested)

@@ -1,6 +1,7 @@
 """A server that ends replication at once every time (a decoding error it meets at the same
 place, such as "could not map filenode") is reconnected to with backoff, and the caller
-gets a chance to stop between attempts, instead of a reconnect loop without pause."""
+gets a chance to stop between attempts, instead of a reconnect loop without pause. A
+message that cannot be decoded is named by its WAL position."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from cdc.errors import CdcError, DecodeError, ErrorKind
 from cdc.protocol.lsn import Lsn
 from cdc.stream.feedback import Progress
+from cdc.stream.replication import ReplicationStream
 from cdc.stream.source import ChangeSource, SourceConfig
 
 
@@ -76,3 +78,32 @@ def test_a_message_that_cannot_be_decoded_is_named_by_its_wal_position() -> None
     source.start()
     with pytest.raises(DecodeError, match=r"at WAL position 0/1A2B3C4 of slot 's'"):
         next(source.events(0.1))
+
+
+class Frames:
+    """libpq's side of a replication connection: each XLogData frame once, as psycopg
+    hands it out (a memoryview over a buffer of its own)."""
+
+    closed = False
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.pgconn = self
+        self._frames = frames
+
+    def get_copy_data(self, _async: int) -> tuple[int, memoryview]:
+        frame = self._frames.pop(0)
+        return len(frame), memoryview(bytearray(frame))
+
+
+def test_the_stream_names_the_wal_position_of_the_last_message_it_returned() -> None:
+    stream = ReplicationStream("postgresql://localhost/db", "s", "p")
+    first, second = 0x1A2B3C4, (7 << 32) | 0x10
+    stream._conn = Frames(  # type: ignore[assignment]
+        [b"w" + start.to_bytes(8, "big") + bytes(16) + body
+         for start, body in ((first, b"B-first"), (second, b"I-second"))]
+    )  # fmt: skip
+    stream._next_status = float("inf")
+    assert stream.read(1.0) == b"B-first"
+    assert stream.last_wal_start == Lsn(first)
+    assert stream.read(1.0) == b"I-second"
+    assert str(stream.last_wal_start) == "7/10"
