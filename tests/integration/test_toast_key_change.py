@@ -275,11 +275,12 @@ def test_a_writer_that_lost_its_connection_fails_the_batch_for_a_retry(
                         "AND wait_event_type = 'Lock'"
                     ).fetchall():
                         time.sleep(0.05)
-                blocker.commit()
 
-            threading.Thread(target=terminate, daemon=True).start()
+            terminator = threading.Thread(target=terminate, daemon=True)
+            terminator.start()
             with pytest.raises(CdcError) as failed:
                 sink.apply(batch(20))
+            terminator.join()  # the blocker's locks go when its block ends, not before
         assert failed.value.kind is ErrorKind.SINK_CONNECTION
         sink.apply(batch(20))
     finally:
