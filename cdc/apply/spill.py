@@ -57,10 +57,7 @@ class SpillBuffer:
 
     def append(self, subxid: int | None, relation: Any, message: Any, size: int) -> bool:
         """Add a record; True if it is held in memory (counted in `memory_bytes`)."""
-        if relation is self._last_relation:
-            record = (subxid, self._last_index, message)
-        else:
-            record = (subxid, self.relation_index(relation), message)
+        record = (subxid, self.relation_index(relation), message)
         self.count += 1
         if self._file is None:
             self._memory.append(record)

@@ -172,22 +172,27 @@ def _given(layout: TableSchema) -> list[sql.Identifier]:
     return [sql.Identifier(f"{GIVEN_PREFIX}{i}") for i in range(len(layout.primary_key))]
 
 
-def _key_order(layout: TableSchema, given: Sequence[sql.Identifier]) -> sql.Composed:
-    """The given keys (`u`) in the table's key order (their text cast to the key's types)."""
+def _typed_keys(
+    layout: TableSchema, given: Sequence[sql.Identifier], alias: str
+) -> list[tuple[str, sql.Composed]]:
+    """Each key column with the given key's text (`alias.given`) cast to its type."""
     types = {c.name: c.pg_type for c in layout.columns}
-    return sql.SQL(", ").join(
-        sql.SQL("CAST(u.{} AS {})").format(g, sql.SQL(types[k]))
+    return [
+        (k, sql.SQL("CAST({}.{} AS {})").format(sql.SQL(alias), g, sql.SQL(types[k])))
         for k, g in zip(layout.primary_key, given, strict=True)
-    )
+    ]
+
+
+def _key_order(layout: TableSchema, given: Sequence[sql.Identifier]) -> sql.Composed:
+    """The given keys (`u`) in the table's key order."""
+    return sql.SQL(", ").join(typed for _, typed in _typed_keys(layout, given, "u"))
 
 
 def _key_match(layout: TableSchema, given: Sequence[sql.Identifier]) -> sql.Composed:
-    """Historic rows (`h`) whose key is the given key (`k`, text cast to the key's types:
-    one index probe per key)."""
-    types = {c.name: c.pg_type for c in layout.columns}
+    """Historic rows (`h`) whose key is the given key (`k`): one index probe per key."""
     return sql.SQL(" AND ").join(
-        sql.SQL("h.{} = CAST(k.{} AS {})").format(sql.Identifier(k), g, sql.SQL(types[k]))
-        for k, g in zip(layout.primary_key, given, strict=True)
+        sql.SQL("h.{} = {}").format(sql.Identifier(k), typed)
+        for k, typed in _typed_keys(layout, given, "k")
     )
 
 
