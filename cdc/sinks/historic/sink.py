@@ -5,8 +5,9 @@ Before any sink applies a batch, `complete` fills the values the stream did not 
 key the row had before the batch changed it (`TableBatch.fill_from`), in a transaction of
 its own: every sink then receives complete rows, and none depends on another having run.
 `apply`: truncations first (rows below the truncate's version are deleted and the version
-is kept as the table's watermark); then the rows are COPYed (text format, values exactly
-as Postgres sent them) into a temp staging table, and one `INSERT ... ON CONFLICT DO
+is kept as the table's watermark); then the rows are COPYed (the values Postgres sent,
+converted to its binary COPY form where every column's type allows, `cdc.load.copybinary`)
+into a temp staging table, and one `INSERT ... ON CONFLICT DO
 UPDATE ... WHERE target._version < excluded._version` applies them (a large batch split by
 key over several connections, `cdc.sinks.historic.writers`). The SQL is built in
 `cdc.sinks.historic.sql`; the tables are made and checked by `cdc.sinks.historic.targets`.
@@ -23,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cdc.apply import rowtext
 from cdc.apply.batch import Batch, TableBatch, TableName
+from cdc.load import copybinary
 from cdc.load.copytext import NULL
 from cdc.ops.logs import get_logger
 from cdc.schema import VERSION_COLUMN, TableSchema
@@ -219,12 +221,8 @@ class HistoricSink:
             return False
         target = sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(layout.name))
         try:
-            with (
-                conn.transaction(),
-                conn.cursor() as cur,
-                cur.copy(copy_sql(target, columns)) as pipe,
-            ):
-                pipe.write(data)
+            with conn.transaction():
+                self._copy_in(conn, layout, target, columns, data)
         except psycopg.errors.UniqueViolation:
             self._direct_backoff[name] = DIRECT_INSERT_BACKOFF
             return False
@@ -241,10 +239,24 @@ class HistoricSink:
         for statement in stage_sql(self.schema, layout):
             conn.execute(statement)
         stage = sql.Identifier(STAGE_TABLE)
-        with conn.cursor() as cur, cur.copy(copy_sql(stage, columns)) as pipe:
-            pipe.write(data)
+        self._copy_in(conn, layout, stage, columns, data)
         conn.execute(upsert_sql(self.schema, layout))
         conn.execute(sql.SQL("DROP TABLE {}").format(stage))
+
+    def _copy_in(
+        self,
+        conn: psycopg.Connection[Any],
+        layout: TableSchema,
+        table: sql.Composable,
+        columns: Sequence[str],
+        data: bytes,
+    ) -> None:
+        """COPY `data`, COPY text rows of `columns`, into `table` (`layout`'s historic
+        table or its stage): in binary where they convert (`cdc.load.copybinary`)."""
+        plan = copybinary.plan(self._targets.type_oids(layout, columns))
+        binary = None if plan is None else copybinary.to_binary(data, plan)
+        with conn.cursor() as cur, cur.copy(copy_sql(table, columns, binary is not None)) as pipe:
+            pipe.write(data if binary is None else binary)
 
     def in_database(self, dsn: str) -> bool:
         """True if this sink writes into the database `dsn` names (same server, port and

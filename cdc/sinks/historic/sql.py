@@ -54,9 +54,11 @@ def row_columns(layout: TableSchema) -> list[str]:
     return [*layout.column_names, VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN]
 
 
-def copy_sql(table: sql.Composable, columns: Sequence[str]) -> sql.Composed:
-    return sql.SQL("COPY {} ({}) FROM STDIN").format(
-        table, sql.SQL(", ").join(map(sql.Identifier, columns))
+def copy_sql(table: sql.Composable, columns: Sequence[str], binary: bool = False) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN{}").format(
+        table,
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(" (FORMAT binary)" if binary else ""),
     )
 
 

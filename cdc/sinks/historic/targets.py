@@ -6,6 +6,7 @@ and a backfill may make the same table at once)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -16,8 +17,12 @@ from cdc.apply.batch import TableName
 from cdc.errors import CdcError, ErrorKind
 from cdc.schema import COMMIT_TIME_COLUMN, DELETED_COLUMN, VERSION_COLUMN, TableSchema
 from cdc.sinks import ddl
+from cdc.sinks.clickhouse.types import PgType
 
 FIRST_USER_OID = 16384  # FirstNormalObjectId: built-in types are below
+# The sink's own columns (`cdc.sinks.ddl.historic_table`): numeric, boolean, timestamptz.
+_OWN_TYPES = {VERSION_COLUMN: PgType.NUMERIC, DELETED_COLUMN: PgType.BOOL,
+              COMMIT_TIME_COLUMN: PgType.TIMESTAMPTZ}  # fmt: skip
 DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
 
@@ -63,6 +68,12 @@ class HistoricTargets:
                 known.append(column.name)
                 self._types[name][column.name] = (column.type_oid, column.type_modifier)
             conn.execute(ddl.historic_current_view(self.schema, _with_columns(layout, known)))
+
+    def type_oids(self, layout: TableSchema, columns: Sequence[str]) -> list[int]:
+        """The types of `columns` of `layout`'s table as it is (`ensure`d), the sink's own
+        columns included."""
+        types = self._types[(layout.schema, layout.name)]
+        return [_OWN_TYPES[c] if c in _OWN_TYPES else types[c][0] for c in columns]
 
     def _check_types(self, layout: TableSchema) -> None:
         """Stop on a column whose built-in type changed at the source: the targets cannot
