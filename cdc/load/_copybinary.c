@@ -199,9 +199,10 @@ floating(const char *s, Py_ssize_t n, int size, char *out)
     return size;
 }
 
-/* numeric_send's form: ndigits, weight, sign, dscale, then base-10000 digits. */
+/* numeric_send's form at `p`: ndigits, weight, sign, dscale, then base-10000 digits. Its
+ * size (at most 12 + n / 2), or 0 if refused. */
 static int
-numeric(const char *s, Py_ssize_t n, Buffer *out)
+numeric(const char *s, Py_ssize_t n, char *p)
 {
     uint16_t sign = 0;
     if (n == 3 && memcmp(s, "NaN", 3) == 0) {
@@ -212,16 +213,11 @@ numeric(const char *s, Py_ssize_t n, Buffer *out)
         sign = 0xF000;
     }
     if (sign) {
-        if (reserve(out, 8) < 0) {
-            return -1;
-        }
-        char *p = out->data + out->len;
         put_u16(p, 0);
         put_u16(p + 2, 0);
         put_u16(p + 4, sign);
         put_u16(p + 6, 0);
-        out->len += 8;
-        return 1;
+        return 8;
     }
     Py_ssize_t i = 0;
     if (n > 0 && s[0] == '-') {
@@ -244,55 +240,40 @@ numeric(const char *s, Py_ssize_t n, Buffer *out)
         return 0;
     }
     /* Groups of four digits aligned on the decimal point. */
-    Py_ssize_t int_groups = (int_len + 3) / 4, frac_groups = (frac_len + 3) / 4;
-    Py_ssize_t groups = int_groups + frac_groups;
-    if (reserve(out, 8 + 2 * groups) < 0) {
-        return -1;
-    }
-    char *header = out->data + out->len;
-    char *p = header + 8;
+    Py_ssize_t int_groups = (int_len + 3) / 4, groups = int_groups + (frac_len + 3) / 4;
+    char *digits_at = p + 8;
     Py_ssize_t lead = int_groups * 4 - int_len;  /* zeros before the first integer digit */
-    int first = -1, last = -1;
+    Py_ssize_t first = -1, last = -1;
     for (Py_ssize_t g = 0; g < groups; g++) {
         unsigned v = 0;
-        for (int k = 0; k < 4; k++) {
-            Py_ssize_t pos = g * 4 + k - lead;  /* position among the integer digits */
+        for (Py_ssize_t k = 0; k < 4; k++) {
             char c;
             if (g < int_groups) {
-                c = pos >= 0 ? s[int_start + pos] : '0';
+                Py_ssize_t at = g * 4 + k - lead;  /* among the integer digits */
+                c = at >= 0 ? s[int_start + at] : '0';
             } else {
-                Py_ssize_t f = (g - int_groups) * 4 + k;
-                c = f < frac_len ? s[frac_start + f] : '0';
+                Py_ssize_t at = (g - int_groups) * 4 + k;  /* among the fraction digits */
+                c = at < frac_len ? s[frac_start + at] : '0';
             }
             v = v * 10 + (unsigned)(c - '0');
         }
         if (v != 0) {
             if (first < 0) {
-                first = (int)g;
+                first = g;
             }
-            last = (int)g;
+            last = g;
         }
-        put_u16(p + 2 * g, (uint16_t)v);
+        put_u16(digits_at + 2 * g, (uint16_t)v);
     }
-    uint16_t dscale = (uint16_t)frac_len;
-    if (first < 0) {  /* zero */
-        put_u16(header, 0);
-        put_u16(header + 2, 0);
-        put_u16(header + 4, 0);
-        put_u16(header + 6, dscale);
-        out->len += 8;
-        return 1;
-    }
-    Py_ssize_t ndigits = last - first + 1;
+    Py_ssize_t ndigits = first < 0 ? 0 : last - first + 1;  /* zero has none */
     if (first > 0) {
-        memmove(p, p + 2 * first, (size_t)(2 * ndigits));
+        memmove(digits_at, digits_at + 2 * first, (size_t)(2 * ndigits));
     }
-    put_u16(header, (uint16_t)ndigits);
-    put_u16(header + 2, (uint16_t)(int16_t)(int_groups - 1 - first));
-    put_u16(header + 4, sign);
-    put_u16(header + 6, dscale);
-    out->len += 8 + 2 * ndigits;
-    return 1;
+    put_u16(p, (uint16_t)ndigits);
+    put_u16(p + 2, first < 0 ? 0 : (uint16_t)(int16_t)(int_groups - 1 - first));
+    put_u16(p + 4, first < 0 ? 0 : sign);
+    put_u16(p + 6, (uint16_t)frac_len);
+    return (int)(8 + 2 * ndigits);
 }
 
 /* Days from 1970-01-01 of a proleptic Gregorian date. */
@@ -418,71 +399,67 @@ timestamp_value(const char *s, Py_ssize_t n, int zoned, char *out)
     return 8;
 }
 
-static int
-hex_digit(char c)
+/* A hex digit's value by byte; -1 for the others. */
+static signed char hex_values[256];
+
+static void
+init_hex_values(void)
 {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
+    memset(hex_values, -1, sizeof(hex_values));
+    for (int i = 0; i < 10; i++) {
+        hex_values['0' + i] = (signed char)i;
     }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
+    for (int i = 0; i < 6; i++) {
+        hex_values['a' + i] = hex_values['A' + i] = (signed char)(10 + i);
     }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
 }
 
+/* The bytes of `count` hex digit pairs at `s` into `out`; 0 if one is not hex. */
+static int
+hex_pairs(const char *s, Py_ssize_t count, char *out)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int hi = hex_values[(unsigned char)s[2 * i]], lo = hex_values[(unsigned char)s[2 * i + 1]];
+        if ((hi | lo) < 0) {
+            return 0;
+        }
+        out[i] = (char)(hi << 4 | lo);
+    }
+    return 1;
+}
+
+/* 8-4-4-4-12 hex digits. */
 static int
 uuid_value(const char *s, Py_ssize_t n, char *out)
 {
     if (n != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-') {
         return 0;
     }
-    int k = 0;
-    for (Py_ssize_t i = 0; i < n; i += 2) {
-        if (s[i] == '-') {
-            i--;
-            continue;
-        }
-        int hi = hex_digit(s[i]), lo = hex_digit(s[i + 1]);
-        if (hi < 0 || lo < 0) {
-            return 0;
-        }
-        out[k++] = (char)(hi * 16 + lo);
-    }
-    return k == 16 ? 16 : 0;
+    int ok = hex_pairs(s, 4, out) && hex_pairs(s + 9, 2, out + 4) && hex_pairs(s + 14, 2, out + 6)
+        && hex_pairs(s + 19, 2, out + 8) && hex_pairs(s + 24, 6, out + 10);
+    return ok ? 16 : 0;
 }
 
-/* One field's binary value appended to `out` after its length word; 1 done, 0 refused,
- * -1 with an exception set. `s`: the field without escapes. */
-static int
-field(int code, const char *s, Py_ssize_t n, Buffer *out)
+/* One field's binary value at `p`: its size (at most 16 + n), or -1 if refused. `s`: the
+ * field without escapes. */
+static Py_ssize_t
+field(int code, const char *s, Py_ssize_t n, char *p)
 {
-    Py_ssize_t at = out->len;
-    int size;
-    if (reserve(out, 4 + 16 + n) < 0) {
-        return -1;
-    }
-    out->len += 4;
-    char *p = out->data + out->len;
+    Py_ssize_t size;
     switch (code) {
     case C_TEXT:
         memcpy(p, s, (size_t)n);
-        size = (int)n;
-        break;
+        return n;
     case C_JSONB:
         *p = 1;  /* jsonb_send's version byte, then the text */
         memcpy(p + 1, s, (size_t)n);
-        size = (int)n + 1;
-        break;
+        return n + 1;
     case C_BOOL:
         if (n != 1 || (s[0] != 't' && s[0] != 'f' && s[0] != '0' && s[0] != '1')) {
-            return 0;
+            return -1;
         }
         *p = s[0] == 't' || s[0] == '1';
-        size = 1;
-        break;
+        return 1;
     case C_INT2:
         size = integer(s, n, 2, p);
         break;
@@ -494,17 +471,20 @@ field(int code, const char *s, Py_ssize_t n, Buffer *out)
         break;
     case C_OID: {
         uint64_t v;
-        size = digits(s, n, UINT32_MAX, &v) ? 4 : 0;
-        if (size) {
-            put_u32(p, (uint32_t)v);
+        if (!digits(s, n, UINT32_MAX, &v)) {
+            return -1;
         }
-        break;
+        put_u32(p, (uint32_t)v);
+        return 4;
     }
     case C_FLOAT4:
         size = floating(s, n, 4, p);
         break;
     case C_FLOAT8:
         size = floating(s, n, 8, p);
+        break;
+    case C_NUMERIC:
+        size = numeric(s, n, p);
         break;
     case C_DATE:
         size = date_value(s, n, p);
@@ -517,37 +497,19 @@ field(int code, const char *s, Py_ssize_t n, Buffer *out)
         size = uuid_value(s, n, p);
         break;
     case C_BYTEA:
-        if (n < 2 || s[0] != '\\' || s[1] != 'x' || n % 2 != 0) {
-            return 0;
+        if (n < 2 || s[0] != '\\' || s[1] != 'x' || n % 2 != 0 || !hex_pairs(s + 2, n / 2 - 1, p)) {
+            return -1;
         }
-        for (Py_ssize_t i = 2; i < n; i += 2) {
-            int hi = hex_digit(s[i]), lo = hex_digit(s[i + 1]);
-            if (hi < 0 || lo < 0) {
-                return 0;
-            }
-            p[i / 2 - 1] = (char)(hi * 16 + lo);
-        }
-        size = (int)(n / 2 - 1);
-        break;
-    case C_NUMERIC: {
-        int done = numeric(s, n, out);
-        if (done <= 0) {
-            return done;
-        }
-        size = (int)(out->len - at - 4);
-        put_u32(out->data + at, (uint32_t)size);
-        return 1;
-    }
+        return n / 2 - 1;
     default:
-        return 0;
+        return -1;
     }
-    if (size == 0 && code != C_TEXT && code != C_BYTEA) {
-        return 0;
-    }
-    put_u32(out->data + at, (uint32_t)size);
-    out->len += size;
-    return 1;
+    return size == 0 ? -1 : size;  /* the fixed-size forms and numeric are never empty */
 }
+
+/* The most a row of `width` fields and `length` bytes of text takes in binary: its field
+ * count, and per field a length word and at most 16 bytes more than its text. */
+#define ROW_BOUND(width, length) (2 + (width) * (4 + 16) + (length))
 
 /* to_binary(data, plan) -> bytes or None */
 static PyObject *
@@ -560,82 +522,85 @@ to_binary(PyObject *Py_UNUSED(module), PyObject *args)
     const unsigned char *codes = plan.buf;
     Py_ssize_t width = plan.len;
     const char *s = text.buf, *end = s + text.len;
-    Buffer out = {NULL, 0, 0}, scratch = {NULL, 0, 0};
-    PyObject *result = NULL;
-    int refused = 0;
+    Buffer scratch = {NULL, 0, 0};
+    PyObject *out = NULL;
     if (width == 0 || width > 1600) {
         PyErr_SetString(PyExc_ValueError, "to_binary: a plan has 1 to 1600 columns");
-        goto done;
+        goto failed;
     }
     for (Py_ssize_t j = 0; j < width; j++) {
         if (codes[j] == 0 || codes[j] > C_LAST) {
             PyErr_Format(PyExc_ValueError, "to_binary: unknown code %d", codes[j]);
-            goto done;
+            goto failed;
         }
     }
-    if (reserve(&out, SIGNATURE_SIZE + text.len + text.len / 2) < 0) {
-        goto done;
+    Py_ssize_t rows = 0;
+    for (const char *at = s; at < end && (at = memchr(at, '\n', (size_t)(end - at))); at++) {
+        rows++;
     }
-    memcpy(out.data, SIGNATURE, SIGNATURE_SIZE);
-    out.len = SIGNATURE_SIZE;
-    while (s < end && !refused) {
+    /* Written in place: the bound is never passed, and what is left over is given back. */
+    out = PyBytes_FromStringAndSize(NULL, SIGNATURE_SIZE + 2 + rows * ROW_BOUND(width, 0)
+                                    + text.len);
+    if (out == NULL) {
+        goto failed;
+    }
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, SIGNATURE, SIGNATURE_SIZE);
+    o += SIGNATURE_SIZE;
+    while (s < end) {
         const char *line_end = memchr(s, '\n', (size_t)(end - s));
         if (line_end == NULL) {
             PyErr_SetString(PyExc_ValueError, "to_binary: the last row has no newline");
-            goto done;
+            goto failed;
         }
-        if (reserve(&out, 2) < 0) {
-            goto done;
-        }
-        put_u16(out.data + out.len, (uint16_t)width);
-        out.len += 2;
+        put_u16(o, (uint16_t)width);
+        o += 2;
         for (Py_ssize_t j = 0; j < width; j++) {
-            const char *stop = j + 1 < width ? memchr(s, '\t', (size_t)(line_end - s)) : line_end;
-            if (stop == NULL || (j + 1 == width && memchr(s, '\t', (size_t)(line_end - s)))) {
+            const char *stop = memchr(s, '\t', (size_t)(line_end - s));
+            if ((stop == NULL) != (j + 1 == width)) {
                 PyErr_Format(PyExc_ValueError, "to_binary: a row does not have %zd fields", width);
-                goto done;
+                goto failed;
             }
-            Py_ssize_t n = stop - s;
-            int done_;
+            if (stop == NULL) {
+                stop = line_end;
+            }
+            Py_ssize_t n = stop - s, size;
             if (n == 2 && s[0] == '\\' && s[1] == 'N') {
-                if (reserve(&out, 4) < 0) {
-                    goto done;
+                size = -1;  /* NULL */
+            } else if (memchr(s, '\\', (size_t)n) == NULL) {
+                if ((size = field(codes[j], s, n, o + 4)) < 0) {
+                    goto refused;
                 }
-                put_u32(out.data + out.len, UINT32_MAX);
-                out.len += 4;
-                done_ = 1;
-            } else if (memchr(s, '\\', (size_t)n) != NULL) {
-                int plain = unescape(s, n, &scratch);
-                done_ = plain <= 0 ? plain : field(codes[j], scratch.data, scratch.len, &out);
             } else {
-                done_ = field(codes[j], s, n, &out);
+                int plain = unescape(s, n, &scratch);
+                if (plain < 0) {
+                    goto failed;
+                }
+                if (plain == 0 || (size = field(codes[j], scratch.data, scratch.len, o + 4)) < 0) {
+                    goto refused;
+                }
             }
-            if (done_ < 0) {
-                goto done;
-            }
-            if (done_ == 0) {
-                refused = 1;
-                break;
-            }
+            put_u32(o, (uint32_t)size);  /* -1: NULL */
+            o += 4 + (size < 0 ? 0 : size);
             s = stop + 1;
         }
     }
-    if (refused) {
-        result = Py_NewRef(Py_None);
-        goto done;
+    put_u16(o, 0xFFFF);
+    o += 2;
+    if (_PyBytes_Resize(&out, o - PyBytes_AS_STRING(out)) < 0) {
+        goto failed;  /* `out` is NULL */
     }
-    if (reserve(&out, 2) < 0) {
-        goto done;
-    }
-    put_u16(out.data + out.len, 0xFFFF);
-    out.len += 2;
-    result = PyBytes_FromStringAndSize(out.data, out.len);
+    goto done;
+refused:
+    Py_SETREF(out, Py_NewRef(Py_None));
+    goto done;
+failed:
+    Py_CLEAR(out);
 done:
-    PyMem_Free(out.data);
     PyMem_Free(scratch.data);
     PyBuffer_Release(&text);
     PyBuffer_Release(&plan);
-    return result;
+    return out;
 }
 
 static PyMethodDef methods[] = {
@@ -651,5 +616,6 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__copybinary(void)
 {
+    init_hex_values();
     return PyModule_Create(&module);
 }
