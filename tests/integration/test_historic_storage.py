@@ -85,6 +85,55 @@ ANALYZE historic.probed;
 """
 
 
+def _toast_chunks(pg: psycopg.Connection[Any]) -> set[int]:
+    """The ids of the out-of-line values historic.notes holds (its TOAST table's live rows)."""
+    toast = pg.execute(
+        "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'historic.notes'::regclass"
+    ).fetchone()
+    assert toast is not None
+    return {r[0] for r in pg.execute(f"SELECT DISTINCT chunk_id::int8 FROM {toast[0]}")}
+
+
+def test_an_unchanged_wide_value_keeps_its_stored_copy_and_a_changed_one_is_written(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    """Updates that leave a TOASTed value alone at the source leave its stored copy in
+    historic alone too (the upsert keeps the row's value when the completed one is equal);
+    a value changed to another of the same length is written."""
+    pg.execute(NOTES)
+    pg.execute("ALTER TABLE director.notes ALTER note SET STORAGE EXTERNAL")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, batch_size=10)
+    with running_daemon(settings, clickhouse_server.client) as running:
+        pg.execute(
+            "INSERT INTO director.notes SELECT g, 0, CASE WHEN g % 5 = 0 THEN 'short ' || g "
+            "ELSE (SELECT string_agg(md5(random()::text || g || i), '') "
+            "      FROM generate_series(1, 80) i) "  # 2.5 kB that does not compress: out of line
+            "END FROM generate_series(1, 60) g"
+        )
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["notes"], running=running)
+        stored = _toast_chunks(pg)
+        assert len(stored) == 48
+        for _ in range(3):  # unchanged notes, completed from historic by the sink
+            pg.execute("UPDATE director.notes SET qty = qty + 1")
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["notes"], running=running)
+        assert _toast_chunks(pg) == stored
+        pg.execute(  # same length, other bytes: written
+            "UPDATE director.notes SET note = upper(note), qty = qty + 1 WHERE id <= 10"
+        )
+        pg.execute("UPDATE director.notes SET note = note WHERE id > 50")  # rewritten, equal
+        wait_in_step(pg, clickhouse_server.client, ch_database, ["notes"], running=running)
+    after = _toast_chunks(pg)
+    assert len(after) == 48 and len(stored - after) == 8  # the 8 wide notes of ids 1-10
+    changed = pg.execute(
+        "SELECT count(*) FROM historic.notes h JOIN director.notes d USING (id) "
+        "WHERE h.note = d.note AND h.qty = d.qty AND d.note = upper(d.note) AND id <= 10"
+    ).fetchone()
+    assert changed == (10,)
+
+
 def _joins(conn: psycopg.Connection[Any], statement: Any, params: list[str]) -> set[str]:
     plan = conn.execute(b"EXPLAIN (FORMAT JSON) " + statement.as_bytes(conn), params)
     found: set[str] = set()

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from psycopg import sql
 
+from cdc.load.chunks import TEXT_OID, VARCHAR_OID
 from cdc.protocol import TupleValue
 from cdc.schema import (
     COMMIT_TIME_COLUMN,
@@ -25,6 +26,7 @@ from cdc.schema import (
     VERSION_COLUMN,
     TableSchema,
 )
+from cdc.sinks.clickhouse.types import PgType
 
 STAGE_TABLE = "_cdc_stage"
 GIVEN_PREFIX = "_cdc_key_"
@@ -256,17 +258,33 @@ def _guarded_insert(
 def _on_conflict(layout: TableSchema, updates: Sequence[str]) -> sql.Composed:
     if layout.append_only:
         return sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(sql.Identifier(VERSION_COLUMN))
+    types = {c.name: c.type_oid for c in layout.columns}
     return sql.SQL(
         " ON CONFLICT ({key}) DO UPDATE SET ({updates}) = ROW({excluded}) "
         "WHERE t.{version} < excluded.{version}"
     ).format(
         key=sql.SQL(", ").join(map(sql.Identifier, layout.primary_key)),
         updates=sql.SQL(", ").join(map(sql.Identifier, updates)),
-        excluded=sql.SQL(", ").join(
-            sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in updates
-        ),
+        excluded=sql.SQL(", ").join(_new_value(c, types.get(c)) for c in updates),
         version=sql.Identifier(VERSION_COLUMN),
     )
+
+
+def _new_value(column: str, type_oid: int | None) -> sql.Composed:
+    """A column's value in the upsert. A text or bytea value equal, byte for byte, to the
+    row's own is kept as the row holds it: a value stored out of line (TOAST) is then not
+    written again (Postgres keeps the pointer), which spares a rewrite of the value and
+    its WAL to every update that left it unchanged at the source (completed from this row,
+    `cdc.sinks.historic.fill`). Equality is checked on lengths first: a value of another
+    length is never read back."""
+    name = sql.Identifier(column)
+    if type_oid == PgType.BYTEA:
+        equal = sql.SQL("t.{0} = excluded.{0}").format(name)
+    elif type_oid in (TEXT_OID, VARCHAR_OID):
+        equal = sql.SQL('t.{0} = excluded.{0} COLLATE "C"').format(name)
+    else:
+        return sql.SQL("excluded.{}").format(name)
+    return sql.SQL("CASE WHEN {} THEN t.{} ELSE excluded.{} END").format(equal, name, name)
 
 
 def truncate_sql(schema: str, table: str) -> list[sql.Composed]:
