@@ -28,32 +28,6 @@ static const char SIGNATURE[] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";  /* + flag
 #define POSTGRES_EPOCH_DAYS 10957  /* 2000-01-01 from 1970-01-01 */
 #define USECS_PER_DAY INT64_C(86400000000)
 
-typedef struct {
-    char *data;
-    Py_ssize_t len;
-    Py_ssize_t cap;
-} Buffer;
-
-static int
-reserve(Buffer *b, Py_ssize_t more)
-{
-    if (b->len + more <= b->cap) {
-        return 0;
-    }
-    Py_ssize_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + more) {
-        cap *= 2;
-    }
-    char *data = PyMem_Realloc(b->data, (size_t)cap);
-    if (data == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->data = data;
-    b->cap = cap;
-    return 0;
-}
-
 static void
 put_u16(char *out, uint16_t v)
 {
@@ -77,16 +51,13 @@ put_u64(char *out, uint64_t v)
     }
 }
 
-/* A field's bytes without COPY text escapes into `scratch`; 0 if an escape is not one
- * that Postgres' COPY TO writes (octal, hex: left to the server). */
-static int
-unescape(const char *s, Py_ssize_t n, Buffer *scratch)
+/* A field's bytes without COPY text escapes into `out` (room for `n`): their length, or
+ * -1 if an escape is not one that Postgres' COPY TO writes (octal, hex: left to the
+ * server). */
+static Py_ssize_t
+unescape(const char *s, Py_ssize_t n, char *out)
 {
-    scratch->len = 0;
-    if (reserve(scratch, n) < 0) {
-        return -1;
-    }
-    char *out = scratch->data;
+    char *start = out;
     for (Py_ssize_t i = 0; i < n; i++) {
         char c = s[i];
         if (c != '\\') {
@@ -94,7 +65,7 @@ unescape(const char *s, Py_ssize_t n, Buffer *scratch)
             continue;
         }
         if (++i == n) {
-            return 0;
+            return -1;
         }
         switch (s[i]) {
         case '\\': *out++ = '\\'; break;
@@ -104,11 +75,10 @@ unescape(const char *s, Py_ssize_t n, Buffer *scratch)
         case 'b': *out++ = '\b'; break;
         case 'f': *out++ = '\f'; break;
         case 'v': *out++ = '\v'; break;
-        default: return 0;
+        default: return -1;
         }
     }
-    scratch->len = out - scratch->data;
-    return 1;
+    return out - start;
 }
 
 /* Digits [s, s + n) as an unsigned number below `limit`; 0 if not. */
@@ -522,7 +492,7 @@ to_binary(PyObject *Py_UNUSED(module), PyObject *args)
     const unsigned char *codes = plan.buf;
     Py_ssize_t width = plan.len;
     const char *s = text.buf, *end = s + text.len;
-    Buffer scratch = {NULL, 0, 0};
+    char *scratch = NULL;  /* a field without its escapes; made at the first escape */
     PyObject *out = NULL;
     if (width == 0 || width > 1600) {
         PyErr_SetString(PyExc_ValueError, "to_binary: a plan has 1 to 1600 columns");
@@ -534,9 +504,11 @@ to_binary(PyObject *Py_UNUSED(module), PyObject *args)
             goto failed;
         }
     }
-    Py_ssize_t rows = 0;
-    for (const char *at = s; at < end && (at = memchr(at, '\n', (size_t)(end - at))); at++) {
+    Py_ssize_t rows = 0, longest = 0;
+    for (const char *at = s, *line = s; at < end && (at = memchr(at, '\n', (size_t)(end - at)));
+         line = ++at) {
         rows++;
+        longest = at - line > longest ? at - line : longest;
     }
     /* Written in place: the bound is never passed, and what is left over is given back. */
     out = PyBytes_FromStringAndSize(NULL, SIGNATURE_SIZE + 2 + rows * ROW_BOUND(width, 0)
@@ -572,11 +544,12 @@ to_binary(PyObject *Py_UNUSED(module), PyObject *args)
                     goto refused;
                 }
             } else {
-                int plain = unescape(s, n, &scratch);
-                if (plain < 0) {
+                if (scratch == NULL && (scratch = PyMem_Malloc((size_t)longest + 1)) == NULL) {
+                    PyErr_NoMemory();
                     goto failed;
                 }
-                if (plain == 0 || (size = field(codes[j], scratch.data, scratch.len, o + 4)) < 0) {
+                Py_ssize_t plain = unescape(s, n, scratch);
+                if (plain < 0 || (size = field(codes[j], scratch, plain, o + 4)) < 0) {
                     goto refused;
                 }
             }
@@ -597,7 +570,7 @@ refused:
 failed:
     Py_CLEAR(out);
 done:
-    PyMem_Free(scratch.data);
+    PyMem_Free(scratch);
     PyBuffer_Release(&text);
     PyBuffer_Release(&plan);
     return out;
