@@ -91,10 +91,13 @@ def prepared_sinks(
 
 
 @contextmanager
-def running_daemon(settings: Settings, ch_client: Any) -> Iterator[RunningDaemon]:
-    """The daemon in a thread of this process, sharing the test's ClickHouse client."""
+def running_daemon(
+    settings: Settings, ch_client: Any, stop: threading.Event | None = None
+) -> Iterator[RunningDaemon]:
+    """The daemon in a thread of this process, sharing the test's ClickHouse client;
+    stopped by `stop` (a new event unless given) when the block ends."""
     daemon = Daemon(settings, sink_factory=shared_client_sinks(settings, ch_client))
-    stop = threading.Event()
+    stop = threading.Event() if stop is None else stop
     running: RunningDaemon
 
     def target() -> None:

@@ -251,10 +251,14 @@ class Daemon:
                 builder.add(event, emit=applier.submit)
                 event.close()
             now = time.monotonic()
+            # Read once per turn: a stop requested (by a signal) between two reads would
+            # leave the loop without draining, and the batches in flight would be applied
+            # after the last acknowledgement, so the slot would stay behind them.
+            stopping = stop.is_set()
             full = builder.changes >= settings.batch_size
-            if builder.transactions and (full or now - batch_started >= latency or stop.is_set()):
+            if builder.transactions and (full or now - batch_started >= latency or stopping):
                 applier.submit(builder.build())
-            if stop.is_set() and builder.transactions == 0:
+            if stopping and builder.transactions == 0:
                 applier.drain()
             elif received and applier.applied == acknowledged and now - kept_at < KEEP_EVERY_S:
                 continue  # transactions stream in and nothing was applied: no news to keep
@@ -267,7 +271,7 @@ class Daemon:
             self.health.tick()
             self.upkeep.tick(source, event)
             self.follower.poll_if_due()
-            if stop.is_set() and builder.transactions == 0:
+            if stopping and builder.transactions == 0:
                 break
 
     def _start_monitor(self) -> Monitor | None:

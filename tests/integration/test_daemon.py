@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from cdc.protocol.lsn import Lsn
 from tests.harness import ClickHouseServer
 from tests.pipeline import (
     clickhouse_rows,
@@ -270,3 +271,64 @@ def test_a_column_that_loses_not_null_holds_nulls_in_both_targets(
     expected = {a: (1, "draft"), b: (None, "draft"), c: (3, None)}
     assert in_historic == expected
     assert in_clickhouse == expected
+
+
+class LateStop(threading.Event):
+    """A stop request whose first read after `set()` does not see it, and every later one
+    does: as when a signal lands between two reads of one turn of the daemon's loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._unseen = 0
+
+    def set(self) -> None:
+        self._unseen = 1
+        super().set()
+
+    def is_set(self) -> bool:
+        if self._unseen:
+            self._unseen = 0
+            return False
+        return super().is_set()
+
+
+def test_a_stop_leaves_the_slot_flushed_past_every_batch_applied(
+    director: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    """A stop that arrives while a batch is being applied: the daemon drains it and
+    acknowledges it before it closes the stream, whichever read of its loop sees the stop
+    first, so the slot is flushed past everything the targets hold."""
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    stop = LateStop()
+    with running_daemon(settings, clickhouse_server.client, stop) as running:
+        daemon = running.daemon
+        with director.transaction():
+            director.execute(
+                "INSERT INTO director.scorecards (id, agent_id, notes) "
+                "SELECT gen_random_uuid(), g, repeat('n', 200) FROM generate_series(1, 60000) g"
+            )  # its commit ends after `end`
+            end = Lsn.parse(lsn_text(director, "SELECT pg_current_wal_insert_lsn()::text"))
+
+        def sent() -> bool:  # the transaction is on its way, and not yet in both targets
+            sent_lsn = lsn_text(director, "SELECT sent_lsn::text FROM pg_stat_replication")
+            return Lsn.parse(sent_lsn) > end and daemon.stats.applied_lsn < end
+
+        wait_until(sent, what="the transaction sent and not yet applied")
+        stop.set()
+        running.thread.join(timeout=30)
+    confirmed = lsn_text(
+        director,
+        f"SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+        f"WHERE slot_name = '{settings.slot}'",
+    )
+    assert daemon.stats.changes == 60000
+    assert Lsn.parse(confirmed) >= daemon.stats.applied_lsn >= end
+
+
+def lsn_text(conn: psycopg.Connection[Any], query: str) -> str:
+    row = conn.execute(query).fetchone()
+    assert row is not None and row[0] is not None, query
+    return str(row[0])
