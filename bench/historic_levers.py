@@ -4,8 +4,8 @@ A historic table of `--rows` rows of the streaming benchmarks' 10-column table (
 text on every tenth), made by the historic sink itself; then, in rounds that are rolled
 back, a batch of `--batch` updated rows of random keys:
 
-(1) staged as the daemon stages them (`stage_sql`), by COPY in text (what the daemon
-    sends) or in binary (what it would send if it converted the stream's text values);
+(1) staged as the daemon stages them (`stage_sql`), by COPY in text or in binary (what
+    the daemon sends where the table's types allow, `cdc.load.copybinary`);
 (2) applied from the stage by the daemon's version-guarded upsert (`upsert_sql`) or by
     the `MERGE` Postgres 15 offers instead, on a session set up as the sink's writers are.
 

@@ -258,7 +258,7 @@ class Daemon:
             full = builder.changes >= settings.batch_size
             if builder.transactions and (full or now - batch_started >= latency or stopping):
                 applier.submit(builder.build())
-            if stopping and builder.transactions == 0:
+            if stopping:  # the builder is empty: its batch was just submitted
                 applier.drain()
             elif received and applier.applied == acknowledged and now - kept_at < KEEP_EVERY_S:
                 continue  # transactions stream in and nothing was applied: no news to keep
@@ -271,7 +271,7 @@ class Daemon:
             self.health.tick()
             self.upkeep.tick(source, event)
             self.follower.poll_if_due()
-            if stopping and builder.transactions == 0:
+            if stopping:
                 break
 
     def _start_monitor(self) -> Monitor | None:

@@ -170,6 +170,8 @@ def copy_sql(table: TableSchema, chunk: Chunk, where: str | None) -> sql.Compose
 
 
 TEXT_OID, VARCHAR_OID, BPCHAR_OID, NAME_OID, JSON_OID, JSONB_OID = 25, 1043, 1042, 19, 114, 3802
+# text, varchar, bpchar, name, json: their binary form (send/receive) is their text
+TEXT_FORM_OIDS = frozenset({TEXT_OID, VARCHAR_OID, BPCHAR_OID, NAME_OID, JSON_OID})
 # Types whose COPY text ClickHouse's TabSeparated parses into the mapped type unchanged (same
 # escapes, same NULL), so rows can go from the source's COPY to both targets untouched.
 DIRECT_TYPES = frozenset(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
-from cdc.load.chunks import BPCHAR_OID, JSON_OID, JSONB_OID, NAME_OID, TEXT_OID, VARCHAR_OID
+from cdc.load.chunks import JSONB_OID, TEXT_FORM_OIDS
 from cdc.sinks.clickhouse.types import PgType
 
 try:
@@ -52,8 +52,7 @@ class Code(enum.IntEnum):
 
 
 _CODES: dict[int, Code] = {
-    TEXT_OID: Code.TEXT, VARCHAR_OID: Code.TEXT, BPCHAR_OID: Code.TEXT, NAME_OID: Code.TEXT,
-    JSON_OID: Code.TEXT, JSONB_OID: Code.JSONB, PgType.BOOL: Code.BOOL,
+    **dict.fromkeys(TEXT_FORM_OIDS, Code.TEXT), JSONB_OID: Code.JSONB, PgType.BOOL: Code.BOOL,
     PgType.INT2: Code.INT2, PgType.INT4: Code.INT4, PgType.INT8: Code.INT8,
     PgType.OID: Code.OID, PgType.FLOAT4: Code.FLOAT4, PgType.FLOAT8: Code.FLOAT8,
     PgType.NUMERIC: Code.NUMERIC, PgType.DATE: Code.DATE, PgType.TIMESTAMP: Code.TIMESTAMP,

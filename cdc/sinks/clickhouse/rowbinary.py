@@ -18,7 +18,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import replace
 
-from cdc.load.chunks import BPCHAR_OID, JSON_OID, JSONB_OID, NAME_OID, TEXT_OID, VARCHAR_OID
+from cdc.load.chunks import JSONB_OID, TEXT_FORM_OIDS
 from cdc.schema import Column, TableSchema, TypeKind
 from cdc.sinks.clickhouse.types import (
     MAX_DECIMAL_PRECISION,
@@ -72,8 +72,6 @@ _FIXED = {
     PgType.FLOAT8: Code.FLOAT8, PgType.UUID: Code.UUID, PgType.DATE: Code.DATE,
     PgType.TIMESTAMP: Code.TIMESTAMP, PgType.TIMESTAMPTZ: Code.TIMESTAMP,
 }  # fmt: skip
-# text, varchar, bpchar, name, json: their binary form is their text
-_TEXT_OIDS = frozenset({TEXT_OID, VARCHAR_OID, BPCHAR_OID, NAME_OID, JSON_OID})
 # The widest Decimal storage for a precision: Decimal32, 64, 128, 256.
 _DECIMALS = ((9, Code.DECIMAL32), (18, Code.DECIMAL64), (38, Code.DECIMAL128),
              (MAX_DECIMAL_PRECISION, Code.DECIMAL256))  # fmt: skip
@@ -94,7 +92,7 @@ def _conversion(column: Column) -> tuple[Code, int] | None:
         return None if code is None else (code, scale)
     if stored.type_oid in _FIXED:
         return _FIXED[PgType(stored.type_oid)], 0
-    if stored.type_oid in _TEXT_OIDS:
+    if stored.type_oid in TEXT_FORM_OIDS:
         return Code.STRING, 0
     if stored.type_oid == JSONB_OID:
         return Code.JSONB, 0
