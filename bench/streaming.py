@@ -55,19 +55,22 @@ SAMPLE_EVERY_S = 0.05  # the walsender under pg_recvlogical, which ends with it
 # Where CPU goes, in the pipeline's order: the components of the CPU table.
 WALSENDER = "Postgres: walsender (decoding the WAL, sending pgoutput)"
 MAIN = "daemon, main thread: read, decode, assemble, fold into batches"
-HISTORIC_STAGE = "daemon, historic stage (cdc-apply-1): row text, fill, COPY and upsert"
+COMPLETION_STAGE = "daemon, completion stage (cdc-apply-1): row text, donor reads, fill"
+HISTORIC_STAGE = "daemon, historic stage (cdc-apply-2): binary form, COPY and upsert"
 HISTORIC_WRITERS = "daemon, historic stage's second writer (cdc-historic_0)"
-BACKENDS = "Postgres: the daemon's backends (historic COPY, fill, upsert; catalog)"
-CLICKHOUSE_STAGE = "daemon, ClickHouse stage (cdc-apply-2): value checks, insert, bookkeeping"
+BACKENDS = "Postgres: the daemon's backends (historic donor reads, COPY, upsert; catalog)"
+CLICKHOUSE_STAGE = "daemon, ClickHouse stage (cdc-apply-3): value checks, insert, bookkeeping"
 ENGINE_INSERTS = "ClickHouse engine: insert pipelines (its ThreadPool threads)"
 ENGINE_MERGES = "ClickHouse engine: background merges (its MergeMutate threads)"
 ENGINE_OTHER = "ClickHouse engine: other threads"
 ENDED = "daemon: threads that ended while streaming"
 OTHER = "daemon: other Python threads (the benchmark's watcher)"
 BACKGROUND = "Postgres: background (WAL writer, checkpointer, autovacuum)"
-COMPONENTS = (WALSENDER, MAIN, HISTORIC_STAGE, HISTORIC_WRITERS, BACKENDS, CLICKHOUSE_STAGE,
-              ENGINE_INSERTS, ENGINE_MERGES, ENGINE_OTHER, ENDED, OTHER, BACKGROUND)  # fmt: skip
-THREAD_ROLES = {"MainThread": MAIN, "cdc-apply-1": HISTORIC_STAGE, "cdc-apply-2": CLICKHOUSE_STAGE}
+COMPONENTS = (WALSENDER, MAIN, COMPLETION_STAGE, HISTORIC_STAGE, HISTORIC_WRITERS, BACKENDS,
+              CLICKHOUSE_STAGE, ENGINE_INSERTS, ENGINE_MERGES, ENGINE_OTHER, ENDED, OTHER,
+              BACKGROUND)  # fmt: skip
+THREAD_ROLES = {"MainThread": MAIN, "cdc-apply-1": COMPLETION_STAGE,
+                "cdc-apply-2": HISTORIC_STAGE, "cdc-apply-3": CLICKHOUSE_STAGE}  # fmt: skip
 ENGINE_ROLES = {"ThreadPool": ENGINE_INSERTS, "MergeMutate": ENGINE_MERGES}
 BASELINE_WALSENDER = "Postgres: walsender under pg_recvlogical (for reference)"
 PROCESS = -1  # the daemon's process as a whole, among its threads

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from cdc.apply.applier import Stage
 from cdc.apply.batch import Batch
 from cdc.apply.quarantine import Quarantine
+from cdc.apply.unwritten import Unwritten
 from cdc.check.position import TargetPosition
 from cdc.errors import Action, CdcError
 from cdc.ops import faults
@@ -68,27 +69,34 @@ class BatchStages:
 
     def stages(self) -> list[Stage]:
         """The applier's pipeline: the batch completed from the historic copy (values the
-        stream did not resend) and applied to historic, then the other sinks and the
-        bookkeeping of a batch that every sink holds. Completion comes first in the first
-        stage: the historic copy is read before this batch, and after every earlier one,
-        is written to it. Each stage retries transient failures with backoff (re-applying is
-        harmless); a table whose rows cannot be stored is quarantined and the batch
-        applied without it; anything else stops the daemon."""
-        return [self._apply_historic, self._apply_others]
+        stream did not resend: from the batches before it not yet written, else from
+        historic, `cdc.apply.unwritten`); applied to historic; then to the other sinks, and
+        the bookkeeping of a batch that every sink holds. Each stage retries transient
+        failures with backoff (re-applying is harmless); a table whose rows cannot be
+        stored is quarantined and the batch applied without it; anything else stops the
+        daemon."""
+        unwritten = Unwritten()
 
-    def _apply_historic(self, batch: Batch) -> None:
-        started = time.monotonic()
-        self._in_flight[id(batch)] = started
+        def complete(batch: Batch) -> None:
+            self._in_flight[id(batch)] = time.monotonic()
+            historic = self.sinks[0]
+            self._with_retries(batch, [], lambda b: historic.complete(b, unwritten))
+            unwritten.add(batch)
 
-        def write(batch: Batch) -> None:
-            faults.point("before_historic")
-            # Every value decided before any sink sees the batch (the historic copy holds
-            # the rows as the batch found them: nothing after this stage has written yet).
-            self.sinks[0].complete(batch)
-            self.sinks[0].apply(batch)
-            faults.point("after_historic")
+        def apply_historic(batch: Batch) -> None:
+            def write(batch: Batch) -> None:
+                faults.point("before_historic")
+                self.sinks[0].apply(batch)
+                faults.point("after_historic")
 
-        self._with_retries(batch, self.sinks[:1], write)
+            try:
+                self._with_retries(batch, self.sinks[:1], write)
+            except BaseException:
+                unwritten.failed()
+                raise
+            unwritten.written(batch)
+
+        return [complete, apply_historic, self._apply_others]
 
     def _apply_others(self, batch: Batch) -> None:
         started = self._in_flight.pop(id(batch))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cdc.apply.batch import Batch
+from cdc.apply.unwritten import Unwritten
 from cdc.schema import TableSchema
 
 
@@ -50,10 +51,11 @@ class Sink(Protocol):
         """Create the targets of `tables` that are missing (idempotent)."""
         ...
 
-    def complete(self, batch: Batch) -> None:
+    def complete(self, batch: Batch, unwritten: Unwritten | None = None) -> None:
         """Fill the values the stream did not resend (unchanged TOAST, a tombstone's
-        columns) into `batch` from the copy this sink keeps, writing nothing; a sink that
-        keeps none does nothing."""
+        columns) into `batch` from the copy this sink keeps, or from the batches before it
+        that `unwritten` holds (completed, not yet written to that copy), writing no row;
+        a sink that keeps none does nothing."""
         ...
 
     def apply(self, batch: Batch) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.apply.batch import FillSource, Key, RowImage, TableBatch
+from cdc.apply.batch import NO_BOUND, FillSource, Key, RowImage, TableBatch
 from cdc.protocol import UNCHANGED_TOAST
 from cdc.sinks.historic import fill
 from tests.unit.test_batch import RELATION, schema_of
@@ -84,3 +84,69 @@ def test_only_tombstones_filled_from_their_own_row_are_kept_as_they_are() -> Non
     truncated = table(**{"1": (None, True)})
     truncated.truncate_version = 3
     assert fill.fill(truncated, fill.plan(truncated, [(b"1",)]), donors).kept == []
+
+
+def earlier_table(version: int, **rows: bytes) -> TableBatch:
+    """A completed earlier batch of the same table: complete rows keyed by id."""
+    older = TableBatch(schema_of(RELATION, (0,)))
+    for key, value in rows.items():
+        older.rows[(key.encode(),)] = RowImage(version, False, (key.encode(), value))
+    return older
+
+
+def test_an_earlier_unwritten_batch_gives_its_latest_image_before_historic() -> None:
+    """A key an earlier batch (completed, not yet written) holds takes that batch's image,
+    the newest batch first: historic still holds the state before them. A key no earlier
+    batch holds reads historic, and only its rows are read."""
+    batch = table(**{"1": (None, False), "2": (None, True), "3": (None, False)})
+    keys = [(b"1",), (b"2",), (b"3",)]
+    planned = fill.plan(batch, keys)
+    earlier = [earlier_table(6, **{"1": b"older", "2": b"b6"}), earlier_table(8, **{"1": b"a8"})]
+    held = fill.earlier_donors(batch, earlier, planned.donor_keys)
+    assert held.donors == {(b"1",): (8, (b"1", b"a8")), (b"2",): (6, (b"2", b"b6"))}
+    assert fill.to_read(planned, held, 0) == [(b"3",)]
+    donors: dict[Key, fill.Donor] = {
+        (b"1",): fill.Donor(5, (b"1", b"historic")),
+        (b"3",): fill.Donor(5, (b"3", b"c")),
+    }
+    filled = fill.fill(batch, planned, donors, held)
+    assert [image.values for image in filled.completed] == [
+        (b"1", b"a8"), (b"2", b"b6"), (b"3", b"c")
+    ]  # fmt: skip
+    # The tombstone's own key's row will hold those values once its batch is written.
+    assert filled.kept == [batch.rows[(b"2",)]]
+
+
+def test_a_truncation_in_an_earlier_batch_hides_the_historic_rows_below_it() -> None:
+    batch = table(**{"1": (None, False)})
+    truncated = earlier_table(6)
+    truncated.truncate_version = 4
+    planned = fill.plan(batch, [(b"1",)])
+    held = fill.earlier_donors(batch, [truncated], planned.donor_keys)
+    donors: dict[Key, fill.Donor] = {(b"1",): fill.Donor(3, (b"1", b"removed by the truncation"))}
+    completed, unfilled, _ = fill.fill(batch, planned, donors, held)
+    assert completed[0].values == (b"1", None)
+    assert unfilled == 1
+
+
+def test_a_moved_row_falls_back_to_historic_where_the_earlier_image_is_out_of_range() -> None:
+    """A replay: historic holds the new key's row written by a first run (in the range of
+    the move's own version); the earlier batch's image of that key is older, so the
+    historic row is the one the change read."""
+    batch = table(**{"7": (None, False)})
+    batch.fill_from[(b"7",)] = (FillSource((b"7",), 20, NO_BOUND), FillSource((b"5",), 0, 21))
+    planned = fill.plan(batch, [(b"7",)])
+    held = fill.earlier_donors(batch, [earlier_table(6, **{"7": b"old", "5": b"E"})], [(b"7",)])
+    assert fill.to_read(planned, held, 0) == [(b"7",), (b"5",)]
+    donors: dict[Key, fill.Donor] = {(b"7",): fill.Donor(20, (b"7", b"replayed"))}
+    completed, _, _ = fill.fill(batch, planned, donors, held)
+    assert completed[0].values == (b"7", b"replayed")
+
+
+def test_an_earlier_batch_of_another_layout_gives_its_values_by_column_name() -> None:
+    batch = table(**{"1": (None, False)})
+    older = TableBatch(schema_of(RELATION, (0,)))
+    older.columns = ("gone", "v", "id")  # a column removed since, and another order
+    older.rows[(b"1",)] = RowImage(6, False, (b"x", b"by name", b"1"))
+    held = fill.earlier_donors(batch, [older], [(b"1",)])
+    assert held.donors[(b"1",)] == (6, (b"1", b"by name"))

@@ -16,6 +16,7 @@ from typing import Any
 
 from cdc.apply import rowtext
 from cdc.apply.batch import Batch, RowImage, TableBatch, TableName
+from cdc.apply.unwritten import Unwritten
 from cdc.classify import clickhouse_error
 from cdc.errors import CdcError
 from cdc.load.copytext import NULL
@@ -92,7 +93,7 @@ class ClickHouseSink:
     def _insert_settings(self) -> dict[str, Any]:
         return INSERT_SETTINGS if self.cluster is None else {**INSERT_SETTINGS, **SYNC_INSERT}
 
-    def complete(self, batch: Batch) -> None:
+    def complete(self, batch: Batch, unwritten: Unwritten | None = None) -> None:
         """ClickHouse keeps no copy to complete a batch from (`cdc.sinks.base.Sink`)."""
 
     def apply(self, batch: Batch) -> None:

@@ -2,10 +2,13 @@
 
 Pure: the historic sink reads the rows (`cdc.sinks.historic.sql.donors_sql`) and hands
 them here. A row's unchanged values belong to its image under the key it had before the
-batch changed it: its own key's historic row, or for a row moved to another key in this
-batch the historic rows `TableBatch.fill_from` lists, in order, each only while its
-`_version` is in the range that proves it is still the state the change read. Historic
-rows below the batch's truncation are gone once the batch is applied: never taken.
+batch changed it: its own key's row, or for a row moved to another key in this batch the
+rows `TableBatch.fill_from` lists, in order, each only while its `_version` is in the
+range that proves it is still the state the change read. A key's row is its latest image
+in an earlier batch not yet written to historic (`earlier_donors`: exactly the state
+historic will hold once that batch is written), else its historic row; historic rows
+below a truncation, of this batch or of an earlier one not yet written, are gone once
+those are applied: never taken.
 """
 
 from __future__ import annotations
@@ -52,8 +55,63 @@ def plan(table: TableBatch, keys: Sequence[Key]) -> Plan:
     return Plan(rows, donor_keys)
 
 
+class Earlier(NamedTuple):
+    """What earlier batches not yet written to historic hold of one table: the latest image
+    of each key they hold (as a donor), and the highest truncation among them (historic
+    rows below it are about to be removed)."""
+
+    donors: dict[Key, Donor]
+    floor: int
+
+
+def earlier_donors(
+    table: TableBatch, earlier: Sequence[TableBatch], keys: Sequence[Key]
+) -> Earlier:
+    """The images of `keys` in `earlier` (the same table in batches completed before
+    `table`'s and not yet written to historic, oldest first), laid out as `table`'s rows."""
+    donors: dict[Key, Donor] = {}
+    floor = 0
+    names = table.columns
+    for older in reversed(earlier):  # the newest image of a key wins
+        floor = max(floor, older.truncate_version or 0)
+        rows = older.rows
+        if older.columns == names:
+            for key in keys:
+                if key not in donors and (image := rows.get(key)) is not None:
+                    donors[key] = make_donor((image.version, image.values))
+            continue
+        # Another layout (a column removed or added at the source in between): by name.
+        where = {name: i for i, name in enumerate(older.columns)}
+        places = [where.get(name) for name in names]
+        for key in keys:
+            if key not in donors and (image := rows.get(key)) is not None:
+                values = image.values
+                donors[key] = make_donor(
+                    (image.version, tuple(None if i is None else values[i] for i in places))
+                )
+    return Earlier(donors, floor)
+
+
+def to_read(plan: Plan, earlier: Earlier, floor: int) -> list[Key]:
+    """The donor keys whose historic rows may be needed: a row filled from its own key
+    whose image an earlier batch holds takes that image, never the historic row."""
+    held = earlier.donors
+    if not held:
+        return plan.donor_keys
+    # Keys named by a moved row's sources: their historic row may be a replay's write.
+    sourced = {source.key for _, sources in plan.rows for source in sources}
+    return [
+        key
+        for key in plan.donor_keys
+        if (donor := held.get(key)) is None or donor.version < floor or key in sourced
+    ]
+
+
 def _own(key: Key) -> FillSource:
     return FillSource(key, 0, NO_BOUND)
+
+
+NO_EARLIER = Earlier({}, 0)
 
 
 class Filled(NamedTuple):
@@ -64,10 +122,14 @@ class Filled(NamedTuple):
     kept: list[RowImage]
 
 
-def fill(table: TableBatch, plan: Plan, donors: dict[Key, Donor]) -> Filled:
-    """Complete the planned rows of `table` in place from `donors` (by key); a value no
-    donor holds becomes NULL."""
+def fill(
+    table: TableBatch, plan: Plan, donors: dict[Key, Donor], earlier: Earlier = NO_EARLIER
+) -> Filled:
+    """Complete the planned rows of `table` in place from `earlier` images and historic
+    `donors` (by key); a value no donor holds becomes NULL."""
     floor = table.truncate_version or 0
+    read_floor = max(floor, earlier.floor)
+    held = earlier.donors
     rows = table.rows
     completed = []
     kept = []
@@ -78,10 +140,9 @@ def fill(table: TableBatch, plan: Plan, donors: dict[Key, Donor]) -> Filled:
     to_fill = len(table.columns) - len(table.schema.key_indexes)
     key_of = itemgetter(*table.schema.key_indexes) if table.schema.key_indexes else None
     for key, sources in plan.rows:
-        donor = _donor(key, sources, donors, floor)
+        donor, own = _donor(key, sources, held, donors, floor, read_floor)
         image = rows[key]
         values: TupleData
-        own = donor is not None and donor is donors.get(key)
         if donor is None:
             unfilled += not image.deleted
             values = tuple(None if v is UNCHANGED_TOAST else v for v in image.values)
@@ -106,13 +167,22 @@ def fill(table: TableBatch, plan: Plan, donors: dict[Key, Donor]) -> Filled:
 
 
 def _donor(
-    key: Key, sources: tuple[FillSource, ...], donors: dict[Key, Donor], floor: int
-) -> Donor | None:
-    if not sources:  # its own key's row, whatever its version above the truncation
-        donor = donors.get(key)
-        return donor if donor is not None and floor <= donor.version else None
-    for source in sources:
+    key: Key,
+    sources: tuple[FillSource, ...],
+    held: dict[Key, Donor],
+    donors: dict[Key, Donor],
+    floor: int,
+    read_floor: int,
+) -> tuple[Donor | None, bool]:
+    """The row that holds `key`'s unchanged values, and whether it is `key`'s own: for each
+    source in order (none: its own key's row, whatever its version), an earlier batch's
+    image, else the historic row, the first whose version is in the source's range."""
+    for source in sources or (_own(key),):
+        lowest = max(source.lowest, floor)
+        donor = held.get(source.key)
+        if donor is not None and lowest <= donor.version < source.bound:
+            return donor, source.key == key
         donor = donors.get(source.key)
-        if donor is not None and max(source.lowest, floor) <= donor.version < source.bound:
-            return donor
-    return None
+        if donor is not None and max(lowest, read_floor) <= donor.version < source.bound:
+            return donor, source.key == key
+    return None, False

@@ -1,9 +1,13 @@
 """The historic sink: versioned upserts into a Postgres schema, one transaction per batch.
 
 Before any sink applies a batch, `complete` fills the values the stream did not resend
-(unchanged TOAST, the non-key columns of tombstones) into it, from the historic row of the
-key the row had before the batch changed it (`TableBatch.fill_from`), in a transaction of
-its own: every sink then receives complete rows, and none depends on another having run.
+(unchanged TOAST, the non-key columns of tombstones) into it, from the row of the key the
+row had before the batch changed it (`TableBatch.fill_from`): its image in an earlier
+batch not yet written (`cdc.apply.unwritten`), else its historic row, read in a
+transaction of its own on a connection of its own, while earlier batches are written.
+Every sink then receives complete rows, and none depends on another having run. The
+targets of a batch's tables are made or widened there too, once the batches before it
+are written.
 `apply`: truncations first (rows below the truncate's version are deleted and the version
 is kept as the table's watermark); then the rows are COPYed (the values Postgres sent,
 converted to its binary COPY form where every column's type allows, `cdc.load.copybinary`)
@@ -23,7 +27,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc.apply import rowtext
-from cdc.apply.batch import Batch, TableBatch, TableName
+from cdc.apply.batch import Batch, Key, TableBatch, TableName
+from cdc.apply.unwritten import Unwritten
 from cdc.load import copybinary
 from cdc.load.copytext import NULL
 from cdc.ops.logs import get_logger
@@ -65,43 +70,61 @@ class HistoricSink:
         self.schema = schema
         self._targets = HistoricTargets(schema)
         self._writers = Writers(dsn, writers, self._targets.forget)
+        # Completes batches (reads only, and makes targets) while earlier ones are written.
+        # Its reconnecting forgets nothing: the writers may be using what the targets know.
+        self._reader = Writers(dsn, 1, lambda: None, role="reader")
         self._direct_backoff: dict[TableName, int] = {}
-        # Tombstones of the batch being applied whose historic row holds their values
-        # already (`fill.Filled.kept`), by identity: `complete` finds them, `apply` marks
-        # their rows deleted instead of writing the values again.
-        self._kept: set[int] = set()
+        # Per completed batch (by identity, with the batch: its id is not reused while it
+        # is here), its tombstones whose historic row holds their values already
+        # (`fill.Filled.kept`), by identity: `complete` finds them, `apply` marks their rows
+        # deleted instead of writing the values again. Only a shortcut: a batch without an
+        # entry writes its tombstones' values.
+        self._kept: dict[int, tuple[Batch, set[int]]] = {}
 
     def close(self) -> None:
+        self._kept = {}
         self._writers.close()
+        self._reader.close()
 
     def prepare(self, tables: Sequence[TableSchema]) -> None:
         with self._writers.transaction() as conn:
             for table in tables:
                 self._targets.ensure(conn, table)
 
-    def complete(self, batch: Batch) -> None:
-        """Fill the values the stream did not resend into `batch`'s rows, from the historic
-        rows as they were before the batch (it is applied after): one transaction that
-        writes no row. A value no historic row holds is NULL, with a warning."""
-        self._kept = set()
-        work = [t for t in batch.tables.values() if rowtext.shared_row_text(t).incomplete]
-        if not work:
+    def complete(self, batch: Batch, unwritten: Unwritten | None = None) -> None:
+        """Make the targets of `batch`'s tables, then fill the values the stream did not
+        resend into its rows, from the rows as they were before the batch (it is applied
+        after): from `unwritten`'s batches (completed before this one, not yet written),
+        else from historic. One transaction that writes no row. A value no row holds is
+        NULL, with a warning."""
+        earlier = unwritten.batches() if unwritten is not None else ()
+        tables = list(batch.tables.values())
+        new = not all(self._targets.knows(t.schema) for t in tables)
+        if new and earlier:
+            assert unwritten is not None
+            unwritten.wait_written()  # made here: no batch in flight may use them first
+            earlier = ()
+        work = [t for t in tables if rowtext.shared_row_text(t).incomplete]
+        if not (new or work):
             return
-        with self._writers.transaction() as conn:
-            for table in work:
+        kept: set[int] = set()
+        with self._reader.transaction() as conn:
+            for table in tables:
                 self._targets.ensure(conn, table.schema)
-                self._complete(conn, table)
+            for table in work:
+                older = [t for b in earlier if (t := b.tables.get(table.name)) is not None]
+                kept.update(self._complete(conn, table, older))
+        if kept:
+            self._kept[id(batch)] = (batch, kept)
 
     def apply(self, batch: Batch) -> None:
         """Targets and truncations first, then the rows: all in one transaction, or for a
         large batch split by key over the writers' connections, written at once. The
         batch is complete (`complete`)."""
-        try:
-            self._apply(batch)
-        finally:
-            self._kept = set()  # only for the batch `complete` saw
+        entry = self._kept.pop(id(batch), None)
+        self._apply(batch, entry[1] if entry is not None and entry[0] is batch else set())
 
-    def _apply(self, batch: Batch) -> None:
+    def _apply(self, batch: Batch, kept: set[int]) -> None:
         work = list(batch.tables.values())
         with self._writers.transaction() as conn:
             for table in work:
@@ -114,18 +137,20 @@ class HistoricSink:
             moved = any(t.fill_from for t in work)
             if writers == 1 or moved or sum(len(t.rows) for t in work) < PARALLEL_MIN_ROWS:
                 for table in work:
-                    self._apply_rows(conn, table.schema, rowtext.shared_row_text(table))
+                    self._apply_rows(conn, table.schema, rowtext.shared_row_text(table), kept)
                 return
         shares = [
             [(t.schema, rowtext.shared_row_text(t).share(k, writers)) for t in work]
             for k in range(writers)
         ]
-        self._writers.each(self._write_share, shares)
+        self._writers.each(lambda k, share: self._write_share(k, share, kept), shares)
 
-    def _write_share(self, writer: int, share: list[tuple[TableSchema, rowtext.RowText]]) -> None:
+    def _write_share(
+        self, writer: int, share: list[tuple[TableSchema, rowtext.RowText]], kept: set[int]
+    ) -> None:
         with self._writers.transaction(writer) as conn:
             for layout, text in share:
-                self._apply_rows(conn, layout, text)
+                self._apply_rows(conn, layout, text, kept)
 
     def _truncate(self, conn: psycopg.Connection[Any], table: TableBatch) -> None:
         if table.truncate_version is not None:
@@ -135,14 +160,18 @@ class HistoricSink:
                 conn.execute(statement, params)
 
     def _apply_rows(
-        self, conn: psycopg.Connection[Any], layout: TableSchema, text: rowtext.RowText
+        self,
+        conn: psycopg.Connection[Any],
+        layout: TableSchema,
+        text: rowtext.RowText,
+        kept: set[int],
     ) -> None:
         if text.incomplete:
             raise ValueError(f"{layout.qualified_name}: a batch is completed before it is applied")
         if not text.lines:
             return
-        if self._kept:
-            text = self._mark_kept(conn, layout, text)
+        if kept:
+            text = self._mark_kept(conn, layout, text, kept)
         staged = text.lines
         inserted, others, lowest = text.by_insertion()
         if lowest is not None and self._insert_new(
@@ -152,21 +181,28 @@ class HistoricSink:
         if staged:
             self._stage_and_upsert(conn, layout, row_columns(layout), b"".join(staged))
 
-    def _complete(self, conn: psycopg.Connection[Any], table: TableBatch) -> None:
+    def _complete(
+        self, conn: psycopg.Connection[Any], table: TableBatch, earlier: list[TableBatch]
+    ) -> list[int]:
         """Fill the values the stream did not resend (unchanged TOAST, a tombstone's
-        columns) from historic rows, into the batch (`cdc.sinks.historic.fill`): every sink
-        then writes complete rows."""
+        columns) from the images `earlier` batches hold, else from historic rows, into
+        the batch (`cdc.sinks.historic.fill`): every sink then writes complete rows.
+        Returns the identities of the tombstones whose historic row holds their values."""
         layout = table.schema
         text = rowtext.shared_row_text(table)
         planned = fill.plan(table, text.incomplete)
-        keys = planned.donor_keys
-        arrays = [array_literal([key[i] for key in keys]) for i in range(len(layout.primary_key))]
-        with conn.cursor(binary=True) as cur:
-            found = cur.execute(donors_sql(self.schema, layout), arrays).fetchall()
-        make_donor = fill.make_donor
-        donors = {keys[row[0] - 1]: make_donor((int(row[1]), row[2:])) for row in found}
-        completed, unfilled, kept = fill.fill(table, planned, donors)
-        self._kept.update(map(id, kept))
+        held = fill.earlier_donors(table, earlier, planned.donor_keys)
+        keys = fill.to_read(planned, held, table.truncate_version or 0)
+        donors: dict[Key, fill.Donor] = {}
+        if keys:
+            arrays = [
+                array_literal([key[i] for key in keys]) for i in range(len(layout.primary_key))
+            ]
+            with conn.cursor(binary=True) as cur:
+                found = cur.execute(donors_sql(self.schema, layout), arrays).fetchall()
+            make_donor = fill.make_donor
+            donors = {keys[row[0] - 1]: make_donor((int(row[1]), row[2:])) for row in found}
+        completed, unfilled, kept = fill.fill(table, planned, donors, held)
         if unfilled:
             _log.warning(
                 "unchanged_values_unknown", table=layout.qualified_name, rows=unfilled,
@@ -174,15 +210,20 @@ class HistoricSink:
                 f"not hold; they are stored as NULL: run `cdc backfill {layout.name}`",
             )  # fmt: skip
         rowtext.add_completed(table, text, completed)
+        return [id(image) for image in kept]
 
     def _mark_kept(
-        self, conn: psycopg.Connection[Any], layout: TableSchema, text: rowtext.RowText
+        self,
+        conn: psycopg.Connection[Any],
+        layout: TableSchema,
+        text: rowtext.RowText,
+        kept_ids: set[int],
     ) -> rowtext.RowText:
         """Mark the rows of the kept tombstones among `text`'s deleted (one statement,
         their values stay as they are); the rest of `text`, to write as usual."""
         kept, rest = [], rowtext.RowText()
         for line, image in zip(text.lines, text.images, strict=True):
-            if image.deleted and id(image) in self._kept:
+            if image.deleted and id(image) in kept_ids:
                 kept.append((line, image))
             else:
                 rest.lines.append(line)

@@ -33,15 +33,23 @@ class HistoricTargets:
         self._types: dict[TableName, dict[str, tuple[int, int]]] = {}
 
     def forget(self) -> None:
-        """Read every table again on next use (a new connection may see a changed one)."""
-        self._columns.clear()
-        self._types.clear()
+        """Read every table again on next use (a new connection may see a changed one).
+        New maps: a call in progress on another thread keeps the ones it started with."""
+        self._columns = {}
+        self._types = {}
+
+    def knows(self, layout: TableSchema) -> bool:
+        """Whether `layout`'s table is known to hold every column of `layout` (`ensure`
+        would change nothing)."""
+        known = self._columns.get((layout.schema, layout.name))
+        return known is not None and all(c.name in known for c in layout.columns)
 
     def ensure(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
         """Make `layout`'s table and view, or add the columns it lacks; refuse a changed
         type or key (in the caller's transaction: Postgres DDL is transactional)."""
         name = (layout.schema, layout.name)
-        known = self._columns.get(name)
+        columns, types_of = self._columns, self._types
+        known = columns.get(name)
         if known is None:
             # `CREATE ... IF NOT EXISTS` is not safe against a concurrent session doing the
             # same (the daemon and a backfill): take turns, until this transaction ends.
@@ -57,16 +65,16 @@ class HistoricTargets:
                 conn.execute(ddl.historic_current_view(self.schema, layout))
                 types = {c.name: (c.type_oid, c.type_modifier) for c in layout.columns}
             known = list(types)
-            self._columns[name] = known
-            self._types[name] = types
-        self._check_types(layout)
+            columns[name] = known
+            types_of[name] = types
+        self._check_types(layout, types_of[name])
         missing = [c for c in layout.columns if c.name not in known]
         if missing:
             conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
             for column in missing:
                 conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
                 known.append(column.name)
-                self._types[name][column.name] = (column.type_oid, column.type_modifier)
+                types_of[name][column.name] = (column.type_oid, column.type_modifier)
             conn.execute(ddl.historic_current_view(self.schema, _with_columns(layout, known)))
 
     def type_oids(self, layout: TableSchema, columns: Sequence[str]) -> list[int]:
@@ -75,10 +83,10 @@ class HistoricTargets:
         types = self._types[(layout.schema, layout.name)]
         return [_OWN_TYPES[c] if c in _OWN_TYPES else types[c][0] for c in columns]
 
-    def _check_types(self, layout: TableSchema) -> None:
-        """Stop on a column whose built-in type changed at the source: the targets cannot
-        follow by themselves, and a silent coercion could change values."""
-        types = self._types[(layout.schema, layout.name)]
+    def _check_types(self, layout: TableSchema, types: dict[str, tuple[int, int]]) -> None:
+        """Stop on a column whose built-in type changed at the source (`types`: the
+        table's as it is): the targets cannot follow by themselves, and a silent coercion
+        could change values."""
         for column in layout.columns:
             target = types.get(column.name)
             if target is None or (column.type_oid, column.type_modifier) == target:

@@ -20,10 +20,14 @@ T = TypeVar("T")
 
 
 class Writers:
-    def __init__(self, dsn: str, count: int, on_reconnect: Callable[[], None]) -> None:
+    def __init__(
+        self, dsn: str, count: int, on_reconnect: Callable[[], None], role: str = "writer"
+    ) -> None:
         """`on_reconnect`: called when the first writer opens a new connection (what was
-        learned about the targets on the old one may be out of date)."""
+        learned about the targets on the old one may be out of date). `role` names the
+        connections (`application_name`)."""
         self.dsn = dsn
+        self._role = role
         self._conns: list[psycopg.Connection[Any] | None] = [None] * max(1, count)
         self._pool: ThreadPoolExecutor | None = None
         self._on_reconnect = on_reconnect
@@ -36,7 +40,7 @@ class Writers:
         if conn is None or conn.closed:
             try:
                 conn = psycopg.connect(
-                    canonical_dsn(self.dsn), application_name=f"cdc historic writer {writer}"
+                    canonical_dsn(self.dsn), application_name=f"cdc historic {self._role} {writer}"
                 )
                 for statement in (SESSION_SQL, *KEY_PROBES_SQL):
                     conn.execute(statement)

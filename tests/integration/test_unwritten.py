@@ -1,0 +1,145 @@
+"""A batch completed while the batches before it are still being written
+(`cdc.apply.unwritten`): its rows take the values the stream did not resend from those
+batches' images where they hold the key (historic does not hold them yet), else from
+historic; a batch that adds a column waits for them to be written first."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import psycopg
+
+from cdc.apply.batch import Batch
+from cdc.apply.batcher import BatchBuilder
+from cdc.apply.changes import Record, Transaction
+from cdc.apply.unwritten import Unwritten
+from cdc.protocol import UNCHANGED_TOAST, Delete, Relation, RelationColumn, Update
+from cdc.protocol.tags import TupleMarker
+from cdc.schema import TableSchema, describe_table
+from cdc.sinks.historic.sink import HistoricSink
+from tests.integration.test_toast_key_change import (
+    ITEMS,
+    _inserts,
+    _items_relation,
+    _moves,
+    _transaction,
+)
+
+NOTE = {line: bytes([64 + line]) * 3000 for line in range(1, 10)}  # out of line, unchanged
+
+
+def _batch(layout: TableSchema, *transactions: Transaction) -> Batch:
+    builder = BatchBuilder(lambda r: layout)
+    for transaction in transactions:
+        builder.add(transaction)
+    return builder.build()
+
+
+def _touch(relation: Relation, commit: int, lines: list[int]) -> Transaction:
+    """`UPDATE ... SET qty = <commit>` of order 1's `lines`, leaving `note` unchanged."""
+    records: list[Record] = [
+        (
+            None,
+            0,
+            Update(None, 1, None, None, (b"1", b"%d" % line, b"%d" % commit, UNCHANGED_TOAST)),
+        )
+        for line in lines
+    ]
+    return _transaction(relation, commit, records)
+
+
+def _delete(relation: Relation, commit: int, line: int) -> Transaction:
+    old = (b"1", b"%d" % line, None, None)
+    return _transaction(relation, commit, [(None, 0, Delete(None, 1, TupleMarker.KEY, old))])
+
+
+def _rows(pg: psycopg.Connection[Any]) -> dict[int, tuple[Any, ...]]:
+    rows = pg.execute(
+        "SELECT line, qty, left(note, 1), length(note), _is_deleted FROM historic.items"
+    ).fetchall()
+    return {line: tuple(rest) for line, *rest in rows}
+
+
+def test_a_batch_completed_before_the_one_before_it_is_written_fills_from_it(
+    pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    pg.execute(ITEMS)
+    layout = describe_table(pg, "director", "items")
+    relation = _items_relation(layout)
+    written = _batch(layout, _inserts(relation, 10, {9: NOTE[9]}))
+    first = _batch(layout, _inserts(relation, 20, {line: NOTE[line] for line in (1, 2, 3, 4)}))
+    # Each of lines 1-4 and 9 changed without its note, in several ways.
+    second = _batch(
+        layout,
+        _touch(relation, 30, [1, 9]),
+        _delete(relation, 40, 2),
+        _moves(relation, 50, [(3, 30)]),
+        _delete(relation, 60, 4),
+        _inserts(relation, 70, {4: NOTE[5]}),
+        _touch(relation, 80, [4]),
+    )
+    sink = HistoricSink(pg_dsn, "historic", writers=2)
+    unwritten = Unwritten()
+    try:
+        sink.prepare([layout])
+        sink.complete(written)
+        sink.apply(written)
+        sink.complete(first, unwritten)
+        unwritten.add(first)
+        sink.complete(second, unwritten)  # historic holds none of `first` yet
+        unwritten.add(second)
+        for batch in (first, second):
+            sink.apply(batch)
+            unwritten.written(batch)
+    finally:
+        sink.close()
+    assert unwritten.batches() == ()
+    assert _rows(pg) == {
+        1: (30, "A", 3000, False),
+        2: (0, "B", 3000, True),  # a tombstone keeps its values
+        3: (0, "C", 3000, True),
+        30: (0, "C", 3000, False),
+        4: (80, "E", 3000, False),
+        9: (30, "I", 3000, False),  # from historic: no batch in flight holds it
+    }
+
+
+def test_a_batch_that_adds_a_column_waits_until_the_batches_before_it_are_written(
+    pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    """Its targets are made in its completion, which no batch in flight may see first (its
+    rows would read a column its transaction has not committed yet)."""
+    pg.execute(ITEMS)
+    layout = describe_table(pg, "director", "items")
+    relation = _items_relation(layout)
+    first = _batch(layout, _inserts(relation, 10, {1: NOTE[1]}))
+    wider = dataclasses.replace(
+        relation, columns=(*relation.columns, RelationColumn(False, "extra", 25, -1))
+    )
+    pg.execute("ALTER TABLE director.items ADD COLUMN extra text")
+    wider_layout = describe_table(pg, "director", "items")
+    records: list[Record] = [
+        (None, 0, Update(None, 1, None, None, (b"1", b"1", b"5", UNCHANGED_TOAST, b"x")))
+    ]
+    second = _batch(wider_layout, _transaction(wider, 20, records))
+    sink = HistoricSink(pg_dsn, "historic")
+    unwritten = Unwritten()
+    try:
+        sink.prepare([layout])
+        sink.complete(first, unwritten)
+        unwritten.add(first)
+        completing = threading.Thread(target=sink.complete, args=(second, unwritten))
+        completing.start()
+        completing.join(0.5)
+        assert completing.is_alive(), "completed before the batch before it was written"
+        sink.apply(first)
+        unwritten.written(first)
+        completing.join(10)
+        assert not completing.is_alive()
+        sink.apply(second)
+    finally:
+        sink.close()
+    row = pg.execute("SELECT qty, left(note, 1), extra FROM historic.items").fetchall()
+    assert row == [(5, "A", "x")]
