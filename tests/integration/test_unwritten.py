@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -143,3 +144,49 @@ def test_a_batch_that_adds_a_column_waits_until_the_batches_before_it_are_writte
         sink.close()
     row = pg.execute("SELECT qty, left(note, 1), extra FROM historic.items").fetchall()
     assert row == [(5, "A", "x")]
+
+
+def test_closing_the_sink_waits_for_a_completion_reading_on_another_thread(
+    pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    """A retry of the historic writes closes the sink (to reconnect) while the next batch
+    is being completed on the completion stage's thread: its connection is closed only
+    once that completion is done, never under its query."""
+    pg.execute(ITEMS)
+    layout = describe_table(pg, "director", "items")
+    relation = _items_relation(layout)
+    first = _batch(layout, _inserts(relation, 10, {1: NOTE[1]}))
+    second = _batch(layout, _touch(relation, 20, [1]))
+    sink = HistoricSink(pg_dsn, "historic")
+    errors: list[BaseException] = []
+
+    def complete() -> None:
+        try:
+            sink.complete(second)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    try:
+        sink.prepare([layout])
+        sink.complete(first)
+        sink.apply(first)
+        with psycopg.connect(pg_dsn) as blocker:
+            blocker.execute("LOCK TABLE historic.items IN ACCESS EXCLUSIVE MODE")
+            completing = threading.Thread(target=complete)
+            completing.start()
+            while not pg.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = "
+                "'cdc historic reader 0' AND wait_event_type = 'Lock'"
+            ).fetchall():
+                time.sleep(0.02)
+            closing = threading.Thread(target=sink.close)
+            closing.start()
+            closing.join(0.3)
+            assert closing.is_alive(), "closed the connection of a completion in progress"
+        completing.join(10)
+        closing.join(10)
+        assert errors == []
+        sink.apply(second)
+    finally:
+        sink.close()
+    assert _rows(pg)[1] == (20, "A", 3000, False)

@@ -19,6 +19,7 @@ key over several connections, `cdc.sinks.historic.writers`). The SQL is built in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,7 +73,10 @@ class HistoricSink:
         self._writers = Writers(dsn, writers, self._targets.forget)
         # Completes batches (reads only, and makes targets) while earlier ones are written.
         # Its reconnecting forgets nothing: the writers may be using what the targets know.
+        # Held while a completion uses it: `close` (also called on the writers' thread, on
+        # a retry) never closes it under a query.
         self._reader = Writers(dsn, 1, lambda: None, role="reader")
+        self._reading = threading.Lock()
         self._direct_backoff: dict[TableName, int] = {}
         # Per completed batch (by identity, with the batch: its id is not reused while it
         # is here), its tombstones whose historic row holds their values already
@@ -84,7 +88,8 @@ class HistoricSink:
     def close(self) -> None:
         self._kept = {}
         self._writers.close()
-        self._reader.close()
+        with self._reading:
+            self._reader.close()
 
     def prepare(self, tables: Sequence[TableSchema]) -> None:
         with self._writers.transaction() as conn:
@@ -108,7 +113,7 @@ class HistoricSink:
         if not (new or work):
             return
         kept: set[int] = set()
-        with self._reader.transaction() as conn:
+        with self._reading, self._reader.transaction() as conn:
             for table in tables:
                 self._targets.ensure(conn, table.schema)
             for table in work:
