@@ -75,20 +75,17 @@ def earlier_donors(
     for older in reversed(earlier):  # the newest image of a key wins
         floor = max(floor, older.truncate_version or 0)
         rows = older.rows
-        if older.columns == names:
-            for key in keys:
-                if key not in donors and (image := rows.get(key)) is not None:
-                    donors[key] = make_donor((image.version, image.values))
-            continue
-        # Another layout (a column removed or added at the source in between): by name.
-        where = {name: i for i, name in enumerate(older.columns)}
-        places = [where.get(name) for name in names]
+        places = None  # the same layout; else (a column removed or added since) by name
+        if older.columns != names:
+            where = {name: i for i, name in enumerate(older.columns)}
+            places = [where.get(name) for name in names]
         for key in keys:
-            if key not in donors and (image := rows.get(key)) is not None:
-                values = image.values
-                donors[key] = make_donor(
-                    (image.version, tuple(None if i is None else values[i] for i in places))
-                )
+            if key in donors or (image := rows.get(key)) is None:
+                continue
+            values = image.values
+            if places is not None:
+                values = tuple(None if i is None else values[i] for i in places)
+            donors[key] = make_donor((image.version, values))
     return Earlier(donors, floor)
 
 
