@@ -21,6 +21,7 @@ from typing import Final
 from psycopg import sql
 
 from cdc.check.rowhash import Form, form_of
+from cdc.load.chunks import TEXT_OID, VARCHAR_OID
 from cdc.schema import Column, TableSchema
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.types import clickhouse_type, storage_column
@@ -28,8 +29,6 @@ from cdc.sinks.clickhouse.types import clickhouse_type, storage_column
 Key = tuple[str, ...]  # the key columns' output texts, in key order
 LEAF_ROWS: Final = 200  # ranges this small are compared key by key
 FANOUT: Final = 8  # a differing range is split into about this many pieces
-TEXT_OID: Final = 25
-VARCHAR_OID: Final = 1043
 # Forms whose values both engines order the same way, compared natively.
 _NATIVE_ORDER: Final = {Form.INTEGER, Form.NUMERIC, Form.BOOL, Form.DATE, Form.TIMESTAMP}
 

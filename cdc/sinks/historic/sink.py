@@ -105,8 +105,7 @@ class HistoricSink:
         earlier = unwritten.batches() if unwritten is not None else ()
         tables = list(batch.tables.values())
         new = not all(self._targets.knows(t.schema) for t in tables)
-        if new and earlier:
-            assert unwritten is not None
+        if new and earlier and unwritten is not None:
             unwritten.wait_written()  # made here: no batch in flight may use them first
             earlier = ()
         work = [t for t in tables if rowtext.shared_row_text(t).incomplete]
