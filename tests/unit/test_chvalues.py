@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cdc.apply.batch import RowImage
 from cdc.errors import CdcError, ErrorKind
 from cdc.load.copytext import escape
 from cdc.schema import Column, TableSchema, TypeKind
+from cdc.sinks.clickhouse import values as chvalues
 from cdc.sinks.clickhouse.arrays import parse_array
 from cdc.sinks.clickhouse.types import PgType
 from cdc.sinks.clickhouse.values import RowEncoder
@@ -368,3 +370,50 @@ def test_versioned_lines() -> None:
 
 def test_escape() -> None:
     assert escape(b"a\\b\tc\nd\re") == b"a\\\\b\\tc\\nd\\re"
+
+
+# Columns with every screened check, NOT NULL ones among them, and values near each
+# check's edges: the C screen must pass only rows the Python checks pass.
+SCREENED_COLUMNS = (
+    base("d", PgType.DATE, "date"),
+    base("ts", PgType.TIMESTAMPTZ, "timestamptz", nullable=False),
+    base("n", PgType.NUMERIC, "numeric"),
+    NUMERIC_10_2,
+    base("i", PgType.INT4, "integer", nullable=False),
+    TEXT,
+)
+EDGES = [
+    b"", b"1", b"-", b"NaN", b"Infinity", b"1899-12-31", b"1900-01-01", b"2299-12-31",
+    b"2300-01-01", b"1900-01-01 00:00:00+01", b"2299-12-31 23:59:59-01",
+    b"1970-01-01 00:00:00+00", b"2024-02-29 12:00:00.5+05:30", b"2024-02-29",
+    b"1969-12-31 23:59:59.999999", b"infinity", b"12345-01-01", b"0.5", b"1" * 38, b"1" * 39,
+    b"9" * 38 + b"." + b"9" * 38, b"0." + b"1" * 39, b"2024-0", b"20x4-01-01",
+]  # fmt: skip
+EDGE_VALUES = st.one_of(st.none(), st.sampled_from(EDGES), st.binary(max_size=12))
+
+
+@given(st.lists(st.lists(EDGE_VALUES, min_size=6, max_size=6), max_size=20))
+def test_the_c_screen_judges_rows_as_python_does(rows: list[list[bytes | None]]) -> None:
+    assert chvalues._screen is not None, (
+        "cdc.sinks.clickhouse._screen is not built: run `make install`"
+    )
+    row_encoder = encoder(*SCREENED_COLUMNS)
+    images = [RowImage(n, False, (b"%d" % n, *values)) for n, values in enumerate(rows)]
+    assert row_encoder.needs_encoding(images) == row_encoder.needs_encoding(images, native=False)
+
+
+def test_rows_to_encode_are_found() -> None:
+    row_encoder = encoder(*SCREENED_COLUMNS)
+    good = (b"1", b"2024-01-01", b"2024-01-01 00:00:00+00", b"1.5", b"2.50", b"3", b"x")
+    rows = [
+        good,
+        (*good[:1], b"1899-12-31", *good[2:]),  # a date out of range
+        (*good[:2], None, *good[3:]),  # NULL in a NOT NULL column
+        (*good[:3], b"NaN", *good[4:]),  # not a Decimal
+        (*good[:4], None, *good[5:]),  # NULL where allowed
+        (*good[:2], b"1900-01-01 00:30:00+01", *good[3:]),  # 1899 in UTC
+        (*good[:2], b"2299-12-31 23:00:00+00", *good[3:]),  # in range, checked in Python
+    ]
+    images = [RowImage(n, False, values) for n, values in enumerate(rows)]
+    for native in (True, False):
+        assert row_encoder.needs_encoding(images, native=native) == {1, 2, 3, 5}

@@ -23,6 +23,8 @@ _MIN_YEAR, _MAX_YEAR = b"1900", b"2299"
 _MIN_TIMESTAMP: Final = datetime(1900, 1, 1, tzinfo=UTC)
 _MAX_TIMESTAMP: Final = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 _DIGIT_9: Final = ord("9")
+# An unbounded numeric of at most this many characters fits Decimal(76, 38) as it is.
+SHORT_UNBOUNDED: Final = min(UNBOUNDED_NUMERIC[0] - UNBOUNDED_NUMERIC[1], UNBOUNDED_NUMERIC[1])
 
 Converter: TypeAlias = Callable[[bytes], bytes]
 
@@ -55,10 +57,10 @@ def _bounded_decimal(value: bytes) -> bytes:
 
 
 def _unbounded_decimal(value: bytes) -> bytes:
-    integer_max = UNBOUNDED_NUMERIC[0] - UNBOUNDED_NUMERIC[1]
-    if len(value) <= min(integer_max, UNBOUNDED_NUMERIC[1]) and value[-1] <= _DIGIT_9:
+    if len(value) <= SHORT_UNBOUNDED and value[-1] <= _DIGIT_9:
         return value
     _bounded_decimal(value)
+    integer_max = UNBOUNDED_NUMERIC[0] - UNBOUNDED_NUMERIC[1]
     integer, _, fraction = value.lstrip(b"-").partition(b".")
     if len(integer.lstrip(b"0")) > integer_max or len(fraction.rstrip(b"0")) > UNBOUNDED_NUMERIC[1]:
         raise Refused(
@@ -82,6 +84,16 @@ _CHECKS: Final[dict[int, Converter]] = {
     PgType.TIMESTAMPTZ: _timestamp,
     PgType.BYTEA: bytea_bytes,
 }
+
+# Each check's first test, screened in C (`cdc.sinks.clickhouse._screen`, which names them
+# by these numbers); any other check judges every value in Python.
+SCREENED: Final[dict[Converter, int]] = {
+    _date: 0,
+    _timestamp: 1,
+    _bounded_decimal: 2,
+    _unbounded_decimal: 3,
+}
+NOT_SCREENED: Final = 4
 
 
 def value_check(column: Column) -> Converter | None:

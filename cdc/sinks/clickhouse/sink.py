@@ -203,7 +203,7 @@ class ClickHouseSink:
         encoder = self._encoder(layout)
         if encoder.reads_row_text:
             lines = text.lines
-            redo = encoder.needs_encoding([image.values for image in text.images])
+            redo = encoder.needs_encoding(text.images)
             to_encode = [text.images[i] for i in sorted(redo)]
             if redo:
                 lines = [line for i, line in enumerate(lines) if i not in redo]

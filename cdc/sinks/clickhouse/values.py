@@ -19,10 +19,11 @@ Nullable(String) column into NULL.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
+from cdc.apply.batch import RowImage
 from cdc.errors import CdcError, ErrorKind
 from cdc.load.copytext import escape
 from cdc.schema import (
@@ -34,7 +35,15 @@ from cdc.schema import (
     TypeKind,
 )
 from cdc.sinks.clickhouse.arrays import array_converter
-from cdc.sinks.clickhouse.limits import Converter, Refused, bytea_bytes, value_check
+from cdc.sinks.clickhouse.limits import (
+    NOT_SCREENED,
+    SCREENED,
+    SHORT_UNBOUNDED,
+    Converter,
+    Refused,
+    bytea_bytes,
+    value_check,
+)
 from cdc.sinks.clickhouse.types import ENUM_TYPE, STRING, clickhouse_type, storage_column
 
 INSERT_SETTINGS: Final[dict[str, Any]] = {
@@ -61,6 +70,13 @@ _DEFAULTS: Final[dict[str, bytes]] = {
 }
 # What a converter may raise for a value it cannot encode.
 _VALUE_ERRORS: Final = (ValueError, TypeError, IndexError, KeyError)
+_VALUES_AT: Final = RowImage._fields.index("values")
+
+_screen: Callable[..., list[int]] | None
+try:
+    from cdc.sinks.clickhouse._screen import screen as _screen
+except ImportError:  # not built: every row is judged in Python
+    _screen = None
 
 
 def _converter(column: Column) -> tuple[Converter | None, bytes]:
@@ -115,26 +131,32 @@ class RowEncoder:
         # never NULL in a complete row: primary keys are NOT NULL).
         keys = set(table.key_indexes)
         self._not_nullable = tuple(i for i, m in enumerate(missing) if m != NULL and i not in keys)
+        self._screened = (
+            tuple(i for i, _ in self._text_checks),
+            tuple(SCREENED.get(check, NOT_SCREENED) for _, check in self._text_checks),
+            self._not_nullable,
+        )
 
-    def needs_encoding(self, rows: Sequence[Sequence[object]]) -> set[int]:
+    def needs_encoding(self, images: list[RowImage], native: bool = True) -> set[int]:
         """Of rows whose shared text ClickHouse reads (`reads_row_text`), the positions of
         those to encode with `encode_versioned` instead: a value to refuse (its error then
-        names it) or a NULL where the column is not Nullable."""
-        marked: set[int] = set()
+        names it) or a NULL where the column is not Nullable. The rows are screened in C
+        (`cdc.sinks.clickhouse._screen`) when it is built: only those it does not pass are
+        judged here."""
+        candidates: Sequence[int] = range(len(images))
+        if native and _screen is not None:
+            candidates = _screen(images, _VALUES_AT, *self._screened, SHORT_UNBOUNDED)
+        return {p for p in candidates if self._to_encode(images[p].values)}
+
+    def _to_encode(self, values: Sequence[object]) -> bool:
         for index, check in self._text_checks:
-            for position, values in enumerate(rows):
-                value = values[index]
-                if value is not None:
-                    try:
-                        check(value)  # type: ignore[arg-type]
-                    except _VALUE_ERRORS:  # (a non-text value fails here too)
-                        marked.add(position)
-        not_nullable = self._not_nullable
-        if not_nullable:
-            for position, values in enumerate(rows):
-                if None in values and any(values[i] is None for i in not_nullable):
-                    marked.add(position)
-        return marked
+            value = values[index]
+            if value is not None:
+                try:
+                    check(value)  # type: ignore[arg-type]
+                except _VALUE_ERRORS:  # (a non-text value fails here too)
+                    return True
+        return None in values and any(values[i] is None for i in self._not_nullable)
 
     def encode(self, values: Sequence[bytes | None]) -> bytes:
         """One TSV line of the source columns, without the trailing newline."""
