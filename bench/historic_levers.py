@@ -36,7 +36,6 @@ from cdc.sinks.historic.sink import HistoricSink
 from cdc.sinks.historic.sql import (
     KEY_PROBES_SQL,
     SESSION_SQL,
-    STAGE_TABLE,
     copy_sql,
     row_columns,
     stage_sql,
@@ -44,6 +43,7 @@ from cdc.sinks.historic.sql import (
 )
 
 SCHEMA = "historic"
+STAGE = "_cdc_stage"  # made in each round's transaction, which is rolled back
 ROWS = """
 INSERT INTO director.events
 SELECT g, 'name-' || g, timestamptz '2024-01-01' + g * interval '1 second', (g % 100000) / 7.0,
@@ -77,7 +77,7 @@ def merge_sql(layout: TableSchema) -> sql.Composed:
     ).format(
         schema=sql.Identifier(SCHEMA),
         table=sql.Identifier(layout.name),
-        stage=sql.Identifier(STAGE_TABLE),
+        stage=sql.Identifier(STAGE),
         order=sql.SQL(", ").join(map(sql.Identifier, key)),
         match=sql.SQL(" AND ").join(
             sql.SQL("t.{0} = s.{0}").format(sql.Identifier(k)) for k in key
@@ -107,10 +107,10 @@ def one_round(
     """Seconds of each COPY into a fresh stage, then of `apply` from the text one."""
     seconds = {}
     columns = row_columns(layout)
-    stage = sql.Identifier(STAGE_TABLE)
+    stage = sql.Identifier(STAGE)
     for fmt in ("text", "binary") if apply == "upsert" else ("binary", "text"):
         with conn.transaction(force_rollback=True):
-            for statement in stage_sql(SCHEMA, layout):
+            for statement in stage_sql(SCHEMA, layout, STAGE):
                 conn.execute(statement)
             copy = copy_sql(stage, columns)
             if fmt == "binary":
@@ -120,7 +120,8 @@ def one_round(
                 pipe.write(copies[fmt])
             seconds[f"COPY {fmt} into the stage"] = time.perf_counter() - start
             if fmt == "text":
-                statement = upsert_sql(SCHEMA, layout) if apply == "upsert" else merge_sql(layout)
+                upsert = apply == "upsert"
+                statement = upsert_sql(SCHEMA, layout, STAGE) if upsert else merge_sql(layout)
                 start = time.perf_counter()
                 conn.execute(statement)
                 seconds[apply] = time.perf_counter() - start

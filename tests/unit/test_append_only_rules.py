@@ -95,7 +95,7 @@ def test_log_targets_are_keyed_by_version() -> None:
     assert "ENGINE = ReplacingMergeTree(`_version`, `_is_deleted`) ORDER BY (`_version`)" in (
         clickhouse
     )
-    upsert = upsert_sql("historic", LOG).as_string(None)
+    upsert = upsert_sql("historic", LOG, "_cdc_stage").as_string(None)
     assert upsert.endswith('ON CONFLICT ("_version") DO NOTHING')
     assert 'ORDER BY "_cdc_stage"."_version"' in upsert
 

@@ -17,7 +17,7 @@ WATERMARK = (
 
 
 def test_upsert_replaces_a_row_only_by_a_newer_version() -> None:
-    text = historic_sql.upsert_sql("historic", TABLE).as_string(None)
+    text = historic_sql.upsert_sql("historic", TABLE, "_cdc_stage").as_string(None)
     assert text.startswith('INSERT INTO "historic"."Score Card" AS t (')
     assert 'ON CONFLICT ("id", "Order") DO UPDATE SET' in text
     assert text.endswith('WHERE t."_version" < excluded."_version"')
@@ -26,13 +26,13 @@ def test_upsert_replaces_a_row_only_by_a_newer_version() -> None:
 
 
 def test_upsert_writes_nothing_at_or_below_the_truncate_watermark() -> None:
-    text = historic_sql.upsert_sql("historic", TABLE).as_string(None)
+    text = historic_sql.upsert_sql("historic", TABLE, "_cdc_stage").as_string(None)
     assert WATERMARK in text
 
 
 def test_upsert_takes_rows_in_key_order() -> None:
     """Two writers meeting on keys lock them in the same order (no deadlock)."""
-    text = historic_sql.upsert_sql("historic", TABLE).as_string(None)
+    text = historic_sql.upsert_sql("historic", TABLE, "_cdc_stage").as_string(None)
     assert 'ORDER BY "_cdc_stage"."id", "_cdc_stage"."Order" ON CONFLICT' in text
 
 

@@ -37,12 +37,13 @@ from cdc.schema import VERSION_COLUMN, TableSchema
 from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.historic import fill
 from cdc.sinks.historic.sql import (
-    STAGE_TABLE,
     array_literal,
     copy_sql,
     copy_within_sql,
     donors_sql,
     row_columns,
+    stage_exists_sql,
+    stage_name,
     stage_sql,
     tombstones_sql,
     truncate_sql,
@@ -280,13 +281,15 @@ class HistoricSink:
         columns: Sequence[str],
         data: bytes,
     ) -> None:
-        """COPY rows into a temporary stage, then upsert them with the version guard."""
-        for statement in stage_sql(self.schema, layout):
-            conn.execute(statement)
-        stage = sql.Identifier(STAGE_TABLE)
-        self._copy_in(conn, layout, stage, columns, data)
-        conn.execute(upsert_sql(self.schema, layout))
-        conn.execute(sql.SQL("DROP TABLE {}").format(stage))
+        """COPY rows into the session's temporary stage for `layout` (made on first use;
+        emptied at commit), then upsert them with the version guard."""
+        stage = stage_name(layout, self._targets.type_oids(layout, row_columns(layout)))
+        found = conn.execute(stage_exists_sql(stage)).fetchone()
+        if found is None or found[0] is None:  # a new session, or its making rolled back
+            for statement in stage_sql(self.schema, layout, stage):
+                conn.execute(statement)
+        self._copy_in(conn, layout, sql.Identifier(stage), columns, data)
+        conn.execute(upsert_sql(self.schema, layout, stage))
 
     def _copy_in(
         self,

@@ -13,6 +13,7 @@ row (`ON CONFLICT DO NOTHING`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from psycopg import sql
@@ -28,7 +29,7 @@ from cdc.schema import (
 )
 from cdc.sinks.clickhouse.types import PgType
 
-STAGE_TABLE = "_cdc_stage"
+STAGE_PREFIX = "_cdc_stage_"
 GIVEN_PREFIX = "_cdc_key_"
 POSITION_COLUMN = "_cdc_position"
 ALL_ROWS = sql.SQL("true")
@@ -64,26 +65,38 @@ def copy_sql(table: sql.Composable, columns: Sequence[str], binary: bool = False
     )
 
 
-def stage_sql(schema: str, layout: TableSchema) -> list[sql.Composed]:
-    """A temporary stage for `layout`'s rows, dropped at commit. `_is_deleted` keeps its
-    default (false): a backfill's copied rows come without it, live. Rows up to a page
-    stay inline and uncompressed (`toast_tuple_target`): the stage is read once, and
-    compressing or moving a wide value out of line there costs more than the write of
-    the row itself (a 2 KB value that does not compress: ~36 µs a row with pglz, ~9
-    inline)."""
-    stage = sql.Identifier(STAGE_TABLE)
+def stage_name(layout: TableSchema, types: Sequence[int]) -> str:
+    """The name of the temporary stage for `layout`'s rows, their historic types being
+    `types` (`row_columns` order): another table or another shape, another stage."""
+    shape = repr((layout.schema, layout.name, row_columns(layout), tuple(types)))
+    return f"{STAGE_PREFIX}{hashlib.blake2b(shape.encode(), digest_size=8).hexdigest()}"
+
+
+def stage_exists_sql(stage: str) -> sql.Composed:
+    """One row: the stage's OID if this session made it, else NULL."""
+    return sql.SQL("SELECT to_regclass({})").format(sql.Literal(f"pg_temp.{stage}"))
+
+
+def stage_sql(schema: str, layout: TableSchema, stage: str) -> list[sql.Composed]:
+    """Make the temporary stage `stage` for `layout`'s rows: it lasts as long as the
+    session, emptied at each commit (making and dropping it in every transaction cost ~2
+    ms of server time). `_is_deleted` keeps its default (false): a backfill's copied rows
+    come without it, live. Rows up to a page stay inline and uncompressed
+    (`toast_tuple_target`): the stage is read once, and compressing or moving a wide
+    value out of line there costs more than the write of the row itself (a 2 KB value
+    that does not compress: ~36 µs a row with pglz, ~9 inline)."""
     return [
         sql.SQL(
-            "CREATE TEMP TABLE {stage} WITH (toast_tuple_target = 8160) ON COMMIT DROP AS "
-            "SELECT {columns} FROM {schema}.{table} WITH NO DATA"
+            "CREATE TEMP TABLE {stage} WITH (toast_tuple_target = 8160) ON COMMIT DELETE ROWS "
+            "AS SELECT {columns} FROM {schema}.{table} WITH NO DATA"
         ).format(
-            stage=stage,
+            stage=sql.Identifier(stage),
             columns=sql.SQL(", ").join(map(sql.Identifier, row_columns(layout))),
             schema=sql.Identifier(schema),
             table=sql.Identifier(layout.name),
         ),
         sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT false").format(
-            stage, sql.Identifier(DELETED_COLUMN)
+            sql.Identifier(stage), sql.Identifier(DELETED_COLUMN)
         ),
     ]
 
@@ -200,11 +213,11 @@ def _key_match(layout: TableSchema, given: Sequence[sql.Identifier]) -> sql.Comp
     )
 
 
-def upsert_sql(schema: str, layout: TableSchema) -> sql.Composed:
-    """Apply the staging table's rows, each only if newer than the target's row."""
+def upsert_sql(schema: str, layout: TableSchema, stage: str) -> sql.Composed:
+    """Apply the rows of the stage `stage`, each only if newer than the target's row."""
     columns = sql.SQL(", ").join(map(sql.Identifier, row_columns(layout)))
     return _guarded_insert(
-        schema, layout, columns, sql.Identifier(STAGE_TABLE), sql.Identifier(VERSION_COLUMN)
+        schema, layout, columns, sql.Identifier(stage), sql.Identifier(VERSION_COLUMN)
     )
 
 

@@ -1,0 +1,94 @@
+"""The historic sink's temporary stage: made once per session and table shape, emptied at
+each commit, and made again where the transaction that made it was rolled back."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from cdc.apply.changes import Record, Transaction
+from cdc.errors import CdcError
+from cdc.protocol import Relation, Update
+from cdc.schema import describe_table
+from cdc.sinks.historic.sink import HistoricSink
+from tests.integration.test_toast_key_change import ITEMS, _inserts, _items_relation, _transaction
+from tests.integration.test_unwritten import _batch
+
+LINES = range(1, 6)
+
+
+def _updates(relation: Relation, commit: int, qty: int) -> Transaction:
+    """Every line of order 1 to `qty`, each row resent whole (so it is staged)."""
+    records: list[Record] = [
+        (None, 0, Update(None, 1, None, None, (b"1", b"%d" % line, b"%d" % qty, b"n")))
+        for line in LINES
+    ]
+    return _transaction(relation, commit, records)
+
+
+def _stages(pg: psycopg.Connection[Any]) -> int:
+    """Temporary stages of every session (they are in the catalog for all to see)."""
+    row = pg.execute(
+        "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_cdc\\_stage\\_%' "
+        "AND relpersistence = 't'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _until_no_stage(pg: psycopg.Connection[Any]) -> None:
+    """A closed session's backend drops its temporary tables as it exits, just after."""
+    deadline = time.monotonic() + 10
+    while _stages(pg) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _stages(pg) == 0
+
+
+def _writer_pid(pg: psycopg.Connection[Any]) -> int:
+    row = pg.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'cdc historic writer 0'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _quantities(pg: psycopg.Connection[Any]) -> set[int]:
+    return {row[0] for row in pg.execute("SELECT qty FROM historic.items").fetchall()}
+
+
+def test_one_stage_serves_every_batch_and_one_rolled_back_is_made_again(
+    pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    pg.execute(ITEMS)
+    layout = describe_table(pg, "director", "items")
+    relation = _items_relation(layout)
+    sink = HistoricSink(pg_dsn, "historic")
+    try:
+        sink.prepare([layout])
+        sink.apply(_batch(layout, _inserts(relation, 10, dict.fromkeys(LINES, b"n"))))
+        assert _stages(pg) == 0  # new rows are COPYed straight in
+        for commit in (20, 30, 40):
+            sink.apply(_batch(layout, _updates(relation, commit, commit)))
+            assert _quantities(pg) == {commit}
+            assert _stages(pg) == 1  # kept by the session, empty after the commit
+        # A batch whose transaction fails after it made the stage: the next one makes it
+        # again on the same connection (the failed making was rolled back with it).
+        sink.close()
+        _until_no_stage(pg)
+        pg.execute("ALTER TABLE historic.items ADD CONSTRAINT small CHECK (qty < 45)")
+        failing = _batch(layout, _updates(relation, 50, 50))
+        with pytest.raises(CdcError, match="small"):
+            sink.apply(failing)
+        assert _stages(pg) == 0
+        session = _writer_pid(pg)
+        pg.execute("ALTER TABLE historic.items DROP CONSTRAINT small")
+        sink.apply(failing)
+        assert _writer_pid(pg) == session
+        assert _quantities(pg) == {50}
+        assert _stages(pg) == 1
+    finally:
+        sink.close()
+    _until_no_stage(pg)  # gone with the session
