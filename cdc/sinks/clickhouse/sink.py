@@ -217,7 +217,7 @@ class ClickHouseSink:
         client.raw_insert(
             self._written(layout.name),  # quoted: the client puts the name into the query as is
             column_names=list(encoder.insert_columns),
-            insert_block=b"".join(lines) + b"".join(encoded),
+            insert_block=b"".join([*lines, *encoded] if encoded else lines),
             fmt="TabSeparated",
             settings=settings,
         )
