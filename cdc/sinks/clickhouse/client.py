@@ -8,6 +8,9 @@ and close it before opening another path.
 from __future__ import annotations
 
 import importlib.util
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -36,6 +39,32 @@ def embedded_path(url: str) -> Path | None:
     return Path(raw).resolve()
 
 
+def _embedded_client(path: Path) -> Any:
+    """A client of the embedded engine. Its session module imports pyarrow (and numpy)
+    when there is one, only for the Arrow outputs, which the client does not use (it
+    reads Native): 0.09 s of the daemon's start-up. Where that import is not optional
+    (another chdb), the client is made with it."""
+    try:
+        with _without("pyarrow"):
+            return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+    except ImportError:
+        return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+
+
+@contextmanager
+def _without(module: str) -> Iterator[None]:
+    """`import module` fails meanwhile, unless it is imported already."""
+    if module in sys.modules:
+        yield
+        return
+    sys.modules[module] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if module in sys.modules and sys.modules[module] is None:
+            del sys.modules[module]
+
+
 def connect(url: str, database: str | None = None) -> Any:
     """A clickhouse-connect client for `url`, optionally bound to `database`."""
     path = embedded_path(url)
@@ -48,7 +77,7 @@ def connect(url: str, database: str | None = None) -> Any:
     try:
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
-            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+            client = _embedded_client(path)
             if database is not None:
                 client.database = database
             return client
