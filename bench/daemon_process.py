@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cdc.cli  # noqa: F401  (what the `cdc` command imports before `cdc run` starts)
 from cdc.apply import daemon as daemon_module
 from cdc.apply.assembler import Event
 from cdc.apply.changes import Transaction

@@ -334,7 +334,8 @@ def streaming_section(s: Results) -> list[str]:
         f"{s['changes']:,} changes of a 10-column table: {s['description']}. Written by a "
         "procedure before anything is measured, then replayed from copies of one slot: "
         "(a) `pg_recvlogical` to /dev/null, and (c) the daemon as `cdc run` starts it (a "
-        "process of its own: imports, setup, streaming) into fresh historic and ClickHouse "
+        "process of its own: imports, setup, streaming; its modules byte-compiled "
+        "beforehand, as `pip install` leaves them) into fresh historic and ClickHouse "
         "targets, from its start until both hold every change. Start-up is its start to the "
         f"first change read. (a) and (c) ran alternately in {s['rounds']} rounds; medians of "
         "the per-round figures.",

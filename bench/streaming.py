@@ -3,9 +3,10 @@
 (a) `pg_recvlogical` to /dev/null: what the walsender can deliver (the baseline);
 (b) this project's change source: decode and assemble every transaction;
 (c) the daemon end to end, as `cdc run` starts it (a process of its own: imports, setup,
-    then streaming; `bench/daemon_process.py`), into fresh historic and ClickHouse targets,
-    from its start until both hold every change; its start-up (start to the first change
-    read) is reported apart.
+    then streaming; `bench/daemon_process.py`; its modules byte-compiled first, as an
+    installed package's are), into fresh historic and ClickHouse targets, from its start
+    until both hold every change; its start-up (start to the first change read) is
+    reported apart.
 
 The workload (`bench/workloads.py`, friendly or realistic) is written before anything is
 measured. (a) and (c) run alternately in several rounds; the medians of the per-round
@@ -321,9 +322,19 @@ def _components(detail: dict[str, float]) -> dict[str, float]:
     return totals
 
 
+def compile_daemon() -> None:
+    """Byte-compile the daemon's modules (into their `__pycache__`), as `pip install`
+    leaves an installed package: the start-up a user sees does not compile them (here
+    PYTHONDONTWRITEBYTECODE may be set, and then every start would)."""
+    package = DAEMON_SCRIPT.resolve().parents[1] / "cdc"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+
 def measure(n: int, workload: Workload = workloads.FRIENDLY, rounds_: int = 3) -> dict[str, Any]:
     """The three measurements on copies of one slot holding `n` changes of `workload`: (b)
     once, (a) and (c) `rounds_` times, alternately, (c) into fresh targets each time."""
+    compile_daemon()
     with loaded_slot(n, workload) as loaded:
         dsn = loaded.cluster.paths.dsn
         copies = ["decode", *(f"{kind}{i}" for i in range(rounds_) for kind in ("recv", "cdc"))]
