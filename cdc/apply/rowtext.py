@@ -71,27 +71,6 @@ class RowText:
     images: list[RowImage] = field(default_factory=list)
     incomplete: list[Key] = field(default_factory=list)
 
-    def share(self, index: int, count: int) -> RowText:
-        """Every `count`-th row from `index` on: `count` shares hold disjoint keys."""
-        return RowText(
-            self.lines[index::count], self.images[index::count], self.incomplete[index::count]
-        )
-
-    def by_insertion(self) -> tuple[list[bytes], list[bytes], int | None]:
-        """(lines of rows inserted at the source, the other lines, the lowest version among
-        the inserted; None if there are none)."""
-        inserted: list[bytes] = []
-        others: list[bytes] = []
-        lowest: int | None = None
-        for line, image in zip(self.lines, self.images, strict=True):
-            if image.inserted:
-                inserted.append(line)
-                if lowest is None or image.version < lowest:
-                    lowest = image.version
-            else:
-                others.append(line)
-        return inserted, others, lowest
-
 
 def row_text(table: TableBatch) -> RowText:
     """The lines of `table`'s complete rows, and the keys of the others."""

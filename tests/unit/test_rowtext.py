@@ -82,17 +82,6 @@ def test_a_value_of_another_kind_is_refused_by_both() -> None:
         assert raised.value.kind is ErrorKind.DECODE
 
 
-def test_rows_inserted_at_the_source_are_set_apart() -> None:
-    table = table_of([(5, False, [b"a", None, b"b"]), (3, False, [b"c", b"d", b"e"])])
-    first = (b"0",)
-    table.rows[first] = table.rows[first]._replace(inserted=True)
-    table.commit_times[0] = commit_time_text(86_400_000_000)  # a day after 2000-01-01
-    inserted, others, lowest = row_text(table).by_insertion()
-    assert inserted == [b"0\ta\t\\N\tb\t5\t0\t2000-01-02 00:00:00.000000+00\n"]
-    assert others == [b"1\tc\td\te\t3\t0\t2000-01-02 00:00:00.000000+00\n"]
-    assert lowest == 5
-
-
 def test_the_text_is_made_once_per_table_batch() -> None:
     table = table_of([(1, False, [b"x", b"y", b"z"])])
     assert shared_row_text(table) is shared_row_text(table)

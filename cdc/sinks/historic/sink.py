@@ -31,11 +31,11 @@ from cdc.apply import rowtext
 from cdc.apply.batch import Batch, Key, TableBatch, TableName
 from cdc.apply.unwritten import Unwritten
 from cdc.load import copybinary
-from cdc.load.copytext import NULL
 from cdc.ops.logs import get_logger
 from cdc.schema import VERSION_COLUMN, TableSchema
 from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.historic import fill
+from cdc.sinks.historic.shares import Share, shares
 from cdc.sinks.historic.sql import (
     array_literal,
     copy_sql,
@@ -80,14 +80,13 @@ class HistoricSink:
         self._reading = threading.Lock()
         self._direct_backoff: dict[TableName, int] = {}
         # Per completed batch (by identity, with the batch: its id is not reused while it
-        # is here), its tombstones whose historic row holds their values already
-        # (`fill.Filled.kept`), by identity: `complete` finds them, `apply` marks their rows
-        # deleted instead of writing the values again. Only a shortcut: a batch without an
-        # entry writes its tombstones' values.
-        self._kept: dict[int, tuple[Batch, set[int]]] = {}
+        # is here), what each writer writes of it (`shares`): made by `complete`, ahead
+        # of the writes. A batch without an entry is dealt out by `apply`, its tombstones
+        # written with their values.
+        self._planned: dict[int, tuple[Batch, list[list[tuple[TableSchema, Share]]]]] = {}
 
     def close(self) -> None:
-        self._kept = {}
+        self._planned = {}
         self._writers.close()
         with self._reading:
             self._reader.close()
@@ -102,7 +101,13 @@ class HistoricSink:
         resend into its rows, from the rows as they were before the batch (it is applied
         after): from `unwritten`'s batches (completed before this one, not yet written),
         else from historic. One transaction that writes no row. A value no row holds is
-        NULL, with a warning."""
+        NULL, with a warning. Then deal the rows out to the writers (`shares`)."""
+        kept = self._complete_batch(batch, unwritten)
+        self._planned[id(batch)] = (batch, self._shares(batch, kept))
+
+    def _complete_batch(self, batch: Batch, unwritten: Unwritten | None) -> set[int]:
+        """`complete`'s targets and fill; the identities of the tombstones whose historic
+        row holds their values (`fill.Filled.kept`)."""
         earlier = unwritten.batches() if unwritten is not None else ()
         tables = list(batch.tables.values())
         new = not all(self._targets.knows(t.schema) for t in tables)
@@ -110,52 +115,60 @@ class HistoricSink:
             unwritten.wait_written()  # made here: no batch in flight may use them first
             earlier = ()
         work = [t for t in tables if rowtext.shared_row_text(t).incomplete]
-        if not (new or work):
-            return
         kept: set[int] = set()
+        if not (new or work):
+            return kept
         with self._reading, self._reader.transaction() as conn:
             for table in tables:
                 self._targets.ensure(conn, table.schema)
             for table in work:
                 older = [t for b in earlier if (t := b.tables.get(table.name)) is not None]
                 kept.update(self._complete(conn, table, older))
-        if kept:
-            self._kept[id(batch)] = (batch, kept)
+        return kept
+
+    def _shares(self, batch: Batch, kept: set[int]) -> list[list[tuple[TableSchema, Share]]]:
+        """Per writer, its share of each table's rows: one writer for a small batch, or one
+        that moved rows to other keys (it commits in one transaction: a replay after a
+        partial commit could find neither a moved row's old key nor its new one holding
+        the values it needs, `TableBatch.fill_from`)."""
+        work = list(batch.tables.values())
+        count = len(self._writers)
+        if any(t.fill_from for t in work) or sum(len(t.rows) for t in work) < PARALLEL_MIN_ROWS:
+            count = 1
+        planned: list[list[tuple[TableSchema, Share]]] = [[] for _ in range(count)]
+        for table in work:
+            text = rowtext.shared_row_text(table)
+            if text.incomplete:
+                raise ValueError(
+                    f"{table.schema.qualified_name}: a batch is completed before it is applied"
+                )
+            for k, share in enumerate(shares(table.schema, text, kept, count)):
+                planned[k].append((table.schema, share))
+        return planned
 
     def apply(self, batch: Batch) -> None:
         """Targets and truncations first, then the rows: all in one transaction, or for a
         large batch split by key over the writers' connections, written at once. The
         batch is complete (`complete`)."""
-        entry = self._kept.pop(id(batch), None)
-        self._apply(batch, entry[1] if entry is not None and entry[0] is batch else set())
-
-    def _apply(self, batch: Batch, kept: set[int]) -> None:
+        entry = self._planned.pop(id(batch), None)
+        planned = entry[1] if entry is not None and entry[0] is batch else None
         work = list(batch.tables.values())
         with self._writers.transaction() as conn:
             for table in work:
                 self._targets.ensure(conn, table.schema)
                 self._truncate(conn, table)
-            writers = len(self._writers)
-            # A batch that moved rows to other keys commits in one transaction: a replay
-            # after a partial commit could find neither a moved row's old key nor its new
-            # one holding the values it needs (`TableBatch.fill_from`).
-            moved = any(t.fill_from for t in work)
-            if writers == 1 or moved or sum(len(t.rows) for t in work) < PARALLEL_MIN_ROWS:
-                for table in work:
-                    self._apply_rows(conn, table.schema, rowtext.shared_row_text(table), kept)
+            if planned is None:  # not completed here (its rows are complete already)
+                planned = self._shares(batch, set())
+            if len(planned) == 1:
+                for layout, share in planned[0]:
+                    self._write(conn, layout, share)
                 return
-        shares = [
-            [(t.schema, rowtext.shared_row_text(t).share(k, writers)) for t in work]
-            for k in range(writers)
-        ]
-        self._writers.each(lambda k, share: self._write_share(k, share, kept), shares)
+        self._writers.each(self._write_shares, planned)
 
-    def _write_share(
-        self, writer: int, share: list[tuple[TableSchema, rowtext.RowText]], kept: set[int]
-    ) -> None:
+    def _write_shares(self, writer: int, planned: list[tuple[TableSchema, Share]]) -> None:
         with self._writers.transaction(writer) as conn:
-            for layout, text in share:
-                self._apply_rows(conn, layout, text, kept)
+            for layout, share in planned:
+                self._write(conn, layout, share)
 
     def _truncate(self, conn: psycopg.Connection[Any], table: TableBatch) -> None:
         if table.truncate_version is not None:
@@ -164,27 +177,20 @@ class HistoricSink:
             for statement in truncate_sql(self.schema, name):
                 conn.execute(statement, params)
 
-    def _apply_rows(
-        self,
-        conn: psycopg.Connection[Any],
-        layout: TableSchema,
-        text: rowtext.RowText,
-        kept: set[int],
-    ) -> None:
-        if text.incomplete:
-            raise ValueError(f"{layout.qualified_name}: a batch is completed before it is applied")
-        if not text.lines:
-            return
-        if kept:
-            text = self._mark_kept(conn, layout, text, kept)
-        staged = text.lines
-        inserted, others, lowest = text.by_insertion()
-        if lowest is not None and self._insert_new(
-            conn, layout, row_columns(layout), b"".join(inserted), lowest
+    def _write(self, conn: psycopg.Connection[Any], layout: TableSchema, share: Share) -> None:
+        """Mark the kept tombstones deleted, COPY the rows new at the source straight in
+        (staged with the others where one is there already), stage and upsert the rest."""
+        if share.tombstones is not None:
+            conn.execute(tombstones_sql(self.schema, layout), share.tombstones)
+        columns = row_columns(layout)
+        staged = share.others
+        new = b"".join(share.inserted)
+        if share.lowest is not None and not self._insert_new(
+            conn, layout, columns, new, share.lowest
         ):
-            staged = others
+            staged = share.inserted + share.others
         if staged:
-            self._stage_and_upsert(conn, layout, row_columns(layout), b"".join(staged))
+            self._stage_and_upsert(conn, layout, columns, b"".join(staged))
 
     def _complete(
         self, conn: psycopg.Connection[Any], table: TableBatch, earlier: list[TableBatch]
@@ -216,35 +222,6 @@ class HistoricSink:
             )  # fmt: skip
         rowtext.add_completed(table, text, completed)
         return [id(image) for image in kept]
-
-    def _mark_kept(
-        self,
-        conn: psycopg.Connection[Any],
-        layout: TableSchema,
-        text: rowtext.RowText,
-        kept_ids: set[int],
-    ) -> rowtext.RowText:
-        """Mark the rows of the kept tombstones among `text`'s deleted (one statement,
-        their values stay as they are); the rest of `text`, to write as usual."""
-        kept, rest = [], rowtext.RowText()
-        for line, image in zip(text.lines, text.images, strict=True):
-            if image.deleted and id(image) in kept_ids:
-                kept.append((line, image))
-            else:
-                rest.lines.append(line)
-                rest.images.append(image)
-        if kept:
-            times = [line[line.rindex(b"\t") + 1 : -1] for line, _ in kept]
-            params = [
-                *(
-                    array_literal([image.values[p] for _, image in kept])
-                    for p in layout.key_indexes
-                ),
-                array_literal([b"%d" % image.version for _, image in kept]),
-                array_literal([None if t == NULL else t for t in times]),
-            ]
-            conn.execute(tombstones_sql(self.schema, layout), params)
-        return rest
 
     def _insert_new(
         self,
