@@ -7,14 +7,16 @@ batch not yet written (`cdc.apply.unwritten`), else its historic row, read in a
 transaction of its own on a connection of its own, while earlier batches are written.
 Every sink then receives complete rows, and none depends on another having run. The
 targets of a batch's tables are made or widened there too, once the batches before it
-are written.
+are written, and the rows are dealt out to the writers (`cdc.sinks.historic.shares`).
 `apply`: truncations first (rows below the truncate's version are deleted and the version
-is kept as the table's watermark); then the rows are COPYed (the values Postgres sent,
-converted to its binary COPY form where every column's type allows, `cdc.load.copybinary`)
-into a temp staging table, and one `INSERT ... ON CONFLICT DO
-UPDATE ... WHERE target._version < excluded._version` applies them (a large batch split by
-key over several connections, `cdc.sinks.historic.writers`). The SQL is built in
-`cdc.sinks.historic.sql`; the tables are made and checked by `cdc.sinks.historic.targets`.
+is kept as the table's watermark); then each writer's share (a large batch is split by
+key over several connections, `cdc.sinks.historic.writers`): tombstones whose row holds
+their values marked deleted, rows new at the source COPYed straight in, the others COPYed
+(the values Postgres sent, converted to its binary COPY form where every column's type
+allows, `cdc.load.copybinary`) into the session's temporary stage, and one `INSERT ... ON
+CONFLICT DO UPDATE ... WHERE target._version < excluded._version` applies them. The SQL
+is built in `cdc.sinks.historic.sql`; the tables are made and checked by
+`cdc.sinks.historic.targets`.
 """
 
 from __future__ import annotations
