@@ -1,5 +1,6 @@
-"""The historic sink's temporary stage: made once per session and table shape, emptied at
-each commit, and made again where the transaction that made it was rolled back."""
+"""The historic sink's writes: its temporary stage (made once per session and table shape,
+emptied at each commit, made again where the transaction that made it was rolled back),
+and a large batch dealt out to several writers (`cdc.sinks.historic.shares`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import pytest
 
 from cdc.apply.changes import Record, Transaction
 from cdc.errors import CdcError
-from cdc.protocol import Relation, Update
+from cdc.protocol import Delete, Relation, Update
+from cdc.protocol.tags import TupleMarker
 from cdc.schema import describe_table
 from cdc.sinks.historic.sink import HistoricSink
 from tests.integration.test_toast_key_change import ITEMS, _inserts, _items_relation, _transaction
-from tests.integration.test_unwritten import _batch
+from tests.integration.test_unwritten import _batch, _rows
 
 LINES = range(1, 6)
 
@@ -92,3 +94,43 @@ def test_one_stage_serves_every_batch_and_one_rolled_back_is_made_again(
     finally:
         sink.close()
     _until_no_stage(pg)  # gone with the session
+
+
+def test_a_large_batch_is_written_by_every_writer_each_row_once(
+    pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    """Deletes whose historic row holds their values (marked deleted, values kept), rows
+    new at the source, and updates, in a batch large enough for three writers."""
+    pg.execute(ITEMS)
+    layout = describe_table(pg, "director", "items")
+    relation = _items_relation(layout)
+    first = _batch(layout, _inserts(relation, 10, {line: b"n%d" % line for line in range(1, 3001)}))
+    records: list[Record] = []
+    for line in range(1, 1001):  # deleted: only the key comes
+        records.append(
+            (None, 0, Delete(None, 1, TupleMarker.KEY, (b"1", b"%d" % line, None, None)))
+        )
+    for line in range(1001, 2001):  # updated, resent whole
+        records.append((None, 0, Update(None, 1, None, None, (b"1", b"%d" % line, b"7", b"u"))))
+    second = _batch(
+        layout,
+        _transaction(relation, 20, records),
+        _inserts(relation, 30, {line: b"n%d" % line for line in range(3001, 4001)}),
+    )
+    sink = HistoricSink(pg_dsn, "historic", writers=3)
+    try:
+        sink.prepare([layout])
+        for batch in (first, second):
+            sink.complete(batch)
+            sink.apply(batch)
+    finally:
+        sink.close()
+    rows = _rows(pg)
+    assert len(rows) == 4000
+    assert all(rows[line] == (0, "n", len(b"n%d" % line), True) for line in range(1, 1001))
+    assert all(rows[line] == (7, "u", 1, False) for line in range(1001, 2001))
+    assert all(rows[line] == (0, "n", len(b"n%d" % line), False) for line in range(2001, 4001))
+    versions = pg.execute(
+        "SELECT count(DISTINCT _version) FROM historic.items WHERE line <= 2000"
+    ).fetchone()
+    assert versions == (2000,)  # each row once, at its own change's version
