@@ -55,6 +55,17 @@ def _pg_watermark(schema: str) -> sql.Composable:
     )
 
 
+def pg_watermark(schema: str, table: TableSchema) -> PgQuery:
+    """One row: the table's truncate watermark in historic (0: never truncated)."""
+    return sql.SQL("SELECT {}").format(_pg_watermark(schema)), [table.name]
+
+
+def ch_watermark(db: str, table: TableSchema, distributed: bool) -> ChQuery:
+    """One row: the table's truncate watermark in ClickHouse (0: never truncated)."""
+    _, truncations = _ch_relations(table, distributed)
+    return f"SELECT {_ch_watermark(db, truncations)}", {"verify_table": table.name}
+
+
 def _ch_relations(table: TableSchema, distributed: bool) -> tuple[str, str]:
     """The table's rows and the truncations, as ClickHouse names them (on a cluster: the
     Distributed tables)."""

@@ -154,6 +154,18 @@ class TableStores:
             )[0]
         return int(row[0]), int(row[1])
 
+    def truncated_since(self, target: Target, version: int) -> bool:
+        """Whether `target` applied a truncation at `version` or later: the rows it removed
+        are absent, whatever the source held before it."""
+        if target is Target.HISTORIC:
+            query = rangequery.pg_watermark(self.historic_schema, self.table)
+            row = self._pg(self.historic, query, f"{self.historic_schema} truncations")[0]
+        else:
+            row = self._ch(rangequery.ch_watermark(self.ch_database, self.table, self.ch_cluster))[
+                0
+            ]
+        return int(row[0]) >= version
+
     def target_aggregate_before(
         self, target: Target, rng: KeyRange, newer: int
     ) -> tuple[tuple[int, int], list[Ident]]:
