@@ -161,9 +161,8 @@ class TableStores:
             query = rangequery.pg_watermark(self.historic_schema, self.table)
             row = self._pg(self.historic, query, f"{self.historic_schema} truncations")[0]
         else:
-            row = self._ch(rangequery.ch_watermark(self.ch_database, self.table, self.ch_cluster))[
-                0
-            ]
+            query_ch = rangequery.ch_watermark(self.ch_database, self.table, self.ch_cluster)
+            row = self._ch(query_ch)[0]
         return int(row[0]) >= version
 
     def target_aggregate_before(

@@ -14,9 +14,8 @@ from cdc.apply.changes import Record, Transaction
 from cdc.errors import CdcError
 from cdc.protocol import Delete, Relation, Update
 from cdc.protocol.tags import TupleMarker
-from cdc.schema import describe_table
 from cdc.sinks.historic.sink import HistoricSink
-from tests.integration.test_toast_key_change import ITEMS, _inserts, _items_relation, _transaction
+from tests.integration.test_toast_key_change import _inserts, _transaction, items_table
 from tests.integration.test_unwritten import _batch, _rows
 
 LINES = range(1, 6)
@@ -64,9 +63,7 @@ def _quantities(pg: psycopg.Connection[Any]) -> set[int]:
 def test_one_stage_serves_every_batch_and_one_rolled_back_is_made_again(
     pg: psycopg.Connection[Any], pg_dsn: str
 ) -> None:
-    pg.execute(ITEMS)
-    layout = describe_table(pg, "director", "items")
-    relation = _items_relation(layout)
+    layout, relation = items_table(pg)
     sink = HistoricSink(pg_dsn, "historic")
     try:
         sink.prepare([layout])
@@ -101,9 +98,7 @@ def test_a_large_batch_is_written_by_every_writer_each_row_once(
 ) -> None:
     """Deletes whose historic row holds their values (marked deleted, values kept), rows
     new at the source, and updates, in a batch large enough for three writers."""
-    pg.execute(ITEMS)
-    layout = describe_table(pg, "director", "items")
-    relation = _items_relation(layout)
+    layout, relation = items_table(pg)
     first = _batch(layout, _inserts(relation, 10, {line: b"n%d" % line for line in range(1, 3001)}))
     records: list[Record] = []
     for line in range(1, 1001):  # deleted: only the key comes

@@ -156,6 +156,13 @@ def test_parallel_writers_fill_from_the_rows_as_the_batch_found_them(
         wait_in_step(pg, clickhouse_server.client, ch_database, ["items"], running=running)
 
 
+def items_table(pg: psycopg.Connection[Any]) -> tuple[TableSchema, Relation]:
+    """`director.items` made, and its layout and the relation pgoutput sends for it."""
+    pg.execute(ITEMS)
+    layout = describe_table(pg, "director", "items")
+    return layout, _items_relation(layout)
+
+
 def _items_relation(layout: TableSchema) -> Relation:
     return Relation(
         xid=None, oid=1, namespace="director", name="items",
@@ -202,9 +209,7 @@ def test_a_replay_fills_moved_rows_from_the_rows_as_the_change_found_them(
     moved onto a key must take the values that key had just before the move, not those
     of a later state historic reached in the first run (here: line 2 takes line 6's note,
     which line 6 had received from line 5 in an earlier transaction of the same batch)."""
-    pg.execute(ITEMS)
-    layout = describe_table(pg, "director", "items")
-    relation = _items_relation(layout)
+    layout, relation = items_table(pg)
     notes = {5: b"A" * 3000, 6: b"B" * 3000, 2: b"C" * 3000}
     first = _inserts(relation, 10, {5: notes[5], 6: notes[6]})
     swap = _moves(relation, 20, [(6, -1), (5, 6), (-1, 5)])  # 5: B, 6: A
@@ -249,9 +254,7 @@ def test_a_writer_that_lost_its_connection_fails_the_batch_for_a_retry(
     """A large batch is written by several connections at once; one of them lost (here:
     terminated, as a restart of Postgres would) fails the batch as a connection error,
     which the daemon retries, and the next try writes it on a new connection."""
-    pg.execute(ITEMS)
-    layout = describe_table(pg, "director", "items")
-    relation = _items_relation(layout)
+    layout, relation = items_table(pg)
 
     def batch(commit: int) -> Batch:
         builder = BatchBuilder(lambda r: layout)
@@ -299,9 +302,7 @@ def test_sinks_receive_complete_immutable_batches(
     """Invariant 8: every value is decided before a sink sees the batch. ClickHouse refuses
     a batch that still holds values the stream did not resend (it never fills them with
     NULL); once completed, the sinks apply it in any order with the same result."""
-    pg.execute(ITEMS)
-    layout = describe_table(pg, "director", "items")
-    relation = _items_relation(layout)
+    layout, relation = items_table(pg)
     ch = clickhouse_server.client
 
     def batch(transaction: Transaction) -> Batch:

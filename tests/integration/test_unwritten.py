@@ -21,11 +21,10 @@ from cdc.protocol.tags import TupleMarker
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.historic.sink import HistoricSink
 from tests.integration.test_toast_key_change import (
-    ITEMS,
     _inserts,
-    _items_relation,
     _moves,
     _transaction,
+    items_table,
 )
 
 NOTE = {line: bytes([64 + line]) * 3000 for line in range(1, 10)}  # out of line, unchanged
@@ -66,9 +65,7 @@ def _rows(pg: psycopg.Connection[Any]) -> dict[int, tuple[Any, ...]]:
 def test_a_batch_completed_before_the_one_before_it_is_written_fills_from_it(
     pg: psycopg.Connection[Any], pg_dsn: str
 ) -> None:
-    pg.execute(ITEMS)
-    layout = describe_table(pg, "director", "items")
-    relation = _items_relation(layout)
+    layout, relation = items_table(pg)
     written = _batch(layout, _inserts(relation, 10, {9: NOTE[9]}))
     first = _batch(layout, _inserts(relation, 20, {line: NOTE[line] for line in (1, 2, 3, 4)}))
     # Each of lines 1-4 and 9 changed without its note, in several ways.
@@ -112,9 +109,7 @@ def test_a_batch_that_adds_a_column_waits_until_the_batches_before_it_are_writte
 ) -> None:
     """Its targets are made in its completion, which no batch in flight may see first (its
     rows would read a column its transaction has not committed yet)."""
-    pg.execute(ITEMS)
-    layout = describe_table(pg, "director", "items")
-    relation = _items_relation(layout)
+    layout, relation = items_table(pg)
     first = _batch(layout, _inserts(relation, 10, {1: NOTE[1]}))
     wider = dataclasses.replace(
         relation, columns=(*relation.columns, RelationColumn(False, "extra", 25, -1))
@@ -152,9 +147,7 @@ def test_closing_the_sink_waits_for_a_completion_reading_on_another_thread(
     """A retry of the historic writes closes the sink (to reconnect) while the next batch
     is being completed on the completion stage's thread: its connection is closed only
     once that completion is done, never under its query."""
-    pg.execute(ITEMS)
-    layout = describe_table(pg, "director", "items")
-    relation = _items_relation(layout)
+    layout, relation = items_table(pg)
     first = _batch(layout, _inserts(relation, 10, {1: NOTE[1]}))
     second = _batch(layout, _touch(relation, 20, [1]))
     sink = HistoricSink(pg_dsn, "historic")
