@@ -10,12 +10,11 @@ targets of a batch's tables are made or widened there too, once the batches befo
 are written, and the rows are dealt out to the writers (`cdc.sinks.historic.shares`).
 `apply`: truncations first (rows below the truncate's version are deleted and the version
 is kept as the table's watermark); then each writer's share (a large batch is split by
-key over several connections, `cdc.sinks.historic.writers`): tombstones whose row holds
-their values marked deleted, rows new at the source COPYed straight in, the others COPYed
-(the values Postgres sent, converted to its binary COPY form where every column's type
-allows, `cdc.load.copybinary`) into the session's temporary stage, and one `INSERT ... ON
-CONFLICT DO UPDATE ... WHERE target._version < excluded._version` applies them. The SQL
-is built in `cdc.sinks.historic.sql`; the tables are made and checked by
+key over several connections, `cdc.sinks.historic.writers`), written by
+`cdc.sinks.historic.rowwriter`: tombstones marked deleted, rows new at the source COPYed
+straight in, the others staged and applied by one `INSERT ... ON CONFLICT DO UPDATE ...
+WHERE target._version < excluded._version`. The SQL is built in
+`cdc.sinks.historic.sql`; the tables are made and checked by
 `cdc.sinks.historic.targets`.
 """
 
@@ -30,34 +29,23 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc.apply import rowtext
-from cdc.apply.batch import Batch, Key, TableBatch, TableName
+from cdc.apply.batch import Batch, Key, TableBatch
 from cdc.apply.unwritten import Unwritten
-from cdc.load import copybinary
 from cdc.ops.logs import get_logger
 from cdc.schema import VERSION_COLUMN, TableSchema
 from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.historic import fill
+from cdc.sinks.historic.rowwriter import RowWriter
 from cdc.sinks.historic.shares import Share, shares
 from cdc.sinks.historic.sql import (
     array_literal,
-    copy_sql,
     copy_within_sql,
     donors_sql,
-    row_columns,
-    stage_exists_sql,
-    stage_name,
-    stage_sql,
-    tombstones_sql,
     truncate_sql,
-    upsert_sql,
-    watermark_sql,
 )
 from cdc.sinks.historic.targets import HistoricTargets
 from cdc.sinks.historic.writers import Writers
 
-# After a batch whose new rows were found in the table already (a replay, a backfill, a
-# key deleted and inserted again), this many batches of the table go the staged way only.
-DIRECT_INSERT_BACKOFF = 16
 PARALLEL_MIN_ROWS = 2_000  # smaller batches are written on one connection
 
 _log = get_logger()
@@ -80,7 +68,7 @@ class HistoricSink:
         # a retry) never closes it under a query.
         self._reader = Writers(dsn, 1, lambda: None, role="reader")
         self._reading = threading.Lock()
-        self._direct_backoff: dict[TableName, int] = {}
+        self._rows = RowWriter(schema, self._targets)
         # Per completed batch (by identity, with the batch: its id is not reused while it
         # is here), what each writer writes of it (`shares`): made by `complete`, ahead
         # of the writes. A batch without an entry is dealt out by `apply`, its tombstones
@@ -163,14 +151,14 @@ class HistoricSink:
                 planned = self._shares(batch, set())
             if len(planned) == 1:
                 for layout, share in planned[0]:
-                    self._write(conn, layout, share)
+                    self._rows.write(conn, layout, share)
                 return
         self._writers.each(self._write_shares, planned)
 
     def _write_shares(self, writer: int, planned: list[tuple[TableSchema, Share]]) -> None:
         with self._writers.transaction(writer) as conn:
             for layout, share in planned:
-                self._write(conn, layout, share)
+                self._rows.write(conn, layout, share)
 
     def _truncate(self, conn: psycopg.Connection[Any], table: TableBatch) -> None:
         if table.truncate_version is not None:
@@ -178,21 +166,6 @@ class HistoricSink:
             params = {"name": name, "version": table.truncate_version}
             for statement in truncate_sql(self.schema, name):
                 conn.execute(statement, params)
-
-    def _write(self, conn: psycopg.Connection[Any], layout: TableSchema, share: Share) -> None:
-        """Mark the kept tombstones deleted, COPY the rows new at the source straight in
-        (staged with the others where one is there already), stage and upsert the rest."""
-        if share.tombstones is not None:
-            conn.execute(tombstones_sql(self.schema, layout), share.tombstones)
-        columns = row_columns(layout)
-        staged = share.others
-        new = b"".join(share.inserted)
-        if share.lowest is not None and not self._insert_new(
-            conn, layout, columns, new, share.lowest
-        ):
-            staged = share.inserted + share.others
-        if staged:
-            self._stage_and_upsert(conn, layout, columns, b"".join(staged))
 
     def _complete(
         self, conn: psycopg.Connection[Any], table: TableBatch, earlier: list[TableBatch]
@@ -225,66 +198,6 @@ class HistoricSink:
         rowtext.add_completed(table, text, completed)
         return [id(image) for image in kept]
 
-    def _insert_new(
-        self,
-        conn: psycopg.Connection[Any],
-        layout: TableSchema,
-        columns: Sequence[str],
-        data: bytes,
-        lowest: int,
-    ) -> bool:
-        """COPY rows expected to be new (inserted at the source, or copied by a backfill)
-        straight into the table, skipping the staged upsert; False (nothing written) if
-        one of their keys is there already, or if `lowest`, their lowest version, is not
-        above the table's truncate watermark. The caller then stages them instead."""
-        name = (layout.schema, layout.name)
-        if self._direct_backoff.get(name, 0) > 0:
-            self._direct_backoff[name] -= 1
-            return False
-        row = conn.execute(watermark_sql(self.schema), (layout.name,)).fetchone()
-        if row is not None and lowest <= row[0]:
-            return False
-        target = sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(layout.name))
-        try:
-            with conn.transaction():
-                self._copy_in(conn, layout, target, columns, data)
-        except psycopg.errors.UniqueViolation:
-            self._direct_backoff[name] = DIRECT_INSERT_BACKOFF
-            return False
-        return True
-
-    def _stage_and_upsert(
-        self,
-        conn: psycopg.Connection[Any],
-        layout: TableSchema,
-        columns: Sequence[str],
-        data: bytes,
-    ) -> None:
-        """COPY rows into the session's temporary stage for `layout` (made on first use;
-        emptied at commit), then upsert them with the version guard."""
-        stage = stage_name(layout, self._targets.type_oids(layout, row_columns(layout)))
-        found = conn.execute(stage_exists_sql(stage)).fetchone()
-        if found is None or found[0] is None:  # a new session, or its making rolled back
-            for statement in stage_sql(self.schema, layout, stage):
-                conn.execute(statement)
-        self._copy_in(conn, layout, sql.Identifier(stage), columns, data)
-        conn.execute(upsert_sql(self.schema, layout, stage))
-
-    def _copy_in(
-        self,
-        conn: psycopg.Connection[Any],
-        layout: TableSchema,
-        table: sql.Composable,
-        columns: Sequence[str],
-        data: bytes,
-    ) -> None:
-        """COPY `data`, COPY text rows of `columns`, into `table` (`layout`'s historic
-        table or its stage): in binary where they convert (`cdc.load.copybinary`)."""
-        plan = copybinary.plan(self._targets.type_oids(layout, columns))
-        binary = None if plan is None else copybinary.to_binary(data, plan)
-        with conn.cursor() as cur, cur.copy(copy_sql(table, columns, binary is not None)) as pipe:
-            pipe.write(data if binary is None else binary)
-
     def in_database(self, dsn: str) -> bool:
         """True if this sink writes into the database `dsn` names (same server, port and
         database name; the user and the options may differ)."""
@@ -313,8 +226,8 @@ class HistoricSink:
         columns = [*layout.column_names, VERSION_COLUMN]
         with self._writers.transaction() as conn:
             self._targets.ensure(conn, layout)
-            if not self._insert_new(conn, layout, columns, data, version):
-                self._stage_and_upsert(conn, layout, columns, data)
+            if not self._rows.insert_new(conn, layout, columns, data, version):
+                self._rows.stage_and_upsert(conn, layout, columns, data)
         return refused
 
 
