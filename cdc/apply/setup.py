@@ -21,7 +21,7 @@ from cdc.retry import Backoff, retryable, retrying
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import Sink
 from cdc.sinks.factory import SinkFactory
-from cdc.stream import slots
+from cdc.stream import eligibility, slots
 from cdc.stream.session import canonical_dsn
 from cdc.stream.slotcheck import PendingCheck
 from cdc.stream.snapshot import Snapshot, exported_snapshot, raced_relations
@@ -72,8 +72,8 @@ class Setup:
             preflight.check_wal_level(conn)
             self._ensure_publication(conn)
             slot_exists = slots.get_slot(conn, settings.slot) is not None
-            self._ensure_append_publication(conn, slot_exists)
-            self._log_preflight(conn)
+            appended = self._ensure_append_publication(conn, slot_exists)
+            self._log_preflight(conn, appended)
             tables = self._published_schemas(conn)
             self.publications = self._streamed_publications(conn)
         for sink in self.sinks:
@@ -120,8 +120,9 @@ class Setup:
             self.log.warning(repair.event, publication=settings.publication,
                              table=repair.table, detail=repair.detail)  # fmt: skip
 
-    def _log_preflight(self, conn: psycopg.Connection[Any]) -> None:
-        """The source's findings, once per start (not on every setup retry)."""
+    def _log_preflight(self, conn: psycopg.Connection[Any], appended: bool) -> None:
+        """The source's findings, once per start (not on every setup retry); `appended`:
+        False if the publication of append-only logs is missing (`_log_append_missing`)."""
         if self._preflight_logged:
             return
         settings = self.settings
@@ -130,6 +131,8 @@ class Setup:
             conn, settings.publication, settings.source_schema
         ):
             self.log.warning("preflight", check=finding.check, hint=finding.message)
+        if not appended:
+            self._log_append_missing(conn)
 
     def _raced_at_creation(self, check: PendingCheck) -> bool:
         """True (and the slot dropped) if a daemon was stopped while creating the slot, before
@@ -150,28 +153,48 @@ class Setup:
         check.clear()
         return bool(raced)
 
-    def _ensure_append_publication(self, conn: psycopg.Connection[Any], slot_exists: bool) -> None:
+    def _ensure_append_publication(self, conn: psycopg.Connection[Any], slot_exists: bool) -> bool:
         """Create the publication of the append-only logs if it is missing, unless the slot
         exists already: Postgres 15's pgoutput cannot decode WAL older than a publication it
-        is asked for, so a slot made without it keeps the keyless tables excluded."""
+        is asked for, so a slot made without it keeps the keyless tables excluded. False if
+        the publication is missing."""
         settings = self.settings
         append = slots.append_publication(settings.publication)
         if slots.publication_exists(conn, append):
-            return
+            return True
         if slot_exists:
-            self.log.warning(
-                "append_publication_missing", publication=append,
-                detail="tables without a key are not replicated: the slot predates the "
-                "publication of append-only logs",
-                fix=f"stop the daemon; CREATE PUBLICATION {append} WITH "
-                f"({slots.INSERTS_ONLY.as_string(None)}); `cdc slot recreate`; start; then "
-                "`cdc backfill`",
-            )  # fmt: skip
-            return
+            return False
         tables = slots.create_append_publication(conn, settings.publication,
                                                  settings.source_schema)  # fmt: skip
         self.log.info("publication_created", publication=append, tables=tables,
                       publish="insert, truncate")  # fmt: skip
+        return True
+
+    def _log_append_missing(self, conn: psycopg.Connection[Any]) -> None:
+        """A warning naming the keyless tables that are not replicated, or, when the schema
+        has none, a note that one made later will not be."""
+        append = slots.append_publication(self.settings.publication)
+        _, logs, _ = eligibility.classify(
+            eligibility.source_tables(conn, self.settings.source_schema)
+        )
+        fix = (
+            f"stop the daemon; CREATE PUBLICATION {append} WITH "
+            f"({slots.INSERTS_ONLY.as_string(None)}); `cdc slot recreate`; start; then "
+            "`cdc backfill`"
+        )
+        if logs:
+            self.log.warning(
+                "append_publication_missing", publication=append,
+                tables=[t.qualified for t in logs],
+                detail="these tables have no key and are not replicated: the slot predates "
+                "the publication of append-only logs", fix=fix,
+            )  # fmt: skip
+        else:
+            self.log.info(
+                "append_publication_missing", publication=append,
+                detail="no table of the schema lacks a key; one made later will not be "
+                "replicated: the slot predates the publication of append-only logs", fix=fix,
+            )  # fmt: skip
 
     def _streamed_publications(self, conn: psycopg.Connection[Any]) -> tuple[str, ...]:
         """The publications the slot streams: the main one, and the append one if it exists."""

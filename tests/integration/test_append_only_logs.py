@@ -17,6 +17,8 @@ import psycopg
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
+from cdc.apply.daemon import Daemon
+from cdc.apply.setup import Setup
 from cdc.cli import app
 from cdc.protocol.lsn import Lsn
 from tests.harness import ClickHouseServer
@@ -186,3 +188,41 @@ def test_kills_of_the_daemon_leave_a_log_without_duplicates(
     assert clickhouse["rows"] == source
     # Killed in the initial load: the copy was made again at a new snapshot.
     assert log.read_text().count('"initial_load_started"') >= 2
+
+
+def test_a_slot_older_than_the_log_publication_names_the_keyless_tables_once(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """A slot made before the publication of append-only logs (by hand, or by an older
+    version) cannot stream it on Postgres 15: the keyless tables it leaves out are named,
+    once per start (not again on a setup retry); with none in the schema, that is no
+    warning, only a note."""
+    pg.execute("CREATE SCHEMA director; CREATE TABLE director.a (id int PRIMARY KEY)")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, initial_load=False)
+    pg.execute(f"CREATE PUBLICATION {settings.publication} FOR TABLE director.a")
+    pg.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.slot,))
+
+    def started() -> list[dict[str, Any]]:
+        daemon = Daemon(settings)
+        setup = Setup(settings, daemon.sinks, daemon.sink_factory, daemon.quarantine,
+                      daemon.metrics, daemon.log, lambda: False)  # fmt: skip
+        try:
+            with capture_logs() as logs:
+                setup.run()
+                setup.run()
+        finally:
+            for sink in daemon.sinks:
+                sink.close()
+        return [e for e in logs if e["event"] == "append_publication_missing"]
+
+    quiet = started()
+    assert [e["log_level"] for e in quiet] == ["info"]
+    pg.execute("CREATE TABLE director.log (at timestamptz, what text)")
+    loud = started()
+    assert [(e["log_level"], e["tables"]) for e in loud] == [("warning", ["director.log"])]
+    assert "cdc slot recreate" in loud[0]["fix"]
+    # The application's own writes to it still work: it is in no publication.
+    pg.execute("INSERT INTO director.log VALUES (now(), 'x')")
+    pg.execute("UPDATE director.log SET what = 'y'")
+    pg.execute("DELETE FROM director.log")
