@@ -6,7 +6,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,8 +15,10 @@ from typing import Any
 import psycopg
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from psycopg import sql
+from structlog.testing import capture_logs
 
 from cdc.apply.daemon import Daemon
+from cdc.apply.setup import Setup
 from cdc.errors import CdcError
 from cdc.ops.settings import Settings
 from cdc.schema import TableSchema, describe_table
@@ -42,6 +44,22 @@ def make_settings(pg_dsn: str, ch_url: str, ch_database: str, **overrides: Any) 
         **overrides,
     }
     return Settings(**values)
+
+
+def setup_logs(settings: Settings, runs: int = 2) -> list[MutableMapping[str, Any]]:
+    """What a daemon's setup logs when it runs `runs` times in one start (a retry after a
+    failure runs it again)."""
+    daemon = Daemon(settings)
+    setup = Setup(settings, daemon.sinks, daemon.sink_factory, daemon.quarantine,
+                  daemon.metrics, daemon.log, lambda: False)  # fmt: skip
+    try:
+        with capture_logs() as logs:
+            for _ in range(runs):
+                setup.run()
+    finally:
+        for sink in daemon.sinks:
+            sink.close()
+    return logs
 
 
 class RunningDaemon:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,10 @@ import psycopg
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from cdc.apply.daemon import Daemon
-from cdc.apply.setup import Setup
 from cdc.cli import app
 from cdc.protocol.lsn import Lsn
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
+from tests.pipeline import make_settings, running_daemon, setup_logs, wait_in_step, wait_until
 from tests.processes import ROOT, daemon_env, slot_caught_up, start_daemon
 
 runner = CliRunner()
@@ -203,18 +202,8 @@ def test_a_slot_older_than_the_log_publication_names_the_keyless_tables_once(
     pg.execute(f"CREATE PUBLICATION {settings.publication} FOR TABLE director.a")
     pg.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.slot,))
 
-    def started() -> list[dict[str, Any]]:
-        daemon = Daemon(settings)
-        setup = Setup(settings, daemon.sinks, daemon.sink_factory, daemon.quarantine,
-                      daemon.metrics, daemon.log, lambda: False)  # fmt: skip
-        try:
-            with capture_logs() as logs:
-                setup.run()
-                setup.run()
-        finally:
-            for sink in daemon.sinks:
-                sink.close()
-        return [e for e in logs if e["event"] == "append_publication_missing"]
+    def started() -> list[MutableMapping[str, Any]]:
+        return [e for e in setup_logs(settings) if e["event"] == "append_publication_missing"]
 
     quiet = started()
     assert [e["log_level"] for e in quiet] == ["info"]

@@ -11,15 +11,12 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from cdc.apply.daemon import Daemon
-from cdc.apply.setup import Setup
 from cdc.cli import app
 from cdc.ops import preflight
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings
+from tests.pipeline import make_settings, setup_logs
 
 runner = CliRunner()
 
@@ -107,16 +104,7 @@ def test_the_daemon_logs_its_preflight_findings_once_per_start(
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.a (id int PRIMARY KEY)")
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    daemon = Daemon(settings)
-    setup = Setup(settings, daemon.sinks, daemon.sink_factory, daemon.quarantine,
-                  daemon.metrics, daemon.log, lambda: False)  # fmt: skip
-    try:
-        with capture_logs() as logs:
-            setup.run()
-            setup.run()
-    finally:
-        for sink in daemon.sinks:
-            sink.close()
+    logs = setup_logs(settings)
     findings = [e for e in logs if e["event"] == "preflight"]
     # This server keeps WAL for a slot without limit: one finding says so, once.
     assert [e["check"] for e in findings] == ["max_slot_wal_keep_size"]
