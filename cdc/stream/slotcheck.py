@@ -30,7 +30,13 @@ class PendingCheck:
     def _table(self) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(CHECKS_TABLE))
 
-    def _run(self, query: sql.Composed, params: tuple[Any, ...]) -> list[Any]:
+    def prepare(self) -> None:
+        """Make the checks' table, before the next transaction id is read: made while the
+        slot is created, it would be taken for a relation created meanwhile (the historic
+        schema is often in the source database), and the slot made again for nothing."""
+        self._run(sql.SQL("SELECT"), ())
+
+    def _run(self, query: sql.SQL | sql.Composed, params: tuple[Any, ...]) -> list[Any]:
         with psycopg.connect(canonical_dsn(self.dsn), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(self.schema)))  # fmt: skip

@@ -100,6 +100,8 @@ def exported_snapshot(
     with conn:
         for attempt in range(1, SLOT_ATTEMPTS + 1):
             try:
+                if check is not None:
+                    check.prepare()
                 before = None if temporary else _query(dsn, NEXT_XID_SQL)[0][0]
                 if before is not None and check is not None:
                     check.record(int(before))

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from cdc.stream import slots
 from cdc.stream.slotcheck import PendingCheck
@@ -169,3 +170,21 @@ def test_a_daemon_stopped_before_checking_its_slot_checks_it_at_start(
 def pg_next_xid(dsn: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return str(conn.execute(NEXT_XID_SQL).fetchone()[0])  # type: ignore[index]
+
+
+def test_a_first_start_makes_its_slot_once(
+    pg_dsn: str, pg: psycopg.Connection[Any], clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """The table that records the slot's check is made before the check's transaction id
+    is read: made after it, in the source database, it was taken for a relation created
+    while the slot was, and every first start made its slot twice."""
+    pg.execute("CREATE SCHEMA director; CREATE TABLE director.a (id int PRIMARY KEY)")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    client = clickhouse_server.client
+    with capture_logs() as logs, running_daemon(settings, client) as running:
+        pg.execute("INSERT INTO director.a VALUES (1)")
+        wait_in_step(pg, client, ch_database, ["a"], running=running)
+    events = [e["event"] for e in logs]
+    assert "slot_creation_raced" not in events
+    assert events.count("slot_created") == 1
