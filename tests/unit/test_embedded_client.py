@@ -28,3 +28,41 @@ def test_the_engine_starts_without_pyarrow_and_leaves_it_importable(tmp_path: Pa
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+HOLD = """
+import sys, time
+from cdc.sinks.clickhouse import client
+c = client.connect(sys.argv[1])
+c.query("SELECT 1")
+print("open", flush=True)
+time.sleep(120)
+"""
+
+OPEN = """
+import sys
+from cdc.errors import CdcError
+from cdc.sinks.clickhouse import client
+try:
+    client.connect(sys.argv[1])
+except CdcError as exc:
+    print(exc.kind.value, exc)
+"""
+
+
+def test_a_data_path_open_in_another_process_is_refused_naming_it(tmp_path: Path) -> None:
+    """What `cdc verify` says when the daemon holds the embedded engine's data path."""
+    url = f"chdb://{tmp_path / 'ch'}"
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+            second = subprocess.run(
+                [sys.executable, "-c", OPEN, url], capture_output=True, text=True, timeout=120
+            )
+        finally:
+            holder.kill()
+    assert second.stdout.startswith("sink_connection "), (second.stdout, second.stderr)
+    assert f"open in another process (pid {holder.pid})" in second.stdout
+    assert "cdc status" in second.stdout

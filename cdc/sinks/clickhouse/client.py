@@ -2,12 +2,16 @@
 
 The embedded engine is the real ClickHouse running in-process through clickhouse-connect's
 chdb backend. Only one chdb data path can be open per process: callers keep one client
-and close it before opening another path.
+and close it before opening another path. And one process at a time may open a data path
+(the engine locks it): a second one is refused with the process that holds it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,7 +104,41 @@ def connect(url: str, database: str | None = None) -> Any:
     except CdcError:
         raise
     except Exception as exc:
+        if path is not None and (holder := held_by(path)) is not None:
+            raise CdcError(
+                ErrorKind.SINK_CONNECTION,
+                f"the embedded ClickHouse at {path} is open in another process ({holder}): one "
+                "process at a time can open it, and a running daemon holds it. Stop that "
+                "process first; while the daemon runs, `cdc status` shows its drift monitor's "
+                "last check of each table; or use a ClickHouse server (an http(s):// URL)",
+            ) from exc
         error = clickhouse_error(exc, url, "cannot connect to ClickHouse")
         if error is None:
             raise
         raise error from exc
+
+
+def held_by(path: Path) -> str | None:
+    """The process holding the embedded engine's lock on `path` (its `status` file, which
+    names it), if another process holds it; else None."""
+    status = path / "status"
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            text = os.read(fd, 4096).decode(errors="replace")
+            pid = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                        if line.startswith("PID:")), None)  # fmt: skip
+            if pid == str(os.getpid()):
+                return None
+            return "unknown pid" if pid is None else f"pid {pid}"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
