@@ -61,13 +61,18 @@ def slot_status(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 @slot_app.command("recreate")
-def slot_recreate(ctx: typer.Context) -> None:
-    """Recovery after the slot was lost: drop it if it remains (terminating its consumer)
-    and create it again. Then run `cdc backfill`: changes made while there was no slot
-    were never streamed, and the backfill copies them."""
+def slot_recreate(
+    ctx: typer.Context,
+    force: Annotated[
+        bool, typer.Option(help="also while a consumer streams from it (it is disconnected)")
+    ] = False,
+) -> None:
+    """Recovery after the slot was lost: drop it if it remains and create it again. Then
+    run `cdc backfill`: changes made while there was no slot were never streamed, and the
+    backfill copies them. A slot a daemon streams from is refused without --force."""
     with source_session(ctx) as (settings, conn):
         if slots.get_slot(conn, settings.slot) is not None:
-            slots.drop_slot(conn, settings.slot, force=True)
+            slots.drop_slot(conn, settings.slot, force=force)
         lsn = slots.create_slot(conn, settings.slot)
     typer.echo(
         f"recreated slot {settings.slot} at {lsn}; now run `cdc backfill` to copy what "

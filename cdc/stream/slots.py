@@ -16,6 +16,7 @@ streams both publications.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from cdc.protocol.lsn import Lsn
 from cdc.stream import eligibility
 from cdc.stream.eligibility import Exclusion
 
+DROP_WAIT_S = 10.0  # disconnecting a slot's consumer, before giving up
 PLUGIN = "pgoutput"
 
 
@@ -118,24 +120,36 @@ def create_slot_query(server_version: int) -> str:
 
 
 def drop_slot(conn: psycopg.Connection[Any], name: str, force: bool = False) -> None:
+    """Drop slot `name`; one a consumer streams from only with `force`, which disconnects
+    the consumer and drops the slot once it is released (a consumer that takes it again
+    meanwhile is disconnected again, for up to `DROP_WAIT_S`)."""
     slot = get_slot(conn, name)
     if slot is None:
         raise CdcError(ErrorKind.SETUP, f"replication slot {name!r} does not exist")
-    if slot.active:
-        if not force:
+    if slot.active and not force:
+        raise CdcError(
+            ErrorKind.SETUP,
+            f"replication slot {name!r} is in use by process {slot.active_pid}; stop the "
+            "daemon first, or pass --force to terminate that connection",
+        )
+    deadline = time.monotonic() + DROP_WAIT_S
+    while slot is not None:
+        if slot.active:
+            conn.execute("SELECT pg_terminate_backend(%s)", (slot.active_pid,))
+        elif conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND NOT active",
+            (name,),
+        ).fetchall():
+            return
+        if time.monotonic() > deadline:
             raise CdcError(
                 ErrorKind.SETUP,
-                f"replication slot {name!r} is in use by process {slot.active_pid}; stop the "
-                "daemon first, or pass --force to terminate that connection",
+                f"replication slot {name!r} is still in use (process {slot.active_pid}) "
+                f"after {DROP_WAIT_S:g} s of disconnecting its consumer: stop the daemon first",
             )
-        conn.execute("SELECT pg_terminate_backend(%s)", (slot.active_pid,))
-        conn.execute(
-            "SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots "
-            "WHERE slot_name = %s AND NOT active",
-            (name, name),
-        )
-        return
-    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+        time.sleep(0.05)
+        slot = get_slot(conn, name)
 
 
 # -- publications ---------------------------------------------------------------------------

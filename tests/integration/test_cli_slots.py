@@ -101,3 +101,29 @@ def test_status_and_slot_recreate(pg: psycopg.Connection[Any], env: dict[str, st
         "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'cli_slot'"
     ).fetchone()
     assert before is not None and after is not None and after[0] > before[0]
+
+
+def test_recreate_refuses_a_slot_a_consumer_streams_from(
+    pg: psycopg.Connection[Any], pg_dsn: str, env: dict[str, str]
+) -> None:
+    """Recreating a slot in use would disconnect the daemon streaming from it and lose its
+    place: refused, naming the consumer, unless --force."""
+    assert runner.invoke(app, ["slot", "create"], env=env).exit_code == 0
+    consumer = psycopg.connect(pg_dsn, replication="database", autocommit=True)
+    try:  # (not `with`: leaving it would send a query on a streaming connection)
+        consumer.execute("START_REPLICATION SLOT cli_slot LOGICAL 0/0 "
+                         "(proto_version '1', publication_names 'cli_pub')")  # fmt: skip
+        pid = consumer.info.backend_pid
+        refused = runner.invoke(app, ["slot", "recreate"], env=env)
+        assert refused.exit_code != 0
+        assert f"in use by process {pid}" in refused.output and "--force" in refused.output
+        row = pg.execute("SELECT active_pid FROM pg_replication_slots "
+                         "WHERE slot_name = 'cli_slot'").fetchone()  # fmt: skip
+        assert row == (pid,)
+        forced = runner.invoke(app, ["slot", "recreate", "--force"], env=env)
+        assert forced.exit_code == 0, forced.output
+    finally:
+        consumer.close()
+    row = pg.execute("SELECT active FROM pg_replication_slots "
+                     "WHERE slot_name = 'cli_slot'").fetchone()  # fmt: skip
+    assert row == (False,)
