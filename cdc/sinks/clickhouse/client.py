@@ -109,8 +109,9 @@ def connect(url: str, database: str | None = None) -> Any:
                 ErrorKind.SINK_CONNECTION,
                 f"the embedded ClickHouse at {path} is open in another process ({holder}): one "
                 "process at a time can open it, and a running daemon holds it. Stop that "
-                "process first; while the daemon runs, `cdc status` shows its drift monitor's "
-                "last check of each table; or use a ClickHouse server (an http(s):// URL)",
+                "process first (with the embedded engine, `cdc verify` and `cdc backfill` run "
+                "while the daemon is stopped; while it runs, its drift monitor checks the "
+                "tables, shown by `cdc status`), or use a ClickHouse server (http(s)://)",
             ) from exc
         error = clickhouse_error(exc, url, "cannot connect to ClickHouse")
         if error is None:
