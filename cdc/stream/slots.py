@@ -126,14 +126,14 @@ def drop_slot(conn: psycopg.Connection[Any], name: str, force: bool = False) -> 
     slot = get_slot(conn, name)
     if slot is None:
         raise CdcError(ErrorKind.SETUP, f"replication slot {name!r} does not exist")
-    if slot.active and not force:
-        raise CdcError(
-            ErrorKind.SETUP,
-            f"replication slot {name!r} is in use by process {slot.active_pid}; stop the "
-            "daemon first, or pass --force to terminate that connection",
-        )
     deadline = time.monotonic() + DROP_WAIT_S
     while slot is not None:
+        if slot.active and not force:
+            raise CdcError(
+                ErrorKind.SETUP,
+                f"replication slot {name!r} is in use by process {slot.active_pid}; stop the "
+                "daemon first, or pass --force to terminate that connection",
+            )
         if slot.active:
             conn.execute("SELECT pg_terminate_backend(%s)", (slot.active_pid,))
         elif conn.execute(
