@@ -13,7 +13,7 @@ Identifiers are always quoted: `psycopg.sql.Identifier` for Postgres,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Final
 
@@ -106,8 +106,12 @@ def historic_truncations_table(schema_name: str) -> sql.Composed:
     )
 
 
-def historic_current_view(schema_name: str, table: TableSchema) -> sql.Composed:
-    """`<table>_current`: live rows newer than the table's truncate watermark."""
+def historic_current_view(
+    schema_name: str, table: TableSchema, columns: Sequence[str] | None = None
+) -> sql.Composed:
+    """`<table>_current`: live rows newer than the table's truncate watermark. `columns`
+    (default: the table's): every column of the historic table, in its order; Postgres
+    replaces a view only with the columns it had, in place, and new ones after them."""
     schema = sql.Identifier(schema_name)
     return sql.SQL(
         "CREATE OR REPLACE VIEW {schema}.{view} AS SELECT {columns} FROM {schema}.{table} "
@@ -116,7 +120,7 @@ def historic_current_view(schema_name: str, table: TableSchema) -> sql.Composed:
     ).format(
         schema=schema,
         view=sql.Identifier(current_view_name(table.name)),
-        columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
+        columns=sql.SQL(", ").join(map(sql.Identifier, columns or table.column_names)),
         table=sql.Identifier(table.name),
         deleted=sql.Identifier(DELETED_COLUMN),
         version=sql.Identifier(VERSION_COLUMN),

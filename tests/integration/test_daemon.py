@@ -332,3 +332,45 @@ def lsn_text(conn: psycopg.Connection[Any], query: str) -> str:
     row = conn.execute(query).fetchone()
     assert row is not None and row[0] is not None, query
     return str(row[0])
+
+
+def test_columns_added_after_a_drop_or_beside_a_generated_one_keep_the_view(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    """A column added after another was dropped, or next to one the stream never carries
+    (generated), is added to historic's `_current` view after every column the table has:
+    the view was made again from the stream's columns only, which Postgres refuses (a view
+    keeps its columns), and the daemon stopped."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.cols (id int PRIMARY KEY, v text, s text, "
+               "g int GENERATED ALWAYS AS (id * 2) STORED)")  # fmt: skip
+    pg.execute("INSERT INTO director.cols (id, v, s) VALUES (1, 'a', 'x')")
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+
+    def held(count: int) -> bool:
+        assert running.error is None, running.error
+        row = pg.execute("SELECT count(*) FROM historic.cols_current").fetchone()
+        return row is not None and row[0] == count and len(
+            clickhouse_rows(ch, ch_database, "cols")) == count  # fmt: skip
+
+    with running_daemon(settings, ch) as running:
+        wait_until(lambda: held(1), what="the initial load")
+        pg.execute("ALTER TABLE director.cols DROP COLUMN s")
+        pg.execute("INSERT INTO director.cols (id, v) VALUES (2, 'b')")
+        wait_until(lambda: held(2), what="the row after the drop")
+        pg.execute("ALTER TABLE director.cols ADD COLUMN z int DEFAULT 7")
+        pg.execute("INSERT INTO director.cols (id, v) VALUES (3, 'c')")
+        pg.execute("ALTER TABLE director.cols RENAME COLUMN v TO w")
+        pg.execute("INSERT INTO director.cols (id, w) VALUES (4, 'd')")
+        wait_until(lambda: held(4), what="the rows after the added and renamed columns")
+    view = [r[0] for r in pg.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'historic' "
+        "AND table_name = 'cols_current' ORDER BY ordinal_position").fetchall()]  # fmt: skip
+    assert view[:2] == ["id", "v"] and {"s", "g", "z", "w"} <= set(view[2:]), view
+    rows = pg.execute("SELECT id, v, z, w FROM historic.cols_current ORDER BY id").fetchall()
+    assert rows == [(1, "a", None, None), (2, "b", None, None), (3, "c", 7, None),
+                    (4, None, 7, "d")]  # fmt: skip

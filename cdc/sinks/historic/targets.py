@@ -7,7 +7,6 @@ and a backfill may make the same table at once)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -75,7 +74,9 @@ class HistoricTargets:
                 conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
                 known.append(column.name)
                 types_of[name][column.name] = (column.type_oid, column.type_modifier)
-            conn.execute(ddl.historic_current_view(self.schema, _with_columns(layout, known)))
+            # Every column the table has, those the layout lacks too (dropped at the source,
+            # or not published, like a generated one): a view keeps its columns.
+            conn.execute(ddl.historic_current_view(self.schema, layout, known))
 
     def type_oids(self, layout: TableSchema, columns: Sequence[str]) -> list[int]:
         """The types of `columns` of `layout`'s table as it is (`ensure`d), the sink's own
@@ -151,10 +152,3 @@ class HistoricTargets:
             (self.schema, table, VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN),
         ).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
-
-
-def _with_columns(layout: TableSchema, names: list[str]) -> TableSchema:
-    """`layout` restricted/ordered to `names` that it knows (for the current view)."""
-    by_name = {c.name: c for c in layout.columns}
-    columns = tuple(by_name[n] for n in names if n in by_name)
-    return replace(layout, columns=columns)
