@@ -153,7 +153,8 @@ class RangeChecker:
         """Whether a target truncated the table after the snapshot: the rows it removed
         are absent without a newer version to say so, so the range is compared in a later
         pass."""
-        return any(stores.truncated_since(t, snapshot_version(lsn)) for t in stores.targets)
+        version = snapshot_version(lsn)
+        return any(stores.truncated_since(t, version) for t in stores.targets)
 
     @staticmethod
     def _differing_leaves(

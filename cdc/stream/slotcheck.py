@@ -34,9 +34,10 @@ class PendingCheck:
         """Make the checks' table, before the next transaction id is read: made while the
         slot is created, it would be taken for a relation created meanwhile (the historic
         schema is often in the source database), and the slot made again for nothing."""
-        self._run(sql.SQL("SELECT"), ())
+        self._run(None, ())
 
-    def _run(self, query: sql.SQL | sql.Composed, params: tuple[Any, ...]) -> list[Any]:
+    def _run(self, query: sql.Composed | None, params: tuple[Any, ...]) -> list[Any]:
+        """`query` on a session of its own, once the checks' table exists (None: only that)."""
         with psycopg.connect(canonical_dsn(self.dsn), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(self.schema)))  # fmt: skip
@@ -46,6 +47,8 @@ class PendingCheck:
                     "(slot text PRIMARY KEY, next_xid bigint NOT NULL)"
                 ).format(self._table())
             )
+            if query is None:
+                return []
             cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else []
 
