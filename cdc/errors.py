@@ -19,6 +19,7 @@ class ErrorKind(enum.Enum):
     DECODE = "decode"
     PROTOCOL = "protocol"
     SCHEMA = "schema"
+    TABLE_CHANGED = "table_changed"  # a change of one table its targets cannot follow
     NO_KEY = "no_key"
     UNSUPPORTED_TYPE = "unsupported_type"
     VALUE_OUT_OF_RANGE = "value_out_of_range"
@@ -54,6 +55,11 @@ POLICIES: dict[ErrorKind, Policy] = {
     ErrorKind.PROTOCOL: Policy(Action.RETRY, "the replication connection misbehaved; reconnecting"),
     ErrorKind.SCHEMA: Policy(
         Action.STOP, "an incompatible schema change; follow the message, then restart"
+    ),
+    ErrorKind.TABLE_CHANGED: Policy(
+        Action.QUARANTINE_TABLE,
+        "the table changed in a way its targets cannot follow: make the change the message "
+        "names, then restart; the other tables go on",
     ),
     ErrorKind.NO_KEY: Policy(
         Action.QUARANTINE_TABLE,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ def _long_text(name: str) -> Column:
 
 
 def _numeric(name: str) -> Column:
-    return Column(name, "{c}::text", "toDecimalString({c}, 3)")
+    return Column(name, "trim_scale({c})::text", "toString({c})")
 
 
 def _instant(name: str) -> Column:
@@ -508,3 +509,37 @@ def _run_txn(conn: psycopg.Connection[Any], txn: Txn, out: Any, stats: WriterSta
         if outcome == "rolled back":
             stats.rolled_back += 1
             return
+
+
+# Column types widened while the daemon runs, each once, at a random moment of the run:
+# the targets follow them (a key column of ClickHouse by remaking its table).
+WIDENINGS = (
+    "ALTER TABLE director.order_lines ALTER qty TYPE bigint",
+    'ALTER TABLE director."Team Notes" ALTER "Team Id" TYPE bigint',
+    "ALTER TABLE director.cards ALTER score TYPE numeric(16,4)",
+    'ALTER TABLE director."Team Notes" ALTER "Body Text" TYPE varchar',
+    "ALTER TABLE director.order_lines ALTER line TYPE bigint, ALTER price TYPE numeric(14,3)",
+)
+
+
+def run_widenings(dsn: str, seed: int, seconds: float, stop: threading.Event, log: Path) -> int:
+    """Widen `WIDENINGS` at random moments within `seconds` (as an application's migration
+    would: waiting its turn for the table's lock); returns how many were made."""
+    rng = random.Random(seed)
+    moments = sorted(rng.uniform(0.05, 0.85) * seconds for _ in WIDENINGS)
+    started, made = time.monotonic(), 0
+    with log.open("a") as out:
+        for statement, moment in zip(WIDENINGS, moments, strict=True):
+            if stop.wait(max(0.0, started + moment - time.monotonic())):
+                break
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(dsn, autocommit=True) as conn:
+                        conn.execute("SET lock_timeout = '1s'")
+                        conn.execute(statement)
+                    made += 1
+                    out.write(json.dumps({"widened": statement}) + "\n")
+                    break
+                except (*RETRIED, psycopg.errors.LockNotAvailable, psycopg.OperationalError):
+                    stop.wait(0.2)
+    return made

@@ -22,6 +22,7 @@ from cdc.errors import CdcError, ErrorKind
 from cdc.protocol import TupleData, TupleValue, pg_timestamp_to_datetime
 from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
+from cdc.sinks import retype
 
 if TYPE_CHECKING:
     from cdc.apply.rowtext import RowText
@@ -109,11 +110,12 @@ def widen(layout: TableSchema, latest: TableSchema) -> TableSchema:
     """`layout` followed by `latest` (a schema change inside a batch): the columns of
     `layout` in their place, then those `latest` added. A column is nullable if it was in
     either (rows from before the change hold NULL in a column added since, and may in one
-    made NOT NULL since), or if `latest` no longer has it. A column whose type changed, or
-    a new primary key, cannot follow: the batch's rows are keyed by the old one."""
+    made NOT NULL since), or if `latest` no longer has it. A column whose type widened
+    takes the new type (the texts of older rows are values of it, `cdc.sinks.retype`);
+    another type change, or a new primary key, cannot follow: the table is set aside."""
     if latest.primary_key != layout.primary_key:
         raise CdcError(
-            ErrorKind.SCHEMA,
+            ErrorKind.TABLE_CHANGED,
             f"{latest.qualified_name} changed its key ({', '.join(layout.primary_key)}) -> "
             f"({', '.join(latest.primary_key)}): its target tables are keyed by the old "
             "one. Drop both (historic and ClickHouse, with their _current views), run "
@@ -127,17 +129,9 @@ def widen(layout: TableSchema, latest: TableSchema) -> TableSchema:
         if newer is None:
             columns.append(column if column.nullable else replace(column, nullable=True))
             continue
-        if newer.type_oid != column.type_oid:
-            raise CdcError(
-                ErrorKind.SCHEMA,
-                f"column {column.name!r} of {latest.qualified_name} changed type "
-                f"(oid {column.type_oid} -> {newer.type_oid}); the targets keep the old "
-                "type. Change it in both (`ALTER TABLE ... ALTER COLUMN ... TYPE` in "
-                "historic, `ALTER TABLE ... MODIFY COLUMN` in ClickHouse), or drop both "
-                f"target tables and run `cdc backfill {latest.name}`; then restart the daemon",
-                table=(latest.schema, latest.name),
-            )
-        columns.append(newer if newer.nullable or not column.nullable else column)
+        if not retype.widens(retype.type_ref(column), retype.type_ref(newer)):
+            raise retype.refused(latest, column.name, newer.pg_type)
+        columns.append(replace(newer, nullable=True) if column.nullable else newer)
     columns += (c if c.nullable else replace(c, nullable=True) for c in now.values())
     return replace(latest, columns=tuple(columns))
 

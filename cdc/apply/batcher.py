@@ -15,6 +15,7 @@ from cdc.apply import rowimages
 from cdc.apply.batch import Batch, Key, RowImage, TableBatch, TableName, commit_time_text, widen
 from cdc.apply.changes import Change, Op, RecordChunk, Transaction
 from cdc.apply.rowimages import KeyGetter, image, no_key
+from cdc.errors import Action, CdcError
 from cdc.protocol import UNCHANGED_TOAST, Delete, Insert, Relation, Update
 from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
@@ -84,14 +85,21 @@ class BatchBuilder:
     """Accumulate transactions with `add`; `build` returns the batch and starts a new one."""
 
     def __init__(
-        self, resolve: SchemaResolver, max_changes: int | None = None, native: bool = True
+        self,
+        resolve: SchemaResolver,
+        max_changes: int | None = None,
+        native: bool = True,
+        set_aside: Callable[[TableName, CdcError], None] | None = None,
     ) -> None:
         """`max_changes`: a transaction larger than this is cut into several batches (its
         end is acknowledged only with the batch that completes it), so memory stays bounded
         by the batch size, not by the largest transaction. `native`: fold in C when
-        `cdc.apply._fold` is built (False: always in Python, the reference)."""
+        `cdc.apply._fold` is built (False: always in Python, the reference). `set_aside`:
+        quarantines a table changed in a way its targets cannot follow (`widen`; None:
+        the error is raised)."""
         self._native_fold = _fold if native else None
         self._resolve = resolve
+        self._set_aside = set_aside
         self._max_changes = max_changes
         self._last_end = Lsn.ZERO
         self._batch = Batch()
@@ -255,7 +263,15 @@ class BatchBuilder:
                 del self._batch.tables[name]
                 self._forget_routes()
                 return None
-            self._adopt(table, relation, schema)
+            try:
+                self._adopt(table, relation, schema)
+            except CdcError as exc:
+                if self._set_aside is None or exc.policy.action is not Action.QUARANTINE_TABLE:
+                    raise
+                self._set_aside(name, exc)
+                del self._batch.tables[name]
+                self._forget_routes()
+                return None
         return table
 
     def _adopt(self, table: TableBatch, relation: Relation, schema: TableSchema) -> None:

@@ -238,7 +238,9 @@ class Daemon:
         """Read the stream into batches for the applier, acknowledge what both sinks hold,
         and keep the daemon's bookkeeping, until `stop` and every batch is applied."""
         settings = self.settings
-        builder = BatchBuilder(self.table_schema, max_changes=settings.batch_size)
+        builder = BatchBuilder(
+            self.table_schema, max_changes=settings.batch_size, set_aside=self.quarantine.add
+        )
         latency = settings.batch_latency_ms / 1000
         acknowledged = Lsn.ZERO
         batch_started = kept_at = time.monotonic()

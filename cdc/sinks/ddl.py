@@ -146,6 +146,23 @@ def historic_add_column(schema_name: str, table_name: str, column: Column) -> sq
     )
 
 
+def historic_drop_current_view(schema_name: str, table_name: str) -> sql.Composed:
+    return sql.SQL("DROP VIEW IF EXISTS {}.{}").format(
+        sql.Identifier(schema_name), sql.Identifier(current_view_name(table_name))
+    )
+
+
+def historic_retype_column(schema_name: str, table_name: str, column: Column) -> sql.Composed:
+    """Change a column to `column`'s type by Postgres' own conversion (no `USING`), as an
+    `ALTER COLUMN ... TYPE` at the source does by default."""
+    return sql.SQL("ALTER TABLE {}.{} ALTER COLUMN {} TYPE {}").format(
+        sql.Identifier(schema_name),
+        sql.Identifier(table_name),
+        sql.Identifier(column.name),
+        sql.SQL(column.pg_type),
+    )
+
+
 def historic_drop_not_null(schema_name: str, table_name: str, column_name: str) -> sql.Composed:
     return sql.SQL("ALTER TABLE {}.{} ALTER COLUMN {} DROP NOT NULL").format(
         sql.Identifier(schema_name), sql.Identifier(table_name), sql.Identifier(column_name)
@@ -169,21 +186,34 @@ def clickhouse_database(database: str, cluster: str | None = None) -> str:
 
 def clickhouse_table(database: str, table: TableSchema, cluster: str | None = None) -> str:
     """The versioned ReplacingMergeTree (Replicated on a cluster) for `table`."""
-    columns = [f"{quote_identifier(c.name)} {clickhouse_type(c)}" for c in table.columns]
-    columns.append(f"{quote_identifier(VERSION_COLUMN)} {CH_VERSION_TYPE}")
-    columns.append(f"{quote_identifier(DELETED_COLUMN)} {CH_DELETED_TYPE}")
-    columns.append(f"{quote_identifier(COMMIT_TIME_COLUMN)} {CH_COMMIT_TIME_TYPE}")
+    columns = [(c.name, clickhouse_type(c)) for c in table.columns]
+    return clickhouse_table_of(database, table.name, columns, table.target_key, cluster)
+
+
+def clickhouse_table_of(
+    database: str,
+    name: str,
+    columns: Sequence[tuple[str, str]],
+    key: Sequence[str],
+    cluster: str | None = None,
+) -> str:
+    """`clickhouse_table` named `name`, of `columns` (name, ClickHouse type) ordered by
+    `key`, with the sink's own columns."""
+    defined = [f"{quote_identifier(n)} {t}" for n, t in columns]
+    defined.append(f"{quote_identifier(VERSION_COLUMN)} {CH_VERSION_TYPE}")
+    defined.append(f"{quote_identifier(DELETED_COLUMN)} {CH_DELETED_TYPE}")
+    defined.append(f"{quote_identifier(COMMIT_TIME_COLUMN)} {CH_COMMIT_TIME_TYPE}")
     version, deleted = quote_identifier(VERSION_COLUMN), quote_identifier(DELETED_COLUMN)
     if cluster is None:
         engine = f"ReplacingMergeTree({version}, {deleted})"
     else:
-        path = quote_string(REPLICA_PATH.format(database=database, table=table.name))
+        path = quote_string(REPLICA_PATH.format(database=database, table=name))
         replica = quote_string(REPLICA_NAME)
         engine = f"ReplicatedReplacingMergeTree({path}, {replica}, {version}, {deleted})"
-    order_by = ", ".join(map(quote_identifier, table.target_key))
+    order_by = ", ".join(map(quote_identifier, key))
     return (
-        f"CREATE TABLE IF NOT EXISTS {_qualified(database, table.name)}{_on_cluster(cluster)} "
-        f"({', '.join(columns)}) ENGINE = {engine} ORDER BY ({order_by})"
+        f"CREATE TABLE IF NOT EXISTS {_qualified(database, name)}{_on_cluster(cluster)} "
+        f"({', '.join(defined)}) ENGINE = {engine} ORDER BY ({order_by})"
     )
 
 
@@ -275,6 +305,17 @@ def clickhouse_make_nullable(
     return (
         f"ALTER TABLE {_qualified(database, table_name)}{_on_cluster(cluster)} "
         f"MODIFY COLUMN {quote_identifier(column_name)} {nullable_type(current_type)}"
+    )
+
+
+def clickhouse_retype_column(
+    database: str, table_name: str, column_name: str, ch_type: str, cluster: str | None = None
+) -> str:
+    """Change a (non-key) column to the wider `ch_type`; ClickHouse converts its parts in
+    the background and reads them converted meanwhile."""
+    return (
+        f"ALTER TABLE {_qualified(database, table_name)}{_on_cluster(cluster)} "
+        f"MODIFY COLUMN {quote_identifier(column_name)} {ch_type}"
     )
 
 

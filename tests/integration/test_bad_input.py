@@ -197,25 +197,3 @@ def test_unreachable_or_wrong_servers_fail_clearly(pg_dsn: str, tmp_path: Path) 
     result = run_cli(["--config", str(config), "run"], {"CDC_SOURCE_DSN": pg_dsn})
     assert result.returncode == 1
     assert "'slott' is not a setting" in result.stderr and "'batch_size'" in result.stderr
-
-
-def test_incompatible_type_change_stops_with_what_to_do(
-    pg: psycopg.Connection[Any],
-    pg_dsn: str,
-    clickhouse_server: ClickHouseServer,
-    ch_database: str,
-) -> None:
-    pg.execute("CREATE SCHEMA director")
-    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, amount int)")
-    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-
-    def change_type(running: RunningDaemon) -> None:
-        pg.execute("INSERT INTO director.t VALUES (1, 10)")
-        wait_in_step(pg, clickhouse_server.client, ch_database, ["t"], running=running)
-        pg.execute("ALTER TABLE director.t ALTER COLUMN amount TYPE text")
-        pg.execute("INSERT INTO director.t VALUES (2, 'twenty')")
-
-    message = stop_message(settings, clickhouse_server.client, change_type)
-    assert "'amount' of director.t changed type" in message and "cdc backfill t" in message
-    rows = pg.execute("SELECT id, amount FROM historic.t_current ORDER BY id").fetchall()
-    assert rows == [(1, 10)], "nothing was written with the wrong type"

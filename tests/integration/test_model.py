@@ -265,11 +265,13 @@ def _prepare_source(pg: psycopg.Connection[Any], seed: int, identity: str) -> st
 
 def _write_concurrently(
     pg_dsn: str, seed: int, logs: list[Path], rounds: DaemonRounds
-) -> list[model.WriterStats]:
-    """The writers' workload, while the daemon goes through `rounds` for `SECONDS`."""
+) -> tuple[list[model.WriterStats], int]:
+    """The writers' workload and the widenings of column types, while the daemon goes
+    through `rounds` for `SECONDS`; returns the writers' stats and the widenings made."""
     stop = threading.Event()
     stats = [model.WriterStats() for _ in logs]
-    writers = [
+    widened: list[int] = []
+    threads = [
         threading.Thread(
             target=model.run_writer,
             args=(pg_dsn, seed * 100 + w, stop, log, stats[w]),
@@ -277,15 +279,33 @@ def _write_concurrently(
         )
         for w, log in enumerate(logs)
     ]
-    for thread in writers:
+    threads.append(threading.Thread(
+        target=lambda: widened.append(
+            model.run_widenings(pg_dsn, seed, SECONDS, stop, logs[0].with_name("widenings.jsonl"))),
+        name="model-widenings",
+    ))  # fmt: skip
+    for thread in threads:
         thread.start()
     try:
         rounds.run(time.monotonic() + SECONDS)
     finally:
         stop.set()
-        for thread in writers:
+        for thread in threads:
             thread.join(timeout=60)
-    return stats
+    return stats, sum(widened)
+
+
+def column_types(pg: psycopg.Connection[Any], schema: str, suffix: str) -> dict[str, str]:
+    """`table.column` -> its type, for the model's tables in `schema` (their `suffix`ed
+    relations: historic's `_current` views)."""
+    rows = pg.execute(
+        "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND c.relname = ANY(%s)",
+        (schema, [t.name + suffix for t in model.TABLES]),
+    ).fetchall()
+    return {f"{t.removesuffix(suffix)}.{c}": type_ for t, c, type_ in rows if not c.startswith("_")}
 
 
 @pytest.mark.slow
@@ -314,7 +334,7 @@ def test_model(
     print(context)
 
     rounds = DaemonRounds(env, daemon_log, rng)
-    stats = _write_concurrently(pg_dsn, seed, workload_logs, rounds)
+    stats, widened = _write_concurrently(pg_dsn, seed, workload_logs, rounds)
 
     # Catch up with everything, then stop cleanly and compare.
     end = Lsn.parse(pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
@@ -341,7 +361,8 @@ def test_model(
         f"{sum(s.rolled_back for s in stats)} rolled back, "
         f"{sum(s.retried for s in stats)} retried, {sum(s.skipped_ops for s in stats)} "
         f"operations refused; {rounds.kills} kills ({rounds.fault_kills} at fault points); "
-        f"streamed/spilled transactions {streamed}; {monitor_passes(daemon_log)} monitor passes"
+        f"streamed/spilled transactions {streamed}; {monitor_passes(daemon_log)} monitor passes; "
+        f"{widened} of {len(model.WIDENINGS)} widenings"
     )
     source = pg_state(pg, "director", "")
     historic = pg_state(pg, "historic", "_current")
@@ -353,6 +374,10 @@ def test_model(
         problems.append(f"every change, as test_decoding decoded it: {changes}")
     assert not problems, "\n".join([context, *problems])
     assert committed > 0 and rounds.kills > 0
+    assert widened == len(model.WIDENINGS), "\n".join([context, "not every widening was made"])
+    source_types = column_types(pg, "director", "")
+    assert column_types(pg, "historic", "_current") == source_types, "\n".join(
+        [context, "historic's column types differ from the source's"])  # fmt: skip
     drift = [line for line in daemon_log.read_text(errors="replace").splitlines()
              if '"drift_detected"' in line]  # fmt: skip
     assert not drift, "\n".join([context, "the monitor reported drift:", *drift[:10]])

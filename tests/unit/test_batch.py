@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.apply.batch import NO_BOUND, Batch, FillSource, RowImage, widen
+from cdc.apply.batch import NO_BOUND, Batch, FillSource, RowImage, TableName, widen
 from cdc.apply.batcher import BatchBuilder, SchemaResolver, native_fold
 from cdc.apply.changes import Op, Record, RecordChunk, Transaction
-from cdc.errors import CdcError
+from cdc.errors import CdcError, ErrorKind
 from cdc.protocol import (
     UNCHANGED_TOAST,
     Delete,
@@ -110,9 +110,12 @@ def keys(relation: Relation) -> tuple[int, ...]:
 
 
 def builder_of(
-    key_positions: KeyPositions, max_changes: int | None = None, native: bool = True
+    key_positions: KeyPositions,
+    max_changes: int | None = None,
+    native: bool = True,
+    set_aside: Callable[[TableName, CdcError], None] | None = None,
 ) -> BatchBuilder:
-    return BatchBuilder(resolving(key_positions), max_changes, native=native)
+    return BatchBuilder(resolving(key_positions), max_changes, native=native, set_aside=set_aside)
 
 
 @pytest.fixture(params=["C", "Python"])
@@ -120,7 +123,9 @@ def folding(request: pytest.FixtureRequest) -> Callable[..., BatchBuilder]:
     native = request.param == "C"
     if native:
         assert native_fold() is not None, "cdc.apply._fold is not built: run `make install`"
-    return lambda key_positions, max_changes=None: builder_of(key_positions, max_changes, native)
+    return lambda key_positions, max_changes=None, set_aside=None: builder_of(
+        key_positions, max_changes, native, set_aside
+    )
 
 
 def test_last_image_wins_and_deletes_are_tombstones(folding: Callable[..., BatchBuilder]) -> None:
@@ -320,8 +325,9 @@ def test_a_type_change_inside_a_batch_is_refused_and_a_table_set_aside_leaves_it
     retyped = dataclasses.replace(
         RELATION, columns=(RELATION.columns[0], RelationColumn(False, "v", 20, -1))
     )
-    with pytest.raises(CdcError, match=r"'v' of s\.t changed type"):
+    with pytest.raises(CdcError, match=r"'v' of s\.t changed type") as refused:
         widen(schema_of(RELATION, (0,)), schema_of(retyped, (0,)))
+    assert refused.value.kind is ErrorKind.TABLE_CHANGED and refused.value.table == ("s", "t")
 
     set_aside: set[str] = set()
 
@@ -340,6 +346,38 @@ def test_a_type_change_inside_a_batch_is_refused_and_a_table_set_aside_leaves_it
     batch = builder.build()
     assert list(batch.tables) == [("s", "pairs")]
     assert batch.skipped == 2
+
+
+def test_a_widened_type_inside_a_batch_is_followed_and_another_sets_the_table_aside(
+    folding: Callable[..., BatchBuilder],
+) -> None:
+    """int -> bigint: the rows before the change keep their texts, values of the new type;
+    text -> bigint is not followed: the builder sets the table aside and goes on."""
+    widened = dataclasses.replace(
+        RELATION, columns=(RelationColumn(True, "id", 20, -1), RELATION.columns[1])
+    )
+    retyped = dataclasses.replace(
+        RELATION, columns=(RELATION.columns[0], RelationColumn(False, "v", 20, -1))
+    )
+    set_aside: list[tuple[TableName, ErrorKind]] = []
+    builder = folding(keys, set_aside=lambda name, exc: set_aside.append((name, exc.kind)))
+    builder.add(relation_txn(10, [
+        (RELATION, (Op.INSERT, (b"1", b"a"), None)),
+        (widened, (Op.INSERT, (b"5000000000", b"b"), None)),
+    ]))  # fmt: skip
+    table = builder.build().tables["s", "t"]
+    assert [(c.name, c.type_oid) for c in table.schema.columns] == [("id", 20), ("v", 25)]
+    assert {k: r.values for k, r in table.rows.items()} == {
+        (b"1",): (b"1", b"a"),
+        (b"5000000000",): (b"5000000000", b"b"),
+    }
+    builder.add(relation_txn(20, [
+        (RELATION, (Op.INSERT, (b"2", b"c"), None)),
+        (retyped, (Op.INSERT, (b"3", b"7"), None)),
+        (PAIRS, (Op.INSERT, (b"1", b"2", b"p"), None)),
+    ]))  # fmt: skip
+    assert set_aside == [(("s", "t"), ErrorKind.TABLE_CHANGED)]
+    assert list(builder.build().tables) == [("s", "pairs")]
 
 
 def test_columns_added_or_made_not_null_inside_a_batch_stay_nullable() -> None:

@@ -1,6 +1,6 @@
 """The ClickHouse tables as the sink knows them: the database and the truncations table,
 each table with its Distributed table (on a cluster) and its `_current` view, made on
-first use and widened as the source adds columns or drops NOT NULL. ClickHouse DDL is
+first use and widened as the source adds columns, drops NOT NULL or widens a type. ClickHouse DDL is
 not transactional: every statement is idempotent, and the first use of a table in a
 process makes whatever a killed run left unmade."""
 
@@ -11,6 +11,8 @@ from dataclasses import replace
 from typing import Any
 
 from cdc.apply.batch import TableName
+from cdc.errors import CdcError, ErrorKind
+from cdc.ops.logs import get_logger
 from cdc.schema import (
     COMMIT_TIME_COLUMN,
     DELETED_COLUMN,
@@ -18,8 +20,12 @@ from cdc.schema import (
     VERSION_COLUMN,
     TableSchema,
 )
-from cdc.sinks import ddl
+from cdc.sinks import ddl, retype
+from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.types import clickhouse_type
+
+REMAKE_SUFFIX = "__cdc_retype"  # the copy of a table whose key column widened, while made
+_log = get_logger()
 
 
 class ClickHouseTargets:
@@ -75,8 +81,11 @@ class ClickHouseTargets:
                 )
             self._columns[name] = known
         added, widened = ddl.clickhouse_widenings(known, layout)
-        if not added and not widened and not first:
+        retyped = _retyped(known, layout)
+        if not added and not widened and not retyped and not first:
             return known
+        if retyped:
+            self._retype(layout, known, retyped)
         for table_name in self._physical(layout.name):
             for column in added:
                 client.command(
@@ -95,6 +104,52 @@ class ClickHouseTargets:
         view_layout = replace(layout, columns=tuple(c for c in layout.columns if c.name in known))
         client.command(ddl.clickhouse_current_view(self.database, view_layout, cluster))
         return known
+
+    def _retype(self, layout: TableSchema, known: dict[str, str], retyped: dict[str, str]) -> None:
+        """Widen the columns the source widened (`retyped`: name -> new type). A key
+        column cannot change in place (the table's parts are sorted by it): the table is
+        copied into one made with the new types, and the two swapped at once."""
+        table = f"{self.database}.{layout.name}"
+        if any(name in layout.target_key for name in retyped):
+            if self.cluster is not None:
+                raise CdcError(
+                    ErrorKind.TABLE_CHANGED,
+                    f"key column(s) {', '.join(n for n in retyped if n in layout.target_key)} "
+                    f"of {layout.qualified_name} widened at the source; ClickHouse cannot "
+                    "change a key column in place, and on a cluster the daemon does not "
+                    f"remake {table}. Drop {table}, its _all table and _current view on the "
+                    f"cluster, restart the daemon and run `cdc backfill {layout.name}`",
+                    table=(layout.schema, layout.name),
+                )
+            self._remake(layout, {**known, **retyped})
+        else:
+            client = self._client()
+            for table_name in self._physical(layout.name):
+                for name, ch_type in retyped.items():
+                    client.command(ddl.clickhouse_retype_column(
+                        self.database, table_name, name, ch_type, self.cluster))  # fmt: skip
+        for name, ch_type in retyped.items():
+            _log.info("column_type_followed", table=table, column=name, type=ch_type,
+                      previous_type=known[name])  # fmt: skip
+            known[name] = ch_type
+
+    def _remake(self, layout: TableSchema, types: dict[str, str]) -> None:
+        """Copy `layout`'s table into a new one of column `types`, then swap them (one
+        atomic EXCHANGE: readers see the old table or the new one). A copy a kill cut short
+        is dropped by the next attempt."""
+        client, database, made = self._client(), self.database, layout.name + REMAKE_SUFFIX
+        old, new = (
+            f"{quote_identifier(database)}.{quote_identifier(name)}" for name in (layout.name, made)
+        )
+        columns = ", ".join(
+            map(quote_identifier, [*types, VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN])
+        )
+        client.command(f"DROP TABLE IF EXISTS {new}")
+        key = layout.target_key
+        client.command(ddl.clickhouse_table_of(database, made, list(types.items()), key))
+        client.command(f"INSERT INTO {new} ({columns}) SELECT {columns} FROM {old}")
+        client.command(f"EXCHANGE TABLES {old} AND {new}")
+        client.command(f"DROP TABLE {new}")
 
     def _physical(self, table_name: str) -> list[str]:
         """The tables holding `table_name`'s columns: on a cluster also its Distributed
@@ -122,3 +177,21 @@ class ClickHouseTargets:
             for name, column_type in result.result_rows
             if name not in (VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN)
         }
+
+
+def _retyped(known: dict[str, str], layout: TableSchema) -> dict[str, str]:
+    """The columns whose type the source widened (`cdc.sinks.retype.clickhouse_widens`):
+    name -> the wider type, Nullable if the column is. Any other difference is left as it
+    is: the historic sink sets aside a table whose type change is not followed, and a
+    narrower type here is that of rows streamed before a change already followed."""
+    retyped = {}
+    for column in layout.columns:
+        have = known.get(column.name)
+        if have is None:
+            continue
+        want = clickhouse_type(column)
+        if ddl.nullable_type(have) == have:
+            want = ddl.nullable_type(want)
+        if want != have and retype.clickhouse_widens(have, want):
+            retyped[column.name] = want
+    return retyped

@@ -94,7 +94,7 @@ class RowWriter:
     ) -> None:
         """COPY rows into the session's temporary stage for `layout` (made on first use;
         emptied at commit), then upsert them with the version guard."""
-        stage = stage_name(layout, self._targets.type_oids(layout, row_columns(layout)))
+        stage = stage_name(layout, self._targets.column_types(layout, row_columns(layout)))
         found = conn.execute(stage_exists_sql(stage)).fetchone()
         if found is None or found[0] is None:  # a new session, or its making rolled back
             for statement in stage_sql(self.schema, layout, stage):
@@ -112,7 +112,7 @@ class RowWriter:
     ) -> None:
         """COPY `data`, COPY text rows of `columns`, into `table` (`layout`'s historic
         table or its stage): in binary where they convert (`cdc.load.copybinary`)."""
-        plan = copybinary.plan(self._targets.type_oids(layout, columns))
+        plan = copybinary.plan([oid for oid, _ in self._targets.column_types(layout, columns)])
         binary = None if plan is None else copybinary.to_binary(data, plan)
         with conn.cursor() as cur, cur.copy(copy_sql(table, columns, binary is not None)) as pipe:
             pipe.write(data if binary is None else binary)

@@ -65,7 +65,7 @@ def copy_sql(table: sql.Composable, columns: Sequence[str], binary: bool = False
     )
 
 
-def stage_name(layout: TableSchema, types: Sequence[int]) -> str:
+def stage_name(layout: TableSchema, types: Sequence[tuple[int, int]]) -> str:
     """The name of the temporary stage for `layout`'s rows, their historic types being
     `types` (`row_columns` order): another table or another shape, another stage."""
     shape = repr((layout.schema, layout.name, row_columns(layout), tuple(types)))

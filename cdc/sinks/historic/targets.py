@@ -1,8 +1,9 @@
 """The historic tables as the sink knows them: made (with their `_current` view) on
-first use, widened when the source adds a column, and checked: a column whose built-in
-type changed, or a table that gained or lost its primary key, stops the table with the
-fix to make. The DDL runs in the caller's transaction, under an advisory lock (the daemon
-and a backfill may make the same table at once)."""
+first use, widened when the source adds a column or widens a column's type
+(`cdc.sinks.retype`), and checked: another type change, or a table that gained or lost
+its primary key, sets the table aside with the fix to make. The DDL runs in the caller's
+transaction, under an advisory lock (the daemon and a backfill may make the same table at
+once)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from psycopg import sql
 
 from cdc.apply.batch import TableName
 from cdc.errors import CdcError, ErrorKind
-from cdc.schema import COMMIT_TIME_COLUMN, DELETED_COLUMN, VERSION_COLUMN, TableSchema
-from cdc.sinks import ddl
+from cdc.ops.logs import get_logger
+from cdc.schema import COMMIT_TIME_COLUMN, DELETED_COLUMN, VERSION_COLUMN, Column, TableSchema
+from cdc.sinks import ddl, retype
 from cdc.sinks.clickhouse.types import PgType
 
 FIRST_USER_OID = 16384  # FirstNormalObjectId: built-in types are below
@@ -23,6 +25,7 @@ FIRST_USER_OID = 16384  # FirstNormalObjectId: built-in types are below
 _OWN_TYPES = {VERSION_COLUMN: PgType.NUMERIC, DELETED_COLUMN: PgType.BOOL,
               COMMIT_TIME_COLUMN: PgType.TIMESTAMPTZ}  # fmt: skip
 DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+_log = get_logger()
 
 
 class HistoricTargets:
@@ -38,14 +41,21 @@ class HistoricTargets:
         self._types = {}
 
     def knows(self, layout: TableSchema) -> bool:
-        """Whether `layout`'s table is known to hold every column of `layout` (`ensure`
-        would change nothing)."""
-        known = self._columns.get((layout.schema, layout.name))
-        return known is not None and all(c.name in known for c in layout.columns)
+        """Whether `layout`'s table is known to hold every column of `layout` as it is
+        typed (`ensure` would change nothing)."""
+        name = (layout.schema, layout.name)
+        known, types = self._columns.get(name), self._types.get(name)
+        if known is None or types is None or not all(c.name in known for c in layout.columns):
+            return False
+        try:
+            return not self._retyped(layout, types)
+        except CdcError:
+            return False
 
     def ensure(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
-        """Make `layout`'s table and view, or add the columns it lacks; refuse a changed
-        type or key (in the caller's transaction: Postgres DDL is transactional)."""
+        """Make `layout`'s table and view, or add the columns it lacks and widen those the
+        source widened; refuse another changed type or key (in the caller's transaction:
+        Postgres DDL is transactional)."""
         name = (layout.schema, layout.name)
         columns, types_of = self._columns, self._types
         known = columns.get(name)
@@ -66,43 +76,76 @@ class HistoricTargets:
             known = list(types)
             columns[name] = known
             types_of[name] = types
-        self._check_types(layout, types_of[name])
+        types = types_of[name]
+        retyped = self._retyped(layout, types)
         missing = [c for c in layout.columns if c.name not in known]
-        if missing:
+        if missing or retyped:
             conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
             for column in missing:
                 conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
                 known.append(column.name)
-                types_of[name][column.name] = (column.type_oid, column.type_modifier)
+                types[column.name] = (column.type_oid, column.type_modifier)
+            if retyped:
+                self._retype(conn, layout, retyped, types)
             # Every column the table has, those the layout lacks too (dropped at the source,
             # or not published, like a generated one): a view keeps its columns.
             conn.execute(ddl.historic_current_view(self.schema, layout, known))
 
-    def type_oids(self, layout: TableSchema, columns: Sequence[str]) -> list[int]:
-        """The types of `columns` of `layout`'s table as it is (`ensure`d), the sink's own
-        columns included."""
+    def column_types(self, layout: TableSchema, columns: Sequence[str]) -> list[tuple[int, int]]:
+        """The types (OID, modifier) of `columns` of `layout`'s table as it is (`ensure`d),
+        the sink's own columns included."""
         types = self._types[(layout.schema, layout.name)]
-        return [_OWN_TYPES[c] if c in _OWN_TYPES else types[c][0] for c in columns]
+        return [(_OWN_TYPES[c], -1) if c in _OWN_TYPES else types[c] for c in columns]
 
-    def _check_types(self, layout: TableSchema, types: dict[str, tuple[int, int]]) -> None:
-        """Stop on a column whose built-in type changed at the source (`types`: the
-        table's as it is): the targets cannot follow by themselves, and a silent coercion
-        could change values."""
+    def _retyped(self, layout: TableSchema, types: dict[str, tuple[int, int]]) -> list[Column]:
+        """The columns of `layout` whose type widened at the source (`cdc.sinks.retype`;
+        `types`: the table's as it is). A type the table already widened is kept (rows
+        streamed before the change, replayed); another change sets the table aside."""
+        retyped = []
         for column in layout.columns:
             target = types.get(column.name)
             if target is None or (column.type_oid, column.type_modifier) == target:
                 continue
             if column.type_oid >= FIRST_USER_OID or target[0] >= FIRST_USER_OID:
                 continue  # user types: their OIDs differ between databases
+            if retype.widens(target, retype.type_ref(column)):
+                retyped.append(column)
+            elif not retype.widens(retype.type_ref(column), target):
+                raise retype.refused(layout, column.name, column.pg_type)
+        return retyped
+
+    def _retype(
+        self,
+        conn: psycopg.Connection[Any],
+        layout: TableSchema,
+        retyped: Sequence[Column],
+        types: dict[str, tuple[int, int]],
+    ) -> None:
+        """Change the historic table's columns to their widened types, as the source did
+        (the view, which holds them, made again after). A value Postgres cannot convert
+        (kept by a tombstone) or a view of the operator's on `_current` sets the table
+        aside."""
+        table = f"{self.schema}.{layout.name}"
+        try:
+            with conn.transaction():
+                conn.execute(ddl.historic_drop_current_view(self.schema, layout.name))
+                for column in retyped:
+                    conn.execute(ddl.historic_retype_column(self.schema, layout.name, column))
+        except psycopg.Error as exc:
             raise CdcError(
-                ErrorKind.SCHEMA,
-                f"column {column.name!r} of {layout.qualified_name} changed type at the source "
-                f"(now {column.pg_type}); the targets keep the old type. Change it in both "
-                f"(`ALTER TABLE {self.schema}.{layout.name} ALTER COLUMN ... TYPE ...` and "
-                "`ALTER TABLE ... MODIFY COLUMN` in ClickHouse), or drop both target tables "
-                f"and run `cdc backfill {layout.name}`; then restart the daemon",
+                ErrorKind.TABLE_CHANGED,
+                f"{table}: could not follow the source's type change of "
+                f"{', '.join(c.name for c in retyped)}: {str(exc).strip()}. Change the "
+                f"columns of {table} by hand, or drop both target tables (historic and "
+                f"ClickHouse, with their _current views) and run `cdc backfill {layout.name}`;"
+                " then restart the daemon",
                 table=(layout.schema, layout.name),
-            )
+            ) from exc
+        for column in retyped:
+            before = types[column.name]
+            types[column.name] = (column.type_oid, column.type_modifier)
+            _log.info("column_type_followed", table=table, column=column.name,
+                      type=column.pg_type, previous_type_oid=before[0])  # fmt: skip
 
     def _check_key(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
         """Set aside a table whose kind changed (it gained or lost its primary key): its

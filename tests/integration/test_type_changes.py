@@ -1,0 +1,104 @@
+"""Column types changed at the source while the daemon runs: widenings are followed by
+both targets (a ClickHouse key column by remaking its table), in the batch that holds rows
+of both types too; any other change sets that table aside, and the others go on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from cdc.sinks.clickhouse.client import quote_identifier
+from tests.harness import ClickHouseServer
+from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
+
+
+def historic_types(pg: psycopg.Connection[Any], table: str) -> dict[str, str]:
+    rows = pg.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        (f"historic.{table}",),
+    ).fetchall()
+    return {name: type_ for name, type_ in rows if not name.startswith("_")}
+
+
+def clickhouse_types(ch: Any, database: str, table: str) -> dict[str, str]:
+    result = ch.query(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+        parameters={"db": database, "t": table},
+    )
+    return {name: type_ for name, type_ in result.result_rows if not name.startswith("_")}
+
+
+def test_widened_columns_are_followed_by_both_targets(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, n int, d numeric(6,2), "
+               "v varchar(5), at timestamptz(0))")  # fmt: skip
+    pg.execute("INSERT INTO director.t SELECT g, g, g / 4.0, 'v' || g, '2026-01-01'::timestamptz"
+               " + g * interval '1 s' FROM generate_series(1, 50) g")  # fmt: skip
+    pg.prepare_threshold = None  # the test's reads: a plan kept over a type change fails
+    ch = clickhouse_server.client
+    # A long batch latency: the rows before and after a change share a batch.
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, batch_latency_ms=800)
+    with running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, ["t"], running=running)
+        with pg.transaction():
+            pg.execute("UPDATE director.t SET n = -n WHERE id <= 10")
+        pg.execute("ALTER TABLE director.t ALTER n TYPE bigint, ALTER d TYPE numeric(12,4), "
+                   "ALTER v TYPE varchar(40), ALTER at TYPE timestamptz(6)")  # fmt: skip
+        pg.execute("INSERT INTO director.t VALUES (51, 5000000000, 12345678.1234, "
+                   "'a value longer than five', '2026-01-01 00:00:00.123456+00')")  # fmt: skip
+        wait_in_step(pg, ch, ch_database, ["t"], running=running)
+        pg.execute("ALTER TABLE director.t ALTER id TYPE bigint")  # the key: ClickHouse remakes
+        pg.execute("INSERT INTO director.t (id, n) VALUES (6000000000, 1)")
+        pg.execute("UPDATE director.t SET v = 'moved' WHERE id = 7")
+        pg.execute("DELETE FROM director.t WHERE id = 8")
+        wait_in_step(pg, ch, ch_database, ["t"], running=running)
+        assert running.daemon.quarantined == {}
+    assert historic_types(pg, "t") == {
+        "id": "bigint", "n": "bigint", "d": "numeric(12,4)", "v": "character varying(40)",
+        "at": "timestamp(6) with time zone",
+    }  # fmt: skip
+    assert clickhouse_types(ch, ch_database, "t") == {
+        "id": "Int64", "n": "Nullable(Int64)", "d": "Nullable(Decimal(12, 4))",
+        "v": "Nullable(String)", "at": "Nullable(DateTime64(6, 'UTC'))",
+    }  # fmt: skip
+    leftovers = ch.query(f"SHOW TABLES FROM {quote_identifier(ch_database)} LIKE '%retype%'")
+    assert leftovers.result_rows == []
+
+
+def test_a_type_change_not_followed_sets_only_that_table_aside(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    """int -> text is not a widening: the table is quarantined with what to do, nothing
+    of it is written with the wrong type, and the other tables keep streaming."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, amount int)")
+    pg.execute("CREATE TABLE director.u (id int PRIMARY KEY, v text)")
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    with running_daemon(settings, ch) as running:
+        pg.execute("INSERT INTO director.t VALUES (1, 10)")
+        wait_in_step(pg, ch, ch_database, ["t", "u"], running=running)
+        pg.execute("ALTER TABLE director.t ALTER COLUMN amount TYPE text")
+        pg.execute("INSERT INTO director.t VALUES (2, 'twenty')")
+        pg.execute("INSERT INTO director.u VALUES (1, 'after')")
+        wait_until(lambda: ("director", "t") in running.daemon.quarantined, what="quarantine")
+        wait_in_step(pg, ch, ch_database, ["u"], running=running)
+        reason = running.daemon.quarantined[("director", "t")]
+        assert running.thread.is_alive()
+    assert "'amount' of director.t changed type" in reason and "cdc backfill t" in reason
+    rows = pg.execute("SELECT id, amount FROM historic.t_current ORDER BY id").fetchall()
+    assert rows == [(1, 10)], "nothing was written with the wrong type"
+    state = pg.execute(
+        "SELECT state, error FROM historic._cdc_tables WHERE table_name = 't'"
+    ).fetchone()
+    assert state is not None and state[0] == "quarantined" and "changed type" in state[1]
