@@ -60,10 +60,12 @@ LINES = 6
 SHIFT = 1000
 TEAMS = 40
 CARD_POOL = 60
-INSTANTS = [
+INSTANTS: list[datetime | str] = [
     datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
     datetime(1970, 1, 1, tzinfo=UTC),
     datetime(2100, 6, 1, 12, 0, 0, 500000, tzinfo=UTC),
+    "infinity",  # ClickHouse holds the ends of its range: the texts below say so
+    "-infinity",
 ]
 RETRIED = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 SKIPPED = (
@@ -94,7 +96,9 @@ def _numeric(name: str) -> Column:
 def _instant(name: str) -> Column:
     return Column(
         name,
-        "to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+        "CASE WHEN {c} = 'infinity' THEN '2299-12-31 23:59:59.999999' "
+        "WHEN {c} = '-infinity' THEN '1900-01-01 00:00:00.000000' "
+        "ELSE to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') END",
         "formatDateTime({c}, '%Y-%m-%d %H:%i:%S.%f')",
     )
 
@@ -145,7 +149,7 @@ TABLES = (
 def pg_exprs(columns: tuple[Column, ...]) -> sql.Composed:
     """The canonical text of `columns`, comma-separated, for a SELECT list."""
     return sql.SQL(", ").join(
-        sql.SQL(c.pg.replace("{c}", "{}")).format(sql.Identifier(c.name)) for c in columns
+        sql.SQL(c.pg).format(c=sql.Identifier(c.name)) for c in columns
     )
 
 
@@ -204,7 +208,7 @@ class Workload:
             return None
         return Decimal(self.rng.randint(-(10**9), 10**9)) / 1000
 
-    def instant(self) -> datetime | None:
+    def instant(self) -> datetime | str | None:
         roll = self.rng.random()
         if roll < 0.1:
             return None

@@ -36,7 +36,9 @@ the output text, `concat(x)`. Against ClickHouse it is the array as ClickHouse c
 Postgres' lower bounds, so a NULL array has the text of an empty one (`[]`) and
 `'[0:1]={1,2}'` that of `{1,2}`; any element that differs still changes the text. So the
 source has two row hashes when a table has an array column (`pg_row_hash(..., held=True)`
-is the one to compare with ClickHouse's).
+is the one to compare with ClickHouse's). So has a table with a date or a timestamp:
+ClickHouse holds `infinity` and `-infinity` as the ends of its range
+(`cdc.sinks.clickhouse.limits`), and the held text is that of the end.
 
 Rows are compared by key range (`cdc.check.keyrange`), with the queries of
 `cdc.check.rangequery`.
@@ -46,12 +48,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from psycopg import sql
 
 from cdc.schema import Column, TypeKind
 from cdc.sinks.clickhouse.client import quote_identifier
+from cdc.sinks.clickhouse.limits import INFINITE_DATES, INFINITE_TIMESTAMPS
 from cdc.sinks.clickhouse.types import PgType, storage_column
 from cdc.sinks.ddl import quote_string
 
@@ -89,6 +93,22 @@ _BASE_FORMS: Final[dict[int, Form]] = {
 }
 
 
+def _epoch_micros(text: bytes) -> str:
+    moment = datetime.fromisoformat(text.decode()).replace(tzinfo=UTC)
+    return str((moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1))
+
+
+# The texts of -infinity and infinity as ClickHouse holds them: its range's first and last
+# date, and its first and last microsecond (since the epoch).
+_HELD_INFINITIES: Final[dict[Form, tuple[str, str]]] = {
+    Form.DATE: (INFINITE_DATES[b"-infinity"].decode(), INFINITE_DATES[b"infinity"].decode()),
+    Form.TIMESTAMP: (
+        _epoch_micros(INFINITE_TIMESTAMPS[b"-infinity"]),
+        _epoch_micros(INFINITE_TIMESTAMPS[b"infinity"]),
+    ),
+}
+
+
 def form_of(column: Column) -> Form:
     storage = storage_column(column)
     if storage.kind is TypeKind.ARRAY:
@@ -113,11 +133,22 @@ def array_shape(column: Column) -> tuple[int, Column]:
 # -- per-column texts -----------------------------------------------------------------------
 
 
-def pg_text(column: Column, value: sql.Composable | None = None) -> sql.Composable:
+def pg_text(
+    column: Column, value: sql.Composable | None = None, held: bool = False
+) -> sql.Composable:
     """The canonical text of a non-NULL value of `column` (the column itself, or `value`),
-    in Postgres; an array's is its output text (see `pg_held_text` for ClickHouse's)."""
+    in Postgres; an array's is its output text (see `pg_held_text` for ClickHouse's).
+    `held`: a date's or timestamp's +/-infinity as ClickHouse holds it, the end of its
+    range (`cdc.sinks.clickhouse.limits.INFINITE_DATES`)."""
     ref = sql.Identifier(column.name) if value is None else value
     form = form_of(column)
+    if held and (form is Form.DATE or form is Form.TIMESTAMP):
+        first, last = _HELD_INFINITIES[form]
+        return sql.SQL(
+            "CASE WHEN {ref} = 'infinity' THEN {last} WHEN {ref} = '-infinity' THEN {first} "
+            "ELSE {text} END"
+        ).format(ref=ref, last=sql.Literal(last), first=sql.Literal(first),
+                 text=pg_text(column, value))  # fmt: skip
     if form is Form.INTEGER or form is Form.UUID or form is Form.DATE:
         return sql.SQL("{}::text").format(ref)
     if form is Form.NUMERIC:
@@ -137,7 +168,7 @@ def pg_text(column: Column, value: sql.Composable | None = None) -> sql.Composab
 
 
 def _pg_element_field(element: Column, value: sql.Composable) -> sql.Composable:
-    text = pg_text(element, value)
+    text = pg_text(element, value, held=True)
     return sql.SQL(
         "CASE WHEN {v} IS NULL THEN {null} ELSE octet_length({text})::text || ':' || {text} END"
     ).format(v=value, null=sql.Literal(NULL_MARK), text=text)
@@ -162,7 +193,7 @@ def pg_held_text(column: Column) -> sql.Composable:
     dimension, lower bounds dropped, and a NULL array as `[]` (ClickHouse cannot hold a
     NULL array). Other columns: `pg_text`."""
     if form_of(column) is not Form.ARRAY:
-        return pg_text(column)
+        return pg_text(column, held=True)
     dimensions, element = array_shape(column)
     ref = sql.Identifier(column.name)
     value, ordinal = sql.SQL("_cdc_u._cdc_value"), sql.SQL("_cdc_u._cdc_ordinal")
@@ -221,7 +252,7 @@ def pg_field(column: Column, held: bool = False) -> sql.Composable:
     if held and form_of(column) is Form.ARRAY:
         text = pg_held_text(column)
         return sql.SQL("octet_length({text})::text || ':' || {text}").format(text=text)
-    text = pg_text(column)
+    text = pg_text(column, held=held)
     ref, null = sql.Identifier(column.name), sql.Literal(NULL_MARK)
     if _comma_free(column):
         return sql.SQL("CASE WHEN {ref} IS NULL THEN {null} ELSE {text} || ',' END").format(
@@ -250,9 +281,10 @@ def _comma_free(column: Column) -> bool:
 
 
 def held_differently(columns: Sequence[Column]) -> bool:
-    """Whether ClickHouse holds some of `columns` mapped (arrays), so that the row hash of
-    what it holds differs from the exact one."""
-    return any(form_of(c) is Form.ARRAY for c in columns)
+    """Whether ClickHouse may hold some of `columns` mapped (arrays; dates and timestamps,
+    whose infinities it holds as the ends of its range), so that the row hash of what it
+    holds differs from the exact one."""
+    return any(form_of(c) in (Form.ARRAY, Form.DATE, Form.TIMESTAMP) for c in columns)
 
 
 def pg_row_hash(columns: Sequence[Column], held: bool = False) -> sql.Composable:

@@ -399,3 +399,56 @@ def test_verify_compares_arrays_in_clickhouse(
         assert note_lines(found.output, "clickhouse ") == [
             "clickhouse changed: (204), (205), (206), (208), (402)"
         ], found.output
+
+
+def test_infinite_dates_and_timestamps_are_the_ends_of_clickhouse_range(
+    pg: psycopg.Connection[Any], settings: Settings, clickhouse_server: ClickHouseServer
+) -> None:
+    """ClickHouse has no infinity: a date's or timestamp's `infinity` and `-infinity`, copied
+    or streamed, alone or in arrays, are held as the last and first moment of its range (the
+    table is not set aside), and verify compares them so: equal, and a changed one found."""
+    ch = clickhouse_server.client
+    db = quote_identifier(settings.clickhouse_database)
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.spans (id int PRIMARY KEY, d date, ts timestamp, "
+               "tstz timestamptz, days date[], moments timestamptz[])")  # fmt: skip
+    rows = """INSERT INTO director.spans VALUES
+        (%s, 'infinity', '-infinity', 'infinity', '{infinity,2024-01-01,NULL}', NULL),
+        (%s, '-infinity', 'infinity', '-infinity', NULL, '{-infinity,infinity}'),
+        (%s, '2024-02-29', '2024-02-29 12:00:00', '2024-02-29 12:00:00+02', '{}', '{}')"""
+    pg.execute(rows, (1, 2, 3))  # copied by the initial load
+    with running_daemon(settings, ch) as running:
+        pg.execute(rows, (4, 5, 6))  # streamed
+        pg.execute("UPDATE director.spans SET tstz = 'infinity' WHERE id = 6")
+        caught_up(pg, settings, running)
+        assert running.daemon.quarantined == {}
+        (schema,) = published_schemas(pg, settings.publication, ["spans"])
+        for name in ("d", "ts", "tstz", "days", "moments"):
+            column = schema.column(name)
+            present = "IS NOT NULL" if name in ("d", "ts", "tstz") else "IS NULL OR true"
+            query = sql.SQL("SELECT id, {} FROM director.spans WHERE {} {}").format(
+                rowhash.pg_held_text(column), sql.Identifier(name), sql.SQL(present)
+            )
+            source = dict(pg.execute(query).fetchall())
+            held = dict(ch.query(
+                f"SELECT id, {rowhash.ch_text(column)} FROM {db}.spans_current "
+                f"WHERE {quote_identifier(name)} {present}").result_rows)  # fmt: skip
+            assert held == source, name
+        stored = ch.query(
+            f"SELECT id, toString(d), toString(ts), toString(tstz), toString(moments) "
+            f"FROM {db}.spans_current WHERE id IN (1, 5) ORDER BY id"
+        ).result_rows
+        assert stored == [
+            (1, "2299-12-31", "1900-01-01 00:00:00.000000", "2299-12-31 23:59:59.999999", "[]"),
+            (5, "1900-01-01", "2299-12-31 23:59:59.999999", "1900-01-01 00:00:00.000000",
+             "['1900-01-01 00:00:00.000000','2299-12-31 23:59:59.999999']"),
+        ]  # fmt: skip
+        agree = verify(settings)
+        assert agree.exit_code == 0, agree.output
+        ch.command(
+            f"INSERT INTO {db}.spans SELECT * REPLACE (toDate32('2299-12-30') AS d, "
+            f"_version + 1 AS _version) FROM {db}.spans FINAL WHERE id = 4"
+        )
+        found = verify(settings)
+        assert found.exit_code == 1, found.output
+        assert note_lines(found.output, "clickhouse ") == ["clickhouse changed: (4)"], found.output

@@ -1,11 +1,14 @@
 """What ClickHouse can store of a Postgres value: one check per column type, run on each
 text value before it is written.
 
-A check returns the value to write (bytea's is the raw bytes of its hex text; every other
-check returns the value unchanged) or raises `Refused` saying why ClickHouse would store it
-wrongly: dates and timestamps outside ClickHouse's documented range 1900-01-01..2299-12-31
-(also infinity, BC and 5-digit years), numeric NaN/Infinity, or more digits than the
-Decimal holds (ClickHouse truncates extra fraction digits silently).
+A check returns the value to write or raises `Refused` saying why ClickHouse would store
+it wrongly: dates and timestamps outside ClickHouse's documented range
+1900-01-01..2299-12-31 (BC and 5-digit years too), numeric NaN/Infinity, or more digits
+than the Decimal holds (ClickHouse truncates extra fraction digits silently). The value
+written is the value itself, except bytea's (the raw bytes of its hex text) and a date's or
+timestamp's `infinity` and `-infinity`, which ClickHouse has no value for: they are written
+as the last and the first moment of its range (`INFINITE_DATES`, `INFINITE_TIMESTAMPS`), so
+they still sort after and before every other value (`cdc.check.rowhash` hashes them so).
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ _DIGIT_9: Final = ord("9")
 # An unbounded numeric of at most this many characters fits Decimal(76, 38) as it is.
 SHORT_UNBOUNDED: Final = min(UNBOUNDED_NUMERIC[0] - UNBOUNDED_NUMERIC[1], UNBOUNDED_NUMERIC[1])
 
+# What a date's or a timestamp's +/-infinity is written as: the ends of ClickHouse's range.
+INFINITE_DATES: Final = {b"infinity": _MAX_DATE, b"-infinity": _MIN_DATE}
+INFINITE_TIMESTAMPS: Final = {
+    b"infinity": b"2299-12-31 23:59:59.999999",
+    b"-infinity": b"1900-01-01 00:00:00",
+}
+
 Converter: TypeAlias = Callable[[bytes], bytes]
 
 
@@ -36,6 +46,8 @@ class Refused(ValueError):
 def _date(value: bytes) -> bytes:
     if len(value) == len(_MIN_DATE) and _MIN_DATE <= value <= _MAX_DATE:
         return value
+    if (bound := INFINITE_DATES.get(value)) is not None:
+        return bound
     raise Refused("is outside ClickHouse's Date32 range 1900-01-01..2299-12-31")
 
 
@@ -47,6 +59,8 @@ def _timestamp(value: bytes) -> bytes:
         moment = datetime.fromisoformat(value.decode())  # an offset may cross the boundary
         if _MIN_TIMESTAMP <= moment.replace(tzinfo=moment.tzinfo or UTC) <= _MAX_TIMESTAMP:
             return value
+    if (bound := INFINITE_TIMESTAMPS.get(value)) is not None:
+        return bound
     raise Refused("is outside ClickHouse's DateTime64 range 1900-01-01..2299-12-31 UTC")
 
 

@@ -9,7 +9,9 @@ Choices, and why:
   comparisons stay numeric in ClickHouse; `cdc.sinks.clickhouse.limits` refuses a value with
   more than 38
   integer or 38 (significant) fractional digits instead of letting ClickHouse truncate it.
-- `date` maps to Date32 (Date silently clamps outside 1970..2149). `timestamp` and
+- `date` maps to Date32 (Date silently clamps outside 1970..2149); +/-infinity, which
+  neither Date32 nor DateTime64 has, is written as the end of their range
+  (`cdc.sinks.clickhouse.limits`). `timestamp` and
   `timestamptz` both map to `DateTime64(6, 'UTC')`: Postgres sends both in UTC here, and a
   naive DateTime64 would be read in the server's time zone, where a wall-clock time in a
   DST gap or overlap is shifted silently.

@@ -140,9 +140,9 @@ class RowEncoder:
     def needs_encoding(self, images: list[RowImage], native: bool = True) -> set[int]:
         """Of rows whose shared text ClickHouse reads (`reads_row_text`), the positions of
         those to encode with `encode_versioned` instead: a value to refuse (its error then
-        names it) or a NULL where the column is not Nullable. The rows are screened in C
-        (`cdc.sinks.clickhouse._screen`) when it is built: only those it does not pass are
-        judged here."""
+        names it), one written otherwise (an infinite date), or a NULL where the column is
+        not Nullable. The rows are screened in C (`cdc.sinks.clickhouse._screen`) when it is
+        built: only those it does not pass are judged here."""
         candidates: Sequence[int] = range(len(images))
         if native and _screen is not None:
             candidates = _screen(images, _VALUES_AT, *self._screened, SHORT_UNBOUNDED)
@@ -153,7 +153,8 @@ class RowEncoder:
             value = values[index]
             if value is not None:
                 try:
-                    check(value)  # type: ignore[arg-type]
+                    if check(value) is not value:  # type: ignore[arg-type]
+                        return True  # written otherwise (an infinite date)
                 except _VALUE_ERRORS:  # (a non-text value fails here too)
                     return True
         return None in values and any(values[i] is None for i in self._not_nullable)
