@@ -148,9 +148,7 @@ TABLES = (
 
 def pg_exprs(columns: tuple[Column, ...]) -> sql.Composed:
     """The canonical text of `columns`, comma-separated, for a SELECT list."""
-    return sql.SQL(", ").join(
-        sql.SQL(c.pg).format(c=sql.Identifier(c.name)) for c in columns
-    )
+    return sql.SQL(", ").join(sql.SQL(c.pg).format(c=sql.Identifier(c.name)) for c in columns)
 
 
 def key_columns(table: Table) -> tuple[Column, ...]:
