@@ -214,7 +214,9 @@ class Setup:
             return False
         return True
 
-    def initial_load(self, tables: list[TableSchema], job: str = INITIAL_LOAD_JOB) -> Backfill:
+    def initial_load(
+        self, tables: list[TableSchema], job: str = INITIAL_LOAD_JOB, replaces: bool = False
+    ) -> Backfill:
         settings = self.settings
         return Backfill(
             self.source_dsn,
@@ -227,6 +229,7 @@ class Setup:
             workers=settings.backfill_workers,
             batch_bytes=settings.backfill_batch_mb << 20,
             on_progress=self._backfill_progress,
+            replaces=replaces,
         )
 
     def _backfill_progress(self, progress: BackfillProgress) -> None:

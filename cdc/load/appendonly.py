@@ -1,5 +1,6 @@
 """Copying an append-only log (a table without a key): its chunks, its rows, and the
-targets' rows it replaces.
+targets' rows a copy replaces (every log's copy, and a keyed table's copied under a name
+another table had).
 
 A log is copied by ranges of blocks, each row versioned by the snapshot and its ctid
 (`cdc.load.chunks.log_version`). Its copy replaces the targets' rows: first everything
@@ -66,15 +67,16 @@ def read_log_chunk(
             batch_table.rows[(version,)] = RowImage(int(version), False, values[:-1], True)
 
 
-def replace_logs(
-    make_sinks: Callable[[], list[Sink]], logs: Sequence[TableSchema], snapshot: Snapshot
+def replace_copied(
+    make_sinks: Callable[[], list[Sink]], tables: Sequence[TableSchema], snapshot: Snapshot
 ) -> None:
-    """Remove the rows of `logs` below the snapshot's version from every target, as a
-    TRUNCATE at that version: the copy brings them back."""
+    """Remove every row of `tables` older than the snapshot from every target, as a
+    TRUNCATE committed just before it would: the copy brings back what the source holds
+    (its rows carry the snapshot's version, or above it for a log)."""
     batch = Batch(end_lsn=snapshot.lsn)
-    for table in logs:
+    for table in tables:
         batch_table = TableBatch(table)
-        batch_table.truncate_version = snapshot.version
+        batch_table.truncate_version = snapshot.version - 1
         batch.tables[batch_table.name] = batch_table
     sinks = make_sinks()
     try:

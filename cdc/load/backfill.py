@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 
 from cdc.errors import Action, CdcError, ErrorKind
-from cdc.load.appendonly import block_chunks, replace_logs
+from cdc.load.appendonly import block_chunks, replace_copied
 from cdc.load.chunkcopy import ChunkCopier, Held
 from cdc.load.chunks import Chunk
 from cdc.load.jobstate import JobState
@@ -87,7 +87,10 @@ class Backfill:
         batch_bytes: int = BATCH_BYTES,
         where: str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        replaces: bool = False,
     ) -> None:
+        """`replaces`: the copy replaces every row the targets hold, for every table (for
+        an append-only log it always does)."""
         logs = sorted(t.name for t in tables if t.append_only)
         if where and logs:
             raise CdcError(
@@ -104,6 +107,7 @@ class Backfill:
         self.batch_bytes = batch_bytes
         self.where = where
         self.on_progress = on_progress
+        self.replaces = replaces
         self.progress = Progress()
         self.job_state = JobState(state_schema, job, self.tables)
         self.copier = ChunkCopier(self.source_dsn, self.tables, where)
@@ -175,16 +179,18 @@ class Backfill:
             to_plan = self.job_state.to_plan(state)
             chunks = self.job_state.pending_chunks(state)
             copying = {c.table for c in chunks} | set(to_plan)
-            logs = sorted(name for name in copying if self.tables[name].append_only)
-            for name in logs:
+            replaced = sorted(
+                name for name in copying if self.replaces or self.tables[name].append_only
+            )
+            for name in replaced:
                 self.job_state.restart(state, name)
-            if logs:
+            if replaced:
                 to_plan = self.job_state.to_plan(state)
                 chunks = self.job_state.pending_chunks(state)
             for name in copying:
                 self.job_state.set_state(state, name, TableState.COPYING)
-        if logs:
-            replace_logs(self.make_sinks, [self.tables[name] for name in logs], snapshot)
+        if replaced:
+            replace_copied(self.make_sinks, [self.tables[name] for name in replaced], snapshot)
         self.progress = Progress(total_chunks=len(chunks))
         work: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
         for chunk in chunks:

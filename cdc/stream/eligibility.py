@@ -42,7 +42,8 @@ SELECT c.relname, format('%%I.%%I', n.nspname, c.relname), c.relkind = 'p',
        WHEN NOT {_USABLE.format(c="c")} THEN ARRAY[format('%%I.%%I', n.nspname, c.relname)]
        ELSE '{{}}'::text[] END,
        ARRAY(SELECT t.relid::oid::bigint FROM pg_partition_tree(c.oid) t
-             WHERE t.isleaf AND t.relid <> c.oid ORDER BY 1)
+             WHERE t.isleaf AND t.relid <> c.oid ORDER BY 1),
+       c.oid::bigint
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -56,7 +57,7 @@ class SourceTable:
 
     `unusable` names (quoted, qualified) the table itself, or for a partitioned table its
     leaf partitions, that have no usable replica identity. `partitions` are the OIDs of a
-    partitioned table's leaf partitions."""
+    partitioned table's leaf partitions; `oid` is the table's own (0: not known)."""
 
     name: str
     qualified: str
@@ -66,6 +67,7 @@ class SourceTable:
     has_primary_key: bool
     unusable: tuple[str, ...]
     partitions: frozenset[int] = frozenset()
+    oid: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,9 @@ class Exclusion:
 def source_tables(conn: psycopg.Connection[Any], schema: str) -> list[SourceTable]:
     rows = conn.execute(SOURCE_TABLES_SQL, {"schema": schema}).fetchall()
     found = []
-    for name, qualified, partitioned, unlogged, identity, has_key, unusable, leaves in rows:
+    for name, qualified, partitioned, unlogged, identity, has_key, unusable, leaves, oid in rows:
         found.append(SourceTable(name, qualified, partitioned, unlogged, identity, has_key,
-                                 tuple(unusable), frozenset(leaves)))  # fmt: skip
+                                 tuple(unusable), frozenset(leaves), oid))  # fmt: skip
     return found
 
 

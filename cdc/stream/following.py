@@ -69,6 +69,7 @@ class SchemaFollower:
         self._quarantine = quarantine
         self._log = log
         self._seen: Mapping[str, frozenset[int]] | None = None
+        self._oids: Mapping[str, int] | None = None
         self._excluded: set[str] | None = None  # None until the first poll
         self._refused: dict[str, SourceTable] = {}  # could not be described, as it was then
         self._warned_logs: set[str] = set()  # append-only logs said to be updated
@@ -92,7 +93,7 @@ class SchemaFollower:
             recorded = self._recorded() if unpublished or self._seen is None else {}
             first = self._excluded is None
             todo = plan(tables, published, recorded, self._seen, self._excluded or set(),
-                        options.publishes_changes, appended)  # fmt: skip
+                        options.publishes_changes, appended, self._oids)  # fmt: skip
             by_name = {t.name: t for t in tables}
             if first:  # every table streamed is recorded: one taken out later stays out
                 for name in listed - set(recorded):
@@ -108,22 +109,28 @@ class SchemaFollower:
                 self._record(why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}")
                 excluded.add(why.table)
             self._excluded = {n for n in excluded if n in by_name} - set(todo.seen or {})
+            renamed = todo.renamed or {}
             for name in todo.dropped:
-                self._log.warning("table_dropped", table=self._name(name),
-                                  detail="dropped at the source: its targets are kept")  # fmt: skip
-                self._record(
-                    name, TableState.DROPPED, "dropped at the source; its targets are kept"
-                )
-            seen = dict(todo.seen or {})
+                detail = (f"renamed to {self._name(renamed[name])} at the source: its targets "
+                          "under the old name are kept" if name in renamed
+                          else "dropped at the source: its targets are kept")  # fmt: skip
+                event = "table_renamed" if name in renamed else "table_dropped"
+                self._log.warning(event, table=self._name(name), detail=detail)
+                self._record(name, TableState.DROPPED, detail)
+            seen, oids = dict(todo.seen or {}), dict(todo.oids or {})
             for name in todo.add:
                 if not self._add(by_name[name]):
                     seen.pop(name, None)
+                    oids.pop(name, None)
             for name in todo.add_log:
                 if not self._add(by_name[name], slots.append_publication(settings.publication)):
                     seen.pop(name, None)
+                    oids.pop(name, None)
             for name in todo.reload:
-                self._reload(name)
-            self._seen = seen
+                self._reload(name, "new partitions, or a copy cut short")
+            for name in todo.recopy:
+                self._reload(name, "another table had its name", replaces=True)
+            self._seen, self._oids = seen, oids
             self._watch_logs(todo.logs)
         except psycopg.Error as exc:
             self._log.warning("schema_follow_failed", error=str(exc).strip(),
@@ -212,7 +219,8 @@ class SchemaFollower:
         self._alter("add", name, publication)
         self._log.info("table_added", table=self._name(name), publication=publication,
                        append_only=table.append_only)  # fmt: skip
-        self._queue_load(table)
+        # Its targets may hold the rows of a table that had its name before.
+        self._queue_load(table, replaces=True)
         return True
 
     def _prepare(self, table: TableSchema) -> None:
@@ -225,21 +233,22 @@ class SchemaFollower:
             for sink in sinks:
                 sink.close()
 
-    def _reload(self, name: str) -> None:
+    def _reload(self, name: str, reason: str, replaces: bool = False) -> None:
         schema = self._settings.source_schema
         table = self._query(lambda conn: describe_table(conn, schema, name))
-        self._log.info("table_copied_again", table=self._name(name),
-                       reason="new partitions, or a copy cut short")  # fmt: skip
-        self._queue_load(table)
+        self._log.info("table_copied_again", table=self._name(name), reason=reason)
+        self._queue_load(table, replaces)
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _queue_load(self, table: TableSchema) -> None:
+    def _queue_load(self, table: TableSchema, replaces: bool = False) -> None:
+        """Copy `table` in the background; `replaces`: the copy replaces every row its
+        targets hold (they may hold another table's of the same name)."""
         if not self._settings.initial_load:
             self._log.info("table_streamed_without_copy", table=table.qualified_name,
                            hint=f"initial_load is off: `cdc backfill {table.name}`")  # fmt: skip
             return
-        self._loader.queue(table)
+        self._loader.queue(table, replaces)
 
     def close(self) -> None:
         """Stop copying tables after the copy in progress (`TableLoader.close`)."""

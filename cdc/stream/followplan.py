@@ -1,8 +1,12 @@
 """What following the schema does at a poll (`plan`, a pure function): the source schema's
 tables compared with the publications, each table's recorded state and the tables
-followed at the last poll, giving the tables to add, to copy again, to take out of the
-publication, to report as not publishable, and the ones dropped (`cdc.stream.following`
-acts on it).
+followed at the last poll (by name and OID), giving the tables to add, to copy again, to
+take out of the publication, to report as not publishable, and the ones dropped or
+renamed (`cdc.stream.following` acts on it).
+
+A name that stood for another table at the last poll (renamed into it, or dropped and
+made again) is copied whole at a snapshot that replaces what its targets hold: they may
+hold the rows of the table that had the name before.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ class Plan:
     add: tuple[str, ...] = ()  # publish, create targets, copy
     add_log: tuple[str, ...] = ()  # the same, in the append publication
     reload: tuple[str, ...] = ()  # published; copy again
+    recopy: tuple[str, ...] = ()  # published under a name another table had: copy, replacing
     unpublish: tuple[Exclusion, ...] = ()  # published, but Postgres would refuse its writes
     excluded: tuple[Exclusion, ...] = ()  # newly not publishable: say why, once
-    dropped: tuple[str, ...] = ()  # followed, gone from the schema
+    dropped: tuple[str, ...] = ()  # followed, gone from the schema (renamed too)
+    renamed: Mapping[str, str] | None = None  # of `dropped`, those renamed: old -> new name
     seen: Mapping[str, frozenset[int]] | None = None  # the tables followed now: partitions
+    oids: Mapping[str, int] | None = None  # the tables followed now: their OIDs
     logs: tuple[str, ...] = ()  # the append-only logs followed now
 
 
@@ -42,17 +49,19 @@ def plan(
     excluded_before: set[str],
     publishes_changes: bool,
     appended: set[str] | None = None,
+    seen_oids: Mapping[str, int] | None = None,
 ) -> Plan:
     """What to do about the schema's `tables`, given the publication's tables, each table's
-    recorded state, the tables followed at the last poll with their partitions (None at the
-    first poll after start), the tables already reported excluded, and the append
-    publication's tables (None: there is none, so keyless tables are excluded).
+    recorded state, the tables followed at the last poll with their partitions and their
+    OIDs (None at the first poll after start), the tables already reported excluded, and
+    the append publication's tables (None: there is none, so keyless tables are excluded).
 
     A table in the append publication stays an append-only log even once it has a key
     (its targets are keyed by `_version`): docs/architecture.md says how to convert it."""
     add: list[str] = []
     add_log: list[str] = []
     reload: list[str] = []
+    recopy: list[str] = []
     unpublish: list[Exclusion] = []
     excluded: list[Exclusion] = []
     followed: dict[str, frozenset[int]] = {}
@@ -72,9 +81,12 @@ def plan(
             continue
         state = recorded.get(table.name)
         listed = appended if as_log and appended is not None else published
+        # Another table had this name at the last poll (or none, for a published table).
+        known_oid = seen_oids.get(table.name) if seen_oids is not None else table.oid
+        another = known_oid != table.oid
         if table.name not in listed:
             again = LOG_PICKED_UP_AGAIN if as_log else PICKED_UP_AGAIN
-            if state is None or state in again:
+            if state is None or state in again or (another and known_oid is not None):
                 (add_log if as_log else add).append(table.name)
                 followed[table.name] = table.partitions
                 if as_log:
@@ -86,9 +98,18 @@ def plan(
         if seen is None:
             if state in CUT_SHORT:
                 reload.append(table.name)
+        elif another:
+            recopy.append(table.name)
         elif table.partitions - seen.get(table.name, table.partitions):
             reload.append(table.name)
     present = {t.name for t in tables}
     dropped = tuple(sorted(name for name in (seen or {}) if name not in present))
-    return Plan(tuple(add), tuple(add_log), tuple(reload), tuple(unpublish), tuple(excluded),
-                dropped, followed, tuple(logs))  # fmt: skip
+    oids = {t.name: t.oid for t in tables if t.name in followed}
+    by_oid = {oid: name for name, oid in oids.items()}
+    renamed = {
+        old: by_oid[oid]
+        for old, oid in (seen_oids or {}).items()
+        if old in dropped and oid in by_oid
+    }
+    return Plan(tuple(add), tuple(add_log), tuple(reload), tuple(recopy), tuple(unpublish),
+                tuple(excluded), dropped, renamed, followed, oids, tuple(logs))  # fmt: skip

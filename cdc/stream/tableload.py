@@ -21,7 +21,8 @@ from cdc.stream.snapshot import exported_snapshot
 
 LOAD_JOIN_S = 30.0
 
-LoadFactory = Callable[[list[TableSchema], str], Backfill]
+# (tables, job, replaces): a copy job; `replaces`: the copy replaces what the targets hold.
+LoadFactory = Callable[[list[TableSchema], str, bool], Backfill]
 
 
 class TableLoader:
@@ -39,12 +40,13 @@ class TableLoader:
         self._make_load = make_load
         self._quarantine = quarantine
         self._log = log
-        self._loads: queue.SimpleQueue[TableSchema | None] = queue.SimpleQueue()
+        self._loads: queue.SimpleQueue[tuple[TableSchema, bool] | None] = queue.SimpleQueue()
         self._loading: set[str] = set()
         self._loader: threading.Thread | None = None
 
-    def queue(self, table: TableSchema) -> None:
-        """Copy `table` after the ones queued before it (once, while it is queued)."""
+    def queue(self, table: TableSchema, replaces: bool = False) -> None:
+        """Copy `table` after the ones queued before it (once, while it is queued);
+        `replaces`: the copy replaces every row the targets hold."""
         if table.name in self._loading:
             return
         self._loading.add(table.name)
@@ -52,12 +54,13 @@ class TableLoader:
             self._loader = threading.Thread(target=self._load_all, name="cdc-table-load",
                                             daemon=True)  # fmt: skip
             self._loader.start()
-        self._loads.put(table)
+        self._loads.put((table, replaces))
 
     def _load_all(self) -> None:
-        while (table := self._loads.get()) is not None:
+        while (queued := self._loads.get()) is not None:
+            table, replaces = queued
             try:
-                self._load(table)
+                self._load(table, replaces)
             except (CdcError, psycopg.Error) as exc:
                 hint = f"restart the daemon, or `cdc backfill {table.name}`"
                 self._log.error("table_load_failed", table=table.qualified_name,
@@ -65,12 +68,12 @@ class TableLoader:
             finally:
                 self._loading.discard(table.name)
 
-    def _load(self, table: TableSchema) -> None:
+    def _load(self, table: TableSchema, replaces: bool) -> None:
         job = f"table_{table.name}_{uuid.uuid4().hex[:8]}"
         with exported_snapshot(self._source_dsn) as snapshot:
             self._log.info("table_load_started", table=table.qualified_name,
                            snapshot_lsn=str(snapshot.lsn))  # fmt: skip
-            progress = self._make_load([table], job).run(snapshot)
+            progress = self._make_load([table], job, replaces).run(snapshot)
         for name, reason in progress.failed.items():
             self._quarantine((table.schema, name), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
         self._log.info("table_load_done", table=table.qualified_name, rows=progress.rows)

@@ -218,6 +218,43 @@ def test_table_created_while_running_is_copied_then_streamed(
     assert published(pg, "cdc_pub") == ["first"]
 
 
+def test_renamed_and_recreated_tables_arrive_whole_under_their_new_names(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """A renamed table was streamed under its new name without its existing rows, and a
+    table dropped and made again under the same name (one migration, between two looks at
+    the schema) was never published, while the targets kept the old table's rows. Now a
+    name that stood for another table is copied whole, replacing what its targets held."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.orders (id int PRIMARY KEY, v text)")
+    pg.execute("CREATE TABLE director.lines (id int PRIMARY KEY, v text)")
+    pg.execute("CREATE TABLE director.swap (id int PRIMARY KEY, v text)")
+    pg.execute("INSERT INTO director.orders SELECT g, 'o' FROM generate_series(1, 300) g")
+    pg.execute("INSERT INTO director.lines SELECT g, 'old' FROM generate_series(1, 50) g")
+    pg.execute("INSERT INTO director.swap SELECT g, 's' FROM generate_series(1, 20) g")
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, ["orders", "lines", "swap"], running=running)
+        pg.execute("ALTER TABLE director.orders RENAME TO orders_2026")
+        pg.execute("UPDATE director.orders_2026 SET v = 'renamed' WHERE id % 10 = 0")
+        with pg.transaction():  # a migration made of a drop and a create
+            pg.execute("DROP TABLE director.lines")
+            pg.execute("CREATE TABLE director.lines (id int PRIMARY KEY, v text)")
+            pg.execute("INSERT INTO director.lines SELECT g, 'new' FROM generate_series(40, 60) g")
+        with pg.transaction():  # names swapped: each name now stands for the other table
+            pg.execute("ALTER TABLE director.swap RENAME TO swap_old")
+            pg.execute("ALTER TABLE director.orders_2026 RENAME TO swap")
+            pg.execute("ALTER TABLE director.swap_old RENAME TO orders_2026")
+        pg.execute("INSERT INTO director.swap VALUES (1000, 'after')")
+        pg.execute("INSERT INTO director.lines VALUES (1000, 'after')")
+        wait_in_step(pg, ch, ch_database, ["swap", "orders_2026", "lines"], running=running)
+    renamed = {e["table"] for e in logs if e["event"] == "table_renamed"}
+    assert "director.orders" in renamed, [e for e in logs if e["event"].startswith("table_")]
+    assert set(published(pg, "cdc_pub")) >= {"swap", "orders_2026", "lines"}
+
+
 def test_status_shows_every_table_of_the_schema_with_its_state(
     pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
     ch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

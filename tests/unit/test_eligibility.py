@@ -89,3 +89,27 @@ def test_publication_sql_publishes_partitions_via_their_root() -> None:
     assert via_root_sql("p").as_string(None) == (
         'ALTER PUBLICATION "p" SET (publish_via_partition_root = true)'
     )
+
+
+def test_plan_copies_whole_a_name_that_stood_for_another_table() -> None:
+    """Followed by name and OID: a rename copies the table under its new name and reports
+    the old one renamed; a table dropped and made again between two looks is added again
+    (its state says it was streamed); swapped names are both copied again."""
+    t, u = replace(KEYED, name="t", oid=10), replace(KEYED, name="u", oid=11)
+    seen = {"t": frozenset[int](), "u": frozenset[int]()}
+    same = plan([t, u], {"t", "u"}, {}, seen, set(), True, None, {"t": 10, "u": 11})
+    assert (same.add, same.reload, same.recopy, same.dropped) == ((), (), (), ())
+    assert same.oids == {"t": 10, "u": 11}
+    moved = plan([replace(t, name="t2"), u], {"t2", "u"}, {}, seen, set(), True, None,
+                 {"t": 10, "u": 11})  # fmt: skip
+    assert moved.recopy == ("t2",) and moved.dropped == ("t",)
+    assert moved.renamed == {"t": "t2"}
+    remade = plan([replace(t, oid=12), u], {"u"}, {"t": "streaming"}, seen, set(), True, None,
+                  {"t": 10, "u": 11})  # fmt: skip
+    assert remade.add == ("t",) and remade.dropped == () and remade.renamed == {}
+    swapped = plan([replace(t, oid=11), replace(u, oid=10)], {"t", "u"}, {}, seen, set(), True,
+                   None, {"t": 10, "u": 11})  # fmt: skip
+    assert swapped.recopy == ("t", "u")
+    taken_out = plan([t, u], {"u"}, {"t": "streaming"}, seen, set(), True, None,
+                     {"t": 10, "u": 11})  # fmt: skip
+    assert taken_out.add == ()  # the same table, taken out by hand: it stays out
