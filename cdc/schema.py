@@ -67,6 +67,9 @@ class Column:
     kind: TypeKind
     element: Column | None = None
     base_type: Column | None = None
+    # What rows written before the column was added hold (the text of Postgres' "missing
+    # value", from `ADD COLUMN ... DEFAULT <constant>`); None: NULL.
+    missing: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,11 @@ FROM t LEFT JOIN pg_type p ON p.oid = t.oid LEFT JOIN pg_namespace n ON n.oid = 
 
 # Catalog facts for the Relation's columns, matched by name; NULLs when the table or
 # column no longer exists. Positions are 0-based in the primary key / identity index.
-_RELATION_SQL: Final = """
-SELECT a.attnotnull, a.attndims, pk.pos, ri.pos
+# A column's missing value: the text of the one element of `attmissingval` (an array of
+# the column's type, an array column's too: its element's text is then that array's).
+_MISSING: Final = "CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END"
+_RELATION_SQL: Final = f"""
+SELECT a.attnotnull, a.attndims, pk.pos, ri.pos, {_MISSING}
 FROM unnest(%(names)s::text[]) WITH ORDINALITY AS c(name, ord)
 LEFT JOIN pg_attribute a
        ON a.attrelid = %(relid)s::oid AND a.attname = c.name AND a.attnum > 0
@@ -157,9 +163,9 @@ LEFT JOIN LATERAL (SELECT array_position(r.indkey::int2[], a.attnum) AS pos) ri
 ORDER BY c.ord
 """
 
-_TABLE_SQL: Final = """
+_TABLE_SQL: Final = f"""
 SELECT c.relreplident, a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attndims,
-       pk.pos, ri.pos
+       pk.pos, ri.pos, {_MISSING}
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -259,17 +265,18 @@ def describe_relation(conn: psycopg.Connection[Any], relation: Relation) -> Tabl
     columns: list[Column] = []
     primary: list[tuple[int, str]] = []
     catalog_identity: list[tuple[int, str]] = []
-    for rel_column, (notnull, dims, pk_pos, ri_pos) in zip(relation.columns, facts, strict=True):
-        columns.append(
-            _build_column(
-                types,
-                rel_column.name,
-                rel_column.type_oid,
-                rel_column.type_modifier,
-                not notnull,
-                dims or 1,
-            )
+    for rel_column, (notnull, dims, pk_pos, ri_pos, missing) in zip(
+        relation.columns, facts, strict=True
+    ):
+        column = _build_column(
+            types,
+            rel_column.name,
+            rel_column.type_oid,
+            rel_column.type_modifier,
+            not notnull,
+            dims or 1,
         )
+        columns.append(column if missing is None else replace(column, missing=missing.encode()))
         if pk_pos is not None:
             primary.append((pk_pos, rel_column.name))
         if ri_pos is not None:
@@ -293,8 +300,9 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> Tab
     columns: list[Column] = []
     primary: list[tuple[int, str]] = []
     identity_key: list[tuple[int, str]] = []
-    for _, attname, oid, typmod, notnull, dims, pk_pos, ri_pos in rows:
-        columns.append(_build_column(types, attname, oid, typmod, not notnull, dims or 1))
+    for _, attname, oid, typmod, notnull, dims, pk_pos, ri_pos, missing in rows:
+        column = _build_column(types, attname, oid, typmod, not notnull, dims or 1)
+        columns.append(column if missing is None else replace(column, missing=missing.encode()))
         if pk_pos is not None:
             primary.append((pk_pos, attname))
         if ri_pos is not None:

@@ -136,12 +136,19 @@ TABLES = (
             _instant("at"),
             Column("blob", "encode({c}, 'hex')", "lower(hex({c}))"),
             _long_text("memo"),
+            Column("state", "{c}", "{c}"),  # added while running (`MIGRATIONS`)
         ),
     ),
     Table(
         "Team Notes",
         ("Team Id",),
-        (_int("Team Id"), _int("Rank"), _instant("Seen At"), _long_text("Body Text")),
+        (
+            _int("Team Id"),
+            _int("Rank"),
+            _instant("Seen At"),
+            _long_text("Body Text"),
+            _int("Level"),  # added while running (`MIGRATIONS`)
+        ),
     ),
 )
 
@@ -513,25 +520,28 @@ def _run_txn(conn: psycopg.Connection[Any], txn: Txn, out: Any, stats: WriterSta
             return
 
 
-# Column types widened while the daemon runs, each once, at a random moment of the run:
-# the targets follow them (a key column of ClickHouse by remaking its table).
-WIDENINGS = (
+# Migrations while the daemon runs, each once, at a random moment of the run: column types
+# widened, which the targets follow (a key column of ClickHouse by remaking its table), and
+# columns added with a default, which the rows already there hold at the source.
+MIGRATIONS = (
     "ALTER TABLE director.order_lines ALTER qty TYPE bigint",
     'ALTER TABLE director."Team Notes" ALTER "Team Id" TYPE bigint',
     "ALTER TABLE director.cards ALTER score TYPE numeric(16,4)",
-    'ALTER TABLE director."Team Notes" ALTER "Body Text" TYPE varchar',
+    "ALTER TABLE director.cards ALTER score TYPE numeric",
     "ALTER TABLE director.order_lines ALTER line TYPE bigint, ALTER price TYPE numeric(14,3)",
+    'ALTER TABLE director."Team Notes" ADD COLUMN "Level" int NOT NULL DEFAULT 3',
+    "ALTER TABLE director.cards ADD COLUMN state text DEFAULT 'open'",
 )
 
 
-def run_widenings(dsn: str, seed: int, seconds: float, stop: threading.Event, log: Path) -> int:
-    """Widen `WIDENINGS` at random moments within `seconds` (as an application's migration
+def run_migrations(dsn: str, seed: int, seconds: float, stop: threading.Event, log: Path) -> int:
+    """Run `MIGRATIONS` at random moments within `seconds` (as an application's migration
     would: waiting its turn for the table's lock); returns how many were made."""
     rng = random.Random(seed)
-    moments = sorted(rng.uniform(0.05, 0.85) * seconds for _ in WIDENINGS)
+    moments = sorted(rng.uniform(0.05, 0.85) * seconds for _ in MIGRATIONS)
     started, made = time.monotonic(), 0
     with log.open("a") as out:
-        for statement, moment in zip(WIDENINGS, moments, strict=True):
+        for statement, moment in zip(MIGRATIONS, moments, strict=True):
             if stop.wait(max(0.0, started + moment - time.monotonic())):
                 break
             while not stop.is_set():
@@ -540,7 +550,7 @@ def run_widenings(dsn: str, seed: int, seconds: float, stop: threading.Event, lo
                         conn.execute("SET lock_timeout = '1s'")
                         conn.execute(statement)
                     made += 1
-                    out.write(json.dumps({"widened": statement}) + "\n")
+                    out.write(json.dumps({"migrated": statement}) + "\n")
                     break
                 except (*RETRIED, psycopg.errors.LockNotAvailable, psycopg.OperationalError):
                     stop.wait(0.2)

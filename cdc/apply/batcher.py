@@ -279,7 +279,8 @@ class BatchBuilder:
         widened = widen(table.schema, schema)
         added = len(widened.columns) - len(table.columns)
         if added:
-            pad = (None,) * added
+            # What the rows from before the change hold at the source in the columns added.
+            pad = tuple(c.missing for c in widened.columns[-added:])
             table.rows = {
                 key: image._replace(values=image.values + pad) for key, image in table.rows.items()
             }

@@ -28,9 +28,12 @@ from cdc.schema import (
     VERSION_COLUMN,
     Column,
     TableSchema,
+    TypeKind,
 )
+from cdc.sinks.clickhouse.arrays import array_converter
 from cdc.sinks.clickhouse.client import quote_identifier
-from cdc.sinks.clickhouse.types import clickhouse_type
+from cdc.sinks.clickhouse.limits import Refused, bytea_bytes, value_check
+from cdc.sinks.clickhouse.types import PgType, clickhouse_type, storage_column
 
 PG_VERSION_TYPE: Final = "numeric(39,0)"  # 2**128 - 1 has 39 digits
 CH_VERSION_TYPE: Final = "UInt128"
@@ -140,9 +143,22 @@ def historic_commit_time_column(schema_name: str, table_name: str) -> sql.Compos
 
 
 def historic_add_column(schema_name: str, table_name: str, column: Column) -> sql.Composed:
-    """Add a column (nullable: rows written before it have no value for it)."""
-    return sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {}").format(
+    """Add a column (nullable). The rows written before it hold what they hold at the
+    source: `column.missing` as the default while the column is added (then dropped with
+    `historic_drop_default`: every later write names the column), else NULL."""
+    add = sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {}").format(
         sql.Identifier(schema_name), sql.Identifier(table_name), _pg_column(column, False)
+    )
+    if column.missing is None:
+        return add
+    return sql.SQL("{} DEFAULT {}::{}").format(
+        add, sql.Literal(column.missing.decode()), sql.SQL(column.pg_type)
+    )
+
+
+def historic_drop_default(schema_name: str, table_name: str, column_name: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {}.{} ALTER COLUMN {} DROP DEFAULT").format(
+        sql.Identifier(schema_name), sql.Identifier(table_name), sql.Identifier(column_name)
     )
 
 
@@ -285,11 +301,33 @@ def clickhouse_commit_time_column(
 def clickhouse_add_column(
     database: str, table_name: str, column: Column, cluster: str | None = None
 ) -> str:
-    """Add a column, of `added_column_type`."""
+    """Add a column, of `added_column_type`; rows written before it read `column.missing`
+    (`clickhouse_default`), else NULL."""
     return (
         f"ALTER TABLE {_qualified(database, table_name)}{_on_cluster(cluster)} "
         f"ADD COLUMN IF NOT EXISTS {quote_identifier(column.name)} {added_column_type(column)}"
+        f"{clickhouse_default(column)}"
     )
+
+
+def clickhouse_default(column: Column) -> str:
+    """` DEFAULT <value>`: what the rows ClickHouse held before `column` was added read,
+    Postgres' missing value as ClickHouse holds it (`cdc.sinks.clickhouse.limits`); empty
+    when there is none, or when ClickHouse cannot hold it (`Refused`)."""
+    storage = storage_column(column)
+    if column.missing is None:
+        return ""
+    check = array_converter(storage) if storage.kind is TypeKind.ARRAY else value_check(storage)
+    if check is bytea_bytes:  # the hex text: `\x...`
+        return f" DEFAULT unhex({quote_string(column.missing[2:].decode())})"
+    try:
+        value = (column.missing if check is None else check(column.missing)).decode()
+    except (Refused, UnicodeDecodeError):
+        return ""
+    ch_type = added_column_type(column)
+    if storage.kind is TypeKind.BASE and storage.type_oid in (PgType.TIMESTAMP, PgType.TIMESTAMPTZ):
+        return f" DEFAULT parseDateTime64BestEffortOrNull({quote_string(value)}, 6, 'UTC')"
+    return f" DEFAULT CAST({quote_string(value)} AS {ch_type})"
 
 
 def added_column_type(column: Column) -> str:

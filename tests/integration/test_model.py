@@ -266,11 +266,11 @@ def _prepare_source(pg: psycopg.Connection[Any], seed: int, identity: str) -> st
 def _write_concurrently(
     pg_dsn: str, seed: int, logs: list[Path], rounds: DaemonRounds
 ) -> tuple[list[model.WriterStats], int]:
-    """The writers' workload and the widenings of column types, while the daemon goes
-    through `rounds` for `SECONDS`; returns the writers' stats and the widenings made."""
+    """The writers' workload and the migrations (`model.MIGRATIONS`), while the daemon goes
+    through `rounds` for `SECONDS`; returns the writers' stats and the migrations made."""
     stop = threading.Event()
     stats = [model.WriterStats() for _ in logs]
-    widened: list[int] = []
+    migrated: list[int] = []
     threads = [
         threading.Thread(
             target=model.run_writer,
@@ -279,10 +279,10 @@ def _write_concurrently(
         )
         for w, log in enumerate(logs)
     ]
+    log = logs[0].with_name("migrations.jsonl")
     threads.append(threading.Thread(
-        target=lambda: widened.append(
-            model.run_widenings(pg_dsn, seed, SECONDS, stop, logs[0].with_name("widenings.jsonl"))),
-        name="model-widenings",
+        target=lambda: migrated.append(model.run_migrations(pg_dsn, seed, SECONDS, stop, log)),
+        name="model-migrations",
     ))  # fmt: skip
     for thread in threads:
         thread.start()
@@ -292,7 +292,7 @@ def _write_concurrently(
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
-    return stats, sum(widened)
+    return stats, sum(migrated)
 
 
 def column_types(pg: psycopg.Connection[Any], schema: str, suffix: str) -> dict[str, str]:
@@ -334,7 +334,7 @@ def test_model(
     print(context)
 
     rounds = DaemonRounds(env, daemon_log, rng)
-    stats, widened = _write_concurrently(pg_dsn, seed, workload_logs, rounds)
+    stats, migrated = _write_concurrently(pg_dsn, seed, workload_logs, rounds)
 
     # Catch up with everything, then stop cleanly and compare.
     end = Lsn.parse(pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
@@ -362,7 +362,7 @@ def test_model(
         f"{sum(s.retried for s in stats)} retried, {sum(s.skipped_ops for s in stats)} "
         f"operations refused; {rounds.kills} kills ({rounds.fault_kills} at fault points); "
         f"streamed/spilled transactions {streamed}; {monitor_passes(daemon_log)} monitor passes; "
-        f"{widened} of {len(model.WIDENINGS)} widenings"
+        f"{migrated} of {len(model.MIGRATIONS)} migrations"
     )
     source = pg_state(pg, "director", "")
     historic = pg_state(pg, "historic", "_current")
@@ -374,7 +374,7 @@ def test_model(
         problems.append(f"every change, as test_decoding decoded it: {changes}")
     assert not problems, "\n".join([context, *problems])
     assert committed > 0 and rounds.kills > 0
-    assert widened == len(model.WIDENINGS), "\n".join([context, "not every widening was made"])
+    assert migrated == len(model.MIGRATIONS), "\n".join([context, "not every migration was made"])
     source_types = column_types(pg, "director", "")
     assert column_types(pg, "historic", "_current") == source_types, "\n".join(
         [context, "historic's column types differ from the source's"])  # fmt: skip

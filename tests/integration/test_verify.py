@@ -7,6 +7,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -452,3 +453,43 @@ def test_infinite_dates_and_timestamps_are_the_ends_of_clickhouse_range(
         found = verify(settings)
         assert found.exit_code == 1, found.output
         assert note_lines(found.output, "clickhouse ") == ["clickhouse changed: (4)"], found.output
+
+
+def test_columns_added_with_a_default_hold_it_in_earlier_rows(
+    pg: psycopg.Connection[Any], settings: Settings, clickhouse_server: ClickHouseServer
+) -> None:
+    """`ADD COLUMN ... DEFAULT <constant>` streams nothing for the rows already there, yet
+    they read the default at the source (Postgres' missing value): so do the targets' rows,
+    those written by earlier batches and those of the batch the change falls into."""
+    ch = clickhouse_server.client
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.cards (id int PRIMARY KEY, v text)")
+    pg.execute("INSERT INTO director.cards SELECT g, 'copied' FROM generate_series(1, 20) g")
+    with running_daemon(settings, ch) as running:
+        pg.execute("INSERT INTO director.cards VALUES (21, 'streamed')")
+        caught_up(pg, settings, running)
+        with pg.transaction():  # in the batch of the change, before it
+            pg.execute("INSERT INTO director.cards VALUES (22, 'same batch')")
+            pg.execute(
+                "ALTER TABLE director.cards ADD COLUMN active boolean NOT NULL DEFAULT true, "
+                "ADD COLUMN score numeric(6,2) DEFAULT 7.5, ADD COLUMN note text, "
+                "ADD COLUMN label text DEFAULT E'it''s a\\ttab', "
+                "ADD COLUMN seen timestamptz DEFAULT '2024-01-01 10:00+02', "
+                "ADD COLUMN tags text[] DEFAULT '{a,NULL,\"b c\"}', "
+                "ADD COLUMN raw bytea DEFAULT '\\x00ff'"
+            )
+            pg.execute("INSERT INTO director.cards (id, v, active) VALUES (23, 'after', false)")
+        pg.execute("UPDATE director.cards SET score = 1 WHERE id = 2")
+        caught_up(pg, settings, running)
+        agree = verify(settings)
+        assert agree.exit_code == 0, agree.output
+        held = ch.query(
+            "SELECT id, active, score, note, label, toString(seen), tags, hex(raw) FROM "
+            f"{quote_identifier(settings.clickhouse_database)}.cards_current "
+            "WHERE id IN (1, 21, 22) ORDER BY id"
+        ).result_rows
+    expected = (True, Decimal("7.50"), None, "it's a\ttab", "2024-01-01 08:00:00.000000",
+                ["a", None, "b c"], "00FF")  # fmt: skip
+    assert [row[1:] for row in held] == [expected] * 3
+    row = pg.execute("SELECT active, score, label FROM historic.cards_current WHERE id = 22")
+    assert row.fetchone() == (True, Decimal("7.50"), "it's a\ttab")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from cdc.errors import CdcError, ErrorKind
@@ -66,6 +68,11 @@ def test_historic_alterations() -> None:
     assert ddl.historic_drop_not_null("historic", "Score Card", "select").as_string(None) == (
         'ALTER TABLE "historic"."Score Card" ALTER COLUMN "select" DROP NOT NULL'
     )
+    defaulted = replace(new, missing=b'{"it\'s": 1}')
+    assert ddl.historic_add_column("historic", "t", defaulted).as_string(None) == (
+        'ALTER TABLE "historic"."t" ADD COLUMN IF NOT EXISTS "New Col" jsonb '
+        "DEFAULT '{\"it''s\": 1}'::jsonb"
+    )
 
 
 def test_view_names_postgres_would_truncate_are_refused() -> None:
@@ -128,6 +135,10 @@ def test_clickhouse_alterations() -> None:
     assert ddl.clickhouse_add_column("db", "Score Card", new) == (
         "ALTER TABLE `db`.`Score Card` ADD COLUMN IF NOT EXISTS `New Col` Nullable(Int64)"
     )
+    defaulted = replace(new, missing=b"7")
+    assert ddl.clickhouse_add_column("db", "t", defaulted).endswith(
+        "`New Col` Nullable(Int64) DEFAULT CAST('7' AS Nullable(Int64))"
+    )
     assert ddl.clickhouse_make_nullable("db", "Score Card", "New Col", "Int64", cluster="c") == (
         "ALTER TABLE `db`.`Score Card` ON CLUSTER `c` MODIFY COLUMN `New Col` Nullable(Int64)"
     )
@@ -184,3 +195,22 @@ def test_cluster_mode_reads_and_writes_through_distributed_tables() -> None:
     local = ddl.clickhouse_current_view("db", TABLE)
     assert "FROM `db`.`Score Card` FINAL" in local
     assert "_all" not in local
+
+
+@pytest.mark.parametrize(
+    ("oid", "pg_type", "missing", "default"),
+    [
+        (PgType.BOOL, "boolean", b"t", " DEFAULT CAST('t' AS Nullable(Bool))"),
+        (PgType.DATE, "date", b"infinity", " DEFAULT CAST('2299-12-31' AS Nullable(Date32))"),
+        (PgType.TIMESTAMPTZ, "timestamptz", b"2024-01-01 08:00:00+00",
+         " DEFAULT parseDateTime64BestEffortOrNull('2024-01-01 08:00:00+00', 6, 'UTC')"),
+        (PgType.BYTEA, "bytea", b"\\x00ff", " DEFAULT unhex('00ff')"),
+        (PgType.NUMERIC, "numeric", b"NaN", ""),  # ClickHouse cannot hold it
+        (25, "text", None, ""),
+    ],
+)  # fmt: skip
+def test_clickhouse_default_of_an_added_column(
+    oid: int, pg_type: str, missing: bytes | None, default: str
+) -> None:
+    added = replace(column("c", oid, pg_type), missing=missing)
+    assert ddl.clickhouse_default(added) == default

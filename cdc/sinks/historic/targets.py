@@ -83,6 +83,8 @@ class HistoricTargets:
             conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
             for column in missing:
                 conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
+                if column.missing is not None:
+                    conn.execute(ddl.historic_drop_default(self.schema, layout.name, column.name))
                 known.append(column.name)
                 types[column.name] = (column.type_oid, column.type_modifier)
             if retyped:
@@ -99,8 +101,9 @@ class HistoricTargets:
 
     def _retyped(self, layout: TableSchema, types: dict[str, tuple[int, int]]) -> list[Column]:
         """The columns of `layout` whose type widened at the source (`cdc.sinks.retype`;
-        `types`: the table's as it is). A type the table already widened is kept (rows
-        streamed before the change, replayed); another change sets the table aside."""
+        `types`: the table's as it is). A type at least as wide is kept (rows streamed
+        before a change already followed, replayed; text and varchar hold the same values);
+        another change sets the table aside."""
         retyped = []
         for column in layout.columns:
             target = types.get(column.name)
@@ -108,7 +111,8 @@ class HistoricTargets:
                 continue
             if column.type_oid >= FIRST_USER_OID or target[0] >= FIRST_USER_OID:
                 continue  # user types: their OIDs differ between databases
-            if retype.widens(target, retype.type_ref(column)):
+            ref = retype.type_ref(column)
+            if retype.widens(target, ref) and not retype.widens(ref, target):
                 retyped.append(column)
             elif not retype.widens(retype.type_ref(column), target):
                 raise retype.refused(layout, column.name, column.pg_type)
