@@ -36,17 +36,30 @@ from cdc.load.chunks import Chunk
 from cdc.load.jobstate import JobState
 from cdc.load.planning import key_chunks
 from cdc.ops import faults
-from cdc.schema import TableSchema
+from cdc.ops.logs import get_logger
+from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import Sink
 from cdc.sinks.historic.sql import SESSION_SQL
 from cdc.states import TableState
 from cdc.stream.session import canonical_dsn
-from cdc.stream.snapshot import Snapshot, import_snapshot
+from cdc.stream.snapshot import Snapshot, exported_snapshot, import_snapshot
 
 # COPY data a worker holds for one write to a target. ClickHouse makes a part of each
 # insert: 1M rows in parts of 50k cost it as much again in merges as the inserts
 # (measured), in parts of 200k (32 MB of the benchmark's rows) they are not merged at once.
 BATCH_BYTES = 32 << 20
+REWRITE_ATTEMPTS = 5  # copies again of a table rewritten while it is copied
+# The job's tables (of one schema) a leaf of which has another file than the snapshot's
+# catalog names: rewritten or truncated since (run in a transaction that imported it).
+REWRITTEN_SQL = """
+SELECT DISTINCT c.relname FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class l
+  ON l.oid = c.oid OR l.oid IN (SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf)
+WHERE n.nspname = %(schema)s AND c.relname = ANY(%(tables)s) AND l.relkind = 'r'
+  AND l.relfilenode IS DISTINCT FROM pg_relation_filenode(l.oid)
+"""
+_log = get_logger()
 
 
 @dataclass
@@ -174,7 +187,61 @@ class Backfill:
     def run(self, snapshot: Snapshot) -> Progress:
         """Copy every chunk not done yet, at `snapshot`, while the tables not split yet are
         split into chunks: the workers start on the first chunk found (the plan reads each
-        table's key index once, which would otherwise leave a core idle)."""
+        table's key index once, which would otherwise leave a core idle).
+
+        A table rewritten (`ALTER ... TYPE`, a volatile `ADD COLUMN` default) or truncated
+        while it was copied looks empty to the snapshot from then on (neither is MVCC-safe),
+        so the chunks copied after it were empty: such a table is copied again, whole, at a
+        new snapshot (every change streamed after that one is newer than the copy), up to
+        `REWRITE_ATTEMPTS` times; then it is given up as failed, with the fix."""
+        progress = self._run(snapshot)
+        rewritten = self._rewritten(snapshot)
+        for _ in range(REWRITE_ATTEMPTS):
+            if not rewritten:
+                return progress
+            _log.warning("table_rewritten_while_copied", tables=rewritten,
+                         detail="copied again, whole, at a new snapshot")  # fmt: skip
+            self._copy_again(rewritten)
+            with exported_snapshot(self.source_dsn) as again:
+                more = self._run(again)
+                rewritten = self._rewritten(again)
+            progress.rows += more.rows
+            progress.done_chunks += more.done_chunks
+            progress.failed.update(more.failed)
+        for name in rewritten:
+            progress.failed.setdefault(
+                name, f"rewritten or truncated at the source while it was copied, "
+                f"{REWRITE_ATTEMPTS + 1} times: run `cdc backfill {name}` when it is not",
+            )  # fmt: skip
+        return progress
+
+    def _rewritten(self, snapshot: Snapshot) -> list[str]:
+        """The tables of the job whose storage changed since `snapshot` (a leaf's file is
+        not the one the snapshot's catalog names)."""
+        by_schema: dict[str, list[str]] = {}
+        for table in self.tables.values():
+            by_schema.setdefault(table.schema, []).append(table.name)
+        found: list[str] = []
+        with psycopg.connect(self.source_dsn) as source:
+            import_snapshot(source, snapshot)
+            for schema, names in by_schema.items():
+                rows = source.execute(REWRITTEN_SQL, {"schema": schema, "tables": names})
+                found += [row[0] for row in rows.fetchall()]
+            source.rollback()
+        return sorted(found)
+
+    def _copy_again(self, names: Sequence[str]) -> None:
+        """Forget the chunks of `names`, described again (a rewrite may change types); one
+        dropped meanwhile is left out (the schema follower says so)."""
+        with self._state() as state, psycopg.connect(self.source_dsn) as source:
+            for name in names:
+                try:
+                    self.tables[name] = describe_table(source, self.tables[name].schema, name)
+                except CdcError:
+                    continue
+                self.job_state.restart(state, name)
+
+    def _run(self, snapshot: Snapshot) -> Progress:
         with self._state() as state:
             to_plan = self.job_state.to_plan(state)
             chunks = self.job_state.pending_chunks(state)

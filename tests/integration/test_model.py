@@ -295,6 +295,21 @@ def _write_concurrently(
     return stats, sum(migrated)
 
 
+def slot_streamed(pg: psycopg.Connection[Any], slot: str, wait: bool) -> tuple[int, int] | None:
+    """(stream_txns, spill_txns) of the slot; `wait`: for up to 10 s until some transaction
+    was streamed (a walsender reports its counts when it ends, after the daemon did)."""
+    deadline = time.monotonic() + (10 if wait else 0)
+    while True:
+        pg.execute("SELECT pg_stat_clear_snapshot()")
+        row = pg.execute(
+            "SELECT stream_txns, spill_txns FROM pg_stat_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+        if (row is not None and row[0] > 0) or time.monotonic() > deadline:
+            return None if row is None else (row[0], row[1])
+        time.sleep(0.2)
+
+
 def column_types(pg: psycopg.Connection[Any], schema: str, suffix: str) -> dict[str, str]:
     """`table.column` -> its type, for the model's tables in `schema` (their `suffix`ed
     relations: historic's `_current` views)."""
@@ -352,10 +367,7 @@ def test_model(
         daemon.wait(timeout=60)
     committed = sum(s.committed for s in stats)
     big = sum(s.big for s in stats)
-    streamed = pg.execute(
-        "SELECT stream_txns, spill_txns FROM pg_stat_replication_slots WHERE slot_name = %s",
-        (slot,),
-    ).fetchone()
+    streamed = slot_streamed(pg, slot, wait=big > 0)
     print(
         f"{committed} transactions committed ({big} large), "
         f"{sum(s.rolled_back for s in stats)} rolled back, "
