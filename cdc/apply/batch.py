@@ -111,8 +111,9 @@ def widen(layout: TableSchema, latest: TableSchema) -> TableSchema:
     `layout` in their place, then those `latest` added. A column is nullable if it was in
     either (rows from before the change hold NULL in a column added since, and may in one
     made NOT NULL since), or if `latest` no longer has it. A column whose type widened
-    takes the new type (the texts of older rows are values of it, `cdc.sinks.retype`);
-    another type change, or a new primary key, cannot follow: the table is set aside."""
+    takes the new type (the texts of older rows are values of it, `cdc.sinks.retype`), one
+    narrowed keeps the old; another type change, or a new primary key, cannot follow: the
+    table is set aside."""
     if latest.primary_key != layout.primary_key:
         raise CdcError(
             ErrorKind.TABLE_CHANGED,
@@ -129,8 +130,11 @@ def widen(layout: TableSchema, latest: TableSchema) -> TableSchema:
         if newer is None:
             columns.append(column if column.nullable else replace(column, nullable=True))
             continue
-        if not retype.widens(retype.type_ref(column), retype.type_ref(newer)):
-            raise retype.refused(latest, column.name, newer.pg_type)
+        old_type, new_type = retype.type_ref(column), retype.type_ref(newer)
+        if not retype.widens(old_type, new_type):
+            if not retype.widens(new_type, old_type):
+                raise retype.refused(latest, column.name, newer.pg_type)
+            newer = replace(column, nullable=newer.nullable)  # narrowed: the old holds both
         columns.append(replace(newer, nullable=True) if column.nullable else newer)
     columns += (c if c.nullable else replace(c, nullable=True) for c in now.values())
     return replace(latest, columns=tuple(columns))

@@ -1,8 +1,8 @@
 """The ClickHouse tables as the sink knows them: the database and the truncations table,
 each table with its Distributed table (on a cluster) and its `_current` view, made on
-first use and widened as the source adds columns, drops NOT NULL or widens a type. ClickHouse DDL is
-not transactional: every statement is idempotent, and the first use of a table in a
-process makes whatever a killed run left unmade."""
+first use and widened as the source adds columns, drops NOT NULL or widens a type.
+ClickHouse DDL is not transactional: every statement is idempotent, and the first use of
+a table in a process makes whatever a killed run left unmade."""
 
 from __future__ import annotations
 

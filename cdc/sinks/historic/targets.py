@@ -112,10 +112,11 @@ class HistoricTargets:
             if column.type_oid >= FIRST_USER_OID or target[0] >= FIRST_USER_OID:
                 continue  # user types: their OIDs differ between databases
             ref = retype.type_ref(column)
-            if retype.widens(target, ref) and not retype.widens(ref, target):
-                retyped.append(column)
-            elif not retype.widens(retype.type_ref(column), target):
+            if retype.widens(ref, target):
+                continue  # the table's type holds every value of the layout's
+            if not retype.widens(target, ref):
                 raise retype.refused(layout, column.name, column.pg_type)
+            retyped.append(column)
         return retyped
 
     def _retype(
