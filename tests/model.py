@@ -534,17 +534,20 @@ MIGRATIONS = (
 )
 
 
+MIGRATION_ATTEMPTS = 100
+
+
 def run_migrations(dsn: str, seed: int, seconds: float, stop: threading.Event, log: Path) -> int:
     """Run `MIGRATIONS` at random moments within `seconds` (as an application's migration
-    would: waiting its turn for the table's lock); returns how many were made."""
+    would: waiting its turn for the table's lock); those still to make when `stop` is set
+    are made then, as the writers stop. Returns how many were made."""
     rng = random.Random(seed)
     moments = sorted(rng.uniform(0.05, 0.85) * seconds for _ in MIGRATIONS)
     started, made = time.monotonic(), 0
     with log.open("a") as out:
         for statement, moment in zip(MIGRATIONS, moments, strict=True):
-            if stop.wait(max(0.0, started + moment - time.monotonic())):
-                break
-            while not stop.is_set():
+            stop.wait(max(0.0, started + moment - time.monotonic()))
+            for _ in range(MIGRATION_ATTEMPTS):
                 try:
                     with psycopg.connect(dsn, autocommit=True) as conn:
                         conn.execute("SET lock_timeout = '1s'")
@@ -553,5 +556,5 @@ def run_migrations(dsn: str, seed: int, seconds: float, stop: threading.Event, l
                     out.write(json.dumps({"migrated": statement}) + "\n")
                     break
                 except (*RETRIED, psycopg.errors.LockNotAvailable, psycopg.OperationalError):
-                    stop.wait(0.2)
+                    time.sleep(0.2)
     return made

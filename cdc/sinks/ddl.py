@@ -144,8 +144,9 @@ def historic_commit_time_column(schema_name: str, table_name: str) -> sql.Compos
 
 def historic_add_column(schema_name: str, table_name: str, column: Column) -> sql.Composed:
     """Add a column (nullable). The rows written before it hold what they hold at the
-    source: `column.missing` as the default while the column is added (then dropped with
-    `historic_drop_default`: every later write names the column), else NULL."""
+    source: `column.missing`, given as its default, else NULL. The default stays: a row
+    from before the change that a replay writes without the column gets it too (every
+    write of a later row names the column)."""
     add = sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {}").format(
         sql.Identifier(schema_name), sql.Identifier(table_name), _pg_column(column, False)
     )
@@ -153,12 +154,6 @@ def historic_add_column(schema_name: str, table_name: str, column: Column) -> sq
         return add
     return sql.SQL("{} DEFAULT {}::{}").format(
         add, sql.Literal(column.missing.decode()), sql.SQL(column.pg_type)
-    )
-
-
-def historic_drop_default(schema_name: str, table_name: str, column_name: str) -> sql.Composed:
-    return sql.SQL("ALTER TABLE {}.{} ALTER COLUMN {} DROP DEFAULT").format(
-        sql.Identifier(schema_name), sql.Identifier(table_name), sql.Identifier(column_name)
     )
 
 

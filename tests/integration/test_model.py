@@ -376,6 +376,7 @@ def test_model(
         f"streamed/spilled transactions {streamed}; {monitor_passes(daemon_log)} monitor passes; "
         f"{migrated} of {len(model.MIGRATIONS)} migrations"
     )
+    assert migrated == len(model.MIGRATIONS), "\n".join([context, "not every migration was made"])
     source = pg_state(pg, "director", "")
     historic = pg_state(pg, "historic", "_current")
     ch = read_clickhouse(ch_url, ch_database)
@@ -386,7 +387,6 @@ def test_model(
         problems.append(f"every change, as test_decoding decoded it: {changes}")
     assert not problems, "\n".join([context, *problems])
     assert committed > 0 and rounds.kills > 0
-    assert migrated == len(model.MIGRATIONS), "\n".join([context, "not every migration was made"])
     source_types = column_types(pg, "director", "")
     assert column_types(pg, "historic", "_current") == source_types, "\n".join(
         [context, "historic's column types differ from the source's"])  # fmt: skip

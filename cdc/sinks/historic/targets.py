@@ -83,8 +83,6 @@ class HistoricTargets:
             conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
             for column in missing:
                 conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
-                if column.missing is not None:
-                    conn.execute(ddl.historic_drop_default(self.schema, layout.name, column.name))
                 known.append(column.name)
                 types[column.name] = (column.type_oid, column.type_modifier)
             if retyped:
