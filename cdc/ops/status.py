@@ -24,6 +24,7 @@ from cdc.stream.eligibility import Exclusion, SourceTable
 
 DAEMON_TABLE = "_cdc_daemon"
 MONITOR_TABLE = "_cdc_monitor"
+FOLLOWED_TABLE = "_cdc_followed"  # the source table (OID) each followed name stood for
 # Columns added to existing tables since they were first made: (table, column, type).
 _ADDED_COLUMNS: Final = ((DAEMON_TABLE, "held_through", "timestamptz"),)
 
@@ -127,6 +128,12 @@ def ensure(conn: psycopg.Connection[Any], schema: str) -> None:
             "CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, "
             "checked_at timestamptz NOT NULL, historic_drift bigint, clickhouse_drift bigint)"
         ).format(_ident(schema, MONITOR_TABLE))
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, "
+            "source_oid bigint NOT NULL)"
+        ).format(_ident(schema, FOLLOWED_TABLE))
     )
     for table, column, type_name in _ADDED_COLUMNS:
         present = conn.execute(
@@ -239,3 +246,26 @@ def read_checks(conn: psycopg.Connection[Any], schema: str) -> dict[str, TableCh
         )
     ).fetchall()
     return {row[0]: TableCheck(*row) for row in rows}
+
+
+def read_followed(conn: psycopg.Connection[Any], schema: str) -> dict[str, int]:
+    """The source table's OID each name the schema follower followed stood for, as the
+    last run recorded it (`record_followed`)."""
+    ensure(conn, schema)
+    rows = conn.execute(
+        sql.SQL("SELECT table_name, source_oid FROM {}").format(_ident(schema, FOLLOWED_TABLE))
+    ).fetchall()
+    return {name: oid for name, oid in rows}
+
+
+def record_followed(conn: psycopg.Connection[Any], schema: str, oids: Mapping[str, int]) -> None:
+    """Record the followed names and their tables' OIDs (replacing what was recorded)."""
+    ensure(conn, schema)
+    table = _ident(schema, FOLLOWED_TABLE)
+    with conn.transaction():
+        conn.execute(sql.SQL("DELETE FROM {}").format(table))
+        for name, oid in oids.items():
+            conn.execute(
+                sql.SQL("INSERT INTO {} (table_name, source_oid) VALUES (%s, %s)").format(table),
+                (name, oid),
+            )

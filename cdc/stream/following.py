@@ -92,8 +92,9 @@ class SchemaFollower:
             unpublished = [t for t in tables if t.name not in listed]
             recorded = self._recorded() if unpublished or self._seen is None else {}
             first = self._excluded is None
+            oids = self._oids if self._oids is not None else self._recorded_oids()
             todo = plan(tables, published, recorded, self._seen, self._excluded or set(),
-                        options.publishes_changes, appended, self._oids)  # fmt: skip
+                        options.publishes_changes, appended, oids)  # fmt: skip
             by_name = {t.name: t for t in tables}
             if first:  # every table streamed is recorded: one taken out later stays out
                 for name in listed - set(recorded):
@@ -117,20 +118,22 @@ class SchemaFollower:
                 event = "table_renamed" if name in renamed else "table_dropped"
                 self._log.warning(event, table=self._name(name), detail=detail)
                 self._record(name, TableState.DROPPED, detail)
-            seen, oids = dict(todo.seen or {}), dict(todo.oids or {})
+            seen, new_oids = dict(todo.seen or {}), dict(todo.oids or {})
             for name in todo.add:
                 if not self._add(by_name[name]):
                     seen.pop(name, None)
-                    oids.pop(name, None)
+                    new_oids.pop(name, None)
             for name in todo.add_log:
                 if not self._add(by_name[name], slots.append_publication(settings.publication)):
                     seen.pop(name, None)
-                    oids.pop(name, None)
+                    new_oids.pop(name, None)
             for name in todo.reload:
                 self._reload(name, "new partitions, or a copy cut short")
             for name in todo.recopy:
                 self._reload(name, "another table had its name", replaces=True)
-            self._seen, self._oids = seen, oids
+            if new_oids != self._oids:
+                self._record_oids(new_oids)
+            self._seen, self._oids = seen, new_oids
             self._watch_logs(todo.logs)
         except psycopg.Error as exc:
             self._log.warning("schema_follow_failed", error=str(exc).strip(),
@@ -172,6 +175,18 @@ class SchemaFollower:
         with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
             _, states = status.read(conn, settings.historic_schema, settings.slot)
         return {s.table: s.state for s in states}
+
+    def _recorded_oids(self) -> dict[str, int]:
+        """The OIDs the names followed at the last run stood for (a table renamed, or
+        dropped and made again, while the daemon was stopped is told apart by them)."""
+        settings = self._settings
+        with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
+            return status.read_followed(conn, settings.historic_schema)
+
+    def _record_oids(self, oids: Mapping[str, int]) -> None:
+        settings = self._settings
+        with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
+            status.record_followed(conn, settings.historic_schema, oids)
 
     def _record(self, table: str, state: TableState, error: str | None) -> None:
         settings = self._settings

@@ -52,9 +52,10 @@ def plan(
     seen_oids: Mapping[str, int] | None = None,
 ) -> Plan:
     """What to do about the schema's `tables`, given the publication's tables, each table's
-    recorded state, the tables followed at the last poll with their partitions and their
-    OIDs (None at the first poll after start), the tables already reported excluded, and
-    the append publication's tables (None: there is none, so keyless tables are excluded).
+    recorded state, the tables followed at the last poll with their partitions (None at the
+    first poll after start) and their OIDs (at the first poll: as the last run recorded
+    them, None if it did not), the tables already reported excluded, and the append
+    publication's tables (None: there is none, so keyless tables are excluded).
 
     A table in the append publication stays an append-only log even once it has a key
     (its targets are keyed by `_version`): docs/architecture.md says how to convert it."""
@@ -62,6 +63,7 @@ def plan(
     add_log: list[str] = []
     reload: list[str] = []
     recopy: list[str] = []
+    oids_before = set((seen_oids or {}).values())
     unpublish: list[Exclusion] = []
     excluded: list[Exclusion] = []
     followed: dict[str, frozenset[int]] = {}
@@ -81,9 +83,11 @@ def plan(
             continue
         state = recorded.get(table.name)
         listed = appended if as_log and appended is not None else published
-        # Another table had this name at the last poll (or none, for a published table).
         known_oid = seen_oids.get(table.name) if seen_oids is not None else table.oid
-        another = known_oid != table.oid
+        if seen is not None:  # another table had this name at the last poll (or none)
+            another = known_oid != table.oid
+        else:  # the first poll: as the last run recorded (nothing said: not judged)
+            another = known_oid != table.oid if known_oid is not None else table.oid in oids_before
         if table.name not in listed:
             again = LOG_PICKED_UP_AGAIN if as_log else PICKED_UP_AGAIN
             if state is None or state in again or (another and known_oid is not None):
@@ -95,11 +99,11 @@ def plan(
         if as_log:
             logs.append(table.name)
         followed[table.name] = table.partitions
-        if seen is None:
+        if another:
+            recopy.append(table.name)
+        elif seen is None:
             if state in CUT_SHORT:
                 reload.append(table.name)
-        elif another:
-            recopy.append(table.name)
         elif table.partitions - seen.get(table.name, table.partitions):
             reload.append(table.name)
     present = {t.name for t in tables}

@@ -113,3 +113,20 @@ def test_plan_copies_whole_a_name_that_stood_for_another_table() -> None:
     taken_out = plan([t, u], {"u"}, {"t": "streaming"}, seen, set(), True, None,
                      {"t": 10, "u": 11})  # fmt: skip
     assert taken_out.add == ()  # the same table, taken out by hand: it stays out
+
+
+def test_plan_at_the_first_poll_judges_names_by_the_oids_the_last_run_recorded() -> None:
+    """Renamed, or dropped and made again, while the daemon was stopped: told apart by the
+    OIDs recorded for the names followed then. Nothing recorded: nothing judged."""
+    t, u = replace(KEYED, name="t", oid=10), replace(KEYED, name="u", oid=11)
+    ready = {"t": "ready", "u": "ready"}
+    same = plan([t, u], {"t", "u"}, ready, None, set(), True, None, {"t": 10, "u": 11})
+    assert (same.add, same.recopy) == ((), ())
+    moved = plan([replace(t, name="t2"), u], {"t2", "u"}, {"u": "ready"}, None, set(), True,
+                 None, {"t": 10, "u": 11})  # fmt: skip
+    assert moved.recopy == ("t2",)
+    remade = plan([replace(t, oid=12), u], {"u"}, ready, None, set(), True, None,
+                  {"t": 10, "u": 11})  # fmt: skip
+    assert remade.add == ("t",)
+    unknown = plan([replace(t, oid=12), u], {"t", "u"}, ready, None, set(), True, None, {})
+    assert (unknown.add, unknown.recopy) == ((), ())
