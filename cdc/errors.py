@@ -9,6 +9,7 @@ the cause; nothing matches on message text.
 from __future__ import annotations
 
 import enum
+import shlex
 from dataclasses import dataclass
 
 
@@ -107,3 +108,8 @@ class DecodeError(CdcError):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorKind.DECODE, message)
+
+
+def backfill_command(table: str) -> str:
+    """`cdc backfill <table>` as a shell reads it (a name with spaces or quotes quoted)."""
+    return f"`cdc backfill {shlex.quote(table)}`"

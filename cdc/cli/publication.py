@@ -7,7 +7,7 @@ from rich.table import Table
 
 from cdc.cli.app import JsonOption, publication_app, source_session
 from cdc.cli.output import console, print_json
-from cdc.errors import CdcError, ErrorKind
+from cdc.errors import CdcError, ErrorKind, backfill_command
 from cdc.stream import membership, slots
 
 
@@ -42,7 +42,7 @@ def publication_add_table(ctx: typer.Context, table: str) -> None:
         membership.add_table(conn, settings.publication, settings.source_schema, table)
     typer.echo(
         f"added {settings.source_schema}.{table} to {settings.publication}; "
-        f"copy its existing rows with `cdc backfill {table}`"
+        f"copy its existing rows with {backfill_command(table)}"
     )
 
 

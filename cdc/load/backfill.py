@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.errors import Action, CdcError, ErrorKind
+from cdc.errors import Action, CdcError, ErrorKind, backfill_command
 from cdc.load.appendonly import block_chunks, replace_copied
 from cdc.load.chunkcopy import ChunkCopier, Held
 from cdc.load.chunks import Chunk
@@ -211,7 +211,7 @@ class Backfill:
         for name in rewritten:
             progress.failed.setdefault(
                 name, f"rewritten or truncated at the source while it was copied, "
-                f"{REWRITE_ATTEMPTS + 1} times: run `cdc backfill {name}` when it is not",
+                f"{REWRITE_ATTEMPTS + 1} times: run {backfill_command(name)} when it is not",
             )  # fmt: skip
         return progress
 

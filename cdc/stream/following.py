@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.errors import Action, CdcError, ErrorKind
+from cdc.errors import Action, CdcError, ErrorKind, backfill_command
 from cdc.ops import status
 from cdc.ops.settings import Settings
 from cdc.schema import TableSchema, describe_table
@@ -261,7 +261,7 @@ class SchemaFollower:
         targets hold (they may hold another table's of the same name)."""
         if not self._settings.initial_load:
             self._log.info("table_streamed_without_copy", table=table.qualified_name,
-                           hint=f"initial_load is off: `cdc backfill {table.name}`")  # fmt: skip
+                           hint=f"initial_load is off: {backfill_command(table.name)}")  # fmt: skip
             return
         self._loader.queue(table, replaces)
 

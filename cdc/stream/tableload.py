@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.errors import CdcError, ErrorKind
+from cdc.errors import CdcError, ErrorKind, backfill_command
 from cdc.load.backfill import Backfill
 from cdc.schema import TableSchema
 from cdc.stream.snapshot import exported_snapshot
@@ -62,7 +62,7 @@ class TableLoader:
             try:
                 self._load(table, replaces)
             except (CdcError, psycopg.Error) as exc:
-                hint = f"restart the daemon, or `cdc backfill {table.name}`"
+                hint = f"restart the daemon, or {backfill_command(table.name)}"
                 self._log.error("table_load_failed", table=table.qualified_name,
                                 error=str(exc).strip(), hint=hint)  # fmt: skip
             finally:

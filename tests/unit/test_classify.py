@@ -7,7 +7,7 @@ import pytest
 from clickhouse_connect.driver import exceptions as ch_exceptions
 
 from cdc.classify import clickhouse_error, postgres_error
-from cdc.errors import ErrorKind
+from cdc.errors import ErrorKind, backfill_command
 
 pytestmark = pytest.mark.unit
 
@@ -40,3 +40,9 @@ def test_postgres_and_clickhouse_errors_are_classified_by_code() -> None:
     assert ch_kind(ch_exceptions.DatabaseError("denied", code=497)) is ErrorKind.PERMISSION
     assert ch_kind(ch_exceptions.DatabaseError("?", code=1)) is ErrorKind.REJECTED
     assert ch_kind(TypeError("a bug")) is None  # not classified: it leaves as it is
+
+
+def test_a_hint_names_the_backfill_as_a_shell_reads_it() -> None:
+    assert backfill_command("orders") == "`cdc backfill orders`"
+    assert backfill_command("Team Notes") == "`cdc backfill 'Team Notes'`"
+    assert backfill_command("it's") == "`cdc backfill 'it'\"'\"'s'`"

@@ -31,6 +31,7 @@ from psycopg.conninfo import conninfo_to_dict
 from cdc.apply import rowtext
 from cdc.apply.batch import Batch, Key, TableBatch
 from cdc.apply.unwritten import Unwritten
+from cdc.errors import backfill_command
 from cdc.ops.logs import get_logger
 from cdc.schema import VERSION_COLUMN, TableSchema
 from cdc.sinks.base import CopiedRows, CopyFormat
@@ -193,7 +194,7 @@ class HistoricSink:
             _log.warning(
                 "unchanged_values_unknown", table=layout.qualified_name, rows=unfilled,
                 hint="rows whose TOASTed values the stream did not resend and historic does "
-                f"not hold; they are stored as NULL: run `cdc backfill {layout.name}`",
+                f"not hold; they are stored as NULL: run {backfill_command(layout.name)}",
             )  # fmt: skip
         rowtext.add_completed(table, text, completed)
         return [id(image) for image in kept]

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.apply.batch import TableName
-from cdc.errors import CdcError, ErrorKind
+from cdc.errors import CdcError, ErrorKind, backfill_command
 from cdc.ops.logs import get_logger
 from cdc.schema import COMMIT_TIME_COLUMN, DELETED_COLUMN, VERSION_COLUMN, Column, TableSchema
 from cdc.sinks import ddl, retype
@@ -140,7 +140,7 @@ class HistoricTargets:
                 f"{table}: could not follow the source's type change of "
                 f"{', '.join(c.name for c in retyped)}: {str(exc).strip()}. Change the "
                 f"columns of {table} by hand, or drop both target tables (historic and "
-                f"ClickHouse, with their _current views) and run `cdc backfill {layout.name}`;"
+                f"ClickHouse, with their _current views) and run {backfill_command(layout.name)};"
                 " then restart the daemon",
                 table=(layout.schema, layout.name),
             ) from exc
@@ -169,7 +169,7 @@ class HistoricTargets:
                 f"{layout.qualified_name} is now keyed by ({', '.join(layout.target_key)}) "
                 f"but its historic copy {self.schema}.{layout.name} by ({keyed_by}): it gained "
                 "or lost its primary key. Drop its target tables (historic and ClickHouse, "
-                f"with their _current views) and run `cdc backfill {layout.name}`, then "
+                f"with their _current views) and run {backfill_command(layout.name)}, then "
                 "restart the daemon",
                 table=(layout.schema, layout.name),
             )
