@@ -40,6 +40,7 @@ CH_VERSION_TYPE: Final = "UInt128"
 CH_DELETED_TYPE: Final = "UInt8"
 PG_COMMIT_TIME_TYPE: Final = "timestamptz"
 CH_COMMIT_TIME_TYPE: Final = "Nullable(DateTime64(6, 'UTC'))"
+FIRST_USER_OID: Final = 16384  # FirstNormalObjectId: built-in types are below
 PG_MAX_IDENTIFIER_BYTES: Final = 63  # NAMEDATALEN - 1; longer names are truncated silently
 REPLICA_PATH: Final = "/clickhouse/tables/{{shard}}/{database}/{table}"
 REPLICA_NAME: Final = "{replica}"
@@ -68,6 +69,21 @@ def current_view_name(table_name: str) -> str:
 
 def historic_schema(schema_name: str) -> sql.Composed:
     return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema_name))
+
+
+def portable_type(column: Column) -> str:
+    """The type that holds `column`'s values in a database without its user types (a
+    historic database other than the source's): a domain as its base type; an enum, a
+    composite, a range, an extension's type as text (their output text); arrays of them
+    as arrays of that."""
+    if column.kind is TypeKind.DOMAIN and column.base_type is not None:
+        return portable_type(column.base_type)
+    if column.kind is TypeKind.ARRAY and column.element is not None:
+        element = portable_type(column.element)
+        return element if element.endswith("[]") else f"{element}[]"
+    if column.kind is TypeKind.BASE and column.type_oid < FIRST_USER_OID:
+        return column.pg_type
+    return "text"
 
 
 def _pg_column(column: Column, not_null: bool) -> sql.Composed:

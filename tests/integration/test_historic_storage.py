@@ -5,15 +5,17 @@ as they are when their row is deleted. Rows read or marked by key probe the key 
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from cdc.schema import describe_table
 from cdc.sinks.historic.sql import array_literal, donors_sql, tombstones_sql
 from cdc.sinks.historic.writers import Writers
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings, running_daemon, wait_in_step
+from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
 
 NOTES = """
 CREATE SCHEMA director;
@@ -170,3 +172,58 @@ def test_donors_and_tombstones_probe_the_key_index_where_the_planner_would_hash_
                 assert not {"Hash Join", "Merge Join", "Seq Scan"} & joins, joins
     finally:
         writers.close()
+
+
+def test_a_historic_database_without_the_source_types_holds_their_values(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:
+    """`historic_dsn` in another database: the source's enums, domains and composites do
+    not exist there, and making the historic table failed (the daemon stopped). Now their
+    values are held as the domain's base type or as text (arrays as arrays of that), and
+    the stores compare equal."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TYPE director.mood AS ENUM ('sad', 'ok')")
+    pg.execute("CREATE DOMAIN director.cents AS numeric(10,2) CHECK (VALUE >= 0)")
+    pg.execute("CREATE TYPE director.pair AS (a int, b text)")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, m director.mood, c director.cents, "
+               "p director.pair, ms director.mood[])")  # fmt: skip
+    pg.execute("INSERT INTO director.t VALUES (1, 'ok', 1.5, '(1,x)', '{sad,ok}')")
+    other = f"{pg.info.dbname}_historic"
+    pg.execute(f'CREATE DATABASE "{other}"')
+    try:
+        historic_dsn = make_conninfo(pg_dsn, dbname=other)
+        settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
+                                 historic_dsn=historic_dsn)  # fmt: skip
+        with running_daemon(settings, clickhouse_server.client):
+            pg.execute("INSERT INTO director.t VALUES (2, 'sad', 2, '(2,\"y z\")', '{}')")
+            pg.execute("ALTER TABLE director.t ADD COLUMN later director.mood DEFAULT 'sad'")
+            pg.execute("INSERT INTO director.t VALUES (3, NULL, NULL, NULL, NULL, 'ok')")
+            with psycopg.connect(historic_dsn, autocommit=True) as historic:
+                wait_until(lambda: historic.execute(
+                    "SELECT count(*) FROM historic.t_current").fetchone() == (3,),
+                    what="the rows in historic")  # fmt: skip
+                rows = historic.execute(
+                    "SELECT id, m, c, p, ms, later FROM historic.t_current ORDER BY id"
+                ).fetchall()
+                types: dict[str, str] = dict(
+                    historic.execute(
+                        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                        "WHERE attrelid = 'historic.t'::regclass AND attnum > 0"
+                    ).fetchall()
+                )
+    finally:
+        pg.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+    assert rows == [
+        (1, "ok", Decimal("1.50"), "(1,x)", ["sad", "ok"], "sad"),
+        (2, "sad", Decimal("2.00"), '(2,"y z")', [], "sad"),
+        (3, None, None, None, None, "ok"),
+    ]
+    assert (types["m"], types["c"], types["p"], types["ms"]) == (
+        "text",
+        "numeric(10,2)",
+        "text",
+        "text[]",
+    )

@@ -8,6 +8,7 @@ once)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -16,11 +17,18 @@ from psycopg import sql
 from cdc.apply.batch import TableName
 from cdc.errors import CdcError, ErrorKind, backfill_command
 from cdc.ops.logs import get_logger
-from cdc.schema import COMMIT_TIME_COLUMN, DELETED_COLUMN, VERSION_COLUMN, Column, TableSchema
+from cdc.schema import (
+    COMMIT_TIME_COLUMN,
+    DELETED_COLUMN,
+    VERSION_COLUMN,
+    Column,
+    TableSchema,
+    TypeKind,
+)
 from cdc.sinks import ddl, retype
 from cdc.sinks.clickhouse.types import PgType
+from cdc.sinks.ddl import FIRST_USER_OID
 
-FIRST_USER_OID = 16384  # FirstNormalObjectId: built-in types are below
 # The sink's own columns (`cdc.sinks.ddl.historic_table`): numeric, boolean, timestamptz.
 _OWN_TYPES = {VERSION_COLUMN: PgType.NUMERIC, DELETED_COLUMN: PgType.BOOL,
               COMMIT_TIME_COLUMN: PgType.TIMESTAMPTZ}  # fmt: skip
@@ -33,6 +41,7 @@ class HistoricTargets:
         self.schema = schema
         self._columns: dict[TableName, list[str]] = {}
         self._types: dict[TableName, dict[str, tuple[int, int]]] = {}
+        self._type_exists: dict[str, bool] = {}  # a user type's name: historic has it
 
     def forget(self) -> None:
         """Read every table again on next use (a new connection may see a changed one).
@@ -70,7 +79,8 @@ class HistoricTargets:
                 self._check_key(conn, layout)
                 self._add_commit_time(conn, layout.name)
             if not types:
-                conn.execute(ddl.historic_table(self.schema, layout))
+                made = replace(layout, columns=tuple(self._held(conn, c) for c in layout.columns))
+                conn.execute(ddl.historic_table(self.schema, made))
                 conn.execute(ddl.historic_current_view(self.schema, layout))
                 types = {c.name: (c.type_oid, c.type_modifier) for c in layout.columns}
             known = list(types)
@@ -82,7 +92,8 @@ class HistoricTargets:
         if missing or retyped:
             conn.execute(DDL_LOCK_SQL, (f"cdc historic {self.schema}",))
             for column in missing:
-                conn.execute(ddl.historic_add_column(self.schema, layout.name, column))
+                held = self._held(conn, column)
+                conn.execute(ddl.historic_add_column(self.schema, layout.name, held))
                 known.append(column.name)
                 types[column.name] = (column.type_oid, column.type_modifier)
             if retyped:
@@ -90,6 +101,17 @@ class HistoricTargets:
             # Every column the table has, those the layout lacks too (dropped at the source,
             # or not published, like a generated one): a view keeps its columns.
             conn.execute(ddl.historic_current_view(self.schema, layout, known))
+
+    def _held(self, conn: psycopg.Connection[Any], column: Column) -> Column:
+        """`column` as historic holds it: of its own type, or where historic lacks it (a user
+        type of the source, historic in another database) of `ddl.portable_type`."""
+        if column.kind is TypeKind.BASE and column.type_oid < FIRST_USER_OID:
+            return column
+        exists = self._type_exists.get(column.pg_type)
+        if exists is None:
+            row = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (column.pg_type,)).fetchone()
+            exists = self._type_exists[column.pg_type] = bool(row and row[0])
+        return column if exists else replace(column, pg_type=ddl.portable_type(column))
 
     def column_types(self, layout: TableSchema, columns: Sequence[str]) -> list[tuple[int, int]]:
         """The types (OID, modifier) of `columns` of `layout`'s table as it is (`ensure`d),
