@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cdc.errors import CdcError, ErrorKind
@@ -65,6 +67,22 @@ class Settings(BaseSettings):
     # The coaching API's bearer tokens: a file with one token per line (blank lines and
     # lines starting with `#` ignored). Required by the API.
     api_tokens_file: Path | None = None
+
+    @field_validator("source_dsn", "historic_dsn")
+    @classmethod
+    def _parses(cls, dsn: SecretStr | None) -> SecretStr | None:
+        """A DSN libpq cannot read fails here, naming the setting, not later as a database
+        that is unreachable (retried) or as a traceback."""
+        if dsn is not None:
+            try:
+                conninfo_to_dict(dsn.get_secret_value())
+            except psycopg.Error as exc:
+                why = redact_url(str(exc).strip())
+                raise ValueError(
+                    f"not a Postgres connection string libpq reads ({why}); write it as "
+                    "postgresql://user@host:port/dbname or host=... dbname=..."
+                ) from None
+        return dsn
 
     @classmethod
     def settings_customise_sources(

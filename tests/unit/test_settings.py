@@ -58,6 +58,20 @@ def test_malformed_file_and_bad_values(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.toml", stack_dir=tmp_path)
 
 
+def test_a_dsn_libpq_cannot_read_is_refused_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not retried later as an unreachable database, nor a traceback: a config error that
+    names the setting, without the password."""
+    monkeypatch.setenv("CDC_HISTORIC_DSN", "postgresql://u:secret@h:5432/db dbname=x")
+    with pytest.raises(CdcError, match=r"'historic_dsn'.*not a Postgres connection") as info:
+        load_settings(stack_dir=tmp_path)
+    assert info.value.kind is ErrorKind.CONFIG and "secret" not in str(info.value)
+    monkeypatch.setenv("CDC_HISTORIC_DSN", "postgresql://h/db")
+    monkeypatch.setenv("CDC_SOURCE_DSN", "host=h dbname=db")
+    assert load_settings(stack_dir=tmp_path).require_historic_dsn() == "postgresql://h/db"
+
+
 def test_secrets_are_redacted_in_repr() -> None:
     settings = Settings(source_dsn="postgresql://u:hunter2@h/db")  # type: ignore[arg-type]
     assert "hunter2" not in repr(settings)
