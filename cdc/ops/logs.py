@@ -32,4 +32,7 @@ def configure(json: bool | None = None, level: str = "info") -> None:
 
 
 def get_logger(**context: Any) -> Any:
-    return structlog.get_logger("cdc").bind(**context)
+    """A logger with `context`, following the configuration at each call: one made when a
+    module is imported (before `configure`) logs as configured too, not in structlog's
+    default console format on stdout."""
+    return structlog.get_logger("cdc", **context)
