@@ -16,7 +16,11 @@ function) and acts:
 - a table that may not be published is logged once with the statement that fixes it;
 - a partitioned table that gained partitions is copied again (rows of an attached
   partition were never streamed; the copy is versioned, so it overwrites nothing newer);
-- a dropped table stops with a log line; its targets are kept.
+- a dropped table stops with a log line; its targets are kept;
+- a name that stands for another table than at the last look (renamed into it, dropped
+  and made again, swapped; also while the daemon was stopped: the names followed are
+  recorded with their tables' OIDs in historic's `_cdc_followed`) is copied whole at a
+  fresh snapshot, replacing what its targets hold.
 
 A table without a usable replica identity is followed the same way through the append
 publication (`slots.append_publication`: inserts and truncates only), as an append-only
@@ -184,6 +188,7 @@ class SchemaFollower:
             return status.read_followed(conn, settings.historic_schema)
 
     def _record_oids(self, oids: Mapping[str, int]) -> None:
+        """Record the names followed now with their tables' OIDs, for the next run."""
         settings = self._settings
         with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
             status.record_followed(conn, settings.historic_schema, oids)
