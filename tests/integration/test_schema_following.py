@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
@@ -218,6 +219,16 @@ def test_table_created_while_running_is_copied_then_streamed(
     assert published(pg, "cdc_pub") == ["first"]
 
 
+def keyed_tables(pg: psycopg.Connection[Any], **rows: int) -> None:
+    """`director.<name> (id int PRIMARY KEY, v text)` with ids 1..rows each."""
+    pg.execute("CREATE SCHEMA director")
+    for name, count in rows.items():
+        table = sql.Identifier("director", name)
+        pg.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(table))
+        pg.execute(sql.SQL("INSERT INTO {} SELECT g, 'old' FROM generate_series(1, %s) g")
+                   .format(table), (count,))  # fmt: skip
+
+
 def test_renamed_and_recreated_tables_arrive_whole_under_their_new_names(
     pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
     ch_database: str,
@@ -226,13 +237,7 @@ def test_renamed_and_recreated_tables_arrive_whole_under_their_new_names(
     table dropped and made again under the same name (one migration, between two looks at
     the schema) was never published, while the targets kept the old table's rows. Now a
     name that stood for another table is copied whole, replacing what its targets held."""
-    pg.execute("CREATE SCHEMA director")
-    pg.execute("CREATE TABLE director.orders (id int PRIMARY KEY, v text)")
-    pg.execute("CREATE TABLE director.lines (id int PRIMARY KEY, v text)")
-    pg.execute("CREATE TABLE director.swap (id int PRIMARY KEY, v text)")
-    pg.execute("INSERT INTO director.orders SELECT g, 'o' FROM generate_series(1, 300) g")
-    pg.execute("INSERT INTO director.lines SELECT g, 'old' FROM generate_series(1, 50) g")
-    pg.execute("INSERT INTO director.swap SELECT g, 's' FROM generate_series(1, 20) g")
+    keyed_tables(pg, orders=300, lines=50, swap=20)
     ch = clickhouse_server.client
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
     with capture_logs() as logs, running_daemon(settings, ch) as running:
@@ -263,11 +268,7 @@ def test_tables_renamed_or_made_again_while_the_daemon_is_stopped_arrive_whole(
     followed are recorded with their tables' OIDs, so a table renamed meanwhile is copied
     under its new name, and one dropped and made again is published again (it looked like
     a table taken out by hand, and was left out without a word)."""
-    pg.execute("CREATE SCHEMA director")
-    pg.execute("CREATE TABLE director.orders (id int PRIMARY KEY, v text)")
-    pg.execute("CREATE TABLE director.lines (id int PRIMARY KEY, v text)")
-    pg.execute("INSERT INTO director.orders SELECT g, 'o' FROM generate_series(1, 100) g")
-    pg.execute("INSERT INTO director.lines SELECT g, 'old' FROM generate_series(1, 50) g")
+    keyed_tables(pg, orders=100, lines=50)
     ch = clickhouse_server.client
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
     with running_daemon(settings, ch) as running:
