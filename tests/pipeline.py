@@ -6,7 +6,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -152,20 +152,41 @@ def normalize(value: Any) -> Any:
     return value
 
 
-def director_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> Rows:
+def director_rows(
+    conn: psycopg.Connection[Any], schema: str, table: str, columns: Sequence[str] = ()
+) -> Rows:
+    """The rows of `schema.table`: of `columns` (default: every column), sorted."""
+    listed = sql.SQL(", ").join(map(sql.Identifier, columns)) if columns else sql.SQL("*")
     rows = conn.execute(
-        sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        sql.SQL("SELECT {} FROM {}.{}").format(
+            listed, sql.Identifier(schema), sql.Identifier(table)
+        )
     ).fetchall()
     return sorted((tuple(normalize(v) for v in r) for r in rows), key=repr)
 
 
-def historic_rows(conn: psycopg.Connection[Any], table: str, schema: str = "historic") -> Rows:
-    return director_rows(conn, schema, f"{table}_current")
+def source_columns(conn: psycopg.Connection[Any], schema: str, table: str) -> list[str]:
+    """The published columns of `schema.table` in their order (not those a target keeps
+    after the source dropped or renamed them, nor generated ones)."""
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+        (sql.Identifier(schema, table).as_string(conn),),
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
-def clickhouse_rows(client: Any, database: str, table: str) -> Rows:
+def historic_rows(
+    conn: psycopg.Connection[Any], table: str, schema: str = "historic",
+    columns: Sequence[str] = (),
+) -> Rows:  # fmt: skip
+    return director_rows(conn, schema, f"{table}_current", columns)
+
+
+def clickhouse_rows(client: Any, database: str, table: str, columns: Sequence[str] = ()) -> Rows:
+    listed = ", ".join(map(quote_identifier, columns)) if columns else "*"
     result = client.query(
-        f"SELECT * FROM {quote_identifier(database)}.{quote_identifier(table + '_current')}"
+        f"SELECT {listed} FROM {quote_identifier(database)}.{quote_identifier(table + '_current')}"
     )
     return sorted((tuple(normalize(v) for v in r) for r in result.result_rows), key=repr)
 
@@ -187,18 +208,19 @@ def wait_in_step(
     timeout: float = 60.0,
     running: RunningDaemon | None = None,
 ) -> None:
-    """Wait until historic and ClickHouse hold exactly the source's rows, then assert it.
-    With `running`, fail at once if that daemon died."""
+    """Wait until historic and ClickHouse hold exactly the source's rows, every column the
+    source has now, then assert it. With `running`, fail at once if that daemon died."""
 
     def in_step() -> bool:
         if running is not None and not running.thread.is_alive():
             raise AssertionError(f"the daemon died: {running.error!r}")
         for table in tables:
-            source = director_rows(conn, source_schema, table)
+            columns = source_columns(conn, source_schema, table)
+            source = director_rows(conn, source_schema, table, columns)
             try:
-                if historic_rows(conn, table) != source:
+                if historic_rows(conn, table, columns=columns) != source:
                     return False
-                if clickhouse_rows(ch_client, ch_database, table) != source:
+                if clickhouse_rows(ch_client, ch_database, table, columns) != source:
                     return False
             except (psycopg.Error, ClickHouseError):  # targets not created yet
                 return False
@@ -208,9 +230,12 @@ def wait_in_step(
         wait_until(in_step, timeout, "historic and ClickHouse to match the source")
     except AssertionError:
         for table in tables:
-            source = director_rows(conn, source_schema, table)
-            assert historic_rows(conn, table) == source, f"historic.{table} differs"
-            assert clickhouse_rows(ch_client, ch_database, table) == source, (
+            columns = source_columns(conn, source_schema, table)
+            source = director_rows(conn, source_schema, table, columns)
+            assert historic_rows(conn, table, columns=columns) == source, (
+                f"historic.{table} differs"
+            )
+            assert clickhouse_rows(ch_client, ch_database, table, columns) == source, (
                 f"ClickHouse {table} differs"
             )
         raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -20,13 +20,24 @@ from psycopg import sql
 from cdc.load.chunks import TABLES_TABLE, state_ddl
 from cdc.ops.settings import redact_url
 from cdc.states import DaemonState, TableState
-from cdc.stream.eligibility import Exclusion, SourceTable
+from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 
 DAEMON_TABLE = "_cdc_daemon"
 MONITOR_TABLE = "_cdc_monitor"
-FOLLOWED_TABLE = "_cdc_followed"  # the source table (OID) each followed name stood for
+# The source table (OID, and its `Shape` as JSON) each followed name stood for.
+FOLLOWED_TABLE = "_cdc_followed"
 # Columns added to existing tables since they were first made: (table, column, type).
-_ADDED_COLUMNS: Final = ((DAEMON_TABLE, "held_through", "timestamptz"),)
+_ADDED_COLUMNS: Final = (
+    (DAEMON_TABLE, "held_through", "timestamptz"),
+    (FOLLOWED_TABLE, "shape", "text"),
+)
+
+
+class Followed(NamedTuple):
+    """A table the schema follower followed: its OID, and its shape (None: not recorded)."""
+
+    oid: int
+    shape: Shape | None
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,7 @@ def ensure(conn: psycopg.Connection[Any], schema: str) -> None:
     conn.execute(
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, "
-            "source_oid bigint NOT NULL)"
+            "source_oid bigint NOT NULL, shape text)"
         ).format(_ident(schema, FOLLOWED_TABLE))
     )
     for table, column, type_name in _ADDED_COLUMNS:
@@ -248,24 +259,32 @@ def read_checks(conn: psycopg.Connection[Any], schema: str) -> dict[str, TableCh
     return {row[0]: TableCheck(*row) for row in rows}
 
 
-def read_followed(conn: psycopg.Connection[Any], schema: str) -> dict[str, int]:
-    """The source table's OID each name the schema follower followed stood for, as the
-    last run recorded it (`record_followed`)."""
+def read_followed(conn: psycopg.Connection[Any], schema: str) -> dict[str, Followed]:
+    """The source table each name the schema follower followed stood for, as the last run
+    recorded it (`record_followed`)."""
     ensure(conn, schema)
     rows = conn.execute(
-        sql.SQL("SELECT table_name, source_oid FROM {}").format(_ident(schema, FOLLOWED_TABLE))
+        sql.SQL("SELECT table_name, source_oid, shape FROM {}").format(
+            _ident(schema, FOLLOWED_TABLE)
+        )
     ).fetchall()
-    return {name: oid for name, oid in rows}
+    return {
+        name: Followed(oid, Shape.from_json(shape) if shape else None) for name, oid, shape in rows
+    }
 
 
-def record_followed(conn: psycopg.Connection[Any], schema: str, oids: Mapping[str, int]) -> None:
-    """Record the followed names and their tables' OIDs (replacing what was recorded)."""
+def record_followed(
+    conn: psycopg.Connection[Any], schema: str, followed: Mapping[str, Followed]
+) -> None:
+    """Record the followed names and their tables (replacing what was recorded)."""
     ensure(conn, schema)
     table = _ident(schema, FOLLOWED_TABLE)
     with conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {}").format(table))
-        for name, oid in oids.items():
+        for name, (oid, shape) in followed.items():
             conn.execute(
-                sql.SQL("INSERT INTO {} (table_name, source_oid) VALUES (%s, %s)").format(table),
-                (name, oid),
+                sql.SQL(
+                    "INSERT INTO {} (table_name, source_oid, shape) VALUES (%s, %s, %s)"
+                ).format(table),
+                (name, oid, shape.to_json() if shape is not None else None),
             )

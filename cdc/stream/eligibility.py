@@ -17,6 +17,7 @@ and deletes are not replicated; `changes_not_replicated` says so and how to fix 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -43,7 +44,17 @@ SELECT c.relname, format('%%I.%%I', n.nspname, c.relname), c.relkind = 'p',
        ELSE '{{}}'::text[] END,
        ARRAY(SELECT t.relid::oid::bigint FROM pg_partition_tree(c.oid) t
              WHERE t.isleaf AND t.relid <> c.oid ORDER BY 1),
-       c.oid::bigint
+       c.oid::bigint,
+       coalesce((SELECT jsonb_agg(jsonb_build_array(a.attnum, a.attname, a.atttypid::bigint,
+                                                    a.atttypmod) ORDER BY a.attnum)
+                 FROM pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attgenerated = ''), '[]'::jsonb),
+       CASE WHEN c.relkind = 'p' THEN
+           ARRAY(SELECT l.relfilenode::bigint FROM pg_partition_tree(c.oid) t
+                 JOIN pg_class l ON l.oid = t.relid
+                 WHERE t.isleaf AND t.relid <> c.oid ORDER BY t.relid)
+       ELSE ARRAY[c.relfilenode::bigint] END
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -52,12 +63,32 @@ ORDER BY c.relname
 
 
 @dataclass(frozen=True)
+class Shape:
+    """What a table's rows are made of: its columns by number (`attnum`, name, type OID,
+    type modifier; generated ones are not published), and the files that hold its rows
+    (`relfilenode`s; a partitioned table's leaves'), which a rewrite of the table replaces
+    (ALTER COLUMN TYPE, ADD COLUMN with a volatile DEFAULT; also TRUNCATE, VACUUM FULL)."""
+
+    columns: tuple[tuple[int, str, int, int], ...] = ()
+    storage: tuple[int, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({"columns": self.columns, "storage": self.storage})
+
+    @classmethod
+    def from_json(cls, text: str) -> Shape:
+        data = json.loads(text)
+        return cls(tuple(tuple(c) for c in data["columns"]), tuple(data["storage"]))
+
+
+@dataclass(frozen=True)
 class SourceTable:
     """A table of the source schema (partitions are described by their root).
 
     `unusable` names (quoted, qualified) the table itself, or for a partitioned table its
     leaf partitions, that have no usable replica identity. `partitions` are the OIDs of a
-    partitioned table's leaf partitions; `oid` is the table's own (0: not known)."""
+    partitioned table's leaf partitions; `oid` is the table's own (0: not known); `shape`
+    its columns and storage (empty: not known)."""
 
     name: str
     qualified: str
@@ -68,6 +99,7 @@ class SourceTable:
     unusable: tuple[str, ...]
     partitions: frozenset[int] = frozenset()
     oid: int = 0
+    shape: Shape = Shape()
 
 
 @dataclass(frozen=True)
@@ -82,9 +114,11 @@ class Exclusion:
 def source_tables(conn: psycopg.Connection[Any], schema: str) -> list[SourceTable]:
     rows = conn.execute(SOURCE_TABLES_SQL, {"schema": schema}).fetchall()
     found = []
-    for name, qualified, partitioned, unlogged, identity, has_key, unusable, leaves, oid in rows:
+    for (name, qualified, partitioned, unlogged, identity, has_key, unusable, leaves, oid,
+         columns, storage) in rows:  # fmt: skip
+        shape = Shape(tuple((n, c, t, m) for n, c, t, m in columns), tuple(storage))
         found.append(SourceTable(name, qualified, partitioned, unlogged, identity, has_key,
-                                 tuple(unusable), frozenset(leaves), oid))  # fmt: skip
+                                 tuple(unusable), frozenset(leaves), oid, shape))  # fmt: skip
     return found
 
 

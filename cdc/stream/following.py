@@ -16,6 +16,9 @@ function) and acts:
 - a table that may not be published is logged once with the statement that fixes it;
 - a partitioned table that gained partitions is copied again (rows of an attached
   partition were never streamed; the copy is versioned, so it overwrites nothing newer);
+- a table whose rows changed without changes being streamed for them (a column renamed,
+  or dropped and added again; a rewrite that added or retyped columns:
+  `cdc.stream.followplan.reshaped`) is copied again at a fresh snapshot;
 - a dropped table stops with a log line; its targets are kept;
 - a name that stands for another table than at the last look (renamed into it, dropped
   and made again, swapped; also while the daemon was stopped: the names followed are
@@ -44,7 +47,7 @@ from cdc.sinks.factory import SinkFactory
 from cdc.states import TableState
 from cdc.stream import eligibility, slots
 from cdc.stream.catalog import Catalog
-from cdc.stream.eligibility import Exclusion, SourceTable
+from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 from cdc.stream.followplan import plan
 from cdc.stream.tableload import LoadFactory, TableLoader
 
@@ -74,6 +77,7 @@ class SchemaFollower:
         self._log = log
         self._seen: Mapping[str, frozenset[int]] | None = None
         self._oids: Mapping[str, int] | None = None
+        self._shapes: Mapping[str, Shape] | None = None
         self._excluded: set[str] | None = None  # None until the first poll
         self._refused: dict[str, SourceTable] = {}  # could not be described, as it was then
         self._warned_logs: set[str] = set()  # append-only logs said to be updated
@@ -96,9 +100,12 @@ class SchemaFollower:
             unpublished = [t for t in tables if t.name not in listed]
             recorded = self._recorded() if unpublished or self._seen is None else {}
             first = self._excluded is None
-            oids = self._oids if self._oids is not None else self._recorded_oids()
+            if self._oids is not None and self._shapes is not None:
+                oids, shapes = self._oids, self._shapes
+            else:
+                oids, shapes = self._recorded_followed()
             todo = plan(tables, published, recorded, self._seen, self._excluded or set(),
-                        options.publishes_changes, appended, oids)  # fmt: skip
+                        options.publishes_changes, appended, oids, shapes)  # fmt: skip
             by_name = {t.name: t for t in tables}
             if first:  # every table streamed is recorded: one taken out later stays out
                 for name in listed - set(recorded):
@@ -123,21 +130,22 @@ class SchemaFollower:
                 self._log.warning(event, table=self._name(name), detail=detail)
                 self._record(name, TableState.DROPPED, detail)
             seen, new_oids = dict(todo.seen or {}), dict(todo.oids or {})
-            for name in todo.add:
-                if not self._add(by_name[name]):
-                    seen.pop(name, None)
-                    new_oids.pop(name, None)
-            for name in todo.add_log:
-                if not self._add(by_name[name], slots.append_publication(settings.publication)):
-                    seen.pop(name, None)
-                    new_oids.pop(name, None)
+            new_shapes = dict(todo.shapes or {})
+            append = slots.append_publication(settings.publication)
+            for name, publication in [*((n, None) for n in todo.add),
+                                      *((n, append) for n in todo.add_log)]:  # fmt: skip
+                if not self._add(by_name[name], publication):
+                    for followed in (seen, new_oids, new_shapes):
+                        followed.pop(name, None)
             for name in todo.reload:
                 self._reload(name, "new partitions, or a copy cut short")
             for name in todo.recopy:
                 self._reload(name, "another table had its name", replaces=True)
-            if new_oids != self._oids:
-                self._record_oids(new_oids)
-            self._seen, self._oids = seen, new_oids
+            for name, reason in (todo.reshaped or {}).items():
+                self._reload(name, reason)
+            if new_oids != self._oids or new_shapes != self._shapes:
+                self._record_followed(new_oids, new_shapes)
+            self._seen, self._oids, self._shapes = seen, new_oids, new_shapes
             self._watch_logs(todo.logs)
         except psycopg.Error as exc:
             self._log.warning("schema_follow_failed", error=str(exc).strip(),
@@ -180,18 +188,23 @@ class SchemaFollower:
             _, states = status.read(conn, settings.historic_schema, settings.slot)
         return {s.table: s.state for s in states}
 
-    def _recorded_oids(self) -> dict[str, int]:
-        """The OIDs the names followed at the last run stood for (a table renamed, or
-        dropped and made again, while the daemon was stopped is told apart by them)."""
+    def _recorded_followed(self) -> tuple[dict[str, int], dict[str, Shape]]:
+        """The OIDs and shapes of the tables the names followed at the last run stood for
+        (a table renamed, made again, or whose columns changed while the daemon was stopped
+        is told apart by them)."""
         settings = self._settings
         with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
-            return status.read_followed(conn, settings.historic_schema)
+            followed = status.read_followed(conn, settings.historic_schema)
+        oids = {name: f.oid for name, f in followed.items()}
+        return oids, {name: f.shape for name, f in followed.items() if f.shape is not None}
 
-    def _record_oids(self, oids: Mapping[str, int]) -> None:
-        """Record the names followed now with their tables' OIDs, for the next run."""
+    def _record_followed(self, oids: Mapping[str, int], shapes: Mapping[str, Shape]) -> None:
+        """Record the names followed now with their tables' OIDs and shapes, for the next
+        run."""
         settings = self._settings
+        followed = {name: status.Followed(oid, shapes.get(name)) for name, oid in oids.items()}
         with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
-            status.record_followed(conn, settings.historic_schema, oids)
+            status.record_followed(conn, settings.historic_schema, followed)
 
     def _record(self, table: str, state: TableState, error: str | None) -> None:
         settings = self._settings

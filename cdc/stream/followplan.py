@@ -7,6 +7,11 @@ renamed (`cdc.stream.following` acts on it).
 A name that stood for another table at the last poll (renamed into it, or dropped and
 made again) is copied whole at a snapshot that replaces what its targets hold: they may
 hold the rows of the table that had the name before.
+
+A table whose rows changed without a change being streamed for them (`reshaped`: a column
+renamed, a column dropped and added again under its name, a rewrite that added or retyped
+columns) is copied again at a fresh snapshot: the copy's version is above every change
+streamed before it, so it overwrites exactly the rows from before.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 
 from cdc.states import TableState
 from cdc.stream import eligibility
-from cdc.stream.eligibility import Exclusion, SourceTable
+from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 
 # Recorded states after which a table that is not published is picked up as new.
 PICKED_UP_AGAIN = frozenset({TableState.EXCLUDED, TableState.DROPPED})
@@ -39,6 +44,48 @@ class Plan:
     seen: Mapping[str, frozenset[int]] | None = None  # the tables followed now: partitions
     oids: Mapping[str, int] | None = None  # the tables followed now: their OIDs
     logs: tuple[str, ...] = ()  # the append-only logs followed now
+    reshaped: Mapping[str, str] | None = None  # published; copy again: name -> why
+    shapes: Mapping[str, Shape] | None = None  # the tables followed now: their shapes
+
+
+def reshaped(before: Shape, now: Shape) -> str | None:
+    """Why a table's rows may differ from what its change stream said, between two looks
+    at its `Shape`, or None. A rename keeps a column's number: the stream goes on under the
+    new name, and the rows from before hold the values under the old one only. A name at
+    another number is a column dropped and added again: every row from before holds its
+    default now. A rewrite that added or retyped columns (ADD COLUMN with a volatile
+    DEFAULT, ALTER COLUMN TYPE ... USING) wrote values that no change carries. Nothing
+    known before (an older record): nothing judged."""
+    if not before.columns:
+        return None
+    old = {number: (name, typ, mod) for number, name, typ, mod in before.columns}
+    numbers = {name: number for number, name, _, _ in before.columns}
+    changed = False
+    for number, name, typ, mod in now.columns:
+        was = old.get(number)
+        if was is not None and was[0] != name:
+            return f"column {was[0]} renamed to {name}"
+        if was is None and name in numbers:
+            return f"column {name} dropped and added again"
+        changed = changed or was != (name, typ, mod)
+    if changed and before.storage != now.storage:
+        return "the table was rewritten with columns added or retyped"
+    return None
+
+
+def _another_table(
+    table: SourceTable,
+    first_poll: bool,
+    seen_oids: Mapping[str, int] | None,
+    oids_before: set[int],
+) -> tuple[bool, bool]:
+    """Whether `table`'s name stood for another table at the last look (at the first poll
+    after start: as the last run recorded; nothing recorded: not judged), and whether an
+    OID was known for the name."""
+    known_oid = seen_oids.get(table.name) if seen_oids is not None else table.oid
+    if not first_poll or known_oid is not None:
+        return known_oid != table.oid, known_oid is not None
+    return table.oid in oids_before, False
 
 
 def plan(
@@ -50,6 +97,7 @@ def plan(
     publishes_changes: bool,
     appended: set[str] | None = None,
     seen_oids: Mapping[str, int] | None = None,
+    seen_shapes: Mapping[str, Shape] | None = None,
 ) -> Plan:
     """What to do about the schema's `tables`, given the publication's tables, each table's
     recorded state, the tables followed at the last poll with their partitions (None at the
@@ -58,11 +106,14 @@ def plan(
     publication's tables (None: there is none, so keyless tables are excluded).
 
     A table in the append publication stays an append-only log even once it has a key
-    (its targets are keyed by `_version`): docs/architecture.md says how to convert it."""
+    (its targets are keyed by `_version`): docs/architecture.md says how to convert it.
+    `seen_shapes`: the followed tables' shapes at the last poll (at the first: as the last
+    run recorded them)."""
     add: list[str] = []
     add_log: list[str] = []
     reload: list[str] = []
     recopy: list[str] = []
+    again_why: dict[str, str] = {}
     oids_before = set((seen_oids or {}).values())
     unpublish: list[Exclusion] = []
     excluded: list[Exclusion] = []
@@ -83,14 +134,10 @@ def plan(
             continue
         state = recorded.get(table.name)
         listed = appended if as_log and appended is not None else published
-        known_oid = seen_oids.get(table.name) if seen_oids is not None else table.oid
-        if seen is not None:  # another table had this name at the last poll (or none)
-            another = known_oid != table.oid
-        else:  # the first poll: as the last run recorded (nothing said: not judged)
-            another = known_oid != table.oid if known_oid is not None else table.oid in oids_before
+        another, known = _another_table(table, seen is None, seen_oids, oids_before)
         if table.name not in listed:
             again = LOG_PICKED_UP_AGAIN if as_log else PICKED_UP_AGAIN
-            if state is None or state in again or (another and known_oid is not None):
+            if state is None or state in again or (another and known):
                 (add_log if as_log else add).append(table.name)
                 followed[table.name] = table.partitions
                 if as_log:
@@ -99,8 +146,11 @@ def plan(
         if as_log:
             logs.append(table.name)
         followed[table.name] = table.partitions
+        before = (seen_shapes or {}).get(table.name)
         if another:
             recopy.append(table.name)
+        elif before is not None and (why_again := reshaped(before, table.shape)) is not None:
+            again_why[table.name] = why_again
         elif seen is None:
             if state in CUT_SHORT:
                 reload.append(table.name)
@@ -115,5 +165,7 @@ def plan(
         for old, oid in (seen_oids or {}).items()
         if old in dropped and oid in by_oid
     }
+    shapes = {t.name: t.shape for t in tables if t.name in followed}
     return Plan(tuple(add), tuple(add_log), tuple(reload), tuple(recopy), tuple(unpublish),
-                tuple(excluded), dropped, renamed, followed, oids, tuple(logs))  # fmt: skip
+                tuple(excluded), dropped, renamed, followed, oids, tuple(logs), again_why,
+                shapes)  # fmt: skip

@@ -40,25 +40,35 @@ class TableLoader:
         self._make_load = make_load
         self._quarantine = quarantine
         self._log = log
-        self._loads: queue.SimpleQueue[tuple[TableSchema, bool] | None] = queue.SimpleQueue()
-        self._loading: set[str] = set()
+        self._loads: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # The tables queued and not yet started: name -> (the table as last described,
+        # whether a copy replaces what its targets hold).
+        self._waiting: dict[str, tuple[TableSchema, bool]] = {}
+        self._lock = threading.Lock()
+        self._copying: str | None = None
         self._loader: threading.Thread | None = None
 
     def queue(self, table: TableSchema, replaces: bool = False) -> None:
-        """Copy `table` after the ones queued before it (once, while it is queued);
-        `replaces`: the copy replaces every row the targets hold."""
-        if table.name in self._loading:
-            return
-        self._loading.add(table.name)
+        """Copy `table` after the ones queued before it (once while it waits: queued again,
+        it is copied as described last); `replaces`: the copy replaces every row the
+        targets hold. A table queued while it is being copied is copied again after: the
+        copy in progress may be of a snapshot from before the change that queued it."""
+        with self._lock:
+            waiting = self._waiting.get(table.name)
+            self._waiting[table.name] = (table, replaces or (waiting is not None and waiting[1]))
+            if waiting is not None:
+                return
         if self._loader is None:
             self._loader = threading.Thread(target=self._load_all, name="cdc-table-load",
                                             daemon=True)  # fmt: skip
             self._loader.start()
-        self._loads.put((table, replaces))
+        self._loads.put(table.name)
 
     def _load_all(self) -> None:
-        while (queued := self._loads.get()) is not None:
-            table, replaces = queued
+        while (name := self._loads.get()) is not None:
+            with self._lock:
+                table, replaces = self._waiting.pop(name)
+            self._copying = name
             try:
                 self._load(table, replaces)
             except (CdcError, psycopg.Error) as exc:
@@ -66,7 +76,7 @@ class TableLoader:
                 self._log.error("table_load_failed", table=table.qualified_name,
                                 error=str(exc).strip(), hint=hint)  # fmt: skip
             finally:
-                self._loading.discard(table.name)
+                self._copying = None
 
     def _load(self, table: TableSchema, replaces: bool) -> None:
         job = f"table_{table.name}_{uuid.uuid4().hex[:8]}"
@@ -86,5 +96,6 @@ class TableLoader:
         self._loads.put(None)
         self._loader.join(timeout=LOAD_JOIN_S)
         if self._loader.is_alive():
-            self._log.warning("table_load_abandoned", tables=sorted(self._loading))
+            left = {*self._waiting, *([self._copying] if self._copying else [])}
+            self._log.warning("table_load_abandoned", tables=sorted(left))
         self._loader = None

@@ -285,6 +285,45 @@ def test_tables_renamed_or_made_again_while_the_daemon_is_stopped_arrive_whole(
     assert set(published(pg, "cdc_pub")) == {"orders_2026", "lines"}
 
 
+def test_columns_renamed_made_again_or_rewritten_arrive_with_the_source_values(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """Changes of a table's columns that change its rows with no change streamed for them:
+    a column renamed (the rows from before held their values under the old name only), a
+    column dropped and added again under its name (they held the old values), a rewrite by
+    ALTER COLUMN TYPE ... USING and by ADD COLUMN with a volatile DEFAULT (values no change
+    carries). Each table is copied again, while running and while the daemon is stopped."""
+    keyed_tables(pg, renamed=120, remade=80, rewritten=60, stopped=40)
+    pg.execute("ALTER TABLE director.rewritten ADD COLUMN n int")
+    pg.execute("UPDATE director.rewritten SET n = id")
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    tables = ["renamed", "remade", "rewritten", "stopped"]
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, tables, running=running)
+        pg.execute("ALTER TABLE director.renamed RENAME COLUMN v TO note")
+        pg.execute("UPDATE director.renamed SET note = 'after' WHERE id % 10 = 0")
+        pg.execute("ALTER TABLE director.remade DROP COLUMN v")
+        pg.execute("ALTER TABLE director.remade ADD COLUMN v text DEFAULT 'remade'")
+        pg.execute("ALTER TABLE director.rewritten ALTER COLUMN n TYPE bigint USING n * 1000")
+        pg.execute("ALTER TABLE director.rewritten ADD COLUMN u text DEFAULT md5(random()::text)")
+        pg.execute("INSERT INTO director.rewritten (id, v) VALUES (1000, 'after')")
+        wait_in_step(pg, ch, ch_database, tables, running=running)
+        wait_until(lambda: pg.execute("SELECT shape FROM historic._cdc_followed WHERE "
+                                      "table_name = 'renamed'").fetchone() != (None,),
+                   what="the shapes to be recorded")  # fmt: skip
+    again = {e["table"]: e["reason"] for e in logs if e["event"] == "table_copied_again"}
+    assert again == {
+        "director.renamed": "column v renamed to note",
+        "director.remade": "column v dropped and added again",
+        "director.rewritten": "the table was rewritten with columns added or retyped",
+    }
+    pg.execute("ALTER TABLE director.stopped RENAME COLUMN v TO w")
+    with running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, tables, running=running)
+
+
 def test_status_shows_every_table_of_the_schema_with_its_state(
     pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
     ch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

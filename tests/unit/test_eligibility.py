@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cdc.stream.eligibility import SourceTable, exclusion
-from cdc.stream.followplan import plan
+from cdc.stream.eligibility import Shape, SourceTable, exclusion
+from cdc.stream.followplan import plan, reshaped
 from cdc.stream.slots import create_publication_sql, via_root_sql
 
 KEYED = SourceTable("t", "director.t", False, False, "d", True, ())
@@ -130,3 +130,49 @@ def test_plan_at_the_first_poll_judges_names_by_the_oids_the_last_run_recorded()
     assert remade.add == ("t",)
     unknown = plan([replace(t, oid=12), u], {"t", "u"}, ready, None, set(), True, None, {})
     assert (unknown.add, unknown.recopy) == ((), ())
+
+
+# (attnum, name, type OID, modifier): id int, n int, v text
+COLUMNS = ((1, "id", 23, -1), (2, "n", 23, -1), (3, "v", 25, -1))
+SHAPE = Shape(COLUMNS, (5000,))
+
+
+def test_a_table_whose_rows_changed_without_a_streamed_change_is_copied_again() -> None:
+    """A column renamed keeps its number; one dropped and added again under its name gets
+    another; a rewrite that added or retyped a column wrote values no change carries."""
+    assert reshaped(SHAPE, SHAPE) is None
+    renamed = Shape(((1, "id", 23, -1), (2, "m", 23, -1), (3, "v", 25, -1)), (5000,))
+    assert reshaped(SHAPE, renamed) == "column n renamed to m"
+    remade = Shape(((1, "id", 23, -1), (3, "v", 25, -1), (4, "n", 23, -1)), (5000,))
+    assert reshaped(SHAPE, remade) == "column n dropped and added again"
+    retyped = Shape(((1, "id", 23, -1), (2, "n", 20, -1), (3, "v", 25, -1)), (5001,))
+    assert reshaped(SHAPE, retyped) == "the table was rewritten with columns added or retyped"
+    volatile = Shape((*COLUMNS, (4, "w", 2950, -1)), (5001,))
+    assert reshaped(SHAPE, volatile) is not None
+    # Followed by the stream alone: a column added with a constant default or none, a
+    # column dropped, a type changed without a rewrite, a rewrite that kept the columns
+    # (VACUUM FULL, TRUNCATE), an unknown shape from an older record.
+    assert reshaped(SHAPE, Shape((*COLUMNS, (4, "w", 2950, -1)), (5000,))) is None
+    assert reshaped(SHAPE, Shape(COLUMNS[:2], (5000,))) is None
+    assert reshaped(SHAPE, Shape((*COLUMNS[:2], (3, "v", 1043, 24)), (5000,))) is None
+    assert reshaped(SHAPE, Shape(COLUMNS, (5001,))) is None
+    assert reshaped(Shape(), retyped) is None
+
+
+def test_plan_copies_again_a_table_reshaped_since_the_last_look() -> None:
+    """At a poll, and at the first poll after a restart (by the shapes the last run
+    recorded): a reshaped table is copied again, not replacing; a table renamed too is
+    copied whole (replacing) instead."""
+    t = replace(KEYED, oid=10, shape=SHAPE)
+    renamed = Shape(((1, "id", 23, -1), (2, "m", 23, -1), (3, "v", 25, -1)), (5000,))
+    now = replace(t, shape=renamed)
+    todo = plan([now], {"t"}, {}, {"t": frozenset()}, set(), True, None, {"t": 10}, {"t": SHAPE})
+    assert todo.reshaped == {"t": "column n renamed to m"} and todo.reload == ()
+    assert todo.shapes == {"t": renamed}
+    first = plan([now], {"t"}, {"t": "ready"}, None, set(), True, None, {"t": 10}, {"t": SHAPE})
+    assert first.reshaped == {"t": "column n renamed to m"}
+    same = plan([t], {"t"}, {}, {"t": frozenset()}, set(), True, None, {"t": 10}, {"t": SHAPE})
+    assert same.reshaped == {}
+    moved = plan([replace(now, name="t2")], {"t2"}, {}, {"t": frozenset()}, set(), True, None,
+                 {"t": 10}, {"t2": SHAPE})  # fmt: skip
+    assert moved.recopy == ("t2",) and moved.reshaped == {}
