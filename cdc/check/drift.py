@@ -101,10 +101,11 @@ class TableResult:
     in_flight: int = 0  # differences explained by changes newer than the source read
     unconfirmed: str | None = None  # why drift could not be confirmed as such
     clickhouse_skipped: str | None = None
+    failed: str | None = None  # why the table could not be compared (the others were)
 
     @property
     def clean(self) -> bool:
-        return not self.drift
+        return not self.drift and self.failed is None
 
     def diffs(self, target: Target) -> list[KeyDiff]:
         return [d for diffs in self.drift.values() for d in diffs if d.target is target]
@@ -134,6 +135,9 @@ def document(result: TableResult) -> dict[str, Any]:
     as its columns' texts), or why it was not compared."""
     targets: dict[str, Any] = {}
     for target in Target:
+        if result.failed is not None:
+            targets[target.value] = {"compared": False, "reason": result.failed}
+            continue
         if target not in result.targets:
             targets[target.value] = {"compared": False, "reason": result.clickhouse_skipped}
             continue
@@ -151,6 +155,7 @@ def document(result: TableResult) -> dict[str, Any]:
         "source_rows": result.source_rows,
         "in_flight": result.in_flight,
         "unconfirmed": result.unconfirmed,
+        "error": result.failed,
         "targets": targets,
     }
 
@@ -170,6 +175,10 @@ def report(result: TableResult, heading: str) -> tuple[Table, list[str]]:
         title_justify="left",
     )
     notes: list[str] = []
+    if result.failed is not None:
+        for target in Target:
+            table.add_row(target.value, *["-"] * 5, "error")
+        return table, [f"error: {result.failed}"]
     for target in Target:
         if target not in result.targets:
             table.add_row(target.value, *["-"] * 5, "not compared")

@@ -21,6 +21,7 @@ targets again at a fresh snapshot; the repaired ranges are verified again.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -263,6 +264,22 @@ class Verifier:
 # -- running and reporting ------------------------------------------------------------------
 
 
+# Errors that stop comparing one table (a target's table no longer fits the source's, as
+# after a type change the daemon did not follow), not the others.
+TABLE_ERRORS: Final = frozenset({ErrorKind.SCHEMA, ErrorKind.REJECTED})
+
+
+def failed(stores: TableStores, exc: CdcError) -> TableResult:
+    """The result of a table that could not be compared, with what to do."""
+    table = stores.table
+    why = (
+        f"{str(exc).rstrip('. ')}. Its targets may no longer fit the source's columns (a "
+        "change the daemon set the table aside for: `cdc status` names it and the fix); "
+        f"after the fix, `cdc verify {shlex.quote(table.name)}`"
+    )
+    return TableResult(table, 0, None, stores.targets, failed=why)
+
+
 def run(
     settings: Settings, tables: Sequence[str], *, range_size: int, wait_s: float, repair: bool
 ) -> tuple[list[TableResult], list[TableResult]]:
@@ -273,7 +290,13 @@ def run(
     with Verifier(settings, range_size=range_size, wait_s=wait_s) as verifier:
         for table in verifier.tables(tables):
             stores = verifier.stores(table)
-            result = verifier.verify(stores)
+            try:
+                result = verifier.verify(stores)
+            except CdcError as exc:
+                if exc.kind not in TABLE_ERRORS:
+                    raise
+                results.append(failed(stores, exc))
+                continue
             results.append(result)
             if repair and not result.clean:
                 repaired.append(verifier.repair(stores, result))

@@ -125,7 +125,8 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Compare source, historic and ClickHouse per key range (counts and row hashes computed
-    in each database). Exit 0: all agree; 1: drift; 2: error."""
+    in each database). Exit 0: all agree; 1: drift; 2: error (also when one table could not
+    be compared: the others are)."""
     settings = settings_of(ctx)
     try:
         results, repaired = run_verify(
@@ -135,6 +136,7 @@ def verify(
         fail(exc)  # prints the error; verify exits 2 on errors, 1 is drift
         raise typer.Exit(code=2) from exc
     clean = all_clean(results, repaired)
+    code = 2 if any(r.failed for r in results) else 0 if clean else 1
     if as_json:
         print_json(
             {
@@ -143,15 +145,19 @@ def verify(
                 "after_repair": [verify_document(r) for r in repaired],
             }
         )
-        raise typer.Exit(code=0 if clean else 1)
+        raise typer.Exit(code=code)
     for heading, group in (("verify", results), ("after repair", repaired)):
         for result in group:
             table, notes = verify_report(result, heading)
             console.print(table)
             for note in notes:
                 typer.echo(note)
-    typer.echo(f"{len(results)} tables: " + ("all agree" if clean else "drift found"))
-    raise typer.Exit(code=0 if clean else 1)
+    failures = sum(1 for r in results if r.failed is not None)
+    drift = not all_clean([r for r in results if r.failed is None], repaired)
+    summary = [f"{failures} could not be compared"] if failures else []
+    summary += ["drift found"] if drift else []
+    typer.echo(f"{len(results)} tables: {', '.join(summary) or 'all agree'}")
+    raise typer.Exit(code=code)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
@@ -493,3 +494,36 @@ def test_columns_added_with_a_default_hold_it_in_earlier_rows(
     assert [row[1:] for row in held] == [expected] * 3
     row = pg.execute("SELECT active, score, label FROM historic.cards_current WHERE id = 22")
     assert row.fetchone() == (True, Decimal("7.50"), "it's a\ttab")
+
+
+def test_a_table_that_cannot_be_compared_is_named_and_the_others_are_compared(
+    pg: psycopg.Connection[Any], settings: Settings, clickhouse_server: ClickHouseServer
+) -> None:
+    """A type change the daemon does not follow (date to timestamp) sets the table aside:
+    its ClickHouse table keeps Date32, which the source's hash expression cannot read. That
+    table is reported with the way out, the others are still compared, and verify exits 2."""
+    ch = clickhouse_server.client
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.days (id int PRIMARY KEY, d date)")
+    pg.execute("CREATE TABLE director.other (id int PRIMARY KEY, v text)")
+    pg.execute(
+        "INSERT INTO director.days SELECT g, date '2024-01-01' + g FROM generate_series(1, 50) g"
+    )
+    pg.execute("INSERT INTO director.other SELECT g, 'v' FROM generate_series(1, 50) g")
+    with running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, settings.clickhouse_database, ["days", "other"], running=running)
+        pg.execute("ALTER TABLE director.days ALTER d TYPE timestamp")
+        pg.execute("UPDATE director.days SET d = d + interval '1 hour' WHERE id = 1")
+        pg.execute("INSERT INTO director.other VALUES (51, 'after')")
+        caught_up(pg, settings, running)
+        result = verify(settings)
+        as_json = verify(settings, "--json")
+    assert result.exit_code == 2, result.output
+    assert "2 tables: 1 could not be compared" in result.output, result.output
+    errors = note_lines(result.output, "error: ")
+    assert len(errors) == 1 and "days" in errors[0] and "cdc status" in errors[0], result.output
+    assert re.search(r"verify director\.other: 1 ranges, 51 source rows", result.output)
+    assert as_json.exit_code == 2
+    documents = {d["table"]: d for d in json.loads(as_json.stdout)["tables"]}
+    assert documents["director.other"]["clean"] and documents["director.other"]["error"] is None
+    assert documents["director.days"]["error"] and not documents["director.days"]["clean"]
