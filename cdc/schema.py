@@ -165,7 +165,7 @@ ORDER BY c.ord
 
 _TABLE_SQL: Final = f"""
 SELECT c.relreplident, a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attndims,
-       pk.pos, ri.pos, {_MISSING}
+       pk.pos, ri.pos, {_MISSING}, a.attgenerated <> ''
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -292,7 +292,8 @@ def describe_relation(conn: psycopg.Connection[Any], relation: Relation) -> Tabl
 
 
 def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> TableSchema:
-    """The table as the catalog describes it now (for backfill)."""
+    """The table as the catalog describes it now (for backfill): the columns the change
+    stream carries, so not generated ones (pgoutput leaves them out)."""
     rows = conn.execute(_TABLE_SQL, {"schema": schema, "name": name}).fetchall()
     if not rows:
         raise CdcError(ErrorKind.SCHEMA, f"table {schema}.{name} does not exist")
@@ -300,7 +301,17 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> Tab
     columns: list[Column] = []
     primary: list[tuple[int, str]] = []
     identity_key: list[tuple[int, str]] = []
-    for _, attname, oid, typmod, notnull, dims, pk_pos, ri_pos, missing in rows:
+    for _, attname, oid, typmod, notnull, dims, pk_pos, ri_pos, missing, generated in rows:
+        if generated:  # not published: the stream never carries it, so neither does a copy
+            if pk_pos is not None or ri_pos is not None:
+                raise CdcError(
+                    ErrorKind.UNSUPPORTED_TYPE,
+                    f"{schema}.{name}: key column {attname!r} is generated, and Postgres does "
+                    "not publish generated columns: key the table by columns it stores "
+                    "as written",
+                    table=(schema, name),
+                )
+            continue
         column = _build_column(types, attname, oid, typmod, not notnull, dims or 1)
         columns.append(column if missing is None else replace(column, missing=missing.encode()))
         if pk_pos is not None:
