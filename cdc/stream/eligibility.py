@@ -67,18 +67,25 @@ class Shape:
     """What a table's rows are made of: its columns by number (`attnum`, name, type OID,
     type modifier; generated ones are not published), and the files that hold its rows
     (`relfilenode`s; a partitioned table's leaves'), which a rewrite of the table replaces
-    (ALTER COLUMN TYPE, ADD COLUMN with a volatile DEFAULT; also TRUNCATE, VACUUM FULL)."""
+    (ALTER COLUMN TYPE, ADD COLUMN with a volatile DEFAULT; also TRUNCATE, VACUUM FULL).
+    `gone`: the names (with their numbers) its columns no longer have, dropped or renamed
+    since the table was first seen (`cdc.stream.followplan.carried` keeps them)."""
 
     columns: tuple[tuple[int, str, int, int], ...] = ()
     storage: tuple[int, ...] = ()
+    gone: tuple[tuple[int, str], ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps({"columns": self.columns, "storage": self.storage})
+        return json.dumps({"columns": self.columns, "storage": self.storage, "gone": self.gone})
 
     @classmethod
     def from_json(cls, text: str) -> Shape:
         data = json.loads(text)
-        return cls(tuple(tuple(c) for c in data["columns"]), tuple(data["storage"]))
+        return cls(
+            tuple((n, name, t, m) for n, name, t, m in data["columns"]),
+            tuple(data["storage"]),
+            tuple((n, name) for n, name in data.get("gone", ())),
+        )
 
 
 @dataclass(frozen=True)

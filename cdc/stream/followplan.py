@@ -17,7 +17,7 @@ streamed before it, so it overwrites exactly the rows from before.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cdc.states import TableState
 from cdc.stream import eligibility
@@ -53,13 +53,15 @@ def reshaped(before: Shape, now: Shape) -> str | None:
     at its `Shape`, or None. A rename keeps a column's number: the stream goes on under the
     new name, and the rows from before hold the values under the old one only. A name at
     another number is a column dropped and added again: every row from before holds its
-    default now. A rewrite that added or retyped columns (ADD COLUMN with a volatile
+    default now (also when the name was freed at an earlier look: `Shape.gone`). A
+    rewrite that added or retyped columns (ADD COLUMN with a volatile
     DEFAULT, ALTER COLUMN TYPE ... USING) wrote values that no change carries. Nothing
     known before (an older record): nothing judged."""
     if not before.columns:
         return None
     old = {number: (name, typ, mod) for number, name, typ, mod in before.columns}
-    numbers = {name: number for number, name, _, _ in before.columns}
+    numbers = {name: number for number, name in before.gone}
+    numbers.update((name, number) for number, name, _, _ in before.columns)
     changed = False
     for number, name, typ, mod in now.columns:
         was = old.get(number)
@@ -71,6 +73,18 @@ def reshaped(before: Shape, now: Shape) -> str | None:
     if changed and before.storage != now.storage:
         return "the table was rewritten with columns added or retyped"
     return None
+
+
+def carried(before: Shape | None, now: Shape) -> Shape:
+    """`now`, remembering the names its columns had before (dropped, or renamed) since
+    `before` and before it: a name given to a new column at a later look than the one
+    that freed it is told apart from a new name (the targets keep a column of that name,
+    with the old column's values)."""
+    if before is None:
+        return now
+    live = {(number, name) for number, name, _, _ in now.columns}
+    freed = ((n, name) for n, name, _, _ in before.columns if (n, name) not in live)
+    return replace(now, gone=tuple(sorted({*before.gone, *freed})))
 
 
 def _another_table(
@@ -165,7 +179,11 @@ def plan(
         for old, oid in (seen_oids or {}).items()
         if old in dropped and oid in by_oid
     }
-    shapes = {t.name: t.shape for t in tables if t.name in followed}
+    shapes = {
+        t.name: carried((seen_shapes or {}).get(t.name), t.shape)
+        for t in tables
+        if t.name in followed
+    }
     return Plan(tuple(add), tuple(add_log), tuple(reload), tuple(recopy), tuple(unpublish),
                 tuple(excluded), dropped, renamed, followed, oids, tuple(logs), again_why,
                 shapes)  # fmt: skip

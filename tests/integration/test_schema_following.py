@@ -291,7 +291,8 @@ def test_columns_renamed_made_again_or_rewritten_arrive_with_the_source_values(
 ) -> None:  # fmt: skip
     """Changes of a table's columns that change its rows with no change streamed for them:
     a column renamed (the rows from before held their values under the old name only), a
-    column dropped and added again under its name (they held the old values), a rewrite by
+    column dropped and added again under its name, at a later look (they held the old
+    values), a rewrite by
     ALTER COLUMN TYPE ... USING and by ADD COLUMN with a volatile DEFAULT (values no change
     carries). Each table is copied again, while running and while the daemon is stopped."""
     keyed_tables(pg, renamed=120, remade=80, rewritten=60, stopped=40)
@@ -305,6 +306,7 @@ def test_columns_renamed_made_again_or_rewritten_arrive_with_the_source_values(
         pg.execute("ALTER TABLE director.renamed RENAME COLUMN v TO note")
         pg.execute("UPDATE director.renamed SET note = 'after' WHERE id % 10 = 0")
         pg.execute("ALTER TABLE director.remade DROP COLUMN v")
+        time.sleep(1)  # added again at a later look than the one that saw it dropped
         pg.execute("ALTER TABLE director.remade ADD COLUMN v text DEFAULT 'remade'")
         pg.execute("ALTER TABLE director.rewritten ALTER COLUMN n TYPE bigint USING n * 1000")
         pg.execute("ALTER TABLE director.rewritten ADD COLUMN u text DEFAULT md5(random()::text)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cdc.stream.eligibility import Shape, SourceTable, exclusion
-from cdc.stream.followplan import plan, reshaped
+from cdc.stream.followplan import carried, plan, reshaped
 from cdc.stream.slots import create_publication_sql, via_root_sql
 
 KEYED = SourceTable("t", "director.t", False, False, "d", True, ())
@@ -168,7 +168,7 @@ def test_plan_copies_again_a_table_reshaped_since_the_last_look() -> None:
     now = replace(t, shape=renamed)
     todo = plan([now], {"t"}, {}, {"t": frozenset()}, set(), True, None, {"t": 10}, {"t": SHAPE})
     assert todo.reshaped == {"t": "column n renamed to m"} and todo.reload == ()
-    assert todo.shapes == {"t": renamed}
+    assert todo.shapes == {"t": replace(renamed, gone=((2, "n"),))}
     first = plan([now], {"t"}, {"t": "ready"}, None, set(), True, None, {"t": 10}, {"t": SHAPE})
     assert first.reshaped == {"t": "column n renamed to m"}
     same = plan([t], {"t"}, {}, {"t": frozenset()}, set(), True, None, {"t": 10}, {"t": SHAPE})
@@ -176,3 +176,16 @@ def test_plan_copies_again_a_table_reshaped_since_the_last_look() -> None:
     moved = plan([replace(now, name="t2")], {"t2"}, {}, {"t": frozenset()}, set(), True, None,
                  {"t": 10}, {"t2": SHAPE})  # fmt: skip
     assert moved.recopy == ("t2",) and moved.reshaped == {}
+
+
+def test_a_name_freed_at_one_look_and_taken_at_a_later_one_is_told_apart() -> None:
+    """A column dropped (or renamed away) at one look and a new column of its name added
+    at a later one: the targets' column of that name holds the old column's values."""
+    dropped = carried(SHAPE, Shape(COLUMNS[:2], (5000,)))
+    assert dropped.gone == ((3, "v"),)
+    readded = Shape((*COLUMNS[:2], (4, "v", 25, -1)), (5000,))
+    assert reshaped(dropped, readded) == "column v dropped and added again"
+    renamed = carried(SHAPE, Shape((*COLUMNS[:2], (3, "w", 25, -1)), (5000,)))
+    assert reshaped(renamed, Shape((*renamed.columns, (4, "v", 25, -1)), (5000,))) is not None
+    assert Shape.from_json(renamed.to_json()) == renamed
+    assert carried(None, SHAPE) == SHAPE and carried(SHAPE, SHAPE) == SHAPE
