@@ -13,6 +13,9 @@ from enum import StrEnum
 class TableState(StrEnum):
     # Recorded.
     COPYING = "copying"  # a backfill copies it (cut short if the copy stopped)
+    # To be copied whole, replacing what its targets hold (another table's rows, under
+    # its name before): until the targets are emptied below the copy's snapshot.
+    REPLACING = "replacing"
     READY = "ready"  # copied; its streamed changes are applied
     STREAMING = "streaming"  # picked up by the daemon, streamed from the start
     QUARANTINED = "quarantined"  # its rows cannot be stored; the others flow

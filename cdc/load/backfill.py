@@ -255,9 +255,14 @@ class Backfill:
                 to_plan = self.job_state.to_plan(state)
                 chunks = self.job_state.pending_chunks(state)
             for name in copying:
-                self.job_state.set_state(state, name, TableState.COPYING)
+                self.job_state.set_state(
+                    state, name, TableState.REPLACING if name in replaced else TableState.COPYING
+                )
         if replaced:
             replace_copied(self.make_sinks, [self.tables[name] for name in replaced], snapshot)
+            with self._state() as state:
+                for name in replaced:
+                    self.job_state.set_state(state, name, TableState.COPYING)
         self.progress = Progress(total_chunks=len(chunks))
         work: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
         for chunk in chunks:

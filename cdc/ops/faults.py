@@ -25,6 +25,7 @@ POINTS = (
     "mid_backfill_chunk",
     "mid_backfill_plan",
     "after_slot_created",
+    "before_table_load",
 )
 
 

@@ -72,6 +72,7 @@ class TableRecord:
 
 # What `overview` shows for a published table, by its recorded state.
 _PUBLISHED_STATES: dict[str, TableState] = {TableState.COPYING: TableState.LOADING,
+                     TableState.REPLACING: TableState.LOADING,
                      TableState.READY: TableState.STREAMING,
                      TableState.FAILED: TableState.FAILED,
                      TableState.QUARANTINED: TableState.QUARANTINED}  # fmt: skip

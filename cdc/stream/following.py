@@ -281,6 +281,10 @@ class SchemaFollower:
             self._log.info("table_streamed_without_copy", table=table.qualified_name,
                            hint=f"initial_load is off: {backfill_command(table.name)}")  # fmt: skip
             return
+        # Recorded before anything else: a daemon stopped before the copy began (its
+        # queue is in memory) copies the table at its next start.
+        self._record(table.name, TableState.REPLACING if replaces else TableState.COPYING,
+                     None)  # fmt: skip
         self._loader.queue(table, replaces)
 
     def close(self) -> None:

@@ -25,8 +25,10 @@ from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 
 # Recorded states after which a table that is not published is picked up as new.
 PICKED_UP_AGAIN = frozenset({TableState.EXCLUDED, TableState.DROPPED})
-# A load cut short (the daemon stopped while copying): copied again after a restart.
+# A load cut short (the daemon stopped while copying, or before it began): copied again
+# after a restart; one that was to replace what the targets hold, whole again.
 CUT_SHORT = frozenset({TableState.COPYING})
+REPLACE_CUT_SHORT = frozenset({TableState.REPLACING})
 # Also picked up as an append-only log: a keyless table an older version quarantined.
 LOG_PICKED_UP_AGAIN = PICKED_UP_AGAIN | {TableState.QUARANTINED}
 
@@ -161,7 +163,7 @@ def plan(
             logs.append(table.name)
         followed[table.name] = table.partitions
         before = (seen_shapes or {}).get(table.name)
-        if another:
+        if another or (seen is None and state in REPLACE_CUT_SHORT):
             recopy.append(table.name)
         elif before is not None and (why_again := reshaped(before, table.shape)) is not None:
             again_why[table.name] = why_again

@@ -16,6 +16,7 @@ import psycopg
 
 from cdc.errors import CdcError, ErrorKind, backfill_command
 from cdc.load.backfill import Backfill
+from cdc.ops import faults
 from cdc.schema import TableSchema
 from cdc.stream.snapshot import exported_snapshot
 
@@ -70,6 +71,7 @@ class TableLoader:
                 table, replaces = self._waiting.pop(name)
             self._copying = name
             try:
+                faults.point("before_table_load")
                 self._load(table, replaces)
             except (CdcError, psycopg.Error) as exc:
                 hint = f"restart the daemon, or {backfill_command(table.name)}"

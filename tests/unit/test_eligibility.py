@@ -189,3 +189,16 @@ def test_a_name_freed_at_one_look_and_taken_at_a_later_one_is_told_apart() -> No
     assert reshaped(renamed, Shape((*renamed.columns, (4, "v", 25, -1)), (5000,))) is not None
     assert Shape.from_json(renamed.to_json()) == renamed
     assert carried(None, SHAPE) == SHAPE and carried(SHAPE, SHAPE) == SHAPE
+
+
+def test_plan_at_the_first_poll_copies_again_what_was_due_when_the_daemon_stopped() -> None:
+    """A copy recorded as due (copying) or due to replace the targets' rows (replacing),
+    cut short or never begun, is made at the next start: replacing again if it was to."""
+    t = replace(KEYED, oid=10)
+    due = plan([t], {"t"}, {"t": "copying"}, None, set(), True, None, {"t": 10})
+    assert (due.reload, due.recopy) == (("t",), ())
+    replacing = plan([t], {"t"}, {"t": "replacing"}, None, set(), True, None, {"t": 10})
+    assert (replacing.reload, replacing.recopy) == ((), ("t",))
+    later = plan([t], {"t"}, {"t": "replacing"}, {"t": frozenset()}, set(), True, None,
+                 {"t": 10})  # fmt: skip
+    assert (later.reload, later.recopy) == ((), ())  # being copied by this run
