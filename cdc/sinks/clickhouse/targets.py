@@ -42,6 +42,7 @@ class ClickHouseTargets:
             return
         client, cluster = self._client(), self.cluster
         client.command(ddl.clickhouse_database(self.database, cluster))
+        self._drop_leftover_copies()
         client.command(ddl.clickhouse_truncations_table(self.database, cluster))
         if cluster is not None:
             client.command(
@@ -150,6 +151,20 @@ class ClickHouseTargets:
         client.command(f"INSERT INTO {new} ({columns}) SELECT {columns} FROM {old}")
         client.command(f"EXCHANGE TABLES {old} AND {new}")
         client.command(f"DROP TABLE {new}")
+
+    def _drop_leftover_copies(self) -> None:
+        """Drop the copies (`REMAKE_SUFFIX`) a kill left behind: after the swap the copy is
+        the old table, before it an unfinished one; the next remake makes its own."""
+        result = self._client().query(
+            "SELECT name FROM system.tables WHERE database = {db:String} "
+            "AND endsWith(name, {suffix:String})",
+            parameters={"db": self.database, "suffix": REMAKE_SUFFIX},
+        )
+        for (name,) in result.result_rows:
+            self._client().command(
+                f"DROP TABLE IF EXISTS {quote_identifier(self.database)}.{quote_identifier(name)}"
+            )
+            _log.info("leftover_copy_dropped", table=f"{self.database}.{name}")
 
     def _physical(self, table_name: str) -> list[str]:
         """The tables holding `table_name`'s columns: on a cluster also its Distributed
