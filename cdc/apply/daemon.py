@@ -83,7 +83,8 @@ class Daemon:
                              lambda: self.quarantined, HEARTBEAT_PREFIX, self.log)  # fmt: skip
         self.follower = SchemaFollower(self.source_dsn, settings, self.catalog,
                                        self.sink_factory, self._setup.initial_load,
-                                       self.quarantine.add, self.log)  # fmt: skip
+                                       self.quarantine.add, self.quarantine.tables,
+                                       self.log)  # fmt: skip
 
     def setup(self) -> None:
         """Create what is missing: publication, targets, slot; load existing rows once."""
