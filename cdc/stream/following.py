@@ -251,11 +251,14 @@ class SchemaFollower:
             return False
         self._refused.pop(name, None)
         publication = publication or self._settings.publication
+        # Its targets may hold the rows of a table that had its name before. Due before it
+        # is published: a daemon stopped in between picks it up at its next start.
+        due = self._copy_due(table, replaces=True)
         self._alter("add", name, publication)
         self._log.info("table_added", table=self._name(name), publication=publication,
                        append_only=table.append_only)  # fmt: skip
-        # Its targets may hold the rows of a table that had its name before.
-        self._queue_load(table, replaces=True)
+        if due:
+            self._loader.queue(table, replaces=True)
         return True
 
     def _prepare(self, table: TableSchema) -> None:
@@ -279,21 +282,26 @@ class SchemaFollower:
     def _queue_load(self, table: TableSchema, replaces: bool = False) -> None:
         """Copy `table` in the background; `replaces`: the copy replaces every row its
         targets hold (they may hold another table's of the same name)."""
+        if self._copy_due(table, replaces):
+            self._loader.queue(table, replaces)
+
+    def _copy_due(self, table: TableSchema, replaces: bool) -> bool:
+        """Record `table`'s copy as due (`replaces`: replacing), before anything else: a
+        daemon stopped before the copy began (its queue is in memory) copies it at its next
+        start. False, said in the log, when no copy is to be made."""
         if (table.schema, table.name) in self._quarantined():
             # Its targets cannot take its rows until the fix its quarantine names is made
             # (and the daemon restarted); a copy would fail, and hide that state.
             self._log.info("table_copy_skipped", table=table.qualified_name,
                            reason="set aside: `cdc status` names the fix")  # fmt: skip
-            return
+            return False
         if not self._settings.initial_load:
             self._log.info("table_streamed_without_copy", table=table.qualified_name,
                            hint=f"initial_load is off: {backfill_command(table.name)}")  # fmt: skip
-            return
-        # Recorded before anything else: a daemon stopped before the copy began (its
-        # queue is in memory) copies the table at its next start.
+            return False
         self._record(table.name, TableState.REPLACING if replaces else TableState.COPYING,
                      None)  # fmt: skip
-        self._loader.queue(table, replaces)
+        return True
 
     def close(self) -> None:
         """Stop copying tables after the copy in progress (`TableLoader.close`)."""

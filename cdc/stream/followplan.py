@@ -23,8 +23,9 @@ from cdc.states import TableState
 from cdc.stream import eligibility
 from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 
-# Recorded states after which a table that is not published is picked up as new.
-PICKED_UP_AGAIN = frozenset({TableState.EXCLUDED, TableState.DROPPED})
+# Recorded states after which a table that is not published is picked up as new (one
+# recorded as to be copied replacing was stopped before it was published).
+PICKED_UP_AGAIN = frozenset({TableState.EXCLUDED, TableState.DROPPED, TableState.REPLACING})
 # A load cut short (the daemon stopped while copying, or before it began): copied again
 # after a restart; one that was to replace what the targets hold, whole again.
 CUT_SHORT = frozenset({TableState.COPYING})

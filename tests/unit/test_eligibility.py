@@ -202,3 +202,5 @@ def test_plan_at_the_first_poll_copies_again_what_was_due_when_the_daemon_stoppe
     later = plan([t], {"t"}, {"t": "replacing"}, {"t": frozenset()}, set(), True, None,
                  {"t": 10})  # fmt: skip
     assert (later.reload, later.recopy) == ((), ())  # being copied by this run
+    unpublished = plan([t], set(), {"t": "replacing"}, None, set(), True, None, {"t": 10})
+    assert unpublished.add == ("t",)  # stopped between its record and its publication
