@@ -69,14 +69,17 @@ class Shape:
     (`relfilenode`s; a partitioned table's leaves'), which a rewrite of the table replaces
     (ALTER COLUMN TYPE, ADD COLUMN with a volatile DEFAULT; also TRUNCATE, VACUUM FULL).
     `gone`: the names (with their numbers) its columns no longer have, dropped or renamed
-    since the table was first seen (`cdc.stream.followplan.carried` keeps them)."""
+    since the table was first seen (`cdc.stream.followplan.carried` keeps them). `leaves`:
+    a partitioned table's leaf partitions (OIDs)."""
 
     columns: tuple[tuple[int, str, int, int], ...] = ()
     storage: tuple[int, ...] = ()
     gone: tuple[tuple[int, str], ...] = ()
+    leaves: tuple[int, ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps({"columns": self.columns, "storage": self.storage, "gone": self.gone})
+        return json.dumps({"columns": self.columns, "storage": self.storage, "gone": self.gone,
+                           "leaves": self.leaves})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> Shape:
@@ -85,6 +88,7 @@ class Shape:
             tuple((n, name, t, m) for n, name, t, m in data["columns"]),
             tuple(data["storage"]),
             tuple((n, name) for n, name in data.get("gone", ())),
+            tuple(data.get("leaves", ())),
         )
 
 
@@ -123,7 +127,8 @@ def source_tables(conn: psycopg.Connection[Any], schema: str) -> list[SourceTabl
     found = []
     for (name, qualified, partitioned, unlogged, identity, has_key, unusable, leaves, oid,
          columns, storage) in rows:  # fmt: skip
-        shape = Shape(tuple((n, c, t, m) for n, c, t, m in columns), tuple(storage))
+        shape = Shape(tuple((n, c, t, m) for n, c, t, m in columns), tuple(storage),
+                      leaves=tuple(leaves))  # fmt: skip
         found.append(SourceTable(name, qualified, partitioned, unlogged, identity, has_key,
                                  tuple(unusable), frozenset(leaves), oid, shape))  # fmt: skip
     return found

@@ -8,7 +8,9 @@ A name that stood for another table at the last poll (renamed into it, or droppe
 made again) is copied whole at a snapshot that replaces what its targets hold: they may
 hold the rows of the table that had the name before.
 
-A table whose rows changed without a change being streamed for them (`reshaped`: a column
+A partitioned table that lost partitions (detached, or dropped: no change is streamed for
+their rows) is copied whole at a snapshot that replaces what its targets hold. A table
+whose rows changed without a change being streamed for them (`reshaped`: a column
 renamed, a column dropped and added again under its name, a rewrite that added or retyped
 columns) is copied again at a fresh snapshot: the copy's version is above every change
 streamed before it, so it overwrites exactly the rows from before.
@@ -40,6 +42,7 @@ class Plan:
     add_log: tuple[str, ...] = ()  # the same, in the append publication
     reload: tuple[str, ...] = ()  # published; copy again
     recopy: tuple[str, ...] = ()  # published under a name another table had: copy, replacing
+    shrunk: tuple[str, ...] = ()  # partitions detached or dropped: copy, replacing
     unpublish: tuple[Exclusion, ...] = ()  # published, but Postgres would refuse its writes
     excluded: tuple[Exclusion, ...] = ()  # newly not publishable: say why, once
     dropped: tuple[str, ...] = ()  # followed, gone from the schema (renamed too)
@@ -105,6 +108,30 @@ def _another_table(
     return table.oid in oids_before, False
 
 
+def _copy_again(
+    table: SourceTable,
+    state: str | None,
+    another: bool,
+    before: Shape | None,
+    seen: Mapping[str, frozenset[int]] | None,
+) -> tuple[str, str] | None:
+    """Whether a published `table` is copied again, as what (`Plan`'s `recopy`, `shrunk`,
+    `reshaped` with the reason, `reload`), given its recorded state, whether its name
+    stood for another table, its shape at the last look, and the partitions seen then
+    (None: the first look after a start)."""
+    if another or (seen is None and state in REPLACE_CUT_SHORT):
+        return "recopy", ""
+    if before is not None and set(before.leaves) - set(table.shape.leaves):
+        return "shrunk", ""
+    if before is not None and (why := reshaped(before, table.shape)) is not None:
+        return "reshaped", why
+    if seen is None:
+        return ("reload", "") if state in CUT_SHORT else None
+    if table.partitions - seen.get(table.name, table.partitions):
+        return "reload", ""
+    return None
+
+
 def plan(
     tables: list[SourceTable],
     published: set[str],
@@ -128,8 +155,7 @@ def plan(
     run recorded them)."""
     add: list[str] = []
     add_log: list[str] = []
-    reload: list[str] = []
-    recopy: list[str] = []
+    copies: dict[str, list[str]] = {"reload": [], "recopy": [], "shrunk": [], "reshaped": []}
     again_why: dict[str, str] = {}
     oids_before = set((seen_oids or {}).values())
     unpublish: list[Exclusion] = []
@@ -164,15 +190,10 @@ def plan(
             logs.append(table.name)
         followed[table.name] = table.partitions
         before = (seen_shapes or {}).get(table.name)
-        if another or (seen is None and state in REPLACE_CUT_SHORT):
-            recopy.append(table.name)
-        elif before is not None and (why_again := reshaped(before, table.shape)) is not None:
-            again_why[table.name] = why_again
-        elif seen is None:
-            if state in CUT_SHORT:
-                reload.append(table.name)
-        elif table.partitions - seen.get(table.name, table.partitions):
-            reload.append(table.name)
+        if (copy := _copy_again(table, state, another, before, seen)) is not None:
+            copies[copy[0]].append(table.name)
+            if copy[0] == "reshaped":
+                again_why[table.name] = copy[1]
     present = {t.name for t in tables}
     dropped = tuple(sorted(name for name in (seen or {}) if name not in present))
     oids = {t.name: t.oid for t in tables if t.name in followed}
@@ -187,6 +208,6 @@ def plan(
         for t in tables
         if t.name in followed
     }
-    return Plan(tuple(add), tuple(add_log), tuple(reload), tuple(recopy), tuple(unpublish),
-                tuple(excluded), dropped, renamed, followed, oids, tuple(logs), again_why,
-                shapes)  # fmt: skip
+    return Plan(tuple(add), tuple(add_log), tuple(copies["reload"]), tuple(copies["recopy"]),
+                tuple(copies["shrunk"]), tuple(unpublish), tuple(excluded), dropped, renamed,
+                followed, oids, tuple(logs), again_why, shapes)  # fmt: skip

@@ -170,6 +170,36 @@ def test_partitioned_table_arrives_under_its_root(
     assert row == [(290, 290)]
 
 
+def test_partitions_detached_or_dropped_leave_the_targets_too(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """A retention job detaches or drops old partitions: their rows leave the table with
+    no change streamed, and the targets kept them. The table is copied whole, replacing
+    what its targets hold; also when it happened while the daemon was stopped."""
+    pg.execute(EVENTS)
+    pg.execute("CREATE TABLE director.events_3 PARTITION OF director.events "
+               "FOR VALUES FROM (20) TO (30)")  # fmt: skip
+    pg.execute("INSERT INTO director.events SELECT i, 20 + i % 10, 'v' FROM "
+               "generate_series(201, 260) i")  # fmt: skip
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, ["events"], running=running)
+        pg.execute("ALTER TABLE director.events DETACH PARTITION director.events_1")
+        pg.execute("UPDATE director.events SET v = 'after' WHERE id % 7 = 0")
+        wait_in_step(pg, ch, ch_database, ["events", "events_1"], running=running)
+        wait_until(lambda: pg.execute("SELECT shape FROM historic._cdc_followed WHERE "
+                                      "table_name = 'events'").fetchone() != (None,),
+                   what="the shapes to be recorded")  # fmt: skip
+    assert any(e["event"] == "table_copied_again" and "partitions" in e["reason"] for e in logs)
+    pg.execute("DROP TABLE director.events_2")
+    with running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, ["events", "events_1"], running=running)
+    count = pg.execute("SELECT count(*) FROM director.events").fetchone()
+    assert count == (60,)
+
+
 def test_old_publication_is_migrated_and_no_longer_blocks_writes(
     pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
     ch_database: str,

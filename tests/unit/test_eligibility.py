@@ -204,3 +204,22 @@ def test_plan_at_the_first_poll_copies_again_what_was_due_when_the_daemon_stoppe
     assert (later.reload, later.recopy) == ((), ())  # being copied by this run
     unpublished = plan([t], set(), {"t": "replacing"}, None, set(), True, None, {"t": 10})
     assert unpublished.add == ("t",)  # stopped between its record and its publication
+
+
+def test_plan_copies_whole_a_partitioned_table_that_lost_partitions() -> None:
+    """Detached or dropped partitions take their rows out of the table with no change
+    streamed: the table is copied whole, replacing; at the first look after a start too
+    (by the partitions the last run recorded). A partition added is copied over it."""
+    root = replace(KEYED, partitioned=True, oid=10, partitions=frozenset({1, 2}),
+                   shape=Shape(COLUMNS, (7001, 7002), leaves=(1, 2)))  # fmt: skip
+    lost = replace(root, partitions=frozenset({2}), shape=replace(root.shape, leaves=(2,)))
+    seen = {"t": frozenset({1, 2})}
+    todo = plan([lost], {"t"}, {}, seen, set(), True, None, {"t": 10}, {"t": root.shape})
+    assert (todo.shrunk, todo.recopy, todo.reload) == (("t",), (), ())
+    first = plan([lost], {"t"}, {"t": "ready"}, None, set(), True, None, {"t": 10},
+                 {"t": root.shape})  # fmt: skip
+    assert first.shrunk == ("t",)
+    grown = replace(root, partitions=frozenset({1, 2, 3}), shape=replace(root.shape,
+                    leaves=(1, 2, 3)))  # fmt: skip
+    todo = plan([grown], {"t"}, {}, seen, set(), True, None, {"t": 10}, {"t": root.shape})
+    assert (todo.shrunk, todo.reload) == ((), ("t",))
