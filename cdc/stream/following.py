@@ -16,8 +16,8 @@ function) and acts:
 - a table that may not be published is logged once with the statement that fixes it;
 - a partitioned table that gained partitions is copied again (rows of an attached
   partition were never streamed; the copy is versioned, so it overwrites nothing newer);
-  one that lost partitions (detached or dropped) is copied whole, replacing what its
-  targets hold (the rows of those partitions left without a change streamed);
+  one that lost partitions (detached or dropped) or had one truncated by itself is copied
+  whole, replacing what its targets hold (those rows left without a change streamed);
 - a table whose rows changed without changes being streamed for them (a column renamed,
   or dropped and added again; a rewrite that added or retyped columns:
   `cdc.stream.followplan.reshaped`) is copied again at a fresh snapshot;
@@ -146,8 +146,8 @@ class SchemaFollower:
             for name in todo.recopy:
                 self._reload(name, "another table had its name", replaces=True)
             for name in todo.shrunk:
-                self._reload(name, "partitions detached or dropped: no change was streamed for "
-                             "their rows", replaces=True)  # fmt: skip
+                self._reload(name, "partitions detached, dropped or truncated: no change was "
+                             "streamed for their rows", replaces=True)  # fmt: skip
             for name, reason in (todo.reshaped or {}).items():
                 self._reload(name, reason)
             if new_oids != self._oids or new_shapes != self._shapes:

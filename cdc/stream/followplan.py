@@ -8,8 +8,9 @@ A name that stood for another table at the last poll (renamed into it, or droppe
 made again) is copied whole at a snapshot that replaces what its targets hold: they may
 hold the rows of the table that had the name before.
 
-A partitioned table that lost partitions (detached, or dropped: no change is streamed for
-their rows) is copied whole at a snapshot that replaces what its targets hold. A table
+A partitioned table that lost rows with no change streamed for them (a partition detached,
+dropped, or truncated by itself: `partitions_emptied`) is copied whole at a snapshot that
+replaces what its targets hold. A table
 whose rows changed without a change being streamed for them (`reshaped`: a column
 renamed, a column dropped and added again under its name, a rewrite that added or retyped
 columns) is copied again at a fresh snapshot: the copy's version is above every change
@@ -42,7 +43,7 @@ class Plan:
     add_log: tuple[str, ...] = ()  # the same, in the append publication
     reload: tuple[str, ...] = ()  # published; copy again
     recopy: tuple[str, ...] = ()  # published under a name another table had: copy, replacing
-    shrunk: tuple[str, ...] = ()  # partitions detached or dropped: copy, replacing
+    shrunk: tuple[str, ...] = ()  # partitions detached, dropped, truncated: copy, replacing
     unpublish: tuple[Exclusion, ...] = ()  # published, but Postgres would refuse its writes
     excluded: tuple[Exclusion, ...] = ()  # newly not publishable: say why, once
     dropped: tuple[str, ...] = ()  # followed, gone from the schema (renamed too)
@@ -79,6 +80,18 @@ def reshaped(before: Shape, now: Shape) -> str | None:
     if changed and before.storage != now.storage:
         return "the table was rewritten with columns added or retyped"
     return None
+
+
+def partitions_emptied(before: Shape, now: Shape) -> bool:
+    """Whether rows left a partitioned table with no change streamed for them, between two
+    looks: a leaf partition detached or dropped, or truncated by itself (pgoutput sends a
+    partition's TRUNCATE only as its root's, when the root is truncated), which is seen as
+    its files replaced. VACUUM FULL or CLUSTER of a partition look the same: a copy too
+    many, never one too few."""
+    files = dict(zip(now.leaves, now.storage, strict=False))
+    return any(
+        files.get(leaf) != file for leaf, file in zip(before.leaves, before.storage, strict=False)
+    )
 
 
 def carried(before: Shape | None, now: Shape) -> Shape:
@@ -121,7 +134,7 @@ def _copy_again(
     (None: the first look after a start)."""
     if another or (seen is None and state in REPLACE_CUT_SHORT):
         return "recopy", ""
-    if before is not None and set(before.leaves) - set(table.shape.leaves):
+    if before is not None and partitions_emptied(before, table.shape):
         return "shrunk", ""
     if before is not None and (why := reshaped(before, table.shape)) is not None:
         return "reshaped", why

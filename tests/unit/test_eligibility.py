@@ -207,9 +207,9 @@ def test_plan_at_the_first_poll_copies_again_what_was_due_when_the_daemon_stoppe
 
 
 def test_plan_copies_whole_a_partitioned_table_that_lost_partitions() -> None:
-    """Detached or dropped partitions take their rows out of the table with no change
-    streamed: the table is copied whole, replacing; at the first look after a start too
-    (by the partitions the last run recorded). A partition added is copied over it."""
+    """Detached, dropped or truncated partitions take their rows out of the table with no
+    change streamed: the table is copied whole, replacing; at the first look after a start
+    too (by the partitions the last run recorded). A partition added is copied over it."""
     root = replace(KEYED, partitioned=True, oid=10, partitions=frozenset({1, 2}),
                    shape=Shape(COLUMNS, (7001, 7002), leaves=(1, 2)))  # fmt: skip
     lost = replace(root, partitions=frozenset({2}), shape=replace(root.shape, leaves=(2,)))
@@ -223,3 +223,12 @@ def test_plan_copies_whole_a_partitioned_table_that_lost_partitions() -> None:
                     leaves=(1, 2, 3)))  # fmt: skip
     todo = plan([grown], {"t"}, {}, seen, set(), True, None, {"t": 10}, {"t": root.shape})
     assert (todo.shrunk, todo.reload) == ((), ("t",))
+    # A partition truncated by itself: its files replaced, no change streamed.
+    truncated = replace(root, shape=replace(root.shape, storage=(7001, 7003)))
+    todo = plan([truncated], {"t"}, {}, seen, set(), True, None, {"t": 10}, {"t": root.shape})
+    assert todo.shrunk == ("t",)
+    plain = replace(KEYED, oid=11, shape=Shape(COLUMNS, (7001,)))
+    truncated_plain = replace(plain, shape=Shape(COLUMNS, (7009,)))  # its TRUNCATE is streamed
+    todo = plan([truncated_plain], {"t"}, {}, {"t": frozenset()}, set(), True, None, {"t": 11},
+                {"t": plain.shape})  # fmt: skip
+    assert (todo.shrunk, todo.recopy, todo.reload, todo.reshaped) == ((), (), (), {})
