@@ -59,8 +59,8 @@ POLICIES: dict[ErrorKind, Policy] = {
     ),
     ErrorKind.TABLE_CHANGED: Policy(
         Action.QUARANTINE_TABLE,
-        "the table changed in a way its targets cannot follow: make the change the message "
-        "names, then restart; the other tables go on",
+        "the table changed in a way its targets cannot follow: drop its targets as the "
+        "message says, then restart; the other tables go on",
     ),
     ErrorKind.NO_KEY: Policy(
         Action.QUARANTINE_TABLE,
@@ -108,6 +108,14 @@ class DecodeError(CdcError):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorKind.DECODE, message)
+
+
+def rebuild_steps() -> str:
+    """What to do about a table set aside because its targets cannot follow its change."""
+    return (
+        "Drop both target tables (historic and ClickHouse, with their _current views), then "
+        "restart the daemon: at its start it copies the table whole into new ones"
+    )
 
 
 def backfill_command(table: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from cdc.apply.changes import Op
-from cdc.errors import CdcError, ErrorKind, backfill_command
+from cdc.errors import CdcError, ErrorKind, rebuild_steps
 from cdc.protocol import TupleData, TupleValue, pg_timestamp_to_datetime
 from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
@@ -119,8 +119,7 @@ def widen(layout: TableSchema, latest: TableSchema) -> TableSchema:
             ErrorKind.TABLE_CHANGED,
             f"{latest.qualified_name} changed its key ({', '.join(layout.primary_key)}) -> "
             f"({', '.join(latest.primary_key)}): its target tables are keyed by the old "
-            "one. Drop both (historic and ClickHouse, with their _current views), run "
-            f"{backfill_command(latest.name)}, then restart the daemon",
+            f"one. {rebuild_steps()}",
             table=(latest.schema, latest.name),
         )
     now = {c.name: c for c in latest.columns}

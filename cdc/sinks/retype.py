@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from cdc.errors import CdcError, ErrorKind, backfill_command
+from cdc.errors import CdcError, ErrorKind, rebuild_steps
 from cdc.schema import Column, TableSchema
 from cdc.sinks.clickhouse.types import PgType, decimal_digits
 
@@ -126,8 +126,6 @@ def refused(table: TableSchema, column: str, pg_type: str) -> CdcError:
         f"column {column!r} of {table.qualified_name} changed type at the source (now "
         f"{pg_type}) in a way the targets do not follow (they follow widenings: "
         "integer -> bigint or numeric, wider numeric, longer varchar or text, finer "
-        "timestamp). Drop both target tables (historic and ClickHouse, with their _current "
-        f"views) and run {backfill_command(table.name)}, or change the column in both by "
-        "hand; then restart the daemon",
+        f"timestamp). {rebuild_steps()}",
         table=(table.schema, table.name),
     )

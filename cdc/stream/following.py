@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from cdc.errors import Action, CdcError, ErrorKind, backfill_command
 from cdc.ops import status
@@ -108,8 +109,9 @@ class SchemaFollower:
                 oids, shapes = self._oids, self._shapes
             else:
                 oids, shapes = self._recorded_followed()
+            rebuilt = self._rebuilt(recorded, listed) if first else set()
             todo = plan(tables, published, recorded, self._seen, self._excluded or set(),
-                        options.publishes_changes, appended, oids, shapes)  # fmt: skip
+                        options.publishes_changes, appended, oids, shapes, rebuilt)  # fmt: skip
             by_name = {t.name: t for t in tables}
             if first:  # every table streamed is recorded: one taken out later stays out
                 for name in listed - set(recorded):
@@ -144,7 +146,9 @@ class SchemaFollower:
             for name in todo.reload:
                 self._reload(name, "new partitions, or a copy cut short")
             for name in todo.recopy:
-                self._reload(name, "another table had its name", replaces=True)
+                reason = ("set aside, and its targets dropped since" if name in rebuilt
+                          else "another table had its name")  # fmt: skip
+                self._reload(name, reason, replaces=True)
             for name in todo.shrunk:
                 self._reload(name, "partitions detached, dropped or truncated: no change was "
                              "streamed for their rows", replaces=True)  # fmt: skip
@@ -194,6 +198,31 @@ class SchemaFollower:
         with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
             _, states = status.read(conn, settings.historic_schema, settings.slot)
         return {s.table: s.state for s in states}
+
+    def _rebuilt(self, recorded: Mapping[str, str], listed: set[str]) -> set[str]:
+        """The published tables the last run set aside whose historic table is gone or
+        empty (made again at this start): the operator dropped their targets to have them
+        made again (`rebuild_steps`). (Targets that still cannot take the table set it
+        aside again at this start, before this look.)"""
+        aside = [n for n in listed if recorded.get(n) == TableState.QUARANTINED]
+        if not aside:
+            return set()
+        schema = self._settings.historic_schema
+        rebuilt = set()
+        with psycopg.connect(self._settings.require_historic_dsn(), autocommit=True) as conn:
+            for name in aside:
+                table = sql.Identifier(schema, name)
+                row = conn.execute(
+                    "SELECT to_regclass(%s) IS NULL", (table.as_string(conn),)
+                ).fetchone()
+                empty = (
+                    bool(row and row[0])
+                    or conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(table)).fetchone()
+                    is None
+                )
+                if empty:
+                    rebuilt.add(name)
+        return rebuilt
 
     def _recorded_followed(self) -> tuple[dict[str, int], dict[str, Shape]]:
         """The OIDs and shapes of the tables the names followed at the last run stood for

@@ -19,7 +19,7 @@ streamed before it, so it overwrites exactly the rows from before.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
 from cdc.states import TableState
@@ -42,7 +42,9 @@ class Plan:
     add: tuple[str, ...] = ()  # publish, create targets, copy
     add_log: tuple[str, ...] = ()  # the same, in the append publication
     reload: tuple[str, ...] = ()  # published; copy again
-    recopy: tuple[str, ...] = ()  # published under a name another table had: copy, replacing
+    # Published under a name another table had, or set aside with its targets dropped since:
+    # copy, replacing.
+    recopy: tuple[str, ...] = ()
     shrunk: tuple[str, ...] = ()  # partitions detached, dropped, truncated: copy, replacing
     unpublish: tuple[Exclusion, ...] = ()  # published, but Postgres would refuse its writes
     excluded: tuple[Exclusion, ...] = ()  # newly not publishable: say why, once
@@ -124,15 +126,16 @@ def _another_table(
 def _copy_again(
     table: SourceTable,
     state: str | None,
-    another: bool,
+    replace_it: bool,
     before: Shape | None,
     seen: Mapping[str, frozenset[int]] | None,
 ) -> tuple[str, str] | None:
     """Whether a published `table` is copied again, as what (`Plan`'s `recopy`, `shrunk`,
-    `reshaped` with the reason, `reload`), given its recorded state, whether its name
-    stood for another table, its shape at the last look, and the partitions seen then
-    (None: the first look after a start)."""
-    if another or (seen is None and state in REPLACE_CUT_SHORT):
+    `reshaped` with the reason, `reload`), given its recorded state, whether it is to be
+    copied whole (its name stood for another table, or its targets were dropped), its
+    shape at the last look, and the partitions seen then (None: the first look after a
+    start)."""
+    if replace_it or (seen is None and state in REPLACE_CUT_SHORT):
         return "recopy", ""
     if before is not None and partitions_emptied(before, table.shape):
         return "shrunk", ""
@@ -155,6 +158,7 @@ def plan(
     appended: set[str] | None = None,
     seen_oids: Mapping[str, int] | None = None,
     seen_shapes: Mapping[str, Shape] | None = None,
+    rebuilt: Collection[str] = (),
 ) -> Plan:
     """What to do about the schema's `tables`, given the publication's tables, each table's
     recorded state, the tables followed at the last poll with their partitions (None at the
@@ -165,7 +169,8 @@ def plan(
     A table in the append publication stays an append-only log even once it has a key
     (its targets are keyed by `_version`): docs/architecture.md says how to convert it.
     `seen_shapes`: the followed tables' shapes at the last poll (at the first: as the last
-    run recorded them)."""
+    run recorded them). `rebuilt`: the tables recorded as set aside whose targets were
+    dropped (`cdc.errors.rebuild_steps`): copied whole at the first poll."""
     add: list[str] = []
     add_log: list[str] = []
     copies: dict[str, list[str]] = {"reload": [], "recopy": [], "shrunk": [], "reshaped": []}
@@ -203,7 +208,8 @@ def plan(
             logs.append(table.name)
         followed[table.name] = table.partitions
         before = (seen_shapes or {}).get(table.name)
-        if (copy := _copy_again(table, state, another, before, seen)) is not None:
+        replace_it = another or (seen is None and table.name in rebuilt)
+        if (copy := _copy_again(table, state, replace_it, before, seen)) is not None:
             copies[copy[0]].append(table.name)
             if copy[0] == "reshaped":
                 again_why[table.name] = copy[1]

@@ -204,6 +204,11 @@ def test_plan_at_the_first_poll_copies_again_what_was_due_when_the_daemon_stoppe
     assert (later.reload, later.recopy) == ((), ())  # being copied by this run
     unpublished = plan([t], set(), {"t": "replacing"}, None, set(), True, None, {"t": 10})
     assert unpublished.add == ("t",)  # stopped between its record and its publication
+    aside = {"t": "quarantined"}
+    rebuilt = plan([t], {"t"}, aside, None, set(), True, None, {"t": 10}, None, {"t"})
+    assert rebuilt.recopy == ("t",)  # set aside, its targets dropped: copied whole
+    kept = plan([t], {"t"}, aside, {"t": frozenset()}, set(), True, None, {"t": 10}, None, {"t"})
+    assert kept.recopy == ()  # judged at the first look after a start only
 
 
 def test_plan_copies_whole_a_partitioned_table_that_lost_partitions() -> None:

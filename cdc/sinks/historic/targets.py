@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.apply.batch import TableName
-from cdc.errors import CdcError, ErrorKind, backfill_command
+from cdc.errors import CdcError, ErrorKind, rebuild_steps
 from cdc.ops.logs import get_logger
 from cdc.schema import (
     COMMIT_TIME_COLUMN,
@@ -160,10 +160,7 @@ class HistoricTargets:
             raise CdcError(
                 ErrorKind.TABLE_CHANGED,
                 f"{table}: could not follow the source's type change of "
-                f"{', '.join(c.name for c in retyped)}: {str(exc).strip()}. Change the "
-                f"columns of {table} by hand, or drop both target tables (historic and "
-                f"ClickHouse, with their _current views) and run {backfill_command(layout.name)};"
-                " then restart the daemon",
+                f"{', '.join(c.name for c in retyped)}: {str(exc).strip()}. {rebuild_steps()}",
                 table=(layout.schema, layout.name),
             ) from exc
         for column in retyped:
@@ -190,9 +187,7 @@ class HistoricTargets:
                 ErrorKind.NO_KEY,
                 f"{layout.qualified_name} is now keyed by ({', '.join(layout.target_key)}) "
                 f"but its historic copy {self.schema}.{layout.name} by ({keyed_by}): it gained "
-                "or lost its primary key. Drop its target tables (historic and ClickHouse, "
-                f"with their _current views) and run {backfill_command(layout.name)}, then "
-                "restart the daemon",
+                f"or lost its primary key. {rebuild_steps()}",
                 table=(layout.schema, layout.name),
             )
 
