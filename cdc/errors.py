@@ -65,13 +65,19 @@ POLICIES: dict[ErrorKind, Policy] = {
     ErrorKind.NO_KEY: Policy(
         Action.QUARANTINE_TABLE,
         "the table has no key the targets can keep its rows by (it never had one, or lost "
-        "it): add the primary key the message names; the other tables go on",
+        "it): add the primary key the message names, drop its targets and restart; the "
+        "other tables go on",
     ),
     ErrorKind.UNSUPPORTED_TYPE: Policy(
-        Action.QUARANTINE_TABLE, "change the column type or exclude the table from the publication"
+        Action.QUARANTINE_TABLE,
+        "change the column type or exclude the table from the publication; then drop its "
+        "targets and restart",
     ),
     ErrorKind.VALUE_OUT_OF_RANGE: Policy(
-        Action.QUARANTINE_TABLE, "the value cannot be stored in ClickHouse; fix it at the source"
+        Action.QUARANTINE_TABLE,
+        "the value cannot be stored in ClickHouse: fix it at the source, then drop the "
+        "table's targets (historic and ClickHouse, with their _current views) and restart: "
+        "the table is copied whole at the start",
     ),
     ErrorKind.SLOT_LOST: Policy(
         Action.STOP, "the slot is gone or invalidated: run `cdc slot recreate` then `cdc backfill`"
