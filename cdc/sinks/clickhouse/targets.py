@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from cdc.apply.batch import TableName
-from cdc.errors import CdcError, ErrorKind, backfill_command
+from cdc.errors import CdcError, ErrorKind, rebuild_steps
 from cdc.ops.logs import get_logger
 from cdc.schema import (
     COMMIT_TIME_COLUMN,
@@ -118,8 +118,8 @@ class ClickHouseTargets:
                     f"key column(s) {', '.join(n for n in retyped if n in layout.target_key)} "
                     f"of {layout.qualified_name} widened at the source; ClickHouse cannot "
                     "change a key column in place, and on a cluster the daemon does not "
-                    f"remake {table}. Drop {table}, its _all table and _current view on the "
-                    f"cluster, restart the daemon and run {backfill_command(layout.name)}",
+                    f"remake {table}. {rebuild_steps()} (in ClickHouse: {table}, its _all "
+                    "table and _current view, on the cluster)",
                     table=(layout.schema, layout.name),
                 )
             self._remake(layout, {**known, **retyped})
