@@ -136,7 +136,7 @@ TABLES = (
             _instant("at"),
             Column("blob", "encode({c}, 'hex')", "lower(hex({c}))"),
             _long_text("memo"),
-            Column("state", "{c}", "{c}"),  # added while running (`MIGRATIONS`)
+            Column("stage", "{c}", "{c}"),  # added as `state`, then renamed (`MIGRATIONS`)
         ),
     ),
     Table(
@@ -147,7 +147,7 @@ TABLES = (
             _int("Rank"),
             _instant("Seen At"),
             _long_text("Body Text"),
-            _int("Level"),  # added while running (`MIGRATIONS`)
+            _int("Level"),  # added, dropped and added again while running (`MIGRATIONS`)
         ),
     ),
 )
@@ -520,9 +520,11 @@ def _run_txn(conn: psycopg.Connection[Any], txn: Txn, out: Any, stats: WriterSta
             return
 
 
-# Migrations while the daemon runs, each once, at a random moment of the run: column types
-# widened, which the targets follow (a key column of ClickHouse by remaking its table), and
-# columns added with a default, which the rows already there hold at the source.
+# Migrations while the daemon runs, each once, in this order, at a random moment of the run:
+# column types widened, which the targets follow (a key column of ClickHouse by remaking
+# its table); columns added with a default, which the rows already there hold at the
+# source; and changes of rows that no change carries: a column renamed, one dropped and
+# added again under its name, a rewrite whose USING changes the values.
 MIGRATIONS = (
     "ALTER TABLE director.order_lines ALTER qty TYPE bigint",
     'ALTER TABLE director."Team Notes" ALTER "Team Id" TYPE bigint',
@@ -531,6 +533,10 @@ MIGRATIONS = (
     "ALTER TABLE director.order_lines ALTER line TYPE bigint, ALTER price TYPE numeric(14,3)",
     'ALTER TABLE director."Team Notes" ADD COLUMN "Level" int NOT NULL DEFAULT 3',
     "ALTER TABLE director.cards ADD COLUMN state text DEFAULT 'open'",
+    "ALTER TABLE director.cards RENAME COLUMN state TO stage",
+    'ALTER TABLE director."Team Notes" DROP COLUMN "Level"',
+    'ALTER TABLE director."Team Notes" ADD COLUMN "Level" int NOT NULL DEFAULT 4',
+    'ALTER TABLE director."Team Notes" ALTER "Rank" TYPE bigint USING "Rank" * 10',
 )
 
 

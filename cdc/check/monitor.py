@@ -48,6 +48,7 @@ from cdc.ops.settings import Settings, redact_url
 from cdc.schema import TableSchema
 from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.factory import SinkFactory
+from cdc.stream import eligibility, followplan
 from cdc.stream.session import canonical_dsn
 
 RETRY_S: Final = 30.0  # pause after a failed step (at most the interval)
@@ -220,8 +221,23 @@ class Monitor:
         row = conn.execute(ESTIMATE_SQL, (table.schema, table.name)).fetchone()
         return int(row[0]) if row else 0
 
+    def _settled(self, table: TableSchema) -> bool:
+        """Whether `table` is to be judged now (`cdc.stream.followplan.settled`): not while
+        the schema follower copies it, or is about to."""
+        _, control, historic = self._connections()
+        found = eligibility.source_tables(control, table.schema, table.name)
+        state, shape = status.read_table(historic, self.settings.historic_schema, table.name)
+        if found and followplan.settled(state, shape, found[0].shape):
+            return True
+        self.log.info("monitor_table_deferred", table=table.qualified_name,
+                      reason="its copy is due or under way")  # fmt: skip
+        return False
+
     def _check_table(self, table: TableSchema, started: float, done: int, expected: int) -> int:
-        """Walk `table`'s ranges; publish its drift when the walk is complete."""
+        """Walk `table`'s ranges; publish its drift when the walk is complete. A table the
+        schema follower copies, or is about to, is left for the next pass."""
+        if not self._settled(table):
+            return done
         settings = self.settings
         size = step_rows(settings.monitor_rows_per_s)
         found: Counter[Target] = Counter()
@@ -239,6 +255,8 @@ class Monitor:
                 continue  # the same range again, once the daemon has caught up
             self.metrics.monitor_rows_checked.inc(check.rows)
             self._newer += check.newer
+            if check.drift and not self._settled(table):
+                return done  # changed meanwhile: the follower copies it
             found.update(d.target for d in check.diffs)
             if check.drift:
                 self._report(table, check, targets)

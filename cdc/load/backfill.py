@@ -22,7 +22,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,12 +35,13 @@ from cdc.load.chunkcopy import ChunkCopier, Held
 from cdc.load.chunks import Chunk
 from cdc.load.jobstate import JobState
 from cdc.load.planning import key_chunks
-from cdc.ops import faults
+from cdc.ops import faults, status
 from cdc.ops.logs import get_logger
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import Sink
 from cdc.sinks.historic.sql import SESSION_SQL
 from cdc.states import TableState
+from cdc.stream import eligibility
 from cdc.stream.session import canonical_dsn
 from cdc.stream.snapshot import Snapshot, exported_snapshot, import_snapshot
 
@@ -122,6 +123,7 @@ class Backfill:
         self.on_progress = on_progress
         self.replaces = replaces
         self.progress = Progress()
+        self._changed: set[str] = set()  # tables whose columns changed while copied
         self.job_state = JobState(state_schema, job, self.tables)
         self.copier = ChunkCopier(self.source_dsn, self.tables, where)
 
@@ -191,20 +193,23 @@ class Backfill:
 
         A table rewritten (`ALTER ... TYPE`, a volatile `ADD COLUMN` default) or truncated
         while it was copied looks empty to the snapshot from then on (neither is MVCC-safe),
-        so the chunks copied after it were empty: such a table is copied again, whole, at a
+        so the chunks copied after it were empty; one whose column was dropped or renamed
+        cannot be read as it was described (a snapshot does not keep the catalog as it
+        was): such a table is copied again, whole, described again, at a
         new snapshot (every change streamed after that one is newer than the copy), up to
         `REWRITE_ATTEMPTS` times; then it is given up as failed, with the fix."""
         progress = self._run(snapshot)
-        rewritten = self._rewritten(snapshot)
+        rewritten = self._to_copy_again(snapshot)
         for _ in range(REWRITE_ATTEMPTS):
             if not rewritten:
                 return progress
             _log.warning("table_rewritten_while_copied", tables=rewritten,
-                         detail="copied again, whole, at a new snapshot")  # fmt: skip
+                         detail="rewritten, truncated or its columns changed while it was "
+                         "copied: copied again, whole, at a new snapshot")  # fmt: skip
             self._copy_again(rewritten)
             with exported_snapshot(self.source_dsn) as again:
                 more = self._run(again)
-                rewritten = self._rewritten(again)
+                rewritten = self._to_copy_again(again)
             progress.rows += more.rows
             progress.done_chunks += more.done_chunks
             progress.failed.update(more.failed)
@@ -214,6 +219,34 @@ class Backfill:
                 f"{REWRITE_ATTEMPTS + 1} times: run {backfill_command(name)} when it is not",
             )  # fmt: skip
         return progress
+
+    def _record_followed(self, snapshot: Snapshot, names: Collection[str]) -> None:
+        """Record the tables copied at `snapshot` as they were in it (OID, `Shape`), unless
+        recorded already: what the schema follower compares the source with at its first
+        look after a start, so a column renamed or a partition dropped after the copy's
+        snapshot, which the copy does not hold, is seen. An older record is kept: chunks
+        copied at an older snapshot (a copy resumed) hold the table as it was then, and a
+        record older than the rows costs a copy too many, never one too few."""
+        by_schema: dict[str, set[str]] = {}
+        for name in names:
+            by_schema.setdefault(self.tables[name].schema, set()).add(name)
+        followed: dict[str, status.Followed] = {}
+        with psycopg.connect(self.source_dsn) as source:
+            import_snapshot(source, snapshot)
+            for schema, wanted in by_schema.items():
+                for table in eligibility.source_tables(source, schema):
+                    if table.name in wanted:
+                        followed[table.name] = status.Followed(table.oid, table.shape)
+            source.rollback()
+        with self._state() as state:
+            status.follow(state, self.job_state.schema, followed)
+
+    def _to_copy_again(self, snapshot: Snapshot) -> list[str]:
+        """The tables rewritten since `snapshot` (`_rewritten`), and those whose columns
+        changed since they were described (a column dropped or renamed: their copy
+        stopped), to copy again, described again, at a new snapshot."""
+        changed, self._changed = self._changed, set()
+        return sorted(set(self._rewritten(snapshot)) | changed)
 
     def _rewritten(self, snapshot: Snapshot) -> list[str]:
         """The tables of the job whose storage changed since `snapshot` (a leaf's file is
@@ -258,6 +291,7 @@ class Backfill:
                 self.job_state.set_state(
                     state, name, TableState.REPLACING if name in replaced else TableState.COPYING
                 )
+        self._record_followed(snapshot, copying)
         if replaced:
             replace_copied(self.make_sinks, [self.tables[name] for name in replaced], snapshot)
             with self._state() as state:
@@ -314,12 +348,17 @@ class Backfill:
                     if held and held[0].chunk.table != chunk.table:
                         self._give(source, state, held, snapshot)
                         held = []
-                    if chunk.table in self.progress.failed:
+                    if chunk.table in self.progress.failed or chunk.table in self._changed:
                         continue
                     try:
                         rows, holding = self.copier.copy(source, sinks, chunk, snapshot)
                     except CdcError as exc:
                         self._quarantine(chunk.table, exc)
+                        continue
+                    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
+                        # Described before a column of it was dropped or renamed (or it
+                        # was dropped): a snapshot does not keep the catalog as it was.
+                        self._changed.add(chunk.table)
                         continue
                     if holding is None:
                         self._done(state, chunk, rows, snapshot)

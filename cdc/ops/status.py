@@ -260,6 +260,22 @@ def read_checks(conn: psycopg.Connection[Any], schema: str) -> dict[str, TableCh
     return {row[0]: TableCheck(*row) for row in rows}
 
 
+def read_table(
+    conn: psycopg.Connection[Any], schema: str, table: str
+) -> tuple[str | None, Shape | None]:
+    """`table`'s recorded state, and the shape the schema follower recorded for it (the
+    state tables exist: `ensure`)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT state FROM {} WHERE table_name = %s), "
+            "(SELECT shape FROM {} WHERE table_name = %s)"
+        ).format(_ident(schema, TABLES_TABLE), _ident(schema, FOLLOWED_TABLE)),
+        (table, table),
+    ).fetchone()
+    state, shape = row if row is not None else (None, None)
+    return state, Shape.from_json(shape) if shape else None
+
+
 def read_followed(conn: psycopg.Connection[Any], schema: str) -> dict[str, Followed]:
     """The source table each name the schema follower followed stood for, as the last run
     recorded it (`record_followed`)."""
@@ -272,6 +288,21 @@ def read_followed(conn: psycopg.Connection[Any], schema: str) -> dict[str, Follo
     return {
         name: Followed(oid, Shape.from_json(shape) if shape else None) for name, oid, shape in rows
     }
+
+
+def follow(conn: psycopg.Connection[Any], schema: str, followed: Mapping[str, Followed]) -> None:
+    """Record `followed` tables that are not recorded yet (or without a shape), keeping
+    every record there is."""
+    ensure(conn, schema)
+    for name, (oid, shape) in followed.items():
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {table} AS f (table_name, source_oid, shape) VALUES (%s, %s, %s) "
+                "ON CONFLICT (table_name) DO UPDATE SET source_oid = excluded.source_oid, "
+                "shape = excluded.shape WHERE f.shape IS NULL"
+            ).format(table=_ident(schema, FOLLOWED_TABLE)),
+            (name, oid, shape.to_json() if shape is not None else None),
+        )
 
 
 def record_followed(

@@ -277,12 +277,19 @@ def clickhouse_distributed_table(
     )
 
 
-def clickhouse_current_view(database: str, table: TableSchema, cluster: str | None = None) -> str:
+def clickhouse_current_view(
+    database: str,
+    table: TableSchema,
+    cluster: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> str:
     """`<table>_current`: live rows after FINAL, newer than the truncate watermark. On a
-    cluster it reads the Distributed tables, so it sees every shard.
+    cluster it reads the Distributed tables, so it sees every shard. `columns` (default:
+    the table's): every column of the ClickHouse table, those the source no longer has
+    (dropped, renamed) too: a layout from before a change (a replay) leaves none out.
 
     Recreate it after every column change: ClickHouse freezes a view's columns."""
-    columns = ", ".join(map(quote_identifier, table.column_names))
+    selected = ", ".join(map(quote_identifier, columns or table.column_names))
     rows, truncations = table.name, TRUNCATIONS_TABLE
     if cluster is not None:
         rows, truncations = distributed_name(rows), distributed_name(truncations)
@@ -292,7 +299,7 @@ def clickhouse_current_view(database: str, table: TableSchema, cluster: str | No
     )
     view = _qualified(database, current_view_name(table.name))
     return (
-        f"CREATE OR REPLACE VIEW {view}{_on_cluster(cluster)} AS SELECT {columns} "
+        f"CREATE OR REPLACE VIEW {view}{_on_cluster(cluster)} AS SELECT {selected} "
         f"FROM {_qualified(database, rows)} FINAL "
         f"WHERE {quote_identifier(DELETED_COLUMN)} = 0 "
         f"AND {quote_identifier(VERSION_COLUMN)} > ifNull(({watermark}), 0)"

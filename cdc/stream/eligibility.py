@@ -58,6 +58,7 @@ SELECT c.relname, format('%%I.%%I', n.nspname, c.relname), c.relkind = 'p',
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND (%(name)s::text IS NULL OR c.relname = %(name)s)
 ORDER BY c.relname
 """
 
@@ -122,8 +123,11 @@ class Exclusion:
     fix: str
 
 
-def source_tables(conn: psycopg.Connection[Any], schema: str) -> list[SourceTable]:
-    rows = conn.execute(SOURCE_TABLES_SQL, {"schema": schema}).fetchall()
+def source_tables(
+    conn: psycopg.Connection[Any], schema: str, name: str | None = None
+) -> list[SourceTable]:
+    """The tables of `schema` (partitions as their root), or the one named `name`."""
+    rows = conn.execute(SOURCE_TABLES_SQL, {"schema": schema, "name": name}).fetchall()
     found = []
     for (name, qualified, partitioned, unlogged, identity, has_key, unusable, leaves, oid,
          columns, storage) in rows:  # fmt: skip

@@ -96,6 +96,18 @@ def partitions_emptied(before: Shape, now: Shape) -> bool:
     )
 
 
+def settled(state: str | None, before: Shape | None, now: Shape) -> bool:
+    """Whether a table's targets are to hold its rows as the stream says: no copy of it due
+    or under way (its recorded `state`), and no change since the follower's last look
+    (`before`: the shape it recorded) that it will copy the table again for. A difference
+    found in a table not settled is the follower's to fix, not drift."""
+    if state in CUT_SHORT | REPLACE_CUT_SHORT:
+        return False
+    if before is None:
+        return True
+    return not partitions_emptied(before, now) and reshaped(before, now) is None
+
+
 def carried(before: Shape | None, now: Shape) -> Shape:
     """`now`, remembering the names its columns had before (dropped, or renamed) since
     `before` and before it: a name given to a new column at a later look than the one

@@ -158,3 +158,44 @@ def test_a_table_rewritten_while_it_is_copied_is_copied_again(
         assert source == (0, 0)
     else:  # copied again at a snapshot after the rewrite: the row inserted since, too
         assert copied == source
+
+
+@pytest.mark.parametrize("statement", [
+    "ALTER TABLE director.t DROP COLUMN n",
+    "ALTER TABLE director.t RENAME COLUMN n TO m",
+])  # fmt: skip
+def test_a_table_whose_columns_change_while_it_is_copied_is_copied_again(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+    statement: str,
+) -> None:
+    """A snapshot does not keep the catalog as it was: once a column the copy was described
+    with is dropped or renamed, its next chunk cannot be read (the daemon stopped on
+    `column "n" does not exist`). The table is described again and copied again, whole,
+    at a new snapshot."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, n int, v text)")
+    pg.execute("INSERT INTO director.t SELECT g, g, 'v' FROM generate_series(1, 1000) g")
+    table, sinks = prepared_sinks(
+        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
+    )
+    done: list[int] = []
+
+    def change_after_the_first_chunk(progress: Any) -> None:
+        done.append(progress.done_chunks)
+        if len(done) == 1:
+            with psycopg.connect(pg_dsn, autocommit=True) as other:
+                other.execute(statement)
+
+    with exported_snapshot(pg_dsn) as snapshot:
+        backfill = Backfill(pg_dsn, pg_dsn, "historic", "columns-job", [table], sinks,
+                            chunk_size=100, workers=1, batch_bytes=0,
+                            on_progress=change_after_the_first_chunk)  # fmt: skip
+        progress = backfill.run(snapshot)
+    assert progress.failed == {}
+    columns = "id, m" if "RENAME" in statement else "id, v"
+    source = pg.execute(f"SELECT {columns} FROM director.t ORDER BY id").fetchall()
+    copied = pg.execute(f"SELECT {columns} FROM historic.t_current ORDER BY id").fetchall()
+    assert copied == source and len(source) == 1000

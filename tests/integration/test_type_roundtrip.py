@@ -525,3 +525,22 @@ def test_clickhouse_targets_made_whole_after_a_kill_between_statements(
     ClickHouseSink(clickhouse_server.url, ch_database, client=ch).prepare([table])
     view = f"{quote_identifier(ch_database)}.`halfmade_current`"
     assert ch.query(f"SELECT count() FROM {view}").result_rows == [(0,)]
+
+
+def test_clickhouse_view_keeps_a_renamed_column_when_a_replay_brings_the_old_layout(
+    clickhouse_server: ClickHouseServer, ch: Any, ch_database: str, pg: psycopg.Connection[Any]
+) -> None:
+    """A column renamed at the source arrives as a new column. A daemon started again
+    replays rows from before the rename, with the old layout: its first look at the table
+    made the view again from that layout, without the new column, which later batches
+    (the column known) never put back."""
+    pg.execute("CREATE TABLE renamed (id int PRIMARY KEY, state text)")
+    before = describe_table(pg, "public", "renamed")
+    pg.execute("ALTER TABLE renamed RENAME COLUMN state TO stage")
+    after = describe_table(pg, "public", "renamed")
+    ClickHouseSink(clickhouse_server.url, ch_database, client=ch).prepare([before])
+    ClickHouseSink(clickhouse_server.url, ch_database, client=ch).prepare([after])
+    ClickHouseSink(clickhouse_server.url, ch_database, client=ch).prepare([before])  # replay
+    view = f"{quote_identifier(ch_database)}.`renamed_current`"
+    columns = [r[0] for r in ch.query(f"DESCRIBE TABLE {view}").result_rows]
+    assert columns == ["id", "state", "stage"]

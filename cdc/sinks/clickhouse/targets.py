@@ -7,7 +7,6 @@ a table in a process makes whatever a killed run left unmade."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from cdc.apply.batch import TableName
@@ -102,8 +101,7 @@ class ClickHouseTargets:
             known[column.name] = ddl.added_column_type(column)
         for column_name in widened:
             known[column_name] = ddl.nullable_type(known[column_name])
-        view_layout = replace(layout, columns=tuple(c for c in layout.columns if c.name in known))
-        client.command(ddl.clickhouse_current_view(self.database, view_layout, cluster))
+        client.command(ddl.clickhouse_current_view(self.database, layout, cluster, list(known)))
         return known
 
     def _retype(self, layout: TableSchema, known: dict[str, str], retyped: dict[str, str]) -> None:
