@@ -49,6 +49,15 @@ from cdc.stream.snapshot import Snapshot, exported_snapshot, import_snapshot
 # insert: 1M rows in parts of 50k cost it as much again in merges as the inserts
 # (measured), in parts of 200k (32 MB of the benchmark's rows) they are not merged at once.
 BATCH_BYTES = 32 << 20
+# What reading or converting a table's copy raises when its columns changed since it was
+# described: a column gone, or data of another type than described (a binary COPY is of
+# the columns as they are now): the table is described and copied again.
+DESCRIBED_OTHERWISE = (
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.UndefinedTable,
+    psycopg.DataError,  # a value of the new type in a target of the old one (SQLSTATE 22)
+    ValueError,  # a binary COPY field of another width than described
+)
 REWRITE_ATTEMPTS = 5  # copies again of a table rewritten while it is copied
 # The job's tables (of one schema) a leaf of which has another file than the snapshot's
 # catalog names: rewritten or truncated since (run in a transaction that imported it).
@@ -123,7 +132,9 @@ class Backfill:
         self.on_progress = on_progress
         self.replaces = replaces
         self.progress = Progress()
-        self._changed: set[str] = set()  # tables whose columns changed while copied
+        # Tables whose copy could not be read as they were described, with why.
+        self._changed: dict[str, str] = {}
+        self._why_again: dict[str, str] = {}
         self.job_state = JobState(state_schema, job, self.tables)
         self.copier = ChunkCopier(self.source_dsn, self.tables, where)
 
@@ -214,8 +225,11 @@ class Backfill:
             progress.done_chunks += more.done_chunks
             progress.failed.update(more.failed)
         for name in rewritten:
+            why = self._why_again.get(name)
             progress.failed.setdefault(
-                name, f"rewritten or truncated at the source while it was copied, "
+                name, f"its copy could not be read as the table was described ({why}), "
+                f"{REWRITE_ATTEMPTS + 1} times" if why is not None else
+                f"rewritten or truncated at the source while it was copied, "
                 f"{REWRITE_ATTEMPTS + 1} times: run {backfill_command(name)} when it is not",
             )  # fmt: skip
         return progress
@@ -245,8 +259,9 @@ class Backfill:
         """The tables rewritten since `snapshot` (`_rewritten`), and those whose columns
         changed since they were described (a column dropped or renamed: their copy
         stopped), to copy again, described again, at a new snapshot."""
-        changed, self._changed = self._changed, set()
-        return sorted(set(self._rewritten(snapshot)) | changed)
+        changed, self._changed = self._changed, {}
+        self._why_again = changed
+        return sorted(set(self._rewritten(snapshot)) | set(changed))
 
     def _rewritten(self, snapshot: Snapshot) -> list[str]:
         """The tables of the job whose storage changed since `snapshot` (a leaf's file is
@@ -264,15 +279,31 @@ class Backfill:
         return sorted(found)
 
     def _copy_again(self, names: Sequence[str]) -> None:
-        """Forget the chunks of `names`, described again (a rewrite may change types); one
-        dropped meanwhile is left out (the schema follower says so)."""
+        """Forget the chunks of `names`, described again (a rewrite may change types) and
+        their targets brought up to that (widened, columns added); one dropped meanwhile,
+        or whose targets cannot follow it, is left out (the schema follower, or the
+        stream, says so)."""
+        described = []
         with self._state() as state, psycopg.connect(self.source_dsn) as source:
             for name in names:
                 try:
-                    self.tables[name] = describe_table(source, self.tables[name].schema, name)
+                    table = describe_table(source, self.tables[name].schema, name)
                 except CdcError:
                     continue
+                self.tables[name] = table
+                described.append(table)
                 self.job_state.restart(state, name)
+        sinks = self.make_sinks()
+        try:
+            for table in described:
+                try:
+                    for sink in sinks:
+                        sink.prepare([table])
+                except CdcError as exc:
+                    self._quarantine(table.name, exc)
+        finally:
+            for sink in sinks:
+                sink.close()
 
     def _run(self, snapshot: Snapshot) -> Progress:
         with self._state() as state:
@@ -355,10 +386,11 @@ class Backfill:
                     except CdcError as exc:
                         self._quarantine(chunk.table, exc)
                         continue
-                    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
-                        # Described before a column of it was dropped or renamed (or it
-                        # was dropped): a snapshot does not keep the catalog as it was.
-                        self._changed.add(chunk.table)
+                    except DESCRIBED_OTHERWISE as exc:
+                        # Described before a column of it was dropped, renamed or retyped
+                        # (or it was dropped): a snapshot does not keep the catalog as it
+                        # was, and the copy's data is of the columns as they are now.
+                        self._changed[chunk.table] = str(exc).strip()
                         continue
                     if holding is None:
                         self._done(state, chunk, rows, snapshot)
@@ -400,6 +432,9 @@ class Backfill:
             self.copier.give(source, held, snapshot)
         except CdcError as exc:
             self._quarantine(held[0].chunk.table, exc)
+            return
+        except DESCRIBED_OTHERWISE as exc:
+            self._changed[held[0].chunk.table] = str(exc).strip()  # as in `_work`
             return
         for h in held:
             self._done(state, h.chunk, h.rows.rows, snapshot)

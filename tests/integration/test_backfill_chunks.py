@@ -199,3 +199,30 @@ def test_a_table_whose_columns_change_while_it_is_copied_is_copied_again(
     source = pg.execute(f"SELECT {columns} FROM director.t ORDER BY id").fetchall()
     copied = pg.execute(f"SELECT {columns} FROM historic.t_current ORDER BY id").fetchall()
     assert copied == source and len(source) == 1000
+
+
+def test_a_table_retyped_between_its_description_and_the_snapshot_is_copied_again(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """Described, then retyped before the copy's snapshot (a migration during the daemon's
+    start): the binary COPY sends the column as it is now (8 bytes, not 4), which the
+    daemon stopped on (`malformed field`). The table is described and copied again."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, n int, v text)")
+    pg.execute("INSERT INTO director.t SELECT g, g, 'v' FROM generate_series(1, 300) g")
+    table, sinks = prepared_sinks(
+        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
+    )
+    pg.execute("ALTER TABLE director.t ALTER n TYPE bigint USING n * 5000000000")
+    with exported_snapshot(pg_dsn) as snapshot:
+        backfill = Backfill(pg_dsn, pg_dsn, "historic", "retyped-job", [table], sinks,
+                            chunk_size=100, workers=1)  # fmt: skip
+        progress = backfill.run(snapshot)
+    assert progress.failed == {}
+    source = pg.execute("SELECT id, n FROM director.t ORDER BY id").fetchall()
+    assert pg.execute("SELECT id, n FROM historic.t_current ORDER BY id").fetchall() == source
+    ch_rows = clickhouse_server.client.query(
+        f"SELECT id, n FROM `{ch_database}`.t_current ORDER BY id"
+    ).result_rows
+    assert [tuple(r) for r in ch_rows] == source
