@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.load.backfill import Backfill
+from cdc.load.backfill import Backfill, Progress
 from cdc.schema import TableSchema
 from cdc.sinks.base import CopiedRows
 from cdc.sinks.clickhouse.sink import ClickHouseSink
@@ -115,6 +115,35 @@ def test_a_worker_gives_clickhouse_its_chunks_in_batches_of_batch_bytes(
     assert count == 3000
 
 
+def copy_changed_midway(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str, columns: str, statements: list[str],
+) -> Progress:  # fmt: skip
+    """`director.t (id int PRIMARY KEY, <columns>)` with 1,000 rows copied in chunks of 100,
+    `statements` run (committed) once the first chunk is done."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute(f"CREATE TABLE director.t (id int PRIMARY KEY, {columns})")
+    values = ", ".join(["g"] + ["'v'" if "text" in c else "g" for c in columns.split(", ")[1:]])
+    pg.execute(f"INSERT INTO director.t SELECT g, {values} FROM generate_series(1, 1000) g")
+    table, sinks = prepared_sinks(
+        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
+    )
+    done: list[int] = []
+
+    def change_after_the_first_chunk(progress: Progress) -> None:
+        done.append(progress.done_chunks)
+        if len(done) == 1:
+            with psycopg.connect(pg_dsn, autocommit=True) as other:
+                for statement in statements:
+                    other.execute(statement)
+
+    with exported_snapshot(pg_dsn) as snapshot:
+        backfill = Backfill(pg_dsn, pg_dsn, "historic", "changed-job", [table], sinks,
+                            chunk_size=100, workers=1, batch_bytes=0,
+                            on_progress=change_after_the_first_chunk)  # fmt: skip
+        return backfill.run(snapshot)
+
+
 @pytest.mark.parametrize("statement", [
     "ALTER TABLE director.t ALTER n TYPE bigint",  # rewrites the table
     "VACUUM FULL director.t",
@@ -131,27 +160,10 @@ def test_a_table_rewritten_while_it_is_copied_is_copied_again(
     copy's snapshot sees the table empty, and the chunks copied after it were empty. The
     copy then checks each table against its snapshot, and copies a rewritten one again at
     a new snapshot (described again: its types may have changed)."""
-    pg.execute("CREATE SCHEMA director")
-    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, n int)")
-    pg.execute("INSERT INTO director.t SELECT g, g FROM generate_series(1, 1000) g")
-    table, sinks = prepared_sinks(
-        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
-    )
-    done: list[int] = []
-
-    def rewrite_after_the_first_chunk(progress: Any) -> None:
-        done.append(progress.done_chunks)
-        if len(done) == 1:
-            with psycopg.connect(pg_dsn, autocommit=True) as other:
-                other.execute(statement)
-                other.execute("INSERT INTO director.t VALUES (5000, 5000000000)"
-                              if "TYPE" in statement else "SELECT 1")  # fmt: skip
-
-    with exported_snapshot(pg_dsn) as snapshot:
-        backfill = Backfill(pg_dsn, pg_dsn, "historic", "rewrite-job", [table], sinks,
-                            chunk_size=100, workers=1, batch_bytes=0,
-                            on_progress=rewrite_after_the_first_chunk)  # fmt: skip
-        backfill.run(snapshot)
+    inserted = ("INSERT INTO director.t VALUES (5000, 5000000000)" if "TYPE" in statement
+                else "SELECT 1")  # fmt: skip
+    copy_changed_midway(pg, pg_dsn, clickhouse_server, ch_database, "n int",
+                        [statement, inserted])  # fmt: skip
     source = pg.execute("SELECT count(*), coalesce(sum(n), 0) FROM director.t").fetchone()
     copied = pg.execute("SELECT count(*), coalesce(sum(n), 0) FROM historic.t_current").fetchone()
     if "TRUNCATE" in statement:  # the stream's TRUNCATE removes the rows copied before it
@@ -175,25 +187,8 @@ def test_a_table_whose_columns_change_while_it_is_copied_is_copied_again(
     with is dropped or renamed, its next chunk cannot be read (the daemon stopped on
     `column "n" does not exist`). The table is described again and copied again, whole,
     at a new snapshot."""
-    pg.execute("CREATE SCHEMA director")
-    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, n int, v text)")
-    pg.execute("INSERT INTO director.t SELECT g, g, 'v' FROM generate_series(1, 1000) g")
-    table, sinks = prepared_sinks(
-        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
-    )
-    done: list[int] = []
-
-    def change_after_the_first_chunk(progress: Any) -> None:
-        done.append(progress.done_chunks)
-        if len(done) == 1:
-            with psycopg.connect(pg_dsn, autocommit=True) as other:
-                other.execute(statement)
-
-    with exported_snapshot(pg_dsn) as snapshot:
-        backfill = Backfill(pg_dsn, pg_dsn, "historic", "columns-job", [table], sinks,
-                            chunk_size=100, workers=1, batch_bytes=0,
-                            on_progress=change_after_the_first_chunk)  # fmt: skip
-        progress = backfill.run(snapshot)
+    progress = copy_changed_midway(pg, pg_dsn, clickhouse_server, ch_database,
+                                   "n int, v text", [statement])  # fmt: skip
     assert progress.failed == {}
     columns = "id, m" if "RENAME" in statement else "id, v"
     source = pg.execute(f"SELECT {columns} FROM director.t ORDER BY id").fetchall()
