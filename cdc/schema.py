@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import psycopg
+from psycopg import sql
 
 from cdc.errors import CdcError, ErrorKind
 from cdc.protocol.messages import Relation
@@ -84,6 +85,9 @@ class TableSchema:
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
     replica_identity: str
+    # Partitioned: its rows are its partitions'. Another table is read without the rows of
+    # its inheritance children (`source_relation`), which are tables of their own.
+    partitioned: bool = False
 
     def __post_init__(self) -> None:
         names = [column.name for column in self.columns]
@@ -165,7 +169,7 @@ ORDER BY c.ord
 
 _TABLE_SQL: Final = f"""
 SELECT c.relreplident, a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attndims,
-       pk.pos, ri.pos, {_MISSING}, a.attgenerated <> ''
+       pk.pos, ri.pos, {_MISSING}, a.attgenerated <> '', c.relkind = 'p'
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -301,7 +305,7 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> Tab
     columns: list[Column] = []
     primary: list[tuple[int, str]] = []
     identity_key: list[tuple[int, str]] = []
-    for _, attname, oid, typmod, notnull, dims, pk_pos, ri_pos, missing, generated in rows:
+    for _, attname, oid, typmod, notnull, dims, pk_pos, ri_pos, missing, generated, _ in rows:
         if generated:  # not published: the stream never carries it, so neither does a copy
             if pk_pos is not None or ri_pos is not None:
                 raise CdcError(
@@ -320,4 +324,14 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> Tab
             identity_key.append((ri_pos, attname))
     identity = rows[0][0]
     key = _choose_key(f"{schema}.{name}", identity, primary, identity_key)
-    return _table_schema(schema, name, identity, columns, key)
+    return replace(_table_schema(schema, name, identity, columns, key), partitioned=rows[0][-1])
+
+
+def source_relation(
+    table: TableSchema, schema: str | None = None, name: str | None = None
+) -> sql.Composed:
+    """`table` (or `schema.name`: its copy, a view of it) in a FROM clause: a partitioned
+    table with its partitions' rows; another `ONLY`, without the rows of its inheritance
+    children (tables of their own: published, copied and compared apart)."""
+    relation = sql.Identifier(schema or table.schema, name or table.name)
+    return sql.SQL("{}" if table.partitioned else "ONLY {}").format(relation)

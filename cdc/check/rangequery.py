@@ -20,7 +20,13 @@ from cdc.check.keyrange import (
     pg_range_filter,
 )
 from cdc.check.rowhash import ch_text, pg_text
-from cdc.schema import DELETED_COLUMN, TRUNCATIONS_TABLE, VERSION_COLUMN, TableSchema
+from cdc.schema import (
+    DELETED_COLUMN,
+    TRUNCATIONS_TABLE,
+    VERSION_COLUMN,
+    TableSchema,
+    source_relation,
+)
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.ddl import distributed_name
 
@@ -98,12 +104,11 @@ def pg_boundaries(table: TableSchema, rng: KeyRange, size: int) -> PgQuery:
     where, params = pg_range_filter(table, rng)
     query = sql.SQL(
         "SELECT k FROM (SELECT ARRAY[{outs}] AS k, row_number() OVER (ORDER BY {order}) AS n "
-        "FROM {schema}.{table} WHERE {where}) numbered WHERE mod(n, %s::bigint) = 0 ORDER BY n"
+        "FROM {relation} WHERE {where}) numbered WHERE mod(n, %s::bigint) = 0 ORDER BY n"
     ).format(
         outs=_key_outputs(table),
         order=pg_key_order(table),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
+        relation=source_relation(table),
         where=where,
     )
     return query, [*params, size]
@@ -115,8 +120,8 @@ def pg_aggregate(
     """`count(*)` and `sum(hash)` per hash expression of the range's rows in `relation`."""
     where, params = pg_range_filter(table, rng)
     sums = sql.SQL(", ").join(sql.SQL("coalesce(sum({}), 0)").format(h) for h in hashes)
-    query = sql.SQL("SELECT count(*), {} FROM {}.{} WHERE {}").format(
-        sums, sql.Identifier(relation[0]), sql.Identifier(relation[1]), where
+    query = sql.SQL("SELECT count(*), {} FROM {} WHERE {}").format(
+        sums, source_relation(table, *relation), where
     )
     return query, params
 
@@ -124,12 +129,8 @@ def pg_aggregate(
 def pg_source_rows(table: TableSchema, rng: KeyRange, hashes: Sequence[sql.Composable]) -> PgQuery:
     """Canonical key texts, key output texts and hashes of the range's source rows."""
     where, params = pg_range_filter(table, rng)
-    query = sql.SQL("SELECT {}, {} FROM {}.{} WHERE {}").format(
-        _key_arrays(table),
-        sql.SQL(", ").join(hashes),
-        sql.Identifier(table.schema),
-        sql.Identifier(table.name),
-        where,
+    query = sql.SQL("SELECT {}, {} FROM {} WHERE {}").format(
+        _key_arrays(table), sql.SQL(", ").join(hashes), source_relation(table), where
     )
     return query, params
 
@@ -145,12 +146,8 @@ def pg_source_rows_after(
         *(sql.SQL("concat({})").format(sql.Identifier(name)) for name in table.primary_key),
         *hashes,
     ]
-    query = sql.SQL("SELECT {} FROM {}.{} WHERE {} ORDER BY {} LIMIT %s::bigint").format(
-        _aliased(select),
-        sql.Identifier(table.schema),
-        sql.Identifier(table.name),
-        where,
-        pg_key_order(table),
+    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT %s::bigint").format(
+        _aliased(select), source_relation(table), where, pg_key_order(table)
     )
     return query, [*params, size]
 
@@ -206,8 +203,8 @@ def pg_historic_aggregate(
 
 def pg_key_exists(table: TableSchema, key: Key) -> PgQuery:
     """Whether the source holds `key` (a key output text tuple)."""
-    query = sql.SQL("SELECT EXISTS (SELECT FROM {}.{} WHERE {})").format(
-        sql.Identifier(table.schema), sql.Identifier(table.name), pg_key_equals(table)
+    query = sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+        source_relation(table), pg_key_equals(table)
     )
     return query, list(key)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from cdc.schema import Column, TableSchema, TypeKind
+from cdc.schema import Column, TableSchema, TypeKind, source_relation
 from cdc.sinks.clickhouse.types import PgType, decimal_digits, storage_column
 
 CHUNKS_TABLE = "_cdc_backfill"
@@ -110,12 +110,11 @@ def log_version(version: int) -> sql.Composed:
 def log_copy_sql(table: TableSchema, chunk: Chunk, where: str | None, version: int) -> sql.Composed:
     """An append-only log's chunk as COPY text: the columns, then each row's `_version`."""
     return sql.SQL(
-        "COPY (SELECT {columns}, {version} FROM {schema}.{table} WHERE {filter}) TO STDOUT"
+        "COPY (SELECT {columns}, {version} FROM {relation} WHERE {filter}) TO STDOUT"
     ).format(
         columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
         version=log_version(version),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
+        relation=source_relation(table),
         filter=chunk_filter(table, chunk, where),
     )
 
@@ -148,12 +147,11 @@ def next_boundary_sql(
         sql.SQL("{}::text").format(sql.Identifier(k)) for k in table.primary_key
     )
     return sql.SQL(
-        "SELECT ARRAY[{keys}] FROM (SELECT {order} FROM {schema}.{table} WHERE {filter} "
+        "SELECT ARRAY[{keys}] FROM (SELECT {order} FROM {relation} WHERE {filter} "
         "ORDER BY {order} OFFSET {skip} LIMIT 1) bound"
     ).format(
         keys=keys,
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
+        relation=source_relation(table),
         filter=chunk_filter(table, Chunk(table.name, 0, after, None), where),
         order=sql.SQL(", ").join(map(sql.Identifier, table.primary_key)),
         skip=sql.Literal(chunk_size - 1),
@@ -161,10 +159,9 @@ def next_boundary_sql(
 
 
 def copy_sql(table: TableSchema, chunk: Chunk, where: str | None) -> sql.Composed:
-    return sql.SQL("COPY (SELECT {columns} FROM {schema}.{table} WHERE {filter}) TO STDOUT").format(
+    return sql.SQL("COPY (SELECT {columns} FROM {relation} WHERE {filter}) TO STDOUT").format(
         columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
+        relation=source_relation(table),
         filter=chunk_filter(table, chunk, where),
     )
 
@@ -230,12 +227,11 @@ def direct_copy_sql(
     timestamp outside ClickHouse's range fails it (`OUT_OF_RANGE`): checked in the same
     scan, not in one of its own."""
     return sql.SQL(
-        "COPY (SELECT {columns}, {version}::text FROM {schema}.{table} WHERE {filter}) TO STDOUT"
+        "COPY (SELECT {columns}, {version}::text FROM {relation} WHERE {filter}) TO STDOUT"
     ).format(
         columns=sql.SQL(", ").join(_guarded(c) for c in table.columns),
         version=sql.Literal(str(version)),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
+        relation=source_relation(table),
         filter=chunk_filter(table, chunk, where),
     )
 
@@ -244,10 +240,9 @@ def binary_copy_sql(table: TableSchema, chunk: Chunk, where: str | None) -> sql.
     """The chunk's rows as binary COPY, the table's columns only. It comes in one message
     more than it has rows: the last holds the trailer (the header comes with the first)."""
     return sql.SQL(
-        "COPY (SELECT {columns} FROM {schema}.{table} WHERE {filter}) TO STDOUT (FORMAT binary)"
+        "COPY (SELECT {columns} FROM {relation} WHERE {filter}) TO STDOUT (FORMAT binary)"
     ).format(
         columns=sql.SQL(", ").join(map(sql.Identifier, table.column_names)),
-        schema=sql.Identifier(table.schema),
-        table=sql.Identifier(table.name),
+        relation=source_relation(table),
         filter=chunk_filter(table, chunk, where),
     )

@@ -94,7 +94,7 @@ def test_the_next_boundary_is_the_chunk_size_th_key_after_the_last() -> None:
     text = chunks.next_boundary_sql(TABLE, ["1", "2"], 100, None).as_string(None)
     assert text == (
         'SELECT ARRAY["id"::text, "Order"::text] FROM (SELECT "id", "Order" FROM '
-        '"director"."Score Card" WHERE ROW("id", "Order") > ROW(\'1\'::bigint, '
+        'ONLY "director"."Score Card" WHERE ROW("id", "Order") > ROW(\'1\'::bigint, '
         '\'2\'::integer) ORDER BY "id", "Order" OFFSET 99 LIMIT 1) bound'
     )
 

@@ -263,7 +263,7 @@ def test_queries_keep_parameters_in_order() -> None:
     query, params = rangequery.pg_boundaries(TABLE, KeyRange(("1",), None), 500)
     assert params == ["1", 500]
     assert 'row_number() OVER (ORDER BY "id")' in text(query)
-    assert 'FROM "director"."Score Card" WHERE "id" > %s::integer' in text(query)
+    assert 'FROM ONLY "director"."Score Card" WHERE "id" > %s::integer' in text(query)
     query, params = rangequery.pg_historic_rows(
         "historic", TABLE, KeyRange(None, ("7",)), rowhash.pg_row_hash([INT])
     )
@@ -275,10 +275,10 @@ def test_queries_keep_parameters_in_order() -> None:
         ("historic", "Score Card_current"), TABLE, everything, hashes
     )
     assert text(query).startswith("SELECT count(*), coalesce(sum(('x' || left(md5(")
-    assert 'FROM "historic"."Score Card_current" WHERE true' in text(query)
+    assert 'FROM ONLY "historic"."Score Card_current" WHERE true' in text(query)
     query, params = rangequery.pg_key_exists(PAIR, ("a", "1"))
     assert text(query) == (
-        'SELECT EXISTS (SELECT FROM "director"."pairs" WHERE ROW("team" COLLATE "C", "id") = '
+        'SELECT EXISTS (SELECT FROM ONLY "director"."pairs" WHERE ROW("team" COLLATE "C", "id") = '
         'ROW(%s::text COLLATE "C", %s::integer))'
     )
     assert params == ["a", "1"]
@@ -290,7 +290,7 @@ def test_source_rows_after_read_size_keys_in_the_shared_order() -> None:
     assert params == ["a", "1", 500]
     assert text(query) == (
         'SELECT concat("team") AS "_cdc_c0", "id"::text AS "_cdc_c1", concat("team") AS '
-        '"_cdc_c2", concat("id") AS "_cdc_c3", h AS "_cdc_c4" FROM "director"."pairs" WHERE '
+        '"_cdc_c2", concat("id") AS "_cdc_c3", h AS "_cdc_c4" FROM ONLY "director"."pairs" WHERE '
         'ROW("team" COLLATE "C", "id") > ROW(%s::text COLLATE "C", %s::integer) '
         'ORDER BY "team" COLLATE "C", "id" LIMIT %s::bigint'
     )

@@ -26,6 +26,7 @@ from cdc.schema import (
     TRUNCATIONS_TABLE,
     VERSION_COLUMN,
     TableSchema,
+    source_relation,
 )
 from cdc.sinks.clickhouse.types import PgType
 
@@ -231,7 +232,8 @@ def copy_within_sql(
         sql.SQL(", ").join(map(sql.Identifier, layout.column_names)), sql.Literal(version)
     )
     source = sql.SQL("{}.{}").format(sql.Identifier(layout.schema), sql.Identifier(layout.name))
-    return _guarded_insert(schema, layout, values, source, sql.Literal(version), rows, upsert)
+    return _guarded_insert(schema, layout, values, source, sql.Literal(version), rows, upsert,
+                           source_relation(layout))  # fmt: skip
 
 
 def _guarded_insert(
@@ -242,13 +244,14 @@ def _guarded_insert(
     version: sql.Composable,
     rows: sql.Composable = ALL_ROWS,
     upsert: bool = True,
+    read: sql.Composable | None = None,
 ) -> sql.Composed:
     """`INSERT ... SELECT values FROM source WHERE rows` of those whose `version` is above
     the table's truncate watermark, in key order; with `upsert`, replacing a row only by a
-    newer one."""
+    newer one. `read`: what the FROM clause reads, when not `source` (`ONLY source`)."""
     updates = [c for c in row_columns(layout) if c not in layout.target_key]
     return sql.SQL(
-        "INSERT INTO {schema}.{table} AS t ({columns}) SELECT {values} FROM {source} "
+        "INSERT INTO {schema}.{table} AS t ({columns}) SELECT {values} FROM {read} "
         "WHERE ({rows}) AND {version} > coalesce((SELECT version FROM {schema}.{truncations} "
         "WHERE table_name = {name}), 0) ORDER BY {key}{conflict}"
     ).format(
@@ -256,7 +259,7 @@ def _guarded_insert(
         table=sql.Identifier(layout.name),
         columns=sql.SQL(", ").join(map(sql.Identifier, row_columns(layout))),
         values=values,
-        source=source,
+        read=read if read is not None else source,
         rows=rows,
         version=version,
         truncations=sql.Identifier(TRUNCATIONS_TABLE),
