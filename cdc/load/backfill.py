@@ -261,7 +261,7 @@ class Backfill:
                         followed[table.name] = status.Followed(table.oid, table.shape)
             source.rollback()
         with self._state() as state:
-            status.follow(state, self.job_state.schema, followed)
+            status.record_followed(state, self.job_state.schema, followed, keep=True)
 
     def _to_copy_again(self, snapshot: Snapshot) -> list[str]:
         """The tables rewritten since `snapshot` (`_rewritten`), and those whose columns

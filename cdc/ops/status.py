@@ -290,33 +290,26 @@ def read_followed(conn: psycopg.Connection[Any], schema: str) -> dict[str, Follo
     }
 
 
-def follow(conn: psycopg.Connection[Any], schema: str, followed: Mapping[str, Followed]) -> None:
-    """Record `followed` tables that are not recorded yet (or without a shape), keeping
-    every record there is."""
-    ensure(conn, schema)
-    for name, (oid, shape) in followed.items():
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {table} AS f (table_name, source_oid, shape) VALUES (%s, %s, %s) "
-                "ON CONFLICT (table_name) DO UPDATE SET source_oid = excluded.source_oid, "
-                "shape = excluded.shape WHERE f.shape IS NULL"
-            ).format(table=_ident(schema, FOLLOWED_TABLE)),
-            (name, oid, shape.to_json() if shape is not None else None),
-        )
-
-
 def record_followed(
-    conn: psycopg.Connection[Any], schema: str, followed: Mapping[str, Followed]
+    conn: psycopg.Connection[Any],
+    schema: str,
+    followed: Mapping[str, Followed],
+    gone: Collection[str] = (),
+    keep: bool = False,
 ) -> None:
-    """Record the followed names and their tables (replacing what was recorded)."""
+    """Record `followed` tables, and forget the `gone` ones; with `keep`, only those not
+    recorded yet (or without a shape), keeping every record there is."""
     ensure(conn, schema)
     table = _ident(schema, FOLLOWED_TABLE)
+    upsert = sql.SQL(
+        "INSERT INTO {table} AS f (table_name, source_oid, shape) VALUES (%s, %s, %s) "
+        "ON CONFLICT (table_name) DO UPDATE SET source_oid = excluded.source_oid, "
+        "shape = excluded.shape{keep}"
+    ).format(table=table, keep=sql.SQL(" WHERE f.shape IS NULL" if keep else ""))
     with conn.transaction():
-        conn.execute(sql.SQL("DELETE FROM {}").format(table))
-        for name, (oid, shape) in followed.items():
+        if gone:
             conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (table_name, source_oid, shape) VALUES (%s, %s, %s)"
-                ).format(table),
-                (name, oid, shape.to_json() if shape is not None else None),
+                sql.SQL("DELETE FROM {} WHERE table_name = ANY(%s)").format(table), (list(gone),)
             )
+        for name, (oid, shape) in followed.items():
+            conn.execute(upsert, (name, oid, shape.to_json() if shape is not None else None))

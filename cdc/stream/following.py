@@ -154,8 +154,8 @@ class SchemaFollower:
                              "streamed for their rows", replaces=True)  # fmt: skip
             for name, reason in (todo.reshaped or {}).items():
                 self._reload(name, reason)
-            if new_oids != self._oids or new_shapes != self._shapes:
-                self._record_followed(new_oids, new_shapes)
+            if new_oids != oids or new_shapes != shapes:
+                self._record_followed(oids, shapes, new_oids, new_shapes)
             self._seen, self._oids, self._shapes = seen, new_oids, new_shapes
             self._watch_logs(todo.logs)
         except psycopg.Error as exc:
@@ -234,13 +234,25 @@ class SchemaFollower:
         oids = {name: f.oid for name, f in followed.items()}
         return oids, {name: f.shape for name, f in followed.items() if f.shape is not None}
 
-    def _record_followed(self, oids: Mapping[str, int], shapes: Mapping[str, Shape]) -> None:
+    def _record_followed(
+        self,
+        before_oids: Mapping[str, int],
+        before_shapes: Mapping[str, Shape],
+        oids: Mapping[str, int],
+        shapes: Mapping[str, Shape],
+    ) -> None:
         """Record the names followed now with their tables' OIDs and shapes, for the next
-        run."""
+        run: those that differ from the record (`before_*`: as recorded by the last look,
+        or the last run); a table truncated often replaces its files at every look."""
+        changed = {
+            name: status.Followed(oid, shapes.get(name))
+            for name, oid in oids.items()
+            if before_oids.get(name) != oid or before_shapes.get(name) != shapes.get(name)
+        }
+        gone = [name for name in before_oids if name not in oids]
         settings = self._settings
-        followed = {name: status.Followed(oid, shapes.get(name)) for name, oid in oids.items()}
         with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
-            status.record_followed(conn, settings.historic_schema, followed)
+            status.record_followed(conn, settings.historic_schema, changed, gone)
 
     def _record(self, table: str, state: TableState, error: str | None) -> None:
         settings = self._settings
