@@ -135,6 +135,8 @@ class Backfill:
         self.progress = Progress()
         # Tables whose copy could not be read as they were described, with why.
         self._changed: dict[str, str] = {}
+        # Described again, their targets could not follow: not copied again, with why.
+        self._set_aside: dict[str, str] = {}
         self._why_again: dict[str, str] = {}
         self.job_state = JobState(state_schema, job, self.tables)
         self.copier = ChunkCopier(self.source_dsn, self.tables, where)
@@ -181,22 +183,37 @@ class Backfill:
     ) -> None:
         """Split `tables` into chunks (in `snapshot`), recording each chunk as it is found,
         then handing it to `found`; a table whose plan was cut short continues after its
-        last recorded chunk (key ranges do not depend on the snapshot)."""
+        last recorded chunk (key ranges do not depend on the snapshot). A table whose key
+        cannot be read as it was described (a key column renamed meanwhile) is copied
+        again (`run`)."""
         with psycopg.connect(self.source_dsn) as source, self._state() as state:
             import_snapshot(source, snapshot)
             for name in tables:
-                table = self.tables[name]
-                number, lower = self.job_state.next_chunk(state, name)
-                if table.append_only:
-                    chunks = block_chunks(source, table, number, lower, self.chunk_size)
-                else:
-                    chunks = key_chunks(source, table, number, lower, self.chunk_size, self.where)
-                for chunk in chunks:
-                    self.job_state.record(state, chunk)
-                    if not table.append_only:
-                        faults.point("mid_backfill_plan")
-                    found(chunk)
+                try:
+                    with source.transaction():  # a savepoint: the next tables go on
+                        self._plan_table(source, state, name, found)
+                except DESCRIBED_OTHERWISE as exc:
+                    self._changed[name] = str(exc).strip()
             source.rollback()
+
+    def _plan_table(
+        self,
+        source: psycopg.Connection[Any],
+        state: psycopg.Connection[Any],
+        name: str,
+        found: Callable[[Chunk], None],
+    ) -> None:
+        table = self.tables[name]
+        number, lower = self.job_state.next_chunk(state, name)
+        if table.append_only:
+            chunks = block_chunks(source, table, number, lower, self.chunk_size)
+        else:
+            chunks = key_chunks(source, table, number, lower, self.chunk_size, self.where)
+        for chunk in chunks:
+            self.job_state.record(state, chunk)
+            if not table.append_only:
+                faults.point("mid_backfill_plan")
+            found(chunk)
 
     def run(self, snapshot: Snapshot) -> Progress:
         """Copy every chunk not done yet, at `snapshot`, while the tables not split yet are
@@ -213,7 +230,9 @@ class Backfill:
         progress = self._run(snapshot)
         rewritten = self._to_copy_again(snapshot)
         for _ in range(REWRITE_ATTEMPTS):
+            rewritten = [name for name in rewritten if name not in self._set_aside]
             if not rewritten:
+                progress.failed.update(self._set_aside)
                 return progress
             _log.warning("table_rewritten_while_copied", tables=rewritten,
                          detail="rewritten, truncated or its columns changed while it was "
@@ -233,6 +252,7 @@ class Backfill:
                 f"rewritten or truncated at the source while it was copied, "
                 f"{REWRITE_ATTEMPTS + 1} times: run {backfill_command(name)} when it is not",
             )  # fmt: skip
+        progress.failed.update(self._set_aside)
         return progress
 
     def _record_followed(self, snapshot: Snapshot, names: Collection[str]) -> None:
@@ -308,7 +328,9 @@ class Backfill:
                     for sink in sinks:
                         sink.prepare([table])
                 except CdcError as exc:
-                    self._quarantine(table.name, exc)
+                    if exc.policy.action is not Action.QUARANTINE_TABLE:
+                        raise
+                    self._set_aside[table.name] = str(exc)
         finally:
             for sink in sinks:
                 sink.close()
@@ -387,7 +409,7 @@ class Backfill:
                     if held and held[0].chunk.table != chunk.table:
                         self._give(source, state, held, snapshot)
                         held = []
-                    if chunk.table in self.progress.failed or chunk.table in self._changed:
+                    if chunk.table in (*self.progress.failed, *self._changed, *self._set_aside):
                         continue
                     try:
                         rows, holding = self.copier.copy(source, sinks, chunk, snapshot)
