@@ -137,7 +137,6 @@ class Backfill:
         self._changed: dict[str, str] = {}
         # Described again, their targets could not follow: not copied again, with why.
         self._set_aside: dict[str, str] = {}
-        self._why_again: dict[str, str] = {}
         self.job_state = JobState(state_schema, job, self.tables)
         self.copier = ChunkCopier(self.source_dsn, self.tables, where)
 
@@ -230,22 +229,19 @@ class Backfill:
         progress = self._run(snapshot)
         rewritten = self._to_copy_again(snapshot)
         for _ in range(REWRITE_ATTEMPTS):
-            rewritten = [name for name in rewritten if name not in self._set_aside]
             if not rewritten:
-                progress.failed.update(self._set_aside)
-                return progress
-            _log.warning("table_rewritten_while_copied", tables=rewritten,
+                break
+            _log.warning("table_rewritten_while_copied", tables=list(rewritten),
                          detail="rewritten, truncated or its columns changed while it was "
                          "copied: copied again, whole, at a new snapshot")  # fmt: skip
-            self._copy_again(rewritten)
+            self._copy_again(list(rewritten))
             with exported_snapshot(self.source_dsn) as again:
                 more = self._run(again)
                 rewritten = self._to_copy_again(again)
             progress.rows += more.rows
             progress.done_chunks += more.done_chunks
             progress.failed.update(more.failed)
-        for name in rewritten:
-            why = self._why_again.get(name)
+        for name, why in rewritten.items():
             progress.failed.setdefault(
                 name, f"its copy could not be read as the table was described ({why}), "
                 f"{REWRITE_ATTEMPTS + 1} times" if why is not None else
@@ -283,13 +279,14 @@ class Backfill:
         with self._state() as state:
             status.record_followed(state, self.job_state.schema, followed, keep=True)
 
-    def _to_copy_again(self, snapshot: Snapshot) -> list[str]:
-        """The tables rewritten since `snapshot` (`_rewritten`), and those whose columns
-        changed since they were described (a column dropped or renamed: their copy
-        stopped), to copy again, described again, at a new snapshot."""
-        changed, self._changed = self._changed, {}
-        self._why_again = changed
-        return sorted(set(self._rewritten(snapshot)) | set(changed))
+    def _to_copy_again(self, snapshot: Snapshot) -> dict[str, str | None]:
+        """The tables to copy again, described again, at a new snapshot, in name order:
+        those rewritten since `snapshot` (`_rewritten`; None), and those whose copy could
+        not be read as they were described (why); not those set aside."""
+        again: dict[str, str | None] = dict.fromkeys(self._rewritten(snapshot))
+        again.update(self._changed)
+        self._changed = {}
+        return {name: again[name] for name in sorted(again) if name not in self._set_aside}
 
     def _rewritten(self, snapshot: Snapshot) -> list[str]:
         """The tables of the job whose storage changed since `snapshot` (a leaf's file is

@@ -98,9 +98,8 @@ class SourceTable:
     """A table of the source schema (partitions are described by their root).
 
     `unusable` names (quoted, qualified) the table itself, or for a partitioned table its
-    leaf partitions, that have no usable replica identity. `partitions` are the OIDs of a
-    partitioned table's leaf partitions; `oid` is the table's own (0: not known); `shape`
-    its columns and storage (empty: not known)."""
+    leaf partitions, that have no usable replica identity. `oid` is the table's own (0: not
+    known); `shape` its columns, storage and leaf partitions (empty: not known)."""
 
     name: str
     qualified: str
@@ -109,9 +108,13 @@ class SourceTable:
     identity: str
     has_primary_key: bool
     unusable: tuple[str, ...]
-    partitions: frozenset[int] = frozenset()
     oid: int = 0
     shape: Shape = Shape()
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The OIDs of a partitioned table's leaf partitions."""
+        return frozenset(self.shape.leaves)
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def source_tables(
         shape = Shape(tuple((n, c, t, m) for n, c, t, m in columns), tuple(storage),
                       leaves=tuple(leaves))  # fmt: skip
         found.append(SourceTable(name, qualified, partitioned, unlogged, identity, has_key,
-                                 tuple(unusable), frozenset(leaves), oid, shape))  # fmt: skip
+                                 tuple(unusable), oid, shape))  # fmt: skip
     return found
 
 

@@ -10,11 +10,11 @@ hold the rows of the table that had the name before.
 
 A partitioned table that lost rows with no change streamed for them (a partition detached,
 dropped, or truncated by itself: `partitions_emptied`) is copied whole at a snapshot that
-replaces what its targets hold. A table
-whose rows changed without a change being streamed for them (`reshaped`: a column
-renamed, a column dropped and added again under its name, a rewrite that added or retyped
-columns) is copied again at a fresh snapshot: the copy's version is above every change
-streamed before it, so it overwrites exactly the rows from before.
+replaces what its targets hold. A table whose rows changed without a change being
+streamed for them (`reshaped`: a column renamed, a column dropped and added again under
+its name, a rewrite that added or retyped columns) is copied again at a fresh snapshot:
+the copy's version is above every change streamed before it, so it overwrites exactly the
+rows from before.
 """
 
 from __future__ import annotations
@@ -69,14 +69,13 @@ def reshaped(before: Shape, now: Shape) -> str | None:
     if not before.columns:
         return None
     old = {number: (name, typ, mod) for number, name, typ, mod in before.columns}
-    numbers = {name: number for number, name in before.gone}
-    numbers.update((name, number) for number, name, _, _ in before.columns)
+    names = {name for _, name in before.gone} | {name for name, _, _ in old.values()}
     changed = False
     for number, name, typ, mod in now.columns:
         was = old.get(number)
         if was is not None and was[0] != name:
             return f"column {was[0]} renamed to {name}"
-        if was is None and name in numbers:
+        if was is None and name in names:
             return f"column {name} dropped and added again"
         changed = changed or was != (name, typ, mod)
     if changed and before.storage != now.storage:

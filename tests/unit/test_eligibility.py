@@ -62,13 +62,13 @@ def test_plan_unpublishes_a_table_that_lost_its_key_and_reports_exclusions_once(
 
 
 def test_plan_copies_a_partitioned_table_again_when_it_gains_partitions() -> None:
-    root = replace(KEYED, name="root", partitioned=True, partitions=frozenset({1, 2}))
+    root = replace(KEYED, name="root", partitioned=True, shape=Shape(leaves=(1, 2)))
     same = plan([root], {"root"}, {}, {"root": frozenset({1, 2})}, set(), True)
     assert same.reload == ()
-    grown = plan([replace(root, partitions=frozenset({1, 2, 3}))], {"root"}, {},
+    grown = plan([replace(root, shape=Shape(leaves=(1, 2, 3)))], {"root"}, {},
                  {"root": frozenset({1, 2})}, set(), True)  # fmt: skip
     assert grown.reload == ("root",)
-    detached = plan([replace(root, partitions=frozenset({1}))], {"root"}, {},
+    detached = plan([replace(root, shape=Shape(leaves=(1,)))], {"root"}, {},
                     {"root": frozenset({1, 2})}, set(), True)  # fmt: skip
     assert detached.reload == ()
 
@@ -215,17 +215,17 @@ def test_plan_copies_whole_a_partitioned_table_that_lost_partitions() -> None:
     """Detached, dropped or truncated partitions take their rows out of the table with no
     change streamed: the table is copied whole, replacing; at the first look after a start
     too (by the partitions the last run recorded). A partition added is copied over it."""
-    root = replace(KEYED, partitioned=True, oid=10, partitions=frozenset({1, 2}),
+    root = replace(KEYED, partitioned=True, oid=10,
                    shape=Shape(COLUMNS, (7001, 7002), leaves=(1, 2)))  # fmt: skip
-    lost = replace(root, partitions=frozenset({2}), shape=replace(root.shape, leaves=(2,)))
+    lost = replace(root, shape=replace(root.shape, storage=(7002,), leaves=(2,)))
     seen = {"t": frozenset({1, 2})}
     todo = plan([lost], {"t"}, {}, seen, set(), True, None, {"t": 10}, {"t": root.shape})
     assert (todo.shrunk, todo.recopy, todo.reload) == (("t",), (), ())
     first = plan([lost], {"t"}, {"t": "ready"}, None, set(), True, None, {"t": 10},
                  {"t": root.shape})  # fmt: skip
     assert first.shrunk == ("t",)
-    grown = replace(root, partitions=frozenset({1, 2, 3}), shape=replace(root.shape,
-                    leaves=(1, 2, 3)))  # fmt: skip
+    grown = replace(root, shape=replace(root.shape, storage=(7001, 7002, 7003),
+                                        leaves=(1, 2, 3)))  # fmt: skip
     todo = plan([grown], {"t"}, {}, seen, set(), True, None, {"t": 10}, {"t": root.shape})
     assert (todo.shrunk, todo.reload) == ((), ("t",))
     # A partition truncated by itself: its files replaced, no change streamed.
