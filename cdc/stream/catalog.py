@@ -61,6 +61,8 @@ class Catalog:
                     if self._conn is None or self._conn.closed:
                         self._conn = self._connect()
                     return query(self._conn)
+                except psycopg.errors.LockNotAvailable:
+                    raise  # a lock timeout the query set: its caller decides
                 except psycopg.OperationalError as exc:
                     self.close()
                     raise CdcError(

@@ -22,6 +22,8 @@ function) and acts:
   or dropped and added again; a rewrite that added or retyped columns:
   `cdc.stream.followplan.reshaped`) is copied again at a fresh snapshot;
 - a dropped table stops with a log line; its targets are kept;
+- a change of the publication that another session's lock on the table holds up is tried
+  again at the next look (the stream stands still while the daemon waits for a lock);
 - a name that stands for another table than at the last look (renamed into it, dropped
   and made again, swapped; also while the daemon was stopped: the names followed are
   recorded with their tables' OIDs in historic's `_cdc_followed`) is copied whole at a
@@ -59,6 +61,14 @@ SELECT relname, n_tup_upd + n_tup_del FROM pg_stat_user_tables
 WHERE schemaname = %(schema)s AND relname = ANY(%(tables)s) AND n_tup_upd + n_tup_del > 0
 """
 
+# The publication changes wait this long for another session's lock on the table (the
+# stream stands still meanwhile), then are tried again at the next look.
+LOCK_TIMEOUT_SQL = "SET LOCAL lock_timeout = '1s'"
+LOCKED_DETAIL = (
+    "another session's transaction holds a lock on the table (a migration, LOCK TABLE): "
+    "tried again at every look at the schema until it ends"
+)
+
 
 class SchemaFollower:
     """Keeps the publication equal to the schema's publishable tables (see the module)."""
@@ -86,6 +96,7 @@ class SchemaFollower:
         self._excluded: set[str] | None = None  # None until the first poll
         self._refused: dict[str, SourceTable] = {}  # could not be described, as it was then
         self._warned_logs: set[str] = set()  # append-only logs said to be updated
+        self._locked: set[str] = set()  # said to be locked by another session
         self._last_poll = float("-inf")
         self._loader = TableLoader(source_dsn, make_load, quarantine, log)
 
@@ -118,8 +129,8 @@ class SchemaFollower:
                     self._record(name, TableState.STREAMING, None)
             excluded = self._excluded or set()
             for why in todo.unpublish:
-                self._unpublish(why)
-                excluded.add(why.table)
+                if self._unpublish(why):
+                    excluded.add(why.table)
             for why in todo.excluded:
                 if not first:
                     self._log.warning("table_excluded", table=self._name(why.table),
@@ -262,20 +273,40 @@ class SchemaFollower:
     def _name(self, table: str) -> str:
         return f"{self._settings.source_schema}.{table}"
 
-    def _alter(self, action: str, table: str, publication: str | None = None) -> None:
+    def _alter(self, action: str, table: str, publication: str | None = None) -> bool:
+        """Add `table` to the publication or drop it from it; False, said once, while
+        another session's lock on the table keeps it from happening (tried again at the
+        next look): waiting would stop the stream of every table meanwhile."""
         statement = slots.alter_publication_sql(
             publication or self._settings.publication, action, self._settings.source_schema,
             table,
         )  # fmt: skip
-        self._query(lambda conn: conn.execute(statement))
 
-    def _unpublish(self, why: Exclusion) -> None:
+        def alter(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute(LOCK_TIMEOUT_SQL)
+                conn.execute(statement)
+
+        try:
+            self._query(alter)
+        except psycopg.errors.LockNotAvailable:
+            if table not in self._locked:
+                self._locked.add(table)
+                self._log.warning("publication_change_waiting", table=self._name(table),
+                                  change=f"{action} table", detail=LOCKED_DETAIL)  # fmt: skip
+            return False
+        self._locked.discard(table)
+        return True
+
+    def _unpublish(self, why: Exclusion) -> bool:
         """Take the table out at once: while it is published, Postgres refuses its UPDATE
-        and DELETE."""
-        self._alter("drop", why.table)
+        and DELETE. False while the table is locked (`_alter`)."""
+        if not self._alter("drop", why.table):
+            return False
         self._log.error("publication_table_removed", table=self._name(why.table),
                         reason=why.reason, fix=why.fix)  # fmt: skip
         self._record(why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}")
+        return True
 
     def _add(self, found: SourceTable, publication: str | None = None) -> bool:
         """Targets, then the publication (default: the main one), then a copy at a snapshot
@@ -300,7 +331,8 @@ class SchemaFollower:
         # Its targets may hold the rows of a table that had its name before. Due before it
         # is published: a daemon stopped in between picks it up at its next start.
         due = self._copy_due(table, replaces=True)
-        self._alter("add", name, publication)
+        if not self._alter("add", name, publication):
+            return False  # due, as `replacing`: picked up again at the next look or start
         self._log.info("table_added", table=self._name(name), publication=publication,
                        append_only=table.append_only)  # fmt: skip
         if due:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,42 @@ def test_table_created_while_running_is_copied_then_streamed(
     row = pg.execute("SELECT count(*) FROM historic.late_current").fetchone()
     assert row is not None and row[0] > 500  # the targets are kept
     assert published(pg, "cdc_pub") == ["first"]
+
+
+def streamed(pg: psycopg.Connection[Any], table: str, rows: int) -> bool:
+    return len(historic_rows(pg, table)) == rows
+
+
+def test_a_table_locked_by_a_migration_waits_without_stopping_the_stream(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """Adding a table to the publication waits for the locks of the application's
+    transactions on it: the daemon tries again at each look instead of waiting, so the
+    other tables stream meanwhile."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.busy (id int PRIMARY KEY, v text)")
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        with psycopg.connect(pg_dsn) as migration:
+            migration.execute("CREATE TABLE director.late (id int PRIMARY KEY, v text)")
+            migration.execute("INSERT INTO director.late VALUES (1, 'before')")
+            migration.commit()
+            migration.execute("LOCK TABLE director.late IN ACCESS EXCLUSIVE MODE")
+            wait_until(lambda: any(e["event"] == "publication_change_waiting" for e in logs),
+                       what="the daemon to find the table locked")  # fmt: skip
+            for i in range(1, 4):
+                pg.execute("INSERT INTO director.busy VALUES (%s, 'while locked')", (i,))
+                wait_until(partial(streamed, pg, "busy", i), timeout=10,
+                           what="the other tables to stream while it is locked")  # fmt: skip
+            assert "late" not in published(pg, "cdc_pub")
+            migration.rollback()
+        wait_until(lambda: "late" in published(pg, "cdc_pub"), what="the table to be published")
+        pg.execute("INSERT INTO director.late VALUES (2, 'after')")
+        wait_in_step(pg, ch, ch_database, ["busy", "late"], running=running)
+    waiting = [e for e in logs if e["event"] == "publication_change_waiting"]
+    assert [(e["table"], e["change"]) for e in waiting] == [("director.late", "add table")]
 
 
 def keyed_tables(pg: psycopg.Connection[Any], schema: bool = True, **rows: int) -> None:
