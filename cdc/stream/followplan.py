@@ -152,11 +152,18 @@ def _copy_again(
         return "shrunk", ""
     if before is not None and (why := reshaped(before, table.shape)) is not None:
         return "reshaped", why
-    if seen is None:
-        return ("reload", "") if state in CUT_SHORT else None
-    if table.partitions - seen.get(table.name, table.partitions):
+    if seen is None and state in CUT_SHORT:
         return "reload", ""
-    return None
+    # Partitions attached since the last look hold rows no change was streamed for; at the
+    # first look after a start, since the last run recorded the table (an older record
+    # without its columns: not judged).
+    if seen is not None:
+        leaves_before = seen.get(table.name, table.partitions)
+    elif before is not None and before.columns:
+        leaves_before = frozenset(before.leaves)
+    else:
+        return None
+    return ("reload", "") if table.partitions - leaves_before else None
 
 
 def plan(

@@ -177,7 +177,8 @@ def test_partitions_detached_or_dropped_leave_the_targets_too(
 ) -> None:  # fmt: skip
     """A retention job detaches, drops or truncates old partitions: their rows leave the
     table with no change streamed, and the targets kept them. The table is copied whole, replacing
-    what its targets hold; also when it happened while the daemon was stopped."""
+    what its targets hold; also when it happened while the daemon was stopped, as a partition
+    attached then is copied over it."""
     pg.execute(EVENTS)
     pg.execute("CREATE TABLE director.events_3 PARTITION OF director.events "
                "FOR VALUES FROM (20) TO (30)")  # fmt: skip
@@ -203,6 +204,15 @@ def test_partitions_detached_or_dropped_leave_the_targets_too(
     assert count == (0,)
     pg.execute("INSERT INTO director.events SELECT i, 20 + i % 10, 'w' FROM "
                "generate_series(1, 10) i")  # fmt: skip
+    with running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, ["events", "events_1"], running=running)
+    # A table loaded elsewhere, attached as a partition while the daemon was stopped: its
+    # rows were never streamed as the root's.
+    pg.execute("CREATE TABLE director.events_9 (LIKE director.events)")
+    pg.execute("INSERT INTO director.events_9 SELECT i, 90 + i % 10, 'loaded' FROM "
+               "generate_series(901, 950) i")  # fmt: skip
+    pg.execute("ALTER TABLE director.events ATTACH PARTITION director.events_9 "
+               "FOR VALUES FROM (90) TO (100)")  # fmt: skip
     with running_daemon(settings, ch) as running:
         wait_in_step(pg, ch, ch_database, ["events", "events_1"], running=running)
 

@@ -228,6 +228,13 @@ def test_plan_copies_whole_a_partitioned_table_that_lost_partitions() -> None:
                                         leaves=(1, 2, 3)))  # fmt: skip
     todo = plan([grown], {"t"}, {}, seen, set(), True, None, {"t": 10}, {"t": root.shape})
     assert (todo.shrunk, todo.reload) == ((), ("t",))
+    # Attached while the daemon was stopped: judged by the partitions the last run recorded.
+    first = plan([grown], {"t"}, {"t": "ready"}, None, set(), True, None, {"t": 10},
+                 {"t": root.shape})  # fmt: skip
+    assert (first.shrunk, first.reload) == ((), ("t",))
+    first = plan([root], {"t"}, {"t": "ready"}, None, set(), True, None, {"t": 10},
+                 {"t": root.shape})  # fmt: skip
+    assert (first.shrunk, first.reload) == ((), ())
     # A partition truncated by itself: its files replaced, no change streamed.
     truncated = replace(root, shape=replace(root.shape, storage=(7001, 7003)))
     todo = plan([truncated], {"t"}, {}, seen, set(), True, None, {"t": 10}, {"t": root.shape})
