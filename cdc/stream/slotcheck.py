@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cdc.ops import status
 from cdc.stream.session import canonical_dsn
 
 CHECKS_TABLE = "_cdc_slot_checks"
@@ -31,10 +32,13 @@ class PendingCheck:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(CHECKS_TABLE))
 
     def prepare(self) -> None:
-        """Make the checks' table, before the next transaction id is read: made while the
-        slot is created, it would be taken for a relation created meanwhile (the historic
-        schema is often in the source database), and the slot made again for nothing."""
+        """Make the checks' table and the daemon's state tables (which `cdc status` makes
+        if missing), before the next transaction id is read: made while the slot is
+        created, they would be taken for relations created meanwhile (the historic schema
+        is often in the source database), and the slot made again for nothing."""
         self._run(None, ())
+        with psycopg.connect(canonical_dsn(self.dsn), autocommit=True) as conn:
+            status.ensure(conn, self.schema)
 
     def _run(self, query: sql.Composed | None, params: tuple[Any, ...]) -> list[Any]:
         """`query` on a session of its own, once the checks' table exists (None: only that)."""

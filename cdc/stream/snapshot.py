@@ -34,6 +34,7 @@ from cdc.protocol.lsn import Lsn
 from cdc.stream.session import canonical_dsn
 from cdc.stream.slotcheck import PendingCheck
 from cdc.stream.slots import FAILOVER_VERSION, PLUGIN
+from cdc.stream.slotwait import waits_noticed
 from cdc.stream.walsender import classify
 from cdc.versions import snapshot_version
 
@@ -105,9 +106,10 @@ def exported_snapshot(
                 before = None if temporary else _query(dsn, NEXT_XID_SQL)[0][0]
                 if before is not None and check is not None:
                     check.record(int(before))
-                row: Any = conn.execute(
-                    create_slot_sql(name, temporary, conn.info.server_version)
-                ).fetchone()
+                with waits_noticed(dsn, name):
+                    row: Any = conn.execute(
+                        create_slot_sql(name, temporary, conn.info.server_version)
+                    ).fetchone()
             except psycopg.Error as exc:
                 raise classify(
                     exc, f"cannot create slot {name!r} with an exported snapshot"

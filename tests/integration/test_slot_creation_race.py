@@ -22,7 +22,8 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from cdc.stream import slots
+from cdc.ops import status
+from cdc.stream import slots, slotwait
 from cdc.stream.slotcheck import PendingCheck
 from cdc.stream.snapshot import NEXT_XID_SQL, exported_snapshot
 from tests.harness import ClickHouseServer
@@ -188,3 +189,40 @@ def test_a_first_start_makes_its_slot_once(
     events = [e["event"] for e in logs]
     assert "slot_creation_raced" not in events
     assert events.count("slot_created") == 1
+
+
+@pytest.mark.usefixtures("race_tables")
+def test_a_slot_creation_held_up_by_an_open_transaction_names_it(
+    pg_dsn: str, pg: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application's session left in a transaction holds up the creation of every new
+    slot (the daemon's start, each copy at a fresh snapshot): the log names it while the
+    creation waits. The daemon's state tables, which `cdc status` makes if missing, exist
+    before the slot's creation begins, so making them meanwhile makes no slot twice."""
+    monkeypatch.setattr(slotwait, "FIRST_NOTICE_S", 0.2)
+    app = psycopg.connect(pg_dsn)
+    try:
+        app.execute("INSERT INTO other VALUES (1)")
+        app_pid = app.info.backend_pid
+        with capture_logs() as logs:
+
+            def create() -> None:
+                check = PendingCheck(pg_dsn, "historic", "held")
+                with exported_snapshot(pg_dsn, slot="held", check=check):
+                    pass
+
+            creator = threading.Thread(target=create)
+            creator.start()
+            wait_for(lambda: any(e["event"] == "slot_creation_waiting" for e in logs),
+                     "the wait to be logged")  # fmt: skip
+            with psycopg.connect(pg_dsn, autocommit=True) as other:
+                status.ensure(other, "historic")  # what `cdc status` does
+            app.commit()
+            creator.join(timeout=60)
+        waiting = next(e for e in logs if e["event"] == "slot_creation_waiting")
+        assert [t["pid"] for t in waiting["transactions"]] == [app_pid]
+        assert waiting["transactions"][0]["state"] == "idle in transaction"
+        assert "pg_terminate_backend" in waiting["hint"]
+        assert not any(e["event"] == "slot_creation_raced" for e in logs)
+    finally:
+        app.close()
