@@ -30,6 +30,15 @@ class ErrorKind(enum.Enum):
     REJECTED = "rejected"  # a target refused a write or read, and will refuse it again
 
 
+# How to recover the changes no slot streamed (the slot was lost, or the publication
+# dropped): the copies must replace, or rows deleted meanwhile stay in the targets.
+REPLAY_LOST = (
+    "run `cdc slot recreate`, start the daemon, then `cdc backfill --replace`: it copies "
+    "every table at a fresh snapshot and removes from the targets what the source no longer "
+    "holds (rows deleted while no change was streamed)"
+)
+
+
 class Action(enum.Enum):
     RETRY = "retry"
     STOP = "stop"
@@ -79,9 +88,7 @@ POLICIES: dict[ErrorKind, Policy] = {
         "table's targets (historic and ClickHouse, with their _current views) and restart: "
         "the table is copied whole at the start",
     ),
-    ErrorKind.SLOT_LOST: Policy(
-        Action.STOP, "the slot is gone or invalidated: run `cdc slot recreate` then `cdc backfill`"
-    ),
+    ErrorKind.SLOT_LOST: Policy(Action.STOP, f"the slot is gone or invalidated: {REPLAY_LOST}"),
     ErrorKind.PERMISSION: Policy(Action.STOP, "grant the privileges named; see `cdc check-grants`"),
     ErrorKind.SETUP: Policy(Action.STOP, "fix the environment as the message says"),
     ErrorKind.REJECTED: Policy(

@@ -30,7 +30,7 @@ from cdc.apply.stages import BatchStages
 from cdc.apply.upkeep import Upkeep
 from cdc.check.monitor import Monitor
 from cdc.check.position import TargetPosition
-from cdc.errors import CdcError, ErrorKind
+from cdc.errors import REPLAY_LOST, CdcError, ErrorKind
 from cdc.ops import faults, status
 from cdc.ops.freshness import FreshnessRecorder
 from cdc.ops.leader import Leadership
@@ -166,15 +166,14 @@ class Daemon:
         if slot_gone:
             return CdcError(
                 ErrorKind.SLOT_LOST,
-                f"{exc}; to recover: `cdc slot recreate`, restart the daemon, then "
-                "`cdc backfill` to copy the changes made while there was no slot",
+                f"{exc}; to recover: {REPLAY_LOST}",
             )
         if publication_gone:
             return CdcError(
                 ErrorKind.SETUP,
                 f"publication {self.settings.publication!r} was dropped while streaming: "
-                "recreate it (`cdc publication create`), restart, then `cdc backfill` the "
-                "tables to copy changes made without it",
+                "recreate it (`cdc publication create`), restart, then `cdc backfill "
+                "--replace` the tables to copy the changes made without it (deletes too)",
             )
         return exc
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from cdc.apply.assembler import Event
 from cdc.apply.stages import Stats
-from cdc.errors import CdcError, ErrorKind
+from cdc.errors import REPLAY_LOST, CdcError, ErrorKind
 from cdc.ops.metrics import Metrics
 from cdc.ops.settings import Settings
 from cdc.stream import feedback, slots
@@ -70,7 +70,7 @@ class Upkeep:
                 ErrorKind.SLOT_LOST,
                 f"replication slot {self.settings.slot!r} is "
                 + ("gone" if slot is None else "invalidated (wal_status lost)")
-                + ": run `cdc slot recreate`, then `cdc backfill` to copy what was missed",
+                + f": {REPLAY_LOST}",
             )
         if slot.retained_bytes is not None:
             self.metrics.retained_wal.set(slot.retained_bytes)

@@ -72,6 +72,14 @@ def backfill(
     ] = None,
     chunk_size: Annotated[int | None, typer.Option(min=1, help="rows per chunk")] = None,
     workers: Annotated[int | None, typer.Option(min=1, max=64, help="parallel copiers")] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="remove from the targets every row older than the snapshot first (rows "
+            "deleted at the source with no change streamed: after `cdc slot recreate`)",
+        ),
+    ] = False,
 ) -> None:
     """Copy tables again at a fresh snapshot, while the daemon keeps streaming (safe: rows
     are versioned by the snapshot, so nothing newer is overwritten)."""
@@ -100,6 +108,7 @@ def backfill(
                 batch_bytes=settings.backfill_batch_mb << 20,
                 where=where,
                 on_progress=on_progress,
+                replaces=replace,
             ).run(snapshot)
     except CdcError as exc:
         raise fail(exc) from exc

@@ -68,13 +68,15 @@ def slot_recreate(
     ] = False,
 ) -> None:
     """Recovery after the slot was lost: drop it if it remains and create it again. Then
-    run `cdc backfill`: changes made while there was no slot were never streamed, and the
-    backfill copies them. A slot a daemon streams from is refused without --force."""
+    run `cdc backfill --replace`: changes made while there was no slot were never
+    streamed, and the backfill copies them (and removes rows deleted meanwhile). A slot a
+    daemon streams from is refused without --force."""
     with source_session(ctx) as (settings, conn):
         if slots.get_slot(conn, settings.slot) is not None:
             slots.drop_slot(conn, settings.slot, force=force)
         lsn = slots.create_slot(conn, settings.slot)
     typer.echo(
-        f"recreated slot {settings.slot} at {lsn}; now run `cdc backfill` to copy what "
-        "the lost slot missed (safe while the daemon streams)"
+        f"recreated slot {settings.slot} at {lsn}; now start the daemon and run `cdc backfill "
+        "--replace` to copy what the lost slot missed, deletes included (safe while the "
+        "daemon streams)"
     )

@@ -115,6 +115,12 @@ class Backfill:
     ) -> None:
         """`replaces`: the copy replaces every row the targets hold, for every table (for
         an append-only log it always does)."""
+        if where and replaces:
+            raise CdcError(
+                ErrorKind.CONFIG,
+                "--where cannot be used with --replace: a copy that replaces what the targets "
+                "hold copies whole tables (it would remove every row the predicate leaves out)",
+            )
         logs = sorted(t.name for t in tables if t.append_only)
         if where and logs:
             raise CdcError(

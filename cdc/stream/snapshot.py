@@ -128,7 +128,7 @@ def exported_snapshot(
                 "created; Postgres may be unable to decode their later changes, so the "
                 "slot is made again" if attempt < SLOT_ATTEMPTS else "giving up: keeping "
                 "the slot (if replication fails with 'could not map filenode', run "
-                "`cdc slot recreate` then `cdc backfill`)",
+                "`cdc slot recreate` then `cdc backfill --replace`)",
             )  # fmt: skip
             if attempt == SLOT_ATTEMPTS:
                 if check is not None:
