@@ -68,7 +68,7 @@ def _docker_available() -> bool:
 def pg_server() -> Iterator[PgServer]:
     if dsn := os.environ.get("CDC_TEST_PG_DSN"):
         with psycopg.connect(dsn, autocommit=True) as conn:
-            preflight.check_wal_level(conn)
+            preflight.check_source(conn)
         yield PgServer(dsn, "CDC_TEST_PG_DSN")
         return
     if _docker_available():

@@ -69,7 +69,7 @@ class Setup:
         """Create what is missing: publication, targets, slot; load existing rows once."""
         settings = self.settings
         with self.connect_source() as conn:
-            preflight.check_wal_level(conn)
+            preflight.check_source(conn)
             self._ensure_publication(conn)
             slot_exists = slots.get_slot(conn, settings.slot) is not None
             appended = self._ensure_append_publication(conn, slot_exists)

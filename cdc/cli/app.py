@@ -14,6 +14,7 @@ import psycopg
 import typer
 
 from cdc.errors import CdcError, ErrorKind
+from cdc.ops import preflight
 from cdc.ops.settings import Settings, load_settings, redact_url
 
 app = typer.Typer(
@@ -96,11 +97,18 @@ def source_session(ctx: typer.Context) -> Iterator[tuple[Settings, psycopg.Conne
 
 
 def source_connection(settings: Settings) -> psycopg.Connection[Any]:
+    """A connection to the source, which must be a primary."""
     dsn = settings.require_source_dsn()
     try:
-        return psycopg.connect(dsn, autocommit=True)
+        conn = psycopg.connect(dsn, autocommit=True)
     except psycopg.Error as exc:
         raise CdcError(
             ErrorKind.SOURCE_CONNECTION,
             f"cannot connect to the source {redact_url(dsn)}: {redact_url(str(exc).strip())}",
         ) from exc
+    try:
+        preflight.check_primary(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,6 +1,6 @@
 """Checks of the source (and the historic writer) before streaming, with actionable messages.
 
-`check_wal_level` is fatal. `source_findings` and `grant_findings` return findings: an
+`check_source` is fatal. `source_findings` and `grant_findings` return findings: an
 `error` stops the daemon (or fails `cdc check-grants`), a `warning` is logged and the
 daemon goes on.
 """
@@ -23,7 +23,21 @@ class Finding:
     message: str
 
 
-def check_wal_level(conn: psycopg.Connection[Any]) -> None:
+def check_primary(conn: psycopg.Connection[Any]) -> None:
+    """The source must be a primary: the pipeline creates its publications and slot there
+    and writes its heartbeats, which a standby refuses (and Postgres 15 decodes logical
+    replication on a primary only)."""
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    if row is not None and row[0]:
+        raise CdcError(
+            ErrorKind.SETUP,
+            "the source is a standby (in recovery): the pipeline's publications, slot and "
+            "heartbeats live on the primary; point CDC_SOURCE_DSN at the primary",
+        )
+
+
+def check_source(conn: psycopg.Connection[Any]) -> None:
+    check_primary(conn)
     row = conn.execute("SHOW wal_level").fetchone()
     level = row[0] if row else "unknown"
     if level != "logical":

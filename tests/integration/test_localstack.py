@@ -43,7 +43,7 @@ def test_wal_level_other_than_logical_is_refused(cluster_root: Path) -> None:
         psycopg.connect(cluster.paths.dsn, autocommit=True) as conn,
         pytest.raises(CdcError, match=r"wal_level is 'replica'.*ALTER SYSTEM"),
     ):
-        preflight.check_wal_level(conn)
+        preflight.check_source(conn)
 
 
 def test_missing_binaries_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +20,9 @@ from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
 from cdc.cli import app
+from cdc.dev import localstack
 from cdc.ops import preflight
-from tests.harness import ClickHouseServer
+from tests.harness import ClickHouseServer, PgServer
 from tests.pipeline import make_settings, setup_logs
 
 runner = CliRunner()
@@ -108,3 +115,63 @@ def test_the_daemon_logs_its_preflight_findings_once_per_start(
     findings = [e for e in logs if e["event"] == "preflight"]
     # This server keeps WAL for a slot without limit: one finding says so, once.
     assert [e["check"] for e in findings] == ["max_slot_wal_keep_size"]
+
+
+@pytest.fixture
+def standby_dsn(pg_server: PgServer) -> Iterator[str]:
+    """A streaming standby of the test server (pg_basebackup -R), with the local binaries."""
+    if pg_server.restart is None:
+        pytest.skip("a standby is made with the local server binaries")
+    bindir = localstack.find_bindir()
+    # Outside pytest's own directory, which the server's OS user may not enter.
+    root = Path(tempfile.mkdtemp(prefix="cdc-standby-"))
+    data = root / "data"
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(localstack.SERVER_USER)
+        os.chown(root, user.pw_uid, user.pw_gid)
+
+    def run(*args: str) -> None:
+        command = [str(bindir / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", localstack.SERVER_USER, "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, f"{args[0]}: {done.stderr}"
+
+    port = localstack.free_port()
+    run(
+        "pg_basebackup",
+        "-d",
+        pg_server.dsn,
+        "-D",
+        str(data),
+        "-R",
+        "--no-sync",
+        "--checkpoint=fast",
+    )
+    run("pg_ctl", "start", "-w", "-D", str(data), "-l", str(root / "log"),
+        "-o", f"-p {port} -k {root}")  # fmt: skip
+    try:
+        yield f"postgresql://{localstack.SERVER_USER}@127.0.0.1:{port}/postgres"
+    finally:
+        run("pg_ctl", "stop", "-m", "immediate", "-D", str(data))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_standby_is_refused_as_the_source_naming_the_primary(
+    pg_dsn: str, standby_dsn: str, clickhouse_server: ClickHouseServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Pointed at a read replica, every command says so instead of failing on the first
+    write Postgres refuses there (a raw `ReadOnlySqlTransaction` traceback)."""
+    monkeypatch.chdir(tmp_path)
+    env = {"CDC_SOURCE_DSN": standby_dsn, "CDC_HISTORIC_DSN": pg_dsn,
+           "CDC_CLICKHOUSE_URL": clickhouse_server.url}  # fmt: skip
+    ran = runner.invoke(app, ["run", "--log-format", "json"], env=env)
+    assert ran.exit_code == 2, ran.output
+    failed = next(json.loads(line) for line in ran.output.splitlines() if "daemon_failed" in line)
+    assert "the source is a standby" in failed["error"]
+    assert "point CDC_SOURCE_DSN at the primary" in failed["error"]
+    for command in (["publication", "create"], ["slot", "create"], ["backfill"]):
+        result = runner.invoke(app, command, env=env)
+        assert result.exit_code == 1, (command, result.output)
+        assert "the source is a standby" in result.output, command
