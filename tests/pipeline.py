@@ -25,6 +25,7 @@ from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import Sink
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.sink import ClickHouseSink
+from cdc.sinks.ddl import current_view_name
 from cdc.sinks.factory import SinkFactory
 from cdc.sinks.historic.sink import HistoricSink
 
@@ -180,14 +181,13 @@ def historic_rows(
     conn: psycopg.Connection[Any], table: str, schema: str = "historic",
     columns: Sequence[str] = (),
 ) -> Rows:  # fmt: skip
-    return director_rows(conn, schema, f"{table}_current", columns)
+    return director_rows(conn, schema, current_view_name(table), columns)
 
 
 def clickhouse_rows(client: Any, database: str, table: str, columns: Sequence[str] = ()) -> Rows:
     listed = ", ".join(map(quote_identifier, columns)) if columns else "*"
-    result = client.query(
-        f"SELECT {listed} FROM {quote_identifier(database)}.{quote_identifier(table + '_current')}"
-    )
+    view = f"{quote_identifier(database)}.{quote_identifier(current_view_name(table))}"
+    result = client.query(f"SELECT {listed} FROM {view}")
     return sorted((tuple(normalize(v) for v in r) for r in result.result_rows), key=repr)
 
 

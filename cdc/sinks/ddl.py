@@ -13,13 +13,13 @@ Identifiers are always quoted: `psycopg.sql.Identifier` for Postgres,
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Final
 
 from psycopg import sql
 
-from cdc.errors import CdcError, ErrorKind
 from cdc.schema import (
     COMMIT_TIME_COLUMN,
     CURRENT_VIEW_SUFFIX,
@@ -53,15 +53,17 @@ def quote_string(value: str) -> str:
 
 
 def current_view_name(table_name: str) -> str:
-    """`<table>_current`, refused if Postgres would truncate it (and so could collide)."""
+    """`<table>_current`, the same in both targets. A table name that leaves no room for
+    the suffix in Postgres' 63 bytes (Postgres would cut the view's name short, and two
+    such tables would share one) is cut short itself, followed by a hash of the whole
+    name: `<start of the name>_<8 hex digits>_current`."""
     name = table_name + CURRENT_VIEW_SUFFIX
-    if len(name.encode()) > PG_MAX_IDENTIFIER_BYTES:
-        raise CdcError(
-            ErrorKind.SCHEMA,
-            f"view name {name!r} is longer than {PG_MAX_IDENTIFIER_BYTES} bytes; "
-            f"rename table {table_name!r} at the source",
-        )
-    return name
+    if len(name.encode()) <= PG_MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.blake2b(table_name.encode(), digest_size=4).hexdigest()
+    room = PG_MAX_IDENTIFIER_BYTES - len(CURRENT_VIEW_SUFFIX) - len(digest) - 1
+    start = table_name.encode()[:room].decode(errors="ignore")  # whole characters only
+    return f"{start}_{digest}{CURRENT_VIEW_SUFFIX}"
 
 
 # --- historic (Postgres) ----------------------------------------------------------------

@@ -298,6 +298,13 @@ def test_table_created_while_running_is_copied_then_streamed(
         pg.execute("UPDATE director.late SET v = 'changed' WHERE id % 7 = 0")
         pg.execute("DELETE FROM director.late WHERE id % 11 = 0")
         wait_in_step(pg, ch, ch_database, ["late"], running=running)
+        # A name that leaves no room for `_current` in Postgres' 63 bytes.
+        long = "scorecard_revision_comment_attachment_thumbnail_versions"  # 56 bytes
+        pg.execute(f"CREATE TABLE director.{long} (id int PRIMARY KEY, v text)")
+        pg.execute(f"INSERT INTO director.{long} VALUES (1, 'copied')")
+        wait_until(lambda: long in published(pg, "cdc_pub"), what="the long name published")
+        pg.execute(f"INSERT INTO director.{long} VALUES (2, 'streamed')")
+        wait_in_step(pg, ch, ch_database, ["late", long], running=running)
         # A keyless table created later is replicated as an append-only log; its updates
         # still work at the source, and are said once not to be replicated.
         pg.execute("CREATE TABLE director.notes (v text)")
@@ -317,7 +324,7 @@ def test_table_created_while_running_is_copied_then_streamed(
     assert dropped["table"] == "director.late"
     row = pg.execute("SELECT count(*) FROM historic.late_current").fetchone()
     assert row is not None and row[0] > 500  # the targets are kept
-    assert published(pg, "cdc_pub") == ["first"]
+    assert published(pg, "cdc_pub") == ["first", long]
 
 
 def streamed(pg: psycopg.Connection[Any], table: str, rows: int) -> bool:

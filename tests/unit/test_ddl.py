@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 
-from cdc.errors import CdcError, ErrorKind
 from cdc.schema import Column, TableSchema, TypeKind
 from cdc.sinks import ddl
 from cdc.sinks.clickhouse.types import PgType
@@ -75,12 +74,17 @@ def test_historic_alterations() -> None:
     )
 
 
-def test_view_names_postgres_would_truncate_are_refused() -> None:
-    long = TableSchema("s", "t" * 56, TABLE.columns, ("id",), "d")
-    with pytest.raises(CdcError, match="longer than 63 bytes") as info:
-        ddl.historic_current_view("historic", long)
-    assert info.value.kind is ErrorKind.SCHEMA
-    ddl.historic_current_view("historic", TableSchema("s", "t" * 55, TABLE.columns, ("id",), "d"))
+def test_view_names_postgres_would_truncate_are_cut_short_with_a_hash() -> None:
+    assert ddl.current_view_name("t" * 55) == "t" * 55 + "_current"  # 63 bytes
+    long, longer = "t" * 56, "t" * 63
+    names = {ddl.current_view_name(n) for n in (long, longer, "é" * 31 + "x")}
+    assert len(names) == 3  # no two tables share a view
+    assert all(len(n.encode()) <= 63 and n.endswith("_current") for n in names)
+    assert ddl.current_view_name(long).startswith("t" * 46 + "_")
+    assert ddl.current_view_name("é" * 31 + "x").startswith("é" * 23 + "_")  # whole characters
+    table = TableSchema("s", long, TABLE.columns, ("id",), "d")
+    view = ddl.historic_current_view("historic", table)
+    assert ddl.current_view_name(long) in view.as_string(None)
 
 
 def test_clickhouse_table() -> None:
