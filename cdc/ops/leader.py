@@ -20,6 +20,7 @@ import psycopg
 
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.settings import redact_url
+from cdc.stream.session import canonical_dsn, never_idle_out
 
 LOCK_NAMESPACE = "cdc pipeline:"
 ORPHAN_GRACE_S = 5.0  # a dead holder's walsender usually exits within this
@@ -75,7 +76,8 @@ class Leadership:
     def _try(self) -> bool:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self._dsn, autocommit=True)
+                self._conn = psycopg.connect(canonical_dsn(self._dsn), autocommit=True)
+                never_idle_out(self._conn)
             row = self._conn.execute(
                 "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self._key,)
             ).fetchone()

@@ -1,10 +1,17 @@
-"""The session every connection to Postgres runs with: settings that make the text form of
-each value canonical, the same in the replication stream, a backfill's COPY, the sinks'
-writes and the checks, whatever the server's or role's defaults.
+"""The session every connection to Postgres runs with, whatever the server's, database's
+or role's defaults: settings that make the text form of each value canonical, the same in
+the replication stream, a backfill's COPY, the sinks' writes and the checks; and no
+timeout that would cut the pipeline's work short (as pg_dump does): a database's
+`statement_timeout` or `idle_in_transaction_session_timeout`, set for its application,
+ended the chunks of an initial load. A wait the pipeline must bound sets its own
+(`SET LOCAL lock_timeout`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 # The walsender prints values with its session's settings; every other connection takes
@@ -13,10 +20,27 @@ CANONICAL_TEXT_OPTIONS = (
     "-c DateStyle=ISO,MDY -c TimeZone=UTC -c IntervalStyle=postgres "
     "-c extra_float_digits=3 -c bytea_output=hex"
 )
+# Known to every supported server (`idle_session_timeout`, from Postgres 14, is set after
+# connecting where it matters: an unknown setting here would refuse the connection).
+NO_TIMEOUT_OPTIONS = (
+    "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
+)
+
+
+IDLE_SESSION_TIMEOUT_VERSION = 140000
+
+
+def never_idle_out(conn: psycopg.Connection[Any]) -> None:
+    """Keep a session that holds something while idle (the pipeline lock) from a server's
+    `idle_session_timeout` (Postgres 14+), which would end it and release what it holds."""
+    if conn.info.server_version >= IDLE_SESSION_TIMEOUT_VERSION:
+        conn.execute("SET idle_session_timeout = 0")
 
 
 def canonical_dsn(dsn: str) -> str:
-    """`dsn` with `CANONICAL_TEXT_OPTIONS` appended to its `options`."""
+    """`dsn` with `CANONICAL_TEXT_OPTIONS` and `NO_TIMEOUT_OPTIONS` appended to its
+    `options`."""
     params = conninfo_to_dict(dsn)
     existing = str(params.get("options") or "")
-    return make_conninfo(dsn, options=f"{existing} {CANONICAL_TEXT_OPTIONS}".strip())
+    options = f"{existing} {CANONICAL_TEXT_OPTIONS} {NO_TIMEOUT_OPTIONS}".strip()
+    return make_conninfo(dsn, options=options)

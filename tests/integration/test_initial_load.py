@@ -133,6 +133,41 @@ def test_initial_load_under_concurrent_writes(
     assert states == [("items", "ready"), ("pairs", "ready")]
 
 
+def test_a_database_with_short_timeouts_for_its_application_is_loaded_and_streamed(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """Timeouts a DBA sets on the database for its application do not cut the pipeline's
+    work short: a load's chunk waits in its snapshot's transaction while others are
+    copied, a COPY outlasts the statement timeout; the pipeline lock's session, idle while
+    the daemon streams, outlives the idle session timeout (ended, it would release the
+    lock to a standby daemon)."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.big (id int PRIMARY KEY, v text)")
+    pg.execute("INSERT INTO director.big SELECT g, md5(g::text) FROM generate_series(1, 200000) g")
+    database = pg.info.dbname
+    for setting, value in (("statement_timeout", "50ms"),
+                           ("idle_in_transaction_session_timeout", "50ms"),
+                           ("idle_session_timeout", "1s")):  # fmt: skip
+        pg.execute(f"ALTER DATABASE {database} SET {setting} = '{value}'")
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database,
+                             backfill_chunk_size=20000, backfill_workers=2)  # fmt: skip
+    client = clickhouse_server.client
+    lock_holder = ("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                   "AND database = (SELECT oid FROM pg_database WHERE datname = %s)")  # fmt: skip
+    with running_daemon(settings, client) as running:
+        holder = pg.execute(lock_holder, (database,)).fetchall()
+        with psycopg.connect(pg_dsn, autocommit=True) as app:
+            app.execute("SET statement_timeout = 0")
+            app.execute("UPDATE director.big SET v = 'changed' WHERE id % 100 = 0")
+        wait_in_step(pg, client, ch_database, ["big"], running=running)
+        time.sleep(1.5)  # longer than the idle session timeout
+        pg.execute("DELETE FROM director.big WHERE id % 7 = 0")
+        wait_in_step(pg, client, ch_database, ["big"], running=running)
+        assert len(holder) == 1
+        assert pg.execute(lock_holder, (database,)).fetchall() == holder
+
+
 def test_killed_load_copies_a_table_cut_short_again_at_one_snapshot(
     pg: psycopg.Connection[Any],
     pg_dsn: str,
