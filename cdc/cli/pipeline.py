@@ -34,6 +34,7 @@ from cdc.load.backfill import Backfill
 from cdc.load.backfill import Progress as BackfillProgress
 from cdc.load.planning import published_schemas
 from cdc.ops import faults, logs
+from cdc.ops.settings import redact_url
 from cdc.sinks.factory import default_sinks
 from cdc.stream.snapshot import exported_snapshot
 
@@ -58,6 +59,13 @@ def run(
         logs.get_logger().error(
             "daemon_failed", kind=exc.kind.value, error=str(exc), hint=exc.policy.hint
         )
+        raise typer.Exit(code=2) from exc
+    except Exception as exc:
+        logs.get_logger().exception(
+            "daemon_failed", kind="unexpected", error=redact_url(str(exc).strip()),
+            hint="a failure the daemon does not know: the traceback is in this line; the "
+            "slot is not acknowledged past what both targets hold, so a restart loses nothing",
+        )  # fmt: skip
         raise typer.Exit(code=2) from exc
 
 

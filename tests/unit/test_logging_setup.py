@@ -6,7 +6,9 @@ import json
 
 import pytest
 import structlog
+from typer.testing import CliRunner
 
+from cdc.cli import app, pipeline
 from cdc.ops import logs
 
 
@@ -32,3 +34,33 @@ def test_a_logger_made_before_configure_logs_json_on_stderr(
         ("early_event", None),
         ("bound_event", "s"),
     ]
+
+
+def test_a_failure_no_policy_names_ends_the_daemon_in_one_json_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception the error policy does not classify ended `cdc run` with a screen-wide
+    rich traceback on stderr, amid the JSON lines a log collector reads."""
+
+    class Failing:
+        def __init__(self, settings: object) -> None:
+            pass
+
+        def run(self, stop: object) -> None:
+            raise RuntimeError("boom at postgresql://cdc:secret@db/x")
+
+    monkeypatch.setattr(pipeline, "Daemon", Failing)
+    saved = structlog.get_config()
+    try:
+        result = CliRunner().invoke(
+            app, ["run", "--log-format", "json"],
+            env={"CDC_SOURCE_DSN": "postgresql://x@h/d", "CDC_CLICKHOUSE_URL": "chdb:///tmp/x"},
+        )  # fmt: skip
+    finally:
+        structlog.configure(**saved)
+    assert result.exit_code == 2
+    lines = [json.loads(line) for line in result.output.splitlines() if line.strip()]
+    failed = next(e for e in lines if e["event"] == "daemon_failed")
+    assert failed["kind"] == "unexpected"
+    assert "secret" not in failed["error"] and "boom" in failed["error"]
+    assert "Traceback" in failed["exception"] and "RuntimeError" in failed["exception"]
