@@ -24,6 +24,7 @@ the other followed changes leave its type as it is (String, DateTime64(6)).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final
 
 from cdc.errors import CdcError, ErrorKind, rebuild_steps
@@ -127,5 +128,18 @@ def refused(table: TableSchema, column: str, pg_type: str) -> CdcError:
         f"{pg_type}) in a way the targets do not follow (they follow widenings: "
         "integer -> bigint or numeric, wider numeric, longer varchar or text, finer "
         f"timestamp). {rebuild_steps()}",
+        table=(table.schema, table.name),
+    )
+
+
+def rekeyed(table: TableSchema, target: str, keyed_by: Iterable[str]) -> CdcError:
+    """The error that sets aside `table`, whose key (`target_key`) is not the one its
+    `target` table is keyed by (`keyed_by`): its primary key changed, or it gained or lost
+    one. A target cannot be keyed again in place: its rows are kept by the old key."""
+    return CdcError(
+        ErrorKind.TABLE_CHANGED,
+        f"{table.qualified_name} is now keyed by ({', '.join(table.target_key)}) but its "
+        f"copy {target} by ({', '.join(sorted(keyed_by))}): its primary key changed, or it "
+        f"gained or lost one. {rebuild_steps()}",
         table=(table.schema, table.name),
     )

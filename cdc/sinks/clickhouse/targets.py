@@ -32,8 +32,10 @@ class ClickHouseTargets:
         self._client = client
         self.database = database
         self.cluster = cluster
-        # Per table: its columns in ClickHouse and their types, as last read or written.
+        # Per table: its columns in ClickHouse and their types, as last read or written, and
+        # the columns it is ordered (keyed) by.
         self._columns: dict[TableName, dict[str, str]] = {}
+        self._keys: dict[TableName, frozenset[str]] = {}
         self._database_ready = False
 
     def ensure_database(self) -> None:
@@ -63,7 +65,7 @@ class ClickHouseTargets:
         first = known is None
         if known is None:
             self.ensure_database()
-            known = self._target_columns(layout.name)
+            known, self._keys[name] = self._target_columns(layout.name)
             if known:
                 if not self._has_commit_time(layout.name):  # made by an older version
                     for table_name in self._physical(layout.name):
@@ -73,6 +75,7 @@ class ClickHouseTargets:
             else:
                 client.command(ddl.clickhouse_table(self.database, layout, cluster))
                 known = {c.name: clickhouse_type(c) for c in layout.columns}
+                self._keys[name] = frozenset(layout.target_key)
             if cluster is not None:
                 client.command(
                     ddl.clickhouse_distributed_table(
@@ -80,6 +83,9 @@ class ClickHouseTargets:
                     )
                 )
             self._columns[name] = known
+        keyed_by = self._keys[name]
+        if keyed_by and keyed_by != frozenset(layout.target_key):
+            raise retype.rekeyed(layout, f"ClickHouse {self.database}.{layout.name}", keyed_by)
         added, widened = ddl.clickhouse_widenings(known, layout)
         retyped = _retyped(known, layout)
         if not added and not widened and not retyped and not first:
@@ -179,17 +185,17 @@ class ClickHouseTargets:
         )
         return bool(result.result_rows[0][0])
 
-    def _target_columns(self, table: str) -> dict[str, str]:
+    def _target_columns(self, table: str) -> tuple[dict[str, str], frozenset[str]]:
+        """The table's columns (the sink's own left out) with their types, and the columns
+        it is ordered by (its key)."""
         result = self._client().query(
-            "SELECT name, type FROM system.columns WHERE database = {db:String} "
-            "AND table = {table:String} ORDER BY position",
+            "SELECT name, type, is_in_sorting_key FROM system.columns WHERE database = "
+            "{db:String} AND table = {table:String} ORDER BY position",
             parameters={"db": self.database, "table": table},
         )
-        return {
-            name: column_type
-            for name, column_type in result.result_rows
-            if name not in (VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN)
-        }
+        own = (VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN)
+        columns = {name: kind for name, kind, _ in result.result_rows if name not in own}
+        return columns, frozenset(name for name, _, key in result.result_rows if key)
 
 
 def _retyped(known: dict[str, str], layout: TableSchema) -> dict[str, str]:

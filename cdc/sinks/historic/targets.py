@@ -41,6 +41,7 @@ class HistoricTargets:
         self.schema = schema
         self._columns: dict[TableName, list[str]] = {}
         self._types: dict[TableName, dict[str, tuple[int, int]]] = {}
+        self._keys: dict[TableName, frozenset[str]] = {}  # the primary key of each table
         self._type_exists: dict[str, bool] = {}  # a user type's name: historic has it
 
     def forget(self) -> None:
@@ -48,6 +49,7 @@ class HistoricTargets:
         New maps: a call in progress on another thread keeps the ones it started with."""
         self._columns = {}
         self._types = {}
+        self._keys = {}
 
     def knows(self, layout: TableSchema) -> bool:
         """Whether `layout`'s table is known to hold every column of `layout` as it is
@@ -55,6 +57,8 @@ class HistoricTargets:
         name = (layout.schema, layout.name)
         known, types = self._columns.get(name), self._types.get(name)
         if known is None or types is None or not all(c.name in known for c in layout.columns):
+            return False
+        if self._keys.get(name) != frozenset(layout.target_key):
             return False
         try:
             return not self._retyped(layout, types)
@@ -76,16 +80,20 @@ class HistoricTargets:
             conn.execute(ddl.historic_truncations_table(self.schema))
             types = self._target_columns(conn, layout.name)
             if types:
-                self._check_key(conn, layout)
+                self._keys[name] = self._key_of(conn, layout.name)
                 self._add_commit_time(conn, layout.name)
             if not types:
                 made = replace(layout, columns=tuple(self._held(conn, c) for c in layout.columns))
                 conn.execute(ddl.historic_table(self.schema, made))
                 conn.execute(ddl.historic_current_view(self.schema, layout))
                 types = {c.name: (c.type_oid, c.type_modifier) for c in layout.columns}
+                self._keys[name] = frozenset(layout.target_key)
             known = list(types)
             columns[name] = known
             types_of[name] = types
+        keyed_by = self._keys[name]
+        if keyed_by and keyed_by != frozenset(layout.target_key):
+            raise retype.rekeyed(layout, f"{self.schema}.{layout.name}", keyed_by)
         types = types_of[name]
         retyped = self._retyped(layout, types)
         missing = [c for c in layout.columns if c.name not in known]
@@ -169,27 +177,18 @@ class HistoricTargets:
             _log.info("column_type_followed", table=table, column=column.name,
                       type=column.pg_type, previous_type_oid=before[0])  # fmt: skip
 
-    def _check_key(self, conn: psycopg.Connection[Any], layout: TableSchema) -> None:
-        """Set aside a table whose kind changed (it gained or lost its primary key): its
-        historic copy is keyed otherwise, so its rows cannot be written by the new key."""
+    def _key_of(self, conn: psycopg.Connection[Any], table: str) -> frozenset[str]:
+        """The columns of the historic table's primary key (none: a table made otherwise,
+        not judged)."""
         row = conn.execute(
             "SELECT array_agg(a.attname::text) FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) "
             "WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary",
-            (self.schema, layout.name),
+            (self.schema, table),
         ).fetchone()
-        target = set(row[0] or ()) if row is not None else set()
-        if target and target != set(layout.target_key):
-            keyed_by = ", ".join(sorted(target))
-            raise CdcError(
-                ErrorKind.NO_KEY,
-                f"{layout.qualified_name} is now keyed by ({', '.join(layout.target_key)}) "
-                f"but its historic copy {self.schema}.{layout.name} by ({keyed_by}): it gained "
-                f"or lost its primary key. {rebuild_steps()}",
-                table=(layout.schema, layout.name),
-            )
+        return frozenset(row[0] or ()) if row is not None else frozenset()
 
     def _add_commit_time(self, conn: psycopg.Connection[Any], table: str) -> None:
         """Add `_commit_time` to a table made by an older version. Only if missing: an
