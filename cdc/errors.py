@@ -23,6 +23,7 @@ class ErrorKind(enum.Enum):
     TABLE_CHANGED = "table_changed"  # a change of one table its targets cannot follow
     NO_KEY = "no_key"
     UNSUPPORTED_TYPE = "unsupported_type"
+    UNSUPPORTED_TABLE = "unsupported_table"  # its shape, not a type: the message says what
     VALUE_OUT_OF_RANGE = "value_out_of_range"
     SLOT_LOST = "slot_lost"
     PERMISSION = "permission"
@@ -81,6 +82,11 @@ POLICIES: dict[ErrorKind, Policy] = {
         Action.QUARANTINE_TABLE,
         "change the column type or exclude the table from the publication; then drop its "
         "targets and restart",
+    ),
+    ErrorKind.UNSUPPORTED_TABLE: Policy(
+        Action.QUARANTINE_TABLE,
+        "the targets cannot hold the table as it is: change at the source what the message "
+        "names, then drop its targets (if made) and restart; the other tables go on",
     ),
     ErrorKind.VALUE_OUT_OF_RANGE: Policy(
         Action.QUARANTINE_TABLE,

@@ -253,9 +253,24 @@ def _choose_key(
     )
 
 
+# The columns the targets add to every table: a source column of one of these names
+# cannot be held beside them.
+OWN_COLUMNS: Final = (VERSION_COLUMN, DELETED_COLUMN, COMMIT_TIME_COLUMN)
+
+
 def _table_schema(
     schema: str, name: str, identity: str, columns: list[Column], key: tuple[str, ...]
 ) -> TableSchema:
+    taken = [c.name for c in columns if c.name in OWN_COLUMNS]
+    if taken:
+        raise CdcError(
+            ErrorKind.UNSUPPORTED_TABLE,
+            f"{schema}.{name}: column(s) {', '.join(taken)} have the names of the columns "
+            f"the targets add to every table ({', '.join(OWN_COLUMNS)}: the row's version, "
+            "deletion and commit time): rename them at the source "
+            f"(ALTER TABLE {schema}.{name} RENAME COLUMN ...)",
+            table=(schema, name),
+        )
     columns = [replace(c, nullable=False) if c.name in key else c for c in columns]
     return TableSchema(schema, name, tuple(columns), key, ReplicaIdentity(identity))
 
@@ -309,7 +324,7 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> Tab
         if generated:  # not published: the stream never carries it, so neither does a copy
             if pk_pos is not None or ri_pos is not None:
                 raise CdcError(
-                    ErrorKind.UNSUPPORTED_TYPE,
+                    ErrorKind.UNSUPPORTED_TABLE,
                     f"{schema}.{name}: key column {attname!r} is generated, and Postgres does "
                     "not publish generated columns: key the table by columns it stores "
                     "as written",

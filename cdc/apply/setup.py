@@ -28,7 +28,12 @@ from cdc.stream.snapshot import Snapshot, exported_snapshot, raced_relations
 
 INITIAL_LOAD_JOB = "initial"
 # What describing a table may raise that sets that table aside while the others go on.
-DESCRIBE_QUARANTINES = (ErrorKind.SCHEMA, ErrorKind.NO_KEY, ErrorKind.UNSUPPORTED_TYPE)
+DESCRIBE_QUARANTINES = (
+    ErrorKind.SCHEMA,
+    ErrorKind.NO_KEY,
+    ErrorKind.UNSUPPORTED_TYPE,
+    ErrorKind.UNSUPPORTED_TABLE,
+)
 
 
 class Setup:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cdc.errors import CdcError, ErrorKind
+from cdc.errors import Action, CdcError, ErrorKind
 from cdc.protocol.messages import Relation, RelationColumn
 from cdc.protocol.tags import ReplicaIdentity
 from cdc.schema import (
@@ -390,6 +390,21 @@ def test_describe_relation(pg: psycopg.Connection[Any]) -> None:
     gone = describe_relation(pg, relation)
     assert gone.primary_key == ("b", "a")
     assert gone.column("m").pg_type == "public.mood[]"
+
+
+def test_a_column_named_as_a_targets_own_is_refused_with_what_to_rename(
+    pg: psycopg.Connection[Any],
+) -> None:
+    """A source column named `_version` (optimistic locking) made the historic upsert fail
+    with "column specified more than once" and the ClickHouse table impossible to make."""
+    pg.execute("CREATE TABLE locked (id int PRIMARY KEY, _version int, v text)")
+    with pytest.raises(CdcError, match=r"column\(s\) _version have the names") as info:
+        describe_table(pg, "public", "locked")
+    assert info.value.kind is ErrorKind.UNSUPPORTED_TABLE
+    assert info.value.policy.action is Action.QUARANTINE_TABLE
+    assert info.value.table == ("public", "locked")
+    with pytest.raises(CdcError, match="RENAME COLUMN"):
+        describe_relation(pg, relation_of(pg, "locked", "d"))
 
 
 def test_describe_relation_without_primary_key(pg: psycopg.Connection[Any]) -> None:
