@@ -49,7 +49,7 @@ from cdc.schema import TableSchema
 from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.factory import SinkFactory
 from cdc.stream import eligibility, followplan
-from cdc.stream.session import canonical_dsn
+from cdc.stream.session import canonical_dsn, shown_dsn
 
 RETRY_S: Final = 30.0  # pause after a failed step (at most the interval)
 FIRST_PASS_S: Final = 60.0  # the first pass starts this long after the start (at most the interval)
@@ -164,7 +164,9 @@ class Monitor:
         try:
             return psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as exc:
-            raise CdcError(kind, f"monitor cannot connect to {redact_url(dsn)}: {exc}") from exc
+            raise CdcError(
+                kind, f"monitor cannot connect to {shown_dsn(dsn)}: {redact_url(str(exc))}"
+            ) from exc
 
     def _connections(self) -> Connections:
         if self._source is None or self._control is None or self._historic is None:

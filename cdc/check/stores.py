@@ -32,6 +32,7 @@ from cdc.ops.settings import redact_url
 from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
 from cdc.sinks.ddl import current_view_name
+from cdc.stream.session import shown_dsn
 
 
 def connect(dsn: str, kind: ErrorKind) -> psycopg.Connection[Any]:
@@ -40,7 +41,7 @@ def connect(dsn: str, kind: ErrorKind) -> psycopg.Connection[Any]:
         return psycopg.connect(dsn, autocommit=True)
     except psycopg.Error as exc:
         raise CdcError(
-            kind, f"cannot connect to {redact_url(dsn)}: {redact_url(str(exc).strip())}"
+            kind, f"cannot connect to {shown_dsn(dsn)}: {redact_url(str(exc).strip())}"
         ) from exc
 
 

@@ -43,11 +43,13 @@ class Leadership:
         unreachable_for: float = 60.0,
     ) -> bool:
         """Block until the lock is ours (True) or `stop` is set (False). `on_wait(reason)`
-        is called when waiting starts (or the source is unreachable), `on_poll()` on every
+        is called when waiting starts (or the source is unreachable: once for each new
+        reason), `on_poll()` on every
         poll (a standby is alive too). A source never reached within `unreachable_for`
         seconds is a setup error (wrong host, database or password), not an outage."""
         waited = False
         reached = False
+        said: str | None = None
         first_failure: float | None = None
         while not stop.is_set():
             if on_poll is not None:
@@ -64,8 +66,9 @@ class Leadership:
                     raise CdcError(
                         exc.kind, f"{exc} (gave up after {unreachable_for:.0f} s)"
                     ) from exc
-                if on_wait is not None:
-                    on_wait(str(exc))
+                if on_wait is not None and str(exc) != said:
+                    said = str(exc)
+                    on_wait(said)
             else:
                 if not waited and on_wait is not None:
                     on_wait("another daemon holds the pipeline lock")

@@ -14,6 +14,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from cdc.ops.settings import redact_url
+
 # The walsender prints values with its session's settings; every other connection takes
 # the same ones, so a value's text is the same whichever connection read it.
 CANONICAL_TEXT_OPTIONS = (
@@ -44,3 +46,15 @@ def canonical_dsn(dsn: str) -> str:
     existing = str(params.get("options") or "")
     options = f"{existing} {CANONICAL_TEXT_OPTIONS} {NO_TIMEOUT_OPTIONS}".strip()
     return make_conninfo(dsn, options=options)
+
+
+def shown_dsn(dsn: str) -> str:
+    """`dsn` as a message shows it: without the options `canonical_dsn` appended, its
+    password redacted."""
+    params = conninfo_to_dict(dsn)
+    options = str(params.pop("options", "") or "")
+    for added in (CANONICAL_TEXT_OPTIONS, NO_TIMEOUT_OPTIONS):
+        options = options.replace(added, "")
+    if options.strip():
+        params["options"] = options.strip()
+    return redact_url(make_conninfo("", **params))

@@ -8,6 +8,7 @@ import pytest
 
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.settings import Settings, load_settings, redact_url
+from cdc.stream.session import canonical_dsn, shown_dsn
 
 
 def test_defaults_without_file_or_env(tmp_path: Path) -> None:
@@ -104,3 +105,14 @@ def test_secrets_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CDC_SOURCE_DSN_FILE", str(tmp_path / "missing"))
     with pytest.raises(CdcError, match="CDC_SOURCE_DSN_FILE: cannot read"):
         load_settings(stack_dir=tmp_path)
+
+
+def test_a_dsn_in_a_message_is_the_users_without_the_session_options() -> None:
+    """The options every session adds (canonical text, no timeouts) made an error message
+    about a connection three lines long; the user's own options stay, the password not."""
+    session = canonical_dsn("postgresql://u:pw@h:5/db?options=-c%20search_path%3Dx")
+    assert "statement_timeout=0" in session
+    assert shown_dsn(session) == "user=u password=*** dbname=db host=h port=5 " + (
+        "options='-c search_path=x'"
+    )
+    assert shown_dsn(canonical_dsn("postgresql://u@h/db")) == "user=u dbname=db host=h"

@@ -5,11 +5,13 @@ message that cannot be decoded is named by its WAL position."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
 from cdc.errors import CdcError, DecodeError, ErrorKind
+from cdc.ops.leader import Leadership
 from cdc.protocol.lsn import Lsn
 from cdc.stream.feedback import Progress
 from cdc.stream.replication import ReplicationStream
@@ -107,3 +109,14 @@ def test_the_stream_names_the_wal_position_of_the_last_message_it_returned() -> 
     assert stream.last_wal_start == Lsn(first)
     assert stream.read(1.0) == b"I-second"
     assert str(stream.last_wal_start) == "7/10"
+
+
+def test_a_source_unreachable_for_the_pipeline_lock_is_said_once_not_every_second() -> None:
+    """A daemon started while its source is down logged the same `standby` line every
+    second until it gave up."""
+    said: list[str] = []
+    leadership = Leadership("postgresql://cdc@127.0.0.1:1/none", "s", poll_interval=0.05)
+    with pytest.raises(CdcError, match="gave up after 1 s") as failed:
+        leadership.acquire(threading.Event(), on_wait=said.append, unreachable_for=1.0)
+    assert failed.value.kind is ErrorKind.SOURCE_CONNECTION
+    assert len(said) == 1 and "cannot reach the source" in said[0]
