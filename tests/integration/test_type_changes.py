@@ -4,11 +4,14 @@ of both types too; any other change sets that table aside, and the others go on.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
 from structlog.testing import capture_logs
+from typer.testing import CliRunner
 
+from cdc.cli import app
 from cdc.sinks.clickhouse.client import quote_identifier
 from tests.harness import ClickHouseServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
@@ -116,6 +119,16 @@ def test_a_type_change_not_followed_sets_only_that_table_aside(
         "SELECT state, error FROM historic._cdc_tables WHERE table_name = 't'"
     ).fetchone()
     assert state is not None and state[0] == "quarantined" and "changed type" in state[1]
+    # `cdc verify` names it set aside, with the reason, instead of reporting its drift.
+    env = {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": clickhouse_server.url,
+           "CDC_CLICKHOUSE_DATABASE": ch_database, "CDC_SLOT": settings.slot,
+           "CDC_PUBLICATION": settings.publication}  # fmt: skip
+    checked = CliRunner().invoke(app, ["verify", "--json", "--wait", "0"], env=env)
+    assert checked.exit_code == 2, checked.output
+    results = {t["table"]: t for t in json.loads(checked.output)["tables"]}
+    assert "set aside by the daemon" in results["director.t"]["error"]
+    assert "changed type" in results["director.t"]["error"]
+    assert results["director.u"]["error"] is None and results["director.u"]["clean"]
     # What the message says: drop both targets, restart. The table is copied whole, with
     # what was changed while it was set aside (row 1 deleted, row 3 inserted).
     pg.execute("DROP VIEW historic.t_current")
