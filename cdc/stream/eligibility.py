@@ -54,7 +54,17 @@ SELECT c.relname, format('%%I.%%I', n.nspname, c.relname), c.relkind = 'p',
            ARRAY(SELECT l.relfilenode::bigint FROM pg_partition_tree(c.oid) t
                  JOIN pg_class l ON l.oid = t.relid
                  WHERE t.isleaf AND t.relid <> c.oid ORDER BY t.relid)
-       ELSE ARRAY[c.relfilenode::bigint] END
+       ELSE ARRAY[c.relfilenode::bigint] END,
+       coalesce((SELECT jsonb_agg(jsonb_build_array(e.typ, e.labels) ORDER BY e.typ)
+                 FROM (SELECT en.enumtypid::bigint AS typ,
+                              array_agg(en.enumlabel::text ORDER BY en.enumsortorder) AS labels
+                       FROM pg_enum en
+                       WHERE en.enumtypid IN (
+                           SELECT u.oid FROM pg_attribute a
+                           JOIN pg_type t ON t.oid = a.atttypid,
+                           LATERAL (VALUES (t.oid), (t.typelem), (t.typbasetype)) u(oid)
+                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+                       GROUP BY en.enumtypid) e), '[]'::jsonb)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -71,16 +81,19 @@ class Shape:
     (ALTER COLUMN TYPE, ADD COLUMN with a volatile DEFAULT; also TRUNCATE, VACUUM FULL).
     `gone`: the names (with their numbers) its columns no longer have, dropped or renamed
     since the table was first seen (`cdc.stream.followplan.carried` keeps them). `leaves`:
-    a partitioned table's leaf partitions (OIDs)."""
+    a partitioned table's leaf partitions (OIDs). `labels`: the labels of the enum types
+    its columns hold (directly, in arrays, under a domain), by type OID, in their order: a
+    label renamed changes every row that holds it, with no change streamed."""
 
     columns: tuple[tuple[int, str, int, int], ...] = ()
     storage: tuple[int, ...] = ()
     gone: tuple[tuple[int, str], ...] = ()
     leaves: tuple[int, ...] = ()
+    labels: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps({"columns": self.columns, "storage": self.storage, "gone": self.gone,
-                           "leaves": self.leaves})  # fmt: skip
+                           "leaves": self.leaves, "labels": self.labels})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> Shape:
@@ -90,6 +103,7 @@ class Shape:
             tuple(data["storage"]),
             tuple((n, name) for n, name in data.get("gone", ())),
             tuple(data.get("leaves", ())),
+            tuple((typ, tuple(labels)) for typ, labels in data.get("labels", ())),
         )
 
 
@@ -133,9 +147,10 @@ def source_tables(
     rows = conn.execute(SOURCE_TABLES_SQL, {"schema": schema, "name": name}).fetchall()
     found = []
     for (name, qualified, partitioned, unlogged, identity, has_key, unusable, leaves, oid,
-         columns, storage) in rows:  # fmt: skip
+         columns, storage, labels) in rows:  # fmt: skip
         shape = Shape(tuple((n, c, t, m) for n, c, t, m in columns), tuple(storage),
-                      leaves=tuple(leaves))  # fmt: skip
+                      leaves=tuple(leaves),
+                      labels=tuple((typ, tuple(names)) for typ, names in labels))  # fmt: skip
         found.append(SourceTable(name, qualified, partitioned, unlogged, identity, has_key,
                                  tuple(unusable), oid, shape))  # fmt: skip
     return found

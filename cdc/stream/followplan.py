@@ -64,8 +64,9 @@ def reshaped(before: Shape, now: Shape) -> str | None:
     another number is a column dropped and added again: every row from before holds its
     default now (also when the name was freed at an earlier look: `Shape.gone`). A
     rewrite that added or retyped columns (ADD COLUMN with a volatile
-    DEFAULT, ALTER COLUMN TYPE ... USING) wrote values that no change carries. Nothing
-    known before (an older record): nothing judged."""
+    DEFAULT, ALTER COLUMN TYPE ... USING) wrote values that no change carries, and so does
+    an enum label renamed (ClickHouse holds the label's text). Nothing known before (an
+    older record): nothing judged."""
     if not before.columns:
         return None
     old = {number: (name, typ, mod) for number, name, typ, mod in before.columns}
@@ -80,6 +81,11 @@ def reshaped(before: Shape, now: Shape) -> str | None:
         changed = changed or was != (name, typ, mod)
     if changed and before.storage != now.storage:
         return "the table was rewritten with columns added or retyped"
+    known = dict(before.labels)
+    for typ, labels in now.labels:
+        renamed = sorted(set(known.get(typ, ())) - set(labels))
+        if renamed:  # labels are renamed, never dropped: ALTER TYPE ... RENAME VALUE
+            return f"enum labels renamed: {', '.join(renamed)}"
     return None
 
 

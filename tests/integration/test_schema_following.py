@@ -440,13 +440,17 @@ def test_columns_renamed_made_again_or_rewritten_arrive_with_the_source_values(
     column dropped and added again under its name, at a later look (they held the old
     values), a rewrite by
     ALTER COLUMN TYPE ... USING and by ADD COLUMN with a volatile DEFAULT (values no change
-    carries). Each table is copied again, while running and while the daemon is stopped."""
+    carries); an enum label renamed (ClickHouse holds its text). Each table is copied
+    again, while running and while the daemon is stopped."""
     keyed_tables(pg, renamed=120, remade=80, rewritten=60, stopped=40)
     pg.execute("ALTER TABLE director.rewritten ADD COLUMN n int")
     pg.execute("UPDATE director.rewritten SET n = id")
+    pg.execute("CREATE TYPE director.mood AS ENUM ('sad', 'ok')")
+    pg.execute("CREATE TABLE director.moods (id int PRIMARY KEY, m director.mood)")
+    pg.execute("INSERT INTO director.moods SELECT g, 'sad' FROM generate_series(1, 9) g")
     ch = clickhouse_server.client
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
-    tables = ["renamed", "remade", "rewritten", "stopped"]
+    tables = ["renamed", "remade", "rewritten", "stopped", "moods"]
     with capture_logs() as logs, running_daemon(settings, ch) as running:
         wait_in_step(pg, ch, ch_database, tables, running=running)
         pg.execute("ALTER TABLE director.renamed RENAME COLUMN v TO note")
@@ -457,6 +461,8 @@ def test_columns_renamed_made_again_or_rewritten_arrive_with_the_source_values(
         pg.execute("ALTER TABLE director.rewritten ALTER COLUMN n TYPE bigint USING n * 1000")
         pg.execute("ALTER TABLE director.rewritten ADD COLUMN u text DEFAULT md5(random()::text)")
         pg.execute("INSERT INTO director.rewritten (id, v) VALUES (1000, 'after')")
+        pg.execute("ALTER TYPE director.mood ADD VALUE 'happy'")  # no row changes
+        pg.execute("ALTER TYPE director.mood RENAME VALUE 'sad' TO 'blue'")
         wait_in_step(pg, ch, ch_database, tables, running=running)
         wait_until(lambda: pg.execute("SELECT shape FROM historic._cdc_followed WHERE "
                                       "table_name = 'renamed'").fetchone() != (None,),
@@ -466,8 +472,10 @@ def test_columns_renamed_made_again_or_rewritten_arrive_with_the_source_values(
         "director.renamed": "column v renamed to note",
         "director.remade": "column v dropped and added again",
         "director.rewritten": "the table was rewritten with columns added or retyped",
+        "director.moods": "enum labels renamed: sad",
     }
     pg.execute("ALTER TABLE director.stopped RENAME COLUMN v TO w")
+    pg.execute("ALTER TYPE director.mood RENAME VALUE 'ok' TO 'fine'")
     with running_daemon(settings, ch) as running:
         wait_in_step(pg, ch, ch_database, tables, running=running)
 

@@ -244,3 +244,17 @@ def test_plan_copies_whole_a_partitioned_table_that_lost_partitions() -> None:
     todo = plan([truncated_plain], {"t"}, {}, {"t": frozenset()}, set(), True, None, {"t": 11},
                 {"t": plain.shape})  # fmt: skip
     assert (todo.shrunk, todo.recopy, todo.reload, todo.reshaped) == ((), (), (), {})
+
+
+def test_an_enum_label_renamed_is_a_change_no_row_carries() -> None:
+    """ALTER TYPE ... RENAME VALUE changes every row holding the label, and streams none:
+    ClickHouse (and a historic in another database) holds the old text. A label added
+    changes no row."""
+    before = replace(SHAPE, labels=((900, ("sad", "ok")),))
+    added = replace(SHAPE, labels=((900, ("sad", "ok", "happy")),))
+    renamed = replace(SHAPE, labels=((900, ("blue", "ok")),))
+    assert reshaped(before, added) is None
+    assert reshaped(before, renamed) == "enum labels renamed: sad"
+    assert reshaped(SHAPE, renamed) is None  # an older record: the labels were not known
+    assert Shape.from_json(renamed.to_json()) == renamed
+    assert Shape.from_json(SHAPE.to_json()).labels == ()
