@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from cdc.apply.batch import Batch
 from cdc.apply.batcher import BatchBuilder
@@ -20,6 +21,7 @@ from cdc.protocol import UNCHANGED_TOAST, Delete, Relation, RelationColumn, Upda
 from cdc.protocol.tags import TupleMarker
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.historic.sink import HistoricSink
+from cdc.sinks.historic.sql import copy_within_sql, truncate_sql
 from tests.integration.test_toast_key_change import (
     _inserts,
     _moves,
@@ -183,3 +185,35 @@ def test_closing_the_sink_waits_for_a_completion_reading_on_another_thread(
     finally:
         sink.close()
     assert _rows(pg)[1] == (20, "A", 3000, False)
+
+
+def test_a_tombstone_whose_row_a_replacing_copy_removed_meanwhile_is_still_written(
+    pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    """A delete whose historic row holds its values is written by marking that row. A
+    replacing copy (`cdc backfill --replace`, the schema follower's) removes the rows older
+    than its snapshot from another session: between the batch's completion and its write,
+    the row was gone, the delete lost, and the copy (older than the delete) brought the row
+    back for good."""
+    layout, relation = items_table(pg)
+    first = _batch(layout, _inserts(relation, 10 << 32, {1: NOTE[1], 2: NOTE[2]}))
+    deletes = _batch(layout, _delete(relation, 90 << 32, 1), _delete(relation, 91 << 32, 2))
+    sink = HistoricSink(pg_dsn, "historic")
+    snapshot = 50 << 32  # the copy's snapshot: after the inserts, before the deletes
+    try:
+        sink.prepare([layout])
+        sink.complete(first)
+        sink.apply(first)
+        sink.complete(deletes)  # reads the rows it marks
+        with psycopg.connect(pg_dsn) as other:  # the replacing copy's removal
+            for statement in truncate_sql("historic", "items"):
+                other.execute(statement, {"name": "items", "version": (snapshot << 64) - 1})
+        sink.apply(deletes)
+        # The copy, of the rows as its snapshot saw them (they still existed).
+        pg.execute("INSERT INTO director.items SELECT 1, g, 0, repeat('x', 10) "
+                   "FROM generate_series(1, 2) g")  # fmt: skip
+        pg.execute(copy_within_sql("historic", layout, sql.SQL("true"), snapshot << 64))
+    finally:
+        sink.close()
+    assert _rows(pg) == {1: (0, "A", 3000, True), 2: (0, "B", 3000, True)}
+    assert pg.execute("SELECT count(*) FROM historic.items_current").fetchone() == (0,)

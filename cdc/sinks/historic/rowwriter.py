@@ -44,16 +44,25 @@ class RowWriter:
 
     def write(self, conn: psycopg.Connection[Any], layout: TableSchema, share: Share) -> None:
         """Mark the kept tombstones deleted, COPY the rows new at the source straight in
-        (staged with the others where one is there already), stage and upsert the rest."""
-        if share.tombstones is not None:
-            conn.execute(tombstones_sql(self.schema, layout), share.tombstones)
-        columns = row_columns(layout)
+        (staged with the others where one is there already), stage and upsert the rest.
+
+        A kept tombstone's row may be gone since it was read (a replacing copy's
+        TRUNCATE-like removal, from another session, between the batch's completion and
+        this write): marked, it would be lost, and a copy older than the delete would
+        bring the row back for good. When fewer rows are marked than there are such
+        tombstones, they are all staged and upserted with the others (the version guard
+        leaves those marked, or newer, as they are)."""
         staged = share.others
+        if share.tombstones is not None:
+            marked = conn.execute(tombstones_sql(self.schema, layout), share.tombstones)
+            if marked.rowcount < len(share.tombstone_lines):
+                staged = share.tombstone_lines + staged
+        columns = row_columns(layout)
         new = b"".join(share.inserted)
         if share.lowest is not None and not self.insert_new(
             conn, layout, columns, new, share.lowest
         ):
-            staged = share.inserted + share.others
+            staged = share.inserted + staged
         if staged:
             self.stage_and_upsert(conn, layout, columns, b"".join(staged))
 

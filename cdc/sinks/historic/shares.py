@@ -27,8 +27,10 @@ class Share:
     inserted: list[bytes] = field(default_factory=list)  # lines of rows new at the source
     lowest: int | None = None  # the lowest version among `inserted` (None: none)
     others: list[bytes] = field(default_factory=list)  # lines to stage and upsert
-    # The parameters of `tombstones_sql` for the kept tombstones (None: there are none).
+    # The parameters of `tombstones_sql` for the kept tombstones (None: there are none),
+    # and their lines, to stage and upsert if their rows are not all there to mark.
     tombstones: list[str] | None = None
+    tombstone_lines: list[bytes] = field(default_factory=list)
 
 
 def shares(layout: TableSchema, text: RowText, kept: Collection[int], count: int) -> list[Share]:
@@ -54,6 +56,7 @@ def shares(layout: TableSchema, text: RowText, kept: Collection[int], count: int
         )
         if marked := tombstones[k::count]:
             share.tombstones = _tombstone_parameters(layout, marked)
+            share.tombstone_lines = [line for line, _, _ in marked]
         made.append(share)
     return made
 
