@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
 from psycopg import sql
 
 pytest.register_assert_rewrite("tests.pipeline")
@@ -37,6 +39,19 @@ HERE = Path(__file__).parent
 # Daemons running in this process log to stderr, as the CLI has them do: never into the
 # stdout that a CLI test reads a document from.
 logs.configure(json=False)
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored() -> Iterator[None]:
+    """What `cdc run` sets for its process, as a test that invokes it in this one leaves
+    it: the logging (onto the runner's stream, closed after the invocation: every later
+    log line would fail) and the handlers of SIGTERM and SIGINT."""
+    saved = structlog.get_config()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    structlog.configure(**saved)
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -50,14 +50,10 @@ def test_a_failure_no_policy_names_ends_the_daemon_in_one_json_line(
             raise RuntimeError("boom at postgresql://cdc:secret@db/x")
 
     monkeypatch.setattr(pipeline, "Daemon", Failing)
-    saved = structlog.get_config()
-    try:
-        result = CliRunner().invoke(
-            app, ["run", "--log-format", "json"],
-            env={"CDC_SOURCE_DSN": "postgresql://x@h/d", "CDC_CLICKHOUSE_URL": "chdb:///tmp/x"},
-        )  # fmt: skip
-    finally:
-        structlog.configure(**saved)
+    result = CliRunner().invoke(
+        app, ["run", "--log-format", "json"],
+        env={"CDC_SOURCE_DSN": "postgresql://x@h/d", "CDC_CLICKHOUSE_URL": "chdb:///tmp/x"},
+    )  # fmt: skip
     assert result.exit_code == 2
     lines = [json.loads(line) for line in result.output.splitlines() if line.strip()]
     failed = next(e for e in lines if e["event"] == "daemon_failed")
