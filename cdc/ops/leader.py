@@ -44,9 +44,9 @@ class Leadership:
     ) -> bool:
         """Block until the lock is ours (True) or `stop` is set (False). `on_wait(reason)`
         is called when waiting starts (or the source is unreachable: once for each new
-        reason), `on_poll()` on every
-        poll (a standby is alive too). A source never reached within `unreachable_for`
-        seconds is a setup error (wrong host, database or password), not an outage."""
+        reason), `on_poll()` on every poll (a standby is alive too). A source never reached
+        within `unreachable_for` seconds is a setup error (wrong host, database or
+        password), not an outage."""
         waited = False
         reached = False
         said: str | None = None
