@@ -69,30 +69,31 @@ POLICIES: dict[ErrorKind, Policy] = {
     ),
     ErrorKind.TABLE_CHANGED: Policy(
         Action.QUARANTINE_TABLE,
-        "the table changed in a way its targets cannot follow: drop its targets as the "
-        "message says, then restart; the other tables go on",
+        "the table changed in a way its targets cannot follow: stop the daemon, `cdc rebuild` "
+        "the table, start it; the other tables go on",
     ),
     ErrorKind.NO_KEY: Policy(
         Action.QUARANTINE_TABLE,
         "the table has no key the targets can keep its rows by (it never had one, or lost "
-        "it): add the primary key the message names, drop its targets and restart; the "
-        "other tables go on",
+        "it): add the primary key the message names, stop the daemon, `cdc rebuild` the "
+        "table, start it; the other tables go on",
     ),
     ErrorKind.UNSUPPORTED_TYPE: Policy(
         Action.QUARANTINE_TABLE,
-        "change the column type or exclude the table from the publication; then drop its "
-        "targets and restart",
+        "change the column type or exclude the table from the publication; then stop the "
+        "daemon, `cdc rebuild` the table, start it",
     ),
     ErrorKind.UNSUPPORTED_TABLE: Policy(
         Action.QUARANTINE_TABLE,
         "the targets cannot hold the table as it is: change at the source what the message "
-        "names, then drop its targets (if made) and restart; the other tables go on",
+        "names, then stop the daemon, `cdc rebuild` the table, start it; the other tables go "
+        "on",
     ),
     ErrorKind.VALUE_OUT_OF_RANGE: Policy(
         Action.QUARANTINE_TABLE,
-        "the value cannot be stored in ClickHouse: fix it at the source, then drop the "
-        "table's targets (historic and ClickHouse, with their _current views) and restart: "
-        "the table is copied whole at the start",
+        "the value cannot be stored in ClickHouse: fix it at the source, then stop the "
+        "daemon, `cdc rebuild` the table (it drops its targets), start it: the table is "
+        "copied whole at the start",
     ),
     ErrorKind.SLOT_LOST: Policy(Action.STOP, f"the slot is gone or invalidated: {REPLAY_LOST}"),
     ErrorKind.PERMISSION: Policy(Action.STOP, "grant the privileges named; see `cdc check-grants`"),
@@ -132,8 +133,9 @@ class DecodeError(CdcError):
 def rebuild_steps() -> str:
     """What to do about a table set aside because its targets cannot follow its change."""
     return (
-        "Drop both target tables (historic and ClickHouse, with their _current views), then "
-        "restart the daemon: at its start it copies the table whole into new ones"
+        "Stop the daemon, run `cdc rebuild <table>` (it drops both target tables, historic "
+        "and ClickHouse, with their _current views), then start it: it copies the table "
+        "whole into new ones"
     )
 
 

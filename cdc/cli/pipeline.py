@@ -29,13 +29,16 @@ from cdc.check.drift import report as verify_report
 from cdc.check.verify import run as run_verify
 from cdc.cli.app import JsonOption, app, fail, settings_of, source_connection
 from cdc.cli.output import console, print_json
-from cdc.errors import CdcError
+from cdc.errors import CdcError, ErrorKind
 from cdc.load.backfill import Backfill
 from cdc.load.backfill import Progress as BackfillProgress
 from cdc.load.planning import published_schemas
 from cdc.ops import faults, logs
 from cdc.ops.settings import redact_url
 from cdc.sinks.factory import default_sinks
+from cdc.sinks.rebuild import drop_targets
+from cdc.stream import slots
+from cdc.stream.eligibility import source_tables
 from cdc.stream.snapshot import exported_snapshot
 
 
@@ -124,6 +127,40 @@ def backfill(
         f"copied {done.rows} rows in {done.done_chunks} chunks "
         f"({done.rows_per_s:,.0f} rows/s), job {job}"
     )
+
+
+@app.command("rebuild")
+def rebuild(
+    ctx: typer.Context,
+    tables: Annotated[list[str], typer.Argument(help="tables of the source schema")],
+) -> None:
+    """Drop tables' targets (historic and ClickHouse, with their `_current` views), for the
+    daemon's next start to make them again and copy the tables whole: the fix for a table
+    set aside because its targets cannot follow a change of it. Refused while a daemon
+    streams (stop it first)."""
+    settings = settings_of(ctx)
+    try:
+        with source_connection(settings) as conn:
+            slot = slots.get_slot(conn, settings.slot)
+            known = {t.name for t in source_tables(conn, settings.source_schema)}
+        if slot is not None and slot.active:
+            raise CdcError(
+                ErrorKind.CONFIG,
+                f"a daemon streams from slot {settings.slot!r} (pid {slot.active_pid}): stop "
+                "it first; its next start copies the tables rebuilt",
+            )
+        missing = [t for t in tables if t not in known]
+        if missing:
+            raise CdcError(
+                ErrorKind.CONFIG,
+                f"no table {', '.join(missing)} in the source schema {settings.source_schema}",
+            )
+        for table in tables:
+            dropped = drop_targets(settings, table)
+            typer.echo(f"{table}: dropped {', '.join(dropped) or 'nothing (no targets)'}")
+    except CdcError as exc:
+        raise fail(exc) from exc
+    typer.echo("start the daemon: it makes the targets again and copies the tables whole")
 
 
 @app.command("verify")

@@ -181,6 +181,13 @@ def historic_drop_current_view(schema_name: str, table_name: str) -> sql.Compose
     )
 
 
+def historic_drop_table(schema_name: str, table_name: str) -> sql.Composed:
+    """Refused (RESTRICT) while a view of someone else's reads the table."""
+    return sql.SQL("DROP TABLE IF EXISTS {}.{}").format(
+        sql.Identifier(schema_name), sql.Identifier(table_name)
+    )
+
+
 def historic_retype_column(schema_name: str, table_name: str, column: Column) -> sql.Composed:
     """Change a column to `column`'s type by Postgres' own conversion (no `USING`), as an
     `ALTER COLUMN ... TYPE` at the source does by default."""
@@ -207,6 +214,11 @@ def _qualified(database: str, name: str) -> str:
 
 def _on_cluster(cluster: str | None) -> str:
     return f" ON CLUSTER {quote_identifier(cluster)}" if cluster is not None else ""
+
+
+def clickhouse_drop(database: str, name: str, cluster: str | None = None) -> str:
+    """Drop a table or a view (ClickHouse's `DROP TABLE` drops either), at once."""
+    return f"DROP TABLE IF EXISTS {_qualified(database, name)}{_on_cluster(cluster)} SYNC"
 
 
 def clickhouse_database(database: str, cluster: str | None = None) -> str:

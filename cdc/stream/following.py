@@ -154,17 +154,11 @@ class SchemaFollower:
                 if not self._add(by_name[name], publication):
                     for followed in (seen, new_oids, new_shapes):
                         followed.pop(name, None)
-            for name in todo.reload:
-                self._reload(name, "new partitions, or a copy cut short")
-            for name in todo.recopy:
-                reason = ("set aside, and its targets dropped since" if name in rebuilt
-                          else "another table had its name")  # fmt: skip
-                self._reload(name, reason, replaces=True)
-            for name in todo.shrunk:
-                self._reload(name, "partitions detached, dropped or truncated: no change was "
-                             "streamed for their rows", replaces=True)  # fmt: skip
-            for name, reason in (todo.reshaped or {}).items():
-                self._reload(name, reason)
+            reasons = todo.why or {}
+            for name in (*todo.reload, *todo.reshaped):
+                self._reload(name, reasons[name])
+            for name in (*todo.recopy, *todo.shrunk):  # whole: their targets hold rows no
+                self._reload(name, reasons[name], replaces=True)  # longer at the source
             if new_oids != oids or new_shapes != shapes:
                 self._record_followed(oids, shapes, new_oids, new_shapes)
             self._seen, self._oids, self._shapes = seen, new_oids, new_shapes

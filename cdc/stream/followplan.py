@@ -53,7 +53,8 @@ class Plan:
     seen: Mapping[str, frozenset[int]] | None = None  # the tables followed now: partitions
     oids: Mapping[str, int] | None = None  # the tables followed now: their OIDs
     logs: tuple[str, ...] = ()  # the append-only logs followed now
-    reshaped: Mapping[str, str] | None = None  # published; copy again: name -> why
+    reshaped: tuple[str, ...] = ()  # published, its rows changed unstreamed: copy again
+    why: Mapping[str, str] | None = None  # every table to copy again (the four above): why
     shapes: Mapping[str, Shape] | None = None  # the tables followed now: their shapes
 
 
@@ -143,23 +144,32 @@ def _another_table(
 def _copy_again(
     table: SourceTable,
     state: str | None,
-    replace_it: bool,
+    replace_it: str | None,
     before: Shape | None,
     seen: Mapping[str, frozenset[int]] | None,
 ) -> tuple[str, str] | None:
     """Whether a published `table` is copied again, as what (`Plan`'s `recopy`, `shrunk`,
-    `reshaped` with the reason, `reload`), given its recorded state, whether it is to be
-    copied whole (its name stood for another table, or its targets were dropped), its
+    `reshaped`, `reload`) and why, given its recorded state, why it is to be copied whole
+    (`replace_it`: its name stood for another table, or its targets were dropped), its
     shape at the last look, and the partitions seen then (None: the first look after a
     start)."""
-    if replace_it or (seen is None and state in REPLACE_CUT_SHORT):
-        return "recopy", ""
+    if replace_it is not None:
+        return "recopy", replace_it
+    if seen is None and state in REPLACE_CUT_SHORT:
+        return (
+            "recopy",
+            "a copy replacing what its targets hold was due (cut short, or asked "
+            "for by `cdc rebuild`)",
+        )
     if before is not None and partitions_emptied(before, table.shape):
-        return "shrunk", ""
+        return (
+            "shrunk",
+            "partitions detached, dropped or truncated: no change was streamed for their rows",
+        )
     if before is not None and (why := reshaped(before, table.shape)) is not None:
         return "reshaped", why
     if seen is None and state in CUT_SHORT:
-        return "reload", ""
+        return "reload", "a copy was cut short when the daemon stopped"
     # Partitions attached since the last look hold rows no change was streamed for; at the
     # first look after a start, since the last run recorded the table (an older record
     # without its columns: not judged).
@@ -169,7 +179,7 @@ def _copy_again(
         leaves_before = frozenset(before.leaves)
     else:
         return None
-    return ("reload", "") if table.partitions - leaves_before else None
+    return ("reload", "partitions attached") if table.partitions - leaves_before else None
 
 
 def plan(
@@ -232,11 +242,14 @@ def plan(
             logs.append(table.name)
         followed[table.name] = table.partitions
         before = (seen_shapes or {}).get(table.name)
-        replace_it = another or (seen is None and table.name in rebuilt)
+        replace_it = (
+            "another table had its name" if another
+            else "set aside, and its targets dropped since"
+            if seen is None and table.name in rebuilt else None
+        )  # fmt: skip
         if (copy := _copy_again(table, state, replace_it, before, seen)) is not None:
             copies[copy[0]].append(table.name)
-            if copy[0] == "reshaped":
-                again_why[table.name] = copy[1]
+            again_why[table.name] = copy[1]
     present = {t.name for t in tables}
     dropped = tuple(sorted(name for name in (seen or {}) if name not in present))
     oids = {t.name: t.oid for t in tables if t.name in followed}
@@ -253,4 +266,5 @@ def plan(
     }
     return Plan(tuple(add), tuple(add_log), tuple(copies["reload"]), tuple(copies["recopy"]),
                 tuple(copies["shrunk"]), tuple(unpublish), tuple(excluded), dropped, renamed,
-                followed, oids, tuple(logs), again_why, shapes)  # fmt: skip
+                followed, oids, tuple(logs), tuple(copies["reshaped"]), again_why,
+                shapes)  # fmt: skip

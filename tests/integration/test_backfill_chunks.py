@@ -247,5 +247,5 @@ def test_a_key_column_renamed_before_the_plan_sets_the_table_aside_not_the_copy(
         backfill = Backfill(pg_dsn, pg_dsn, "historic", "renamed-key-job", [t, u], sinks,
                             chunk_size=100, workers=1)  # fmt: skip
         progress = backfill.run(snapshot)
-    assert set(progress.failed) == {"t"} and "Drop both target" in progress.failed["t"]
+    assert set(progress.failed) == {"t"} and "cdc rebuild" in progress.failed["t"]
     assert pg.execute("SELECT count(*) FROM historic.u_current").fetchone() == (300,)

@@ -112,7 +112,7 @@ def test_a_type_change_not_followed_sets_only_that_table_aside(
         wait_until(lambda: any(e["event"] in ("table_copy_skipped", "table_load_done")
                                for e in logs), what="the rewritten table's copy")  # fmt: skip
         assert running.thread.is_alive()
-    assert "'amount' of director.t changed type" in reason and "Drop both target" in reason
+    assert "'amount' of director.t changed type" in reason and "cdc rebuild <table>" in reason
     rows = pg.execute("SELECT id, amount FROM historic.t_current ORDER BY id").fetchall()
     assert rows == [(1, 10)], "nothing was written with the wrong type"
     state = pg.execute(
@@ -129,8 +129,9 @@ def test_a_type_change_not_followed_sets_only_that_table_aside(
     assert "set aside by the daemon" in results["director.t"]["error"]
     assert "changed type" in results["director.t"]["error"]
     assert results["director.u"]["error"] is None and results["director.u"]["clean"]
-    # What the message says: drop both targets, restart. The table is copied whole, with
-    # what was changed while it was set aside (row 1 deleted, row 3 inserted).
+    # The targets dropped by hand (what `cdc rebuild` does), then a restart. The table is
+    # copied whole, with what was changed while it was set aside (row 1 deleted, row 3
+    # inserted).
     pg.execute("DROP VIEW historic.t_current")
     pg.execute("DROP TABLE historic.t")
     database = quote_identifier(ch_database)
@@ -158,6 +159,9 @@ def test_a_primary_key_changed_while_streaming_sets_only_that_table_aside(
     pg.execute("INSERT INTO director.t SELECT g, 1, 'v' FROM generate_series(1, 20) g")
     ch = clickhouse_server.client
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    env = {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": clickhouse_server.url,
+           "CDC_CLICKHOUSE_DATABASE": ch_database, "CDC_SLOT": settings.slot,
+           "CDC_PUBLICATION": settings.publication}  # fmt: skip
     with running_daemon(settings, ch) as running:
         wait_in_step(pg, ch, ch_database, ["t", "u"], running=running)
         pg.execute("ALTER TABLE director.t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id, tenant)")
@@ -167,14 +171,21 @@ def test_a_primary_key_changed_while_streaming_sets_only_that_table_aside(
         wait_in_step(pg, ch, ch_database, ["u"], running=running)
         reason = running.daemon.quarantined[("director", "t")]
         assert running.thread.is_alive()
-    assert "now keyed by (id, tenant)" in reason and "Drop both target" in reason
+        refused = CliRunner().invoke(app, ["rebuild", "t"], env=env)
+        assert refused.exit_code == 1 and "stop it first" in refused.output
+    assert "now keyed by (id, tenant)" in reason and "cdc rebuild <table>" in reason
     pg.execute("DROP TABLE historic.t CASCADE")  # half the fix: ClickHouse's is kept
     with running_daemon(settings, ch) as running:
         wait_until(lambda: ("director", "t") in running.daemon.quarantined, what="quarantine")
         assert "ClickHouse" in running.daemon.quarantined[("director", "t")]
-    database = quote_identifier(ch_database)
-    ch.command(f"DROP VIEW {database}.t_current")
-    ch.command(f"DROP TABLE {database}.t")
+    # A view of an analyst's on the historic table is not dropped with it.
+    pg.execute("CREATE VIEW public.report AS SELECT count(*) FROM historic.t")
+    kept = CliRunner().invoke(app, ["rebuild", "t"], env=env)
+    assert kept.exit_code == 1 and "report" in kept.output, kept.output
+    pg.execute("DROP VIEW public.report")
+    rebuilt = CliRunner().invoke(app, ["rebuild", "t"], env=env)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert f"ClickHouse {ch_database}.t" in rebuilt.output
     with running_daemon(settings, ch) as running:
         pg.execute("INSERT INTO director.t VALUES (2, 2, 'streamed')")
         wait_in_step(pg, ch, ch_database, ["t", "u"], running=running)

@@ -167,15 +167,17 @@ def test_plan_copies_again_a_table_reshaped_since_the_last_look() -> None:
     renamed = Shape(((1, "id", 23, -1), (2, "m", 23, -1), (3, "v", 25, -1)), (5000,))
     now = replace(t, shape=renamed)
     todo = plan([now], {"t"}, {}, {"t": frozenset()}, set(), True, None, {"t": 10}, {"t": SHAPE})
-    assert todo.reshaped == {"t": "column n renamed to m"} and todo.reload == ()
+    assert todo.reshaped == ("t",) and todo.why == {"t": "column n renamed to m"}
+    assert todo.reload == ()
     assert todo.shapes == {"t": replace(renamed, gone=((2, "n"),))}
     first = plan([now], {"t"}, {"t": "ready"}, None, set(), True, None, {"t": 10}, {"t": SHAPE})
-    assert first.reshaped == {"t": "column n renamed to m"}
+    assert first.why == {"t": "column n renamed to m"}
     same = plan([t], {"t"}, {}, {"t": frozenset()}, set(), True, None, {"t": 10}, {"t": SHAPE})
-    assert same.reshaped == {}
+    assert same.reshaped == ()
     moved = plan([replace(now, name="t2")], {"t2"}, {}, {"t": frozenset()}, set(), True, None,
                  {"t": 10}, {"t2": SHAPE})  # fmt: skip
-    assert moved.recopy == ("t2",) and moved.reshaped == {}
+    assert moved.recopy == ("t2",) and moved.reshaped == ()
+    assert moved.why == {"t2": "another table had its name"}
 
 
 def test_a_name_freed_at_one_look_and_taken_at_a_later_one_is_told_apart() -> None:
@@ -243,7 +245,7 @@ def test_plan_copies_whole_a_partitioned_table_that_lost_partitions() -> None:
     truncated_plain = replace(plain, shape=Shape(COLUMNS, (7009,)))  # its TRUNCATE is streamed
     todo = plan([truncated_plain], {"t"}, {}, {"t": frozenset()}, set(), True, None, {"t": 11},
                 {"t": plain.shape})  # fmt: skip
-    assert (todo.shrunk, todo.recopy, todo.reload, todo.reshaped) == ((), (), (), {})
+    assert (todo.shrunk, todo.recopy, todo.reload, todo.reshaped) == ((), (), (), ())
 
 
 def test_an_enum_label_renamed_is_a_change_no_row_carries() -> None:
