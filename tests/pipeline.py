@@ -109,6 +109,18 @@ def prepared_sinks(
     return table, sinks
 
 
+def cli_env(settings: Settings, **more: str) -> dict[str, str]:
+    """The environment a `cdc` command reads `settings` from (and the `CDC_*` of `more`)."""
+    return {
+        "CDC_SOURCE_DSN": settings.require_source_dsn(),
+        "CDC_CLICKHOUSE_URL": settings.require_clickhouse_url(),
+        "CDC_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "CDC_SLOT": settings.slot,
+        "CDC_PUBLICATION": settings.publication,
+        **{f"CDC_{key.upper()}": value for key, value in more.items()},
+    }
+
+
 @contextmanager
 def running_daemon(
     settings: Settings, ch_client: Any, stop: threading.Event | None = None

@@ -21,7 +21,14 @@ from typer.testing import CliRunner
 from cdc.cli import app
 from cdc.protocol.lsn import Lsn
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings, running_daemon, setup_logs, wait_in_step, wait_until
+from tests.pipeline import (
+    cli_env,
+    make_settings,
+    running_daemon,
+    setup_logs,
+    wait_in_step,
+    wait_until,
+)
 from tests.processes import ROOT, daemon_env, slot_caught_up, start_daemon
 
 runner = CliRunner()
@@ -96,9 +103,7 @@ def test_backfill_of_a_log_replaces_its_copy_without_duplicates(
     pg.execute(LEDGER)
     ch = clickhouse_server.client
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, backfill_chunk_size=300)
-    env = {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": clickhouse_server.url,
-           "CDC_CLICKHOUSE_DATABASE": ch_database, "CDC_SLOT": settings.slot,
-           "CDC_PUBLICATION": settings.publication, "CDC_BACKFILL_CHUNK_SIZE": "300"}  # fmt: skip
+    env = cli_env(settings, backfill_chunk_size="300")
     with running_daemon(settings, ch) as running:
         wait_in_step(pg, ch, ch_database, ["ledger"], running=running)
         # Drift in the targets: rows lost, and a stray copy of a row.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,32 @@ from typer.testing import CliRunner
 
 from cdc.cli import app
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings, running_daemon, wait_in_step
+from tests.pipeline import cli_env, make_settings, running_daemon, wait_in_step
 
 runner = CliRunner()
+
+
+@contextmanager
+def churning(dsn: str, table: str, change: str, rows: int) -> Iterator[None]:
+    """The application, while the block runs: an update (`SET change`) of one key after
+    another, and a delete from the highest key down, on `director.<table>` (ids 1..rows)."""
+    stop = threading.Event()
+
+    def write() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                conn.execute(f"UPDATE director.{table} SET {change} WHERE id = %s", (i % rows,))
+                conn.execute(f"DELETE FROM director.{table} WHERE id = %s", (rows - i,))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()
 
 
 def test_add_table_then_backfill_while_streaming(
@@ -30,13 +55,7 @@ def test_add_table_then_backfill_while_streaming(
     pg.execute("CREATE TABLE director.cards (id int PRIMARY KEY, note text)")
     # The tables are added by hand here: the daemon does not follow the schema itself.
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0)
-    env = {
-        "CDC_SOURCE_DSN": pg_dsn,
-        "CDC_CLICKHOUSE_URL": clickhouse_server.url,
-        "CDC_CLICKHOUSE_DATABASE": ch_database,
-        "CDC_SLOT": settings.slot,
-        "CDC_PUBLICATION": settings.publication,
-    }
+    env = cli_env(settings)
     ch = clickhouse_server.client
     with running_daemon(settings, ch) as running:
         pg.execute("CREATE TABLE director.extra (id int PRIMARY KEY, val text, n int)")
@@ -45,25 +64,10 @@ def test_add_table_then_backfill_while_streaming(
         )
         added = runner.invoke(app, ["publication", "add-table", "extra"], env=env)
         assert added.exit_code == 0, added.output
-        stop = threading.Event()
-
-        def write() -> None:
-            with psycopg.connect(pg_dsn, autocommit=True) as conn:
-                i = 0
-                while not stop.is_set():
-                    i += 1
-                    conn.execute("UPDATE director.extra SET n = n + 1 WHERE id = %s", (i % 5000,))
-                    conn.execute("DELETE FROM director.extra WHERE id = %s", (5000 - i,))
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        try:
+        with churning(pg_dsn, "extra", "n = n + 1", 5000):
             result = runner.invoke(
                 app, ["backfill", "extra", "--chunk-size", "700", "--workers", "2"], env=env
             )
-        finally:
-            stop.set()
-            writer.join()
         assert result.exit_code == 0, result.output
         assert "copied" in result.output
         wait_in_step(pg, ch, ch_database, ["cards", "extra"], running=running)
@@ -110,24 +114,8 @@ def test_replacing_backfill_recovers_a_lost_slot_deletes_included(
     assert refused.exit_code == 1 and "--where cannot be used with --replace" in refused.output
     with running_daemon(settings, ch) as running:
         pg.execute("UPDATE director.cards SET note = 'streamed' WHERE id % 7 = 0")
-        stop = threading.Event()
-
-        def write() -> None:
-            with psycopg.connect(pg_dsn, autocommit=True) as conn:
-                i = 0
-                while not stop.is_set():
-                    i += 1
-                    conn.execute("UPDATE director.cards SET note = 'during' WHERE id = %s",
-                                 (i % 3000,))  # fmt: skip
-                    conn.execute("DELETE FROM director.cards WHERE id = %s", (3000 - i,))
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        try:
+        with churning(pg_dsn, "cards", "note = 'during'", 3000):
             result = runner.invoke(app, ["backfill", "--replace", "--chunk-size", "400"], env=env)
-        finally:
-            stop.set()
-            writer.join()
         assert result.exit_code == 0, result.output
         wait_in_step(pg, ch, ch_database, ["cards"], running=running)
     row = pg.execute("SELECT count(*) FROM historic.cards_current WHERE id % 3 = 0").fetchone()

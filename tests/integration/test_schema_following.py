@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from cdc.cli import app
 from tests.harness import ClickHouseServer
 from tests.pipeline import (
+    cli_env,
     director_rows,
     historic_rows,
     make_settings,
@@ -248,10 +249,7 @@ def test_a_table_with_inheritance_children_holds_its_own_rows_only(
 
         wait_until(lambda: all(held(t) == own_rows(t) for t in ("city", "capital")),
                    what="each table's own rows")  # fmt: skip
-        result = CliRunner().invoke(app, ["verify", "--json"], env={
-            "CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": clickhouse_server.url,
-            "CDC_CLICKHOUSE_DATABASE": ch_database, "CDC_SLOT": settings.slot,
-            "CDC_PUBLICATION": settings.publication})  # fmt: skip
+        result = CliRunner().invoke(app, ["verify", "--json"], env=cli_env(settings))
     assert result.exit_code == 0, result.output
     documents = {d["table"]: d for d in json.loads(result.stdout)["tables"]}
     assert documents["director.city"]["source_rows"] == 50
@@ -536,9 +534,7 @@ def test_backfill_of_a_partitioned_table_copies_every_partition(
     pg.execute(EVENTS)
     ch = clickhouse_server.client
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    env = {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": clickhouse_server.url,
-           "CDC_CLICKHOUSE_DATABASE": ch_database, "CDC_SLOT": settings.slot,
-           "CDC_PUBLICATION": settings.publication}  # fmt: skip
+    env = cli_env(settings)
     with running_daemon(settings, ch) as running:
         wait_in_step(pg, ch, ch_database, ["events"], running=running)
         pg.execute("DELETE FROM historic.events WHERE day IN (3, 13)")  # in both partitions

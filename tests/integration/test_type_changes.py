@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cdc.cli import app
 from cdc.sinks.clickhouse.client import quote_identifier
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings, running_daemon, wait_in_step, wait_until
+from tests.pipeline import cli_env, make_settings, running_daemon, wait_in_step, wait_until
 
 
 def historic_types(pg: psycopg.Connection[Any], table: str) -> dict[str, str]:
@@ -120,9 +120,7 @@ def test_a_type_change_not_followed_sets_only_that_table_aside(
     ).fetchone()
     assert state is not None and state[0] == "quarantined" and "changed type" in state[1]
     # `cdc verify` names it set aside, with the reason, instead of reporting its drift.
-    env = {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": clickhouse_server.url,
-           "CDC_CLICKHOUSE_DATABASE": ch_database, "CDC_SLOT": settings.slot,
-           "CDC_PUBLICATION": settings.publication}  # fmt: skip
+    env = cli_env(settings)
     checked = CliRunner().invoke(app, ["verify", "--json", "--wait", "0"], env=env)
     assert checked.exit_code == 2, checked.output
     results = {t["table"]: t for t in json.loads(checked.output)["tables"]}
@@ -159,9 +157,7 @@ def test_a_primary_key_changed_while_streaming_sets_only_that_table_aside(
     pg.execute("INSERT INTO director.t SELECT g, 1, 'v' FROM generate_series(1, 20) g")
     ch = clickhouse_server.client
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
-    env = {"CDC_SOURCE_DSN": pg_dsn, "CDC_CLICKHOUSE_URL": clickhouse_server.url,
-           "CDC_CLICKHOUSE_DATABASE": ch_database, "CDC_SLOT": settings.slot,
-           "CDC_PUBLICATION": settings.publication}  # fmt: skip
+    env = cli_env(settings)
     with running_daemon(settings, ch) as running:
         wait_in_step(pg, ch, ch_database, ["t", "u"], running=running)
         pg.execute("ALTER TABLE director.t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id, tenant)")

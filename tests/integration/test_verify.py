@@ -26,7 +26,14 @@ from cdc.schema import TableSchema
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.stream.slots import get_slot
 from tests.harness import ClickHouseServer
-from tests.pipeline import RunningDaemon, make_settings, running_daemon, wait_in_step, wait_until
+from tests.pipeline import (
+    RunningDaemon,
+    cli_env,
+    make_settings,
+    running_daemon,
+    wait_in_step,
+    wait_until,
+)
 
 runner = CliRunner()
 
@@ -60,18 +67,8 @@ SELECT g, g * 1000003::bigint,
 FROM generate_series(%s::int, %s::int) g"""
 
 
-def env_of(settings: Settings) -> dict[str, str]:
-    return {
-        "CDC_SOURCE_DSN": settings.require_source_dsn(),
-        "CDC_CLICKHOUSE_URL": settings.require_clickhouse_url(),
-        "CDC_CLICKHOUSE_DATABASE": settings.clickhouse_database,
-        "CDC_SLOT": settings.slot,
-        "CDC_PUBLICATION": settings.publication,
-    }
-
-
 def verify(settings: Settings, *args: str) -> Result:
-    return runner.invoke(app, ["verify", *args], env=env_of(settings))
+    return runner.invoke(app, ["verify", *args], env=cli_env(settings))
 
 
 def note_lines(output: str, prefix: str) -> list[str]:
@@ -185,7 +182,7 @@ def test_verify_names_drift_and_repair_fixes_it(
         assert "drift found" in found.output
 
         blind = runner.invoke(
-            app, ["verify", "--wait", "1"], env={**env_of(settings), "CDC_SLOT": "nope"}
+            app, ["verify", "--wait", "1"], env={**cli_env(settings), "CDC_SLOT": "nope"}
         )
         assert blind.exit_code == 1, blind.output
         assert re.search(r"historic .*│\s*unconfirmed\s*│", blind.output), blind.output
@@ -499,9 +496,10 @@ def test_columns_added_with_a_default_hold_it_in_earlier_rows(
 def test_a_table_that_cannot_be_compared_is_named_and_the_others_are_compared(
     pg: psycopg.Connection[Any], settings: Settings, clickhouse_server: ClickHouseServer
 ) -> None:
-    """A type change the daemon does not follow (date to timestamp) sets the table aside:
-    its ClickHouse table keeps Date32, which the source's hash expression cannot read. That
-    table is reported with the way out, the others are still compared, and verify exits 2."""
+    """A type change the daemon does not follow (date to timestamp) sets the table aside
+    (its ClickHouse table keeps Date32, which the source's hash expression cannot read):
+    that table is not compared but reported with the daemon's reason and the way out, the
+    others are still compared, and verify exits 2."""
     ch = clickhouse_server.client
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.days (id int PRIMARY KEY, d date)")
@@ -521,7 +519,8 @@ def test_a_table_that_cannot_be_compared_is_named_and_the_others_are_compared(
     assert result.exit_code == 2, result.output
     assert "2 tables: 1 could not be compared" in result.output, result.output
     errors = note_lines(result.output, "error: ")
-    assert len(errors) == 1 and "days" in errors[0] and "cdc status" in errors[0], result.output
+    assert len(errors) == 1 and "set aside by the daemon" in errors[0], result.output
+    assert "director.days changed type" in errors[0] and "cdc rebuild" in errors[0]
     assert re.search(r"verify director\.other: 1 ranges, 51 source rows", result.output)
     assert as_json.exit_code == 2
     documents = {d["table"]: d for d in json.loads(as_json.stdout)["tables"]}
