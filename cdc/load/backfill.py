@@ -343,8 +343,14 @@ class Backfill:
             to_plan = self.job_state.to_plan(state)
             chunks = self.job_state.pending_chunks(state)
             copying = {c.table for c in chunks} | set(to_plan)
+            # A copy recorded as replacing, cut short before the targets were emptied,
+            # replaces again, whoever resumes it (the initial load's job resumed at a start
+            # holds the tables the schema follower added).
+            due = self.job_state.replacing(state)
             replaced = sorted(
-                name for name in copying if self.replaces or self.tables[name].append_only
+                name
+                for name in copying
+                if self.replaces or self.tables[name].append_only or name in due
             )
             for name in replaced:
                 self.job_state.restart(state, name)

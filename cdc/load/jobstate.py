@@ -127,6 +127,18 @@ class JobState:
             (rows, lsn, self.job, chunk.table, chunk.number),
         )
 
+    def replacing(self, conn: psycopg.Connection[Any]) -> set[str]:
+        """The job's tables recorded as to be copied whole, replacing what their targets
+        hold, whose targets were not emptied yet (by this job, or by whoever recorded it:
+        the schema follower, `cdc rebuild`)."""
+        rows = conn.execute(
+            sql.SQL("SELECT table_name FROM {} WHERE state = %s AND table_name = ANY(%s)").format(
+                self._ident(TABLES_TABLE)
+            ),
+            (TableState.REPLACING, list(self.tables)),
+        ).fetchall()
+        return {row[0] for row in rows}
+
     def set_state(
         self, conn: psycopg.Connection[Any], table: str, state: TableState, error: str | None = None
     ) -> None:

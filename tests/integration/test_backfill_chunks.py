@@ -15,7 +15,7 @@ from cdc.sinks.base import CopiedRows
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.stream.snapshot import exported_snapshot
 from tests.harness import ClickHouseServer
-from tests.pipeline import prepared_sinks
+from tests.pipeline import clickhouse_rows, director_rows, historic_rows, prepared_sinks
 
 pytestmark = pytest.mark.integration
 
@@ -249,3 +249,31 @@ def test_a_key_column_renamed_before_the_plan_sets_the_table_aside_not_the_copy(
         progress = backfill.run(snapshot)
     assert set(progress.failed) == {"t"} and "cdc rebuild" in progress.failed["t"]
     assert pg.execute("SELECT count(*) FROM historic.u_current").fetchone() == (300,)
+
+
+def test_a_job_copying_a_table_recorded_as_replacing_replaces_what_its_targets_hold(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """A table recorded as to be copied whole, replacing (made again under its name, or
+    `cdc rebuild`), whose copy another job makes first (the initial load resumed at a
+    start takes every published table it has work left on): that copy replaced nothing,
+    and the rows of the table before stayed in the targets for good."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, v text)")
+    pg.execute("INSERT INTO director.t SELECT g, 'old' FROM generate_series(1, 300) g")
+    table, sinks = prepared_sinks(
+        pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
+    )
+    with exported_snapshot(pg_dsn) as snapshot:
+        Backfill(pg_dsn, pg_dsn, "historic", "before", [table], sinks).run(snapshot)
+    pg.execute("DELETE FROM director.t WHERE id > 100")  # as if made again with fewer rows
+    pg.execute("UPDATE historic._cdc_tables SET state = 'replacing' WHERE table_name = 't'")
+    with exported_snapshot(pg_dsn) as snapshot:
+        Backfill(pg_dsn, pg_dsn, "historic", "resumed", [table], sinks).run(snapshot)
+    expected = director_rows(pg, "director", "t")
+    assert len(expected) == 100
+    assert historic_rows(pg, "t") == expected
+    assert clickhouse_rows(clickhouse_server.client, ch_database, "t") == expected
+    state = pg.execute("SELECT state FROM historic._cdc_tables WHERE table_name = 't'").fetchone()
+    assert state == ("ready",)

@@ -551,7 +551,8 @@ def test_a_copy_the_daemon_was_killed_before_is_made_at_its_next_start(
     """The copies the schema follower queues (a table copied again, a new table) wait in
     memory: a daemon killed before one began forgot it, and the table was then left
     without its rows for good (the names and shapes were already recorded as seen). The
-    copy is recorded as due first, so the next start makes it."""
+    copy is recorded as due first, so the next start makes it, replacing what the targets
+    hold if it was to."""
     keyed_tables(pg, orders=200)
     env, _ = daemon_env(pg_dsn, clickhouse_server, ch_database, tmp_path, "follow_kill",
                              CDC_SCHEMA_POLL_INTERVAL_S="0.3")  # fmt: skip
@@ -590,6 +591,15 @@ def test_a_copy_the_daemon_was_killed_before_is_made_at_its_next_start(
     killed_after(lambda: pg.execute("ALTER TABLE director.orders RENAME COLUMN v TO note"))
     run_until(lambda: historic_in_step("orders"))
     killed_after(lambda: keyed_tables(pg, later=50, schema=False))
+    run_until(lambda: historic_in_step("orders", "later"))
+    # Made again under its name: the copy due replaces what the targets hold (rows 51-200
+    # of the table before), also when the next start resumes it with the other tables.
+
+    def made_again() -> None:
+        pg.execute("DROP TABLE director.orders")
+        keyed_tables(pg, orders=50, schema=False)
+
+    killed_after(made_again)
     run_until(lambda: historic_in_step("orders", "later"))
     verify = subprocess.run([sys.executable, "-m", "cdc.cli", "verify"], cwd=ROOT,
                             env={**os.environ, **env}, capture_output=True, text=True,
