@@ -26,13 +26,17 @@ from cdc.states import TableState
 from cdc.stream import eligibility
 from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 
-# Recorded states after which a table that is not published is picked up as new (one
-# recorded as to be copied replacing was stopped before it was published).
-PICKED_UP_AGAIN = frozenset({TableState.EXCLUDED, TableState.DROPPED, TableState.REPLACING})
 # A load cut short (the daemon stopped while copying, or before it began): copied again
 # after a restart; one that was to replace what the targets hold, whole again.
 CUT_SHORT = frozenset({TableState.COPYING})
 REPLACE_CUT_SHORT = frozenset({TableState.REPLACING})
+# Recorded states after which a table that is not published is picked up as new: one
+# recorded as to be copied replacing was stopped before it was published; one whose copy
+# was cut short was published then, so it is another table of its name now (made again
+# while no look at the schema recorded the OIDs: the initial load killed each time).
+PICKED_UP_AGAIN = frozenset(
+    {TableState.EXCLUDED, TableState.DROPPED, *REPLACE_CUT_SHORT, *CUT_SHORT}
+)
 # Also picked up as an append-only log: a keyless table an older version quarantined.
 LOG_PICKED_UP_AGAIN = PICKED_UP_AGAIN | {TableState.QUARANTINED}
 
