@@ -524,7 +524,9 @@ def _run_txn(conn: psycopg.Connection[Any], txn: Txn, out: Any, stats: WriterSta
 # column types widened, which the targets follow (a key column of ClickHouse by remaking
 # its table); columns added with a default, which the rows already there hold at the
 # source; and changes of rows that no change carries: a column renamed, one dropped and
-# added again under its name, a rewrite whose USING changes the values.
+# added again under its name, a rewrite whose USING changes the values; a table rebuilt
+# under its name in one transaction (copied whole by the daemon, replacing, while the
+# writers go on deleting).
 MIGRATIONS = (
     "ALTER TABLE director.order_lines ALTER qty TYPE bigint",
     'ALTER TABLE director."Team Notes" ALTER "Team Id" TYPE bigint',
@@ -537,6 +539,10 @@ MIGRATIONS = (
     'ALTER TABLE director."Team Notes" DROP COLUMN "Level"',
     'ALTER TABLE director."Team Notes" ADD COLUMN "Level" int NOT NULL DEFAULT 4',
     'ALTER TABLE director."Team Notes" ALTER "Rank" TYPE bigint USING "Rank" * 10',
+    "ALTER TABLE director.cards RENAME TO cards_old; "
+    "CREATE TABLE director.cards (LIKE director.cards_old INCLUDING ALL); "
+    "INSERT INTO director.cards SELECT * FROM director.cards_old; "
+    "DROP TABLE director.cards_old",
 )
 
 

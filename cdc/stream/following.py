@@ -9,7 +9,8 @@ function) and acts:
   (`cdc.stream.tableload`) at a fresh exported snapshot, taken after the table joined the
   publication (DESIGN.md invariant 3: every change streamed from then on has a higher
   version than the copy). "New" means: not in the publication and never replicated before
-  (no state recorded, or recorded as excluded or dropped), so a table taken out with
+  (no state recorded, or recorded as excluded, dropped, or being copied:
+  `cdc.stream.followplan.PICKED_UP_AGAIN`), so a table taken out with
   `cdc publication drop-table` stays out;
 - a published table whose UPDATE and DELETE Postgres would refuse (its primary key was
   dropped) leaves the publication at once (invariant 7), and is added again when fixed;
