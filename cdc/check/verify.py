@@ -40,7 +40,6 @@ from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
 from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.factory import SinkFactory, default_sinks
-from cdc.states import TableState
 from cdc.stream import slots
 from cdc.stream.session import canonical_dsn
 
@@ -158,9 +157,7 @@ class Verifier:
         """The tables the daemon set aside (recorded quarantined), with why: their targets
         are known not to follow the source until the fix the reason names."""
         assert self._historic is not None
-        _, records = status.read(self._historic, self.settings.historic_schema,
-                                 self.settings.slot)  # fmt: skip
-        return {r.table: r.error or "" for r in records if r.state == TableState.QUARANTINED}
+        return status.read_set_aside(self._historic, self.settings.historic_schema)
 
     # -- checking ---------------------------------------------------------------------------
 

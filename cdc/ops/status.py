@@ -313,3 +313,18 @@ def record_followed(
             )
         for name, (oid, shape) in followed.items():
             conn.execute(upsert, (name, oid, shape.to_json() if shape is not None else None))
+
+
+def read_set_aside(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
+    """The tables recorded as set aside (quarantined), with why; read only (a role that
+    may only read historic, none recorded yet: none)."""
+    try:
+        rows = conn.execute(
+            sql.SQL("SELECT table_name, coalesce(error, '') FROM {} WHERE state = %s").format(
+                _ident(schema, TABLES_TABLE)
+            ),
+            (TableState.QUARANTINED,),
+        ).fetchall()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
+        return {}
+    return dict(rows)
