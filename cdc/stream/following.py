@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.errors import Action, CdcError, ErrorKind, backfill_command
+from cdc.errors import Action, CdcError, ErrorKind, backfill_command, rebuild_steps
 from cdc.ops import status
 from cdc.ops.settings import Settings
 from cdc.schema import TableSchema, describe_table
@@ -319,7 +319,10 @@ class SchemaFollower:
             if exc.policy.action is not Action.QUARANTINE_TABLE and not gone:
                 raise
             self._refused[name] = found
-            self._quarantine((schema, name), exc)
+            if found.unusable and exc.kind is ErrorKind.TABLE_CHANGED:
+                self._exclude_unkeyed(name, exc)
+            else:
+                self._quarantine((schema, name), exc)
             return False
         self._refused.pop(name, None)
         publication = publication or self._settings.publication
@@ -333,6 +336,22 @@ class SchemaFollower:
         if due:
             self._loader.queue(table, replaces=True)
         return True
+
+    def _exclude_unkeyed(self, name: str, exc: CdcError) -> None:
+        """A table that lost its key, whose targets are keyed by it: not replicated (an
+        append-only log needs targets of its own) until its key is back, when it is picked
+        up again and copied whole (the changes made meanwhile included)."""
+        lost = str(exc).replace(rebuild_steps(), "").strip().rstrip(".")
+        reason = (
+            f"{lost}: it is not replicated until its key is back (then it is copied whole, "
+            "replacing what its targets hold)"
+        )
+        fix = (
+            f"ALTER TABLE {self._name(name)} ADD PRIMARY KEY (...); or, to replicate it as an "
+            f"append-only log, stop the daemon, `cdc rebuild {name}`, start it"
+        )
+        self._log.warning("table_excluded", table=self._name(name), reason=reason, fix=fix)
+        self._record(name, TableState.EXCLUDED, f"{reason}; fix: {fix}")
 
     def _prepare(self, table: TableSchema) -> None:
         """Create the targets with sinks of its own (the apply threads use theirs)."""

@@ -606,3 +606,31 @@ def test_a_copy_the_daemon_was_killed_before_is_made_at_its_next_start(
                             timeout=120)  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "2 tables: all agree" in verify.stdout
+
+
+def test_a_table_that_loses_its_key_and_gets_it_back_arrives_whole(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """A migration drops a table's primary key, a later one adds it back. Keyless, it
+    leaves the publication (the application's UPDATE and DELETE keep working) and is not
+    replicated: its targets are keyed by its key, an append-only log needs its own. With
+    its key back it was left set aside for good; it is picked up again and copied whole,
+    the deletes made meanwhile included."""
+    keyed_tables(pg, t=100)
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, ["t"], running=running)
+        pg.execute("ALTER TABLE director.t DROP CONSTRAINT t_pkey")
+        wait_until(lambda: any(e["event"] == "table_excluded" for e in logs),
+                   what="the keyless table to be excluded")  # fmt: skip
+        assert_writable(pg, ["t"])
+        pg.execute("DELETE FROM director.t WHERE id % 3 = 0")  # not streamed
+        pg.execute("ALTER TABLE director.t ADD PRIMARY KEY (id)")
+        pg.execute("UPDATE director.t SET v = 'after' WHERE id % 5 = 0")
+        wait_in_step(pg, ch, ch_database, ["t"], running=running)
+        assert running.daemon.quarantined == {}
+    excluded = next(e for e in logs if e["event"] == "table_excluded")
+    assert "until its key is back" in excluded["reason"] and "cdc rebuild t" in excluded["fix"]
+    assert "t" not in published(pg, "cdc_pub_append")
