@@ -33,7 +33,6 @@ def drop_targets(settings: Settings, table: str) -> list[str]:
     try:
         with psycopg.connect(canonical_dsn(settings.require_historic_dsn())) as conn:
             dropped += _drop_historic(conn, schema, table)
-            status.ensure(conn, schema)
             conn.commit()
     except psycopg.errors.DependentObjectsStillExist as exc:
         raise CdcError(

@@ -24,7 +24,7 @@ the other followed changes leave its type as it is (String, DateTime64(6)).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Final
 
 from cdc.errors import CdcError, ErrorKind, rebuild_steps
@@ -132,11 +132,13 @@ def refused(table: TableSchema, column: str, pg_type: str) -> CdcError:
     )
 
 
-def rekeyed(table: TableSchema, target: str, keyed_by: Iterable[str]) -> CdcError:
-    """The error that sets aside `table`, whose key (`target_key`) is not the one its
-    `target` table is keyed by (`keyed_by`): its primary key changed, or it gained or lost
-    one. A target cannot be keyed again in place: its rows are kept by the old key."""
-    return CdcError(
+def require_key(table: TableSchema, target: str, keyed_by: Collection[str]) -> None:
+    """Set aside `table` if its key (`target_key`) is not the one its `target` table is
+    keyed by (`keyed_by`; none known: not judged): its primary key changed, or it gained
+    or lost one. A target cannot be keyed again in place: its rows are kept by the old key."""
+    if not keyed_by or frozenset(keyed_by) == frozenset(table.target_key):
+        return
+    raise CdcError(
         ErrorKind.TABLE_CHANGED,
         f"{table.qualified_name} is now keyed by ({', '.join(table.target_key)}) but its "
         f"copy {target} by ({', '.join(sorted(keyed_by))}): its primary key changed, or it "

@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.errors import Action, CdcError, ErrorKind, backfill_command, rebuild_steps
+from cdc.errors import Action, CdcError, ErrorKind, backfill_command
 from cdc.ops import status
 from cdc.ops.settings import Settings
 from cdc.schema import TableSchema, describe_table
@@ -320,7 +320,7 @@ class SchemaFollower:
                 raise
             self._refused[name] = found
             if found.unusable and exc.kind is ErrorKind.TABLE_CHANGED:
-                self._exclude_unkeyed(name, exc)
+                self._exclude_unkeyed(name)
             else:
                 self._quarantine((schema, name), exc)
             return False
@@ -337,14 +337,14 @@ class SchemaFollower:
             self._loader.queue(table, replaces=True)
         return True
 
-    def _exclude_unkeyed(self, name: str, exc: CdcError) -> None:
+    def _exclude_unkeyed(self, name: str) -> None:
         """A table that lost its key, whose targets are keyed by it: not replicated (an
         append-only log needs targets of its own) until its key is back, when it is picked
         up again and copied whole (the changes made meanwhile included)."""
-        lost = str(exc).replace(rebuild_steps(), "").strip().rstrip(".")
         reason = (
-            f"{lost}: it is not replicated until its key is back (then it is copied whole, "
-            "replacing what its targets hold)"
+            "it has no primary key now, and its targets are keyed by the one it had: it is "
+            "not replicated until its key is back (then it is copied whole, replacing what "
+            "its targets hold)"
         )
         fix = (
             f"ALTER TABLE {self._name(name)} ADD PRIMARY KEY (...); or, to replicate it as an "

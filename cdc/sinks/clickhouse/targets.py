@@ -83,9 +83,7 @@ class ClickHouseTargets:
                     )
                 )
             self._columns[name] = known
-        keyed_by = self._keys[name]
-        if keyed_by and keyed_by != frozenset(layout.target_key):
-            raise retype.rekeyed(layout, f"ClickHouse {self.database}.{layout.name}", keyed_by)
+        retype.require_key(layout, f"ClickHouse {self.database}.{layout.name}", self._keys[name])
         added, widened = ddl.clickhouse_widenings(known, layout)
         retyped = _retyped(known, layout)
         if not added and not widened and not retyped and not first:
@@ -165,9 +163,7 @@ class ClickHouseTargets:
             parameters={"db": self.database, "suffix": REMAKE_SUFFIX},
         )
         for (name,) in result.result_rows:
-            self._client().command(
-                f"DROP TABLE IF EXISTS {quote_identifier(self.database)}.{quote_identifier(name)}"
-            )
+            self._client().command(ddl.clickhouse_drop(self.database, name))
             _log.info("leftover_copy_dropped", table=f"{self.database}.{name}")
 
     def _physical(self, table_name: str) -> list[str]:

@@ -91,9 +91,7 @@ class HistoricTargets:
             known = list(types)
             columns[name] = known
             types_of[name] = types
-        keyed_by = self._keys[name]
-        if keyed_by and keyed_by != frozenset(layout.target_key):
-            raise retype.rekeyed(layout, f"{self.schema}.{layout.name}", keyed_by)
+        retype.require_key(layout, f"{self.schema}.{layout.name}", self._keys[name])
         types = types_of[name]
         retyped = self._retyped(layout, types)
         missing = [c for c in layout.columns if c.name not in known]
