@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cdc.apply import rowtext
 from cdc.apply.applier import Stage
 from cdc.apply.batch import Batch
 from cdc.apply.quarantine import Quarantine
@@ -25,6 +26,7 @@ from cdc.protocol import datetime_to_pg_timestamp
 from cdc.protocol.lsn import Lsn
 from cdc.retry import Backoff, retrying
 from cdc.sinks.base import Sink
+from cdc.stream.tableload import Copies
 
 
 @dataclass
@@ -45,6 +47,7 @@ class BatchStages:
         settings: Settings,
         sinks: list[Sink],
         quarantine: Quarantine,
+        copies: Copies,
         metrics: Metrics,
         health: HealthState,
         position: TargetPosition,
@@ -57,6 +60,7 @@ class BatchStages:
         self.position = position
         self.stats = Stats()
         self._quarantine = quarantine
+        self._copies = copies
         self._stopping = stopping
         # Batches between the stages: when the first began.
         self._in_flight: dict[int, float] = {}
@@ -79,6 +83,7 @@ class BatchStages:
 
         def complete(batch: Batch) -> None:
             self._in_flight[id(batch)] = time.monotonic()
+            self._await_copies(batch)
             historic = self.sinks[0]
             self._with_retries(batch, [], lambda b: historic.complete(b, unwritten))
             unwritten.add(batch)
@@ -97,6 +102,13 @@ class BatchStages:
             unwritten.written(batch)
 
         return [complete, apply_historic, self._apply_others]
+
+    def _await_copies(self, batch: Batch) -> None:
+        """Rows of a table whose copy is queued or running that need values the stream did
+        not resend wait for the copy (`cdc.stream.tableload.Copies`)."""
+        for name, table in batch.tables.items():
+            if name in self._copies and (incomplete := rowtext.shared_row_text(table).incomplete):
+                self._copies.wait(name, len(incomplete), self._stopping)
 
     def _apply_others(self, batch: Batch) -> None:
         started = self._in_flight.pop(id(batch))

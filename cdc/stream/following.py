@@ -55,7 +55,7 @@ from cdc.stream import eligibility, slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 from cdc.stream.followplan import plan
-from cdc.stream.tableload import LoadFactory, TableLoader
+from cdc.stream.tableload import Copies, LoadFactory, TableLoader
 
 LOG_CHANGES_SQL = """
 SELECT relname, n_tup_upd + n_tup_del FROM pg_stat_user_tables
@@ -83,6 +83,7 @@ class SchemaFollower:
         make_load: LoadFactory,
         quarantine: Callable[[tuple[str, str], CdcError], None],
         quarantined: Callable[[], Mapping[tuple[str, str], str]],
+        copies: Copies,
         log: Any,
     ) -> None:
         self._settings = settings
@@ -99,7 +100,7 @@ class SchemaFollower:
         self._warned_logs: set[str] = set()  # append-only logs said to be updated
         self._locked: set[str] = set()  # said to be locked by another session
         self._last_poll = float("-inf")
-        self._loader = TableLoader(source_dsn, make_load, quarantine, log)
+        self._loader = TableLoader(source_dsn, make_load, quarantine, copies, log)
 
     # -- polling ---------------------------------------------------------------------------
 

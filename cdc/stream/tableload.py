@@ -2,6 +2,11 @@
 started at the first, each at a fresh exported snapshot taken after the table joined the
 publication (DESIGN.md invariant 3: every change streamed from then on has a higher
 version than the copy).
+
+Until a table's copy has landed, historic holds nothing of that table the stream can take
+the values it did not resend from (unchanged TOAST, a tombstone's columns), or only rows
+from before a rewrite; a row completed without them would be stored newer than the copy,
+its NULLs kept over the copy's values. So such rows wait for the copy (`Copies`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,51 @@ from cdc.schema import TableSchema
 from cdc.stream.snapshot import exported_snapshot
 
 LOAD_JOIN_S = 30.0
+COPIES_POLL_S = 0.2
 
 # (tables, job, replaces): a copy job; `replaces`: the copy replaces what the targets hold.
 LoadFactory = Callable[[list[TableSchema], str, bool], Backfill]
+
+
+class Copies:
+    """The tables whose copy is queued or running (safe from any thread)."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._names: set[tuple[str, str]] = set()
+        self._changed = threading.Condition()
+
+    def __contains__(self, name: tuple[str, str]) -> bool:
+        with self._changed:
+            return name in self._names
+
+    def add(self, name: tuple[str, str]) -> None:
+        with self._changed:
+            self._names.add(name)
+
+    def done(self, name: tuple[str, str]) -> None:
+        with self._changed:
+            self._names.discard(name)
+            self._changed.notify_all()
+
+    def clear(self) -> None:
+        with self._changed:
+            self._names.clear()
+            self._changed.notify_all()
+
+    def wait(self, name: tuple[str, str], rows: int, stopping: Callable[[], bool]) -> None:
+        """Block until `name`'s copy has landed (or failed), or `stopping()`: `rows` of a
+        batch need values only the copy holds. A row then completed without them is
+        stored with NULLs only when the daemon stops first; the table's copy, cut short,
+        is made again at the next start at a newer snapshot, which overwrites it."""
+        with self._changed:
+            if name not in self._names:
+                return
+            self._log.info("changes_wait_for_copy", table=".".join(name), rows=rows,
+                           detail="rows whose TOASTed values the stream did not resend wait "
+                           "for the table's copy, which holds them")  # fmt: skip
+            while name in self._names and not stopping():
+                self._changed.wait(COPIES_POLL_S)
 
 
 class TableLoader:
@@ -35,9 +82,11 @@ class TableLoader:
         source_dsn: str,
         make_load: LoadFactory,
         quarantine: Callable[[tuple[str, str], CdcError], None],
+        copies: Copies,
         log: Any,
     ) -> None:
         self._source_dsn = source_dsn
+        self._copies = copies
         self._make_load = make_load
         self._quarantine = quarantine
         self._log = log
@@ -57,6 +106,7 @@ class TableLoader:
         with self._lock:
             waiting = self._waiting.get(table.name)
             self._waiting[table.name] = (table, replaces or (waiting is not None and waiting[1]))
+            self._copies.add((table.schema, table.name))
             if waiting is not None:
                 return
         if self._loader is None:
@@ -79,6 +129,9 @@ class TableLoader:
                                 error=str(exc).strip(), hint=hint)  # fmt: skip
             finally:
                 self._copying = None
+                with self._lock:
+                    if name not in self._waiting:  # not queued again meanwhile
+                        self._copies.done((table.schema, table.name))
 
     def _load(self, table: TableSchema, replaces: bool) -> None:
         job = f"table_{table.name}_{uuid.uuid4().hex[:8]}"
@@ -101,3 +154,4 @@ class TableLoader:
             left = {*self._waiting, *([self._copying] if self._copying else [])}
             self._log.warning("table_load_abandoned", tables=sorted(left))
         self._loader = None
+        self._copies.clear()

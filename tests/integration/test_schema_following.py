@@ -325,6 +325,50 @@ def test_table_created_while_running_is_copied_then_streamed(
     assert published(pg, "cdc_pub") == ["first", long]
 
 
+def test_changes_that_need_a_copied_value_wait_for_the_copy(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """An update that leaves a TOASTed value alone, made after the snapshot of a new
+    table's copy and streamed before the copy lands, waits for the copy: the value is in
+    no other place, and the row, newer than the copy, would keep a NULL over it."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.first (id int PRIMARY KEY)")
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    with (
+        capture_logs() as logs,
+        running_daemon(settings, ch) as running,
+        psycopg.connect(pg_dsn) as older,  # holds the copy's snapshot back until it ends
+        psycopg.connect(pg_dsn) as reader,  # holds the copy's writes back until it ends
+    ):
+        older.execute("SELECT pg_current_xact_id()")
+        with pg.transaction():
+            pg.execute("CREATE TABLE director.notes (id int PRIMARY KEY, n int, body text)")
+            pg.execute("ALTER TABLE director.notes ALTER body SET STORAGE EXTERNAL")
+            pg.execute("INSERT INTO director.notes SELECT i, 0, "
+                       "(SELECT string_agg(md5(i::text || j::text), '') "
+                       "FROM generate_series(1, 100) j) FROM generate_series(1, 20) i")  # fmt: skip
+        wait_until(lambda: "notes" in published(pg, "cdc_pub"), what="the table to be published")
+        pg.execute("INSERT INTO director.notes VALUES (0, 1, 'streamed before the copy')")
+        wait_until(partial(streamed, pg, "notes", 1), what="the stream to know the table")
+        reader.execute("LOCK TABLE historic.notes IN SHARE MODE")
+        older.commit()
+        wait_until(lambda: any(e["event"] == "table_load_started" for e in logs),
+                   what="the copy's snapshot")  # fmt: skip
+        pg.execute("UPDATE director.notes SET n = n + 1")
+        wait_until(lambda: any(e["event"] in ("changes_wait_for_copy", "unchanged_values_unknown")
+                               for e in logs), what="the update to reach the stages")  # fmt: skip
+        reader.commit()
+        wait_in_step(pg, ch, ch_database, ["notes"], running=running)
+    assert not any(e["event"] == "unchanged_values_unknown" for e in logs)
+    waited = [e for e in logs if e["event"] == "changes_wait_for_copy"]
+    assert [(e["table"], e["rows"]) for e in waited] == [("director.notes", 20)]
+    rows = pg.execute("SELECT count(*) FROM historic.notes_current WHERE n = 1 AND "
+                      "length(body) = 3200").fetchone()  # fmt: skip
+    assert rows == (20,)
+
+
 def streamed(pg: psycopg.Connection[Any], table: str, rows: int) -> bool:
     return len(historic_rows(pg, table)) == rows
 
