@@ -235,6 +235,7 @@ class Setup:
             batch_bytes=settings.backfill_batch_mb << 20,
             on_progress=self._backfill_progress,
             replaces=replaces,
+            publications=self.publications,
         )
 
     def _backfill_progress(self, progress: BackfillProgress) -> None:

@@ -58,10 +58,27 @@ DESCRIBED_OTHERWISE = (
     psycopg.DataError,  # a value of the new type in a target of the old one (SQLSTATE 22)
     ValueError,  # a binary COPY field of another width than described
 )
+LEFT_PUBLICATION = (
+    "dropped, renamed or made again before the copy's snapshot: not copied; a table "
+    "that has its name now is picked up as new by the running daemon"
+)
 REWRITE_ATTEMPTS = 5  # copies again of a table rewritten while it is copied
 FEW_TABLES = 20  # recorded as they were at the copy's snapshot one by one, not by schema
 # The job's tables (of one schema) a leaf of which has another file than the snapshot's
 # catalog names: rewritten or truncated since (run in a transaction that imported it).
+# The tables of `schema` named in `names` that none of the publications `pubs` holds
+# (read at the copy's snapshot: plain catalog reads see the catalog as it was then).
+UNPUBLISHED_SQL = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = ANY(%(names)s) AND NOT EXISTS (
+    SELECT 1 FROM pg_publication p WHERE p.pubname = ANY(%(pubs)s) AND (
+        p.puballtables
+        OR EXISTS (SELECT 1 FROM pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = c.oid)
+        {schemas}))
+"""
+SCHEMA_PUBLICATIONS = 150000  # from Postgres 15 a publication may hold a schema's tables
+IN_SCHEMA_SQL = """OR EXISTS (SELECT 1 FROM pg_publication_namespace s
+                   WHERE s.pnpubid = p.oid AND s.pnnspid = n.oid)"""
 REWRITTEN_SQL = """
 SELECT DISTINCT c.relname FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -112,9 +129,11 @@ class Backfill:
         where: str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         replaces: bool = False,
+        publications: Collection[str] = (),
     ) -> None:
         """`replaces`: the copy replaces every row the targets hold, for every table (for
-        an append-only log it always does)."""
+        an append-only log it always does). `publications`: those the daemon streams; a
+        table none of them holds at the copy's snapshot is not copied (`_unpublished`)."""
         if where and replaces:
             raise CdcError(
                 ErrorKind.CONFIG,
@@ -138,6 +157,7 @@ class Backfill:
         self.where = where
         self.on_progress = on_progress
         self.replaces = replaces
+        self.publications = list(publications)
         self.progress = Progress()
         # Tables whose copy could not be read as they were described, with why.
         self._changed: dict[str, str] = {}
@@ -338,10 +358,41 @@ class Backfill:
             for sink in sinks:
                 sink.close()
 
+    def _unpublished(self, snapshot: Snapshot) -> set[str]:
+        """The job's tables that none of the daemon's publications holds at `snapshot`: a
+        table dropped, renamed or made again (under its name) between the look that
+        described it and the snapshot. The stream does not follow the table the name
+        stands for at the snapshot, so its copy would stay as the snapshot found it: it is
+        taken out of the job and recorded as dropped, and the schema follower picks up
+        the table of that name as new (published, then copied whole, replacing)."""
+        if not self.publications:
+            return set()
+        by_schema: dict[str, list[str]] = {}
+        for table in self.tables.values():
+            by_schema.setdefault(table.schema, []).append(table.name)
+        gone: set[str] = set()
+        with psycopg.connect(self.source_dsn) as source:
+            import_snapshot(source, snapshot)
+            schemas = IN_SCHEMA_SQL if source.info.server_version >= SCHEMA_PUBLICATIONS else ""
+            query = UNPUBLISHED_SQL.format(schemas=schemas)
+            for schema, names in by_schema.items():
+                rows = source.execute(
+                    query, {"schema": schema, "names": names, "pubs": self.publications}
+                ).fetchall()
+                gone.update(row[0] for row in rows)
+            source.rollback()
+        return gone
+
     def _run(self, snapshot: Snapshot) -> Progress:
+        gone = self._unpublished(snapshot)
         with self._state() as state:
-            to_plan = self.job_state.to_plan(state)
-            chunks = self.job_state.pending_chunks(state)
+            to_plan = [name for name in self.job_state.to_plan(state) if name not in gone]
+            chunks = [c for c in self.job_state.pending_chunks(state) if c.table not in gone]
+            for name in sorted(gone):
+                _log.warning("table_left_publication", table=self.tables[name].qualified_name,
+                             detail=LEFT_PUBLICATION)  # fmt: skip
+                self.job_state.forget(state, name)
+                self.job_state.set_state(state, name, TableState.DROPPED, LEFT_PUBLICATION)
             copying = {c.table for c in chunks} | set(to_plan)
             # A copy recorded as replacing, cut short before the targets were emptied,
             # replaces again, whoever resumes it (the initial load's job resumed at a start

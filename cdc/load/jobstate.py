@@ -99,6 +99,17 @@ class JobState:
                 (self.job, table),
             )
 
+    def forget(self, conn: psycopg.Connection[Any], table: str) -> None:
+        """Take the table out of the job: its chunks and its plan."""
+        with conn.transaction():
+            for name in (CHUNKS_TABLE, PLANS_TABLE):
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE job = %s AND table_name = %s").format(
+                        self._ident(name)
+                    ),
+                    (self.job, table),
+                )
+
     def record(self, conn: psycopg.Connection[Any], chunk: Chunk) -> None:
         """Record a chunk; the last of its table (no upper key) completes the table's plan."""
         with conn.transaction():

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -367,6 +368,47 @@ def test_changes_that_need_a_copied_value_wait_for_the_copy(
     rows = pg.execute("SELECT count(*) FROM historic.notes_current WHERE n = 1 AND "
                       "length(body) = 3200").fetchone()  # fmt: skip
     assert rows == (20,)
+
+
+def test_a_table_made_again_before_the_first_snapshot_is_picked_up_as_new(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """A table made again under its name (renamed away, made like it, filled, the old one
+    dropped) after the daemon's first look but before the slot's snapshot is not in the
+    publication at the snapshot: it is not copied as if it were streamed, but picked up as
+    a new table, published, copied whole, and streamed."""
+    pg.execute("CREATE SCHEMA director")
+    keyed_tables(pg, schema=False, cards=50, other=5)
+    ch = clickhouse_server.client
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, schema_poll_interval_s=0.3)
+    older = psycopg.connect(pg_dsn)  # holds the slot's snapshot back until it ends
+    older.execute("SELECT pg_current_xact_id()")
+
+    def rebuild_while_the_slot_waits() -> None:
+        with older, psycopg.connect(pg_dsn, autocommit=True) as app:
+            wait_until(lambda: app.execute("SELECT 1 FROM pg_replication_slots WHERE "
+                                           "slot_name = %s", (settings.slot,)).fetchone(),
+                       what="the slot's creation to start")  # fmt: skip
+            with app.transaction():
+                app.execute("ALTER TABLE director.cards RENAME TO cards_old")
+                app.execute("CREATE TABLE director.cards (LIKE director.cards_old INCLUDING ALL)")
+                app.execute("INSERT INTO director.cards SELECT * FROM director.cards_old")
+                app.execute("DROP TABLE director.cards_old")
+            older.commit()
+
+    rebuilder = threading.Thread(target=rebuild_while_the_slot_waits)
+    rebuilder.start()
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        rebuilder.join()
+        wait_until(lambda: "cards" in published(pg, "cdc_pub"), what="the table to be published")
+        pg.execute("UPDATE director.cards SET v = 'changed' WHERE id % 3 = 0")
+        pg.execute("DELETE FROM director.cards WHERE id % 5 = 0")
+        pg.execute("INSERT INTO director.cards VALUES (100, 'new')")
+        wait_in_step(pg, ch, ch_database, ["cards", "other"], running=running)
+    left = [e["table"] for e in logs if e["event"] == "table_left_publication"]
+    assert left == ["director.cards"]
+    assert [e["table"] for e in logs if e["event"] == "table_added"] == ["director.cards"]
 
 
 def streamed(pg: psycopg.Connection[Any], table: str, rows: int) -> bool:
