@@ -30,6 +30,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cdc.protocol.lsn import Lsn
+
 SCHEMA = """
 CREATE SCHEMA director;
 CREATE TABLE director.order_lines (
@@ -478,6 +480,7 @@ class WriterStats:
     retried: int = 0
     skipped_ops: int = 0
     big: int = 0
+    last_big_lsn: int = 0  # where the WAL ended just before the last large one committed
 
 
 def run_writer(dsn: str, seed: int, stop: threading.Event, log: Path, stats: WriterStats) -> None:
@@ -495,7 +498,7 @@ def run_writer(dsn: str, seed: int, stop: threading.Event, log: Path, stats: Wri
 
 def _run_txn(conn: psycopg.Connection[Any], txn: Txn, out: Any, stats: WriterStats) -> None:
     for attempt in range(5):
-        outcome = "committed"
+        outcome, big_lsn = "committed", 0
         try:
             with conn.transaction() as tx:
                 for op in txn.ops:
@@ -507,6 +510,9 @@ def _run_txn(conn: psycopg.Connection[Any], txn: Txn, out: Any, stats: WriterSta
                 if txn.rollback:
                     outcome = "rolled back"
                     raise psycopg.Rollback(tx)
+                if txn.big:
+                    row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                    big_lsn = int(Lsn.parse(row[0])) if row else 0
         except RETRIED as exc:
             outcome = type(exc).__name__
             stats.retried += 1
@@ -514,6 +520,7 @@ def _run_txn(conn: psycopg.Connection[Any], txn: Txn, out: Any, stats: WriterSta
         if outcome == "committed":
             stats.committed += 1
             stats.big += txn.big
+            stats.last_big_lsn = big_lsn or stats.last_big_lsn
             return
         if outcome == "rolled back":
             stats.rolled_back += 1

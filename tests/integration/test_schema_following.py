@@ -388,8 +388,8 @@ def test_a_table_made_again_before_the_first_snapshot_is_picked_up_as_new(
     def rebuild_while_the_slot_waits() -> None:
         with older, psycopg.connect(pg_dsn, autocommit=True) as app:
             wait_until(lambda: app.execute("SELECT 1 FROM pg_replication_slots WHERE "
-                                           "slot_name = %s", (settings.slot,)).fetchone(),
-                       what="the slot's creation to start")  # fmt: skip
+                                           "slot_name = %s", (settings.slot,)).fetchone()
+                       is not None, what="the slot's creation to start")  # fmt: skip
             with app.transaction():
                 app.execute("ALTER TABLE director.cards RENAME TO cards_old")
                 app.execute("CREATE TABLE director.cards (LIKE director.cards_old INCLUDING ALL)")
