@@ -123,10 +123,15 @@ class TableLoader:
             try:
                 faults.point("before_table_load")
                 self._load(table, replaces)
-            except (CdcError, psycopg.Error) as exc:
+            # Any failure: the loader goes on with the next table, and the changes that
+            # waited for this one's copy go on (it stays recorded as due: copied at the
+            # next start).
+            except Exception as exc:  # noqa: BLE001 - logged with the fix
                 hint = f"restart the daemon, or {backfill_command(table.name)}"
+                known = isinstance(exc, CdcError | psycopg.Error)
                 self._log.error("table_load_failed", table=table.qualified_name,
-                                error=str(exc).strip(), hint=hint)  # fmt: skip
+                                error=str(exc).strip() if known else repr(exc),
+                                hint=hint)  # fmt: skip
             finally:
                 self._copying = None
                 with self._lock:
