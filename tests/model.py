@@ -1,7 +1,9 @@
 """A seeded random workload for the model-based oracle test (`test_model.py`).
 
-Three tables that meet every hard case at once: a composite key whose rows move between
-keys, a uuid key, quoted identifiers with spaces and capitals; out-of-line text
+Four tables that meet every hard case at once: a composite key whose rows move between
+keys, a uuid key, quoted identifiers with spaces and capitals, a partitioned table whose
+rows move between partitions (one attached with rows while running, one detached, one
+truncated by itself); out-of-line text
 (`STORAGE EXTERNAL`, incompressible, over 2 kB, so unchanged values are not resent),
 `text[]`, jsonb, numeric, timestamptz at 1969/1970/2100 and bytea that is not UTF-8.
 Transactions mix inserts, updates of a subset of columns, deletes, multi-row key shifts,
@@ -45,6 +47,12 @@ ALTER TABLE director.cards ALTER memo SET STORAGE EXTERNAL;
 CREATE TABLE director."Team Notes" (
     "Team Id" int PRIMARY KEY, "Rank" int, "Seen At" timestamptz, "Body Text" text);
 ALTER TABLE director."Team Notes" ALTER "Body Text" SET STORAGE EXTERNAL;
+CREATE TABLE director.events (
+    id int NOT NULL, day int NOT NULL, kind text, body text, PRIMARY KEY (id, day))
+    PARTITION BY RANGE (day);
+CREATE TABLE director.events_a PARTITION OF director.events FOR VALUES FROM (0) TO (10);
+CREATE TABLE director.events_b PARTITION OF director.events FOR VALUES FROM (10) TO (20);
+ALTER TABLE director.events ALTER body SET STORAGE EXTERNAL;
 """
 # Replica identities a run may give order_lines (each carries key changes differently).
 IDENTITIES = {
@@ -61,6 +69,8 @@ HOT_ORDERS = 3
 LINES = 6
 SHIFT = 1000
 TEAMS = 40
+EVENTS = 30
+DAYS = 30  # events_a holds days 0-9, events_b 10-19; 20-29 once events_c is attached
 CARD_POOL = 60
 INSTANTS: list[datetime | str] = [
     datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
@@ -73,6 +83,7 @@ RETRIED = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 SKIPPED = (
     psycopg.errors.UniqueViolation,
     psycopg.errors.LockNotAvailable,
+    psycopg.errors.CheckViolation,  # an event of a day no partition holds (not yet, or no more)
 )
 
 
@@ -151,6 +162,11 @@ TABLES = (
             _long_text("Body Text"),
             _int("Level"),  # added, dropped and added again while running (`MIGRATIONS`)
         ),
+    ),
+    Table(
+        "events",  # partitioned: rows move between partitions; one attached, one detached
+        ("id", "day"),
+        (_int("id"), _int("day"), Column("kind", "{c}", "{c}"), _long_text("body")),
     ),
 )
 
@@ -270,9 +286,14 @@ class Workload:
                 insert_card(conn, self.card_row(card))
             for team in range(1, TEAMS // 2):
                 insert_team(conn, self.team_row(team))
+            for event in range(1, EVENTS // 2):
+                insert_event(conn, self.event_row(event, self.rng.randrange(20)))
 
     def card_row(self, card: uuid.UUID) -> tuple[Any, ...]:
         return (card, self.payload(), self.price(), self.instant(), self.blob(), self.long_text())
+
+    def event_row(self, event: int, day: int) -> tuple[Any, ...]:
+        return (event, day, self.rng.choice(["open", "done", None]), self.long_text())
 
     def team_row(self, team: int) -> tuple[Any, ...]:
         return (team, self.rng.randint(0, 9), self.instant(), self.long_text())
@@ -309,6 +330,9 @@ class Workload:
             self._one(txn)
 
     def _one(self, txn: Txn) -> None:
+        if self.rng.random() < 0.12:
+            self._event_change(txn, self.rng.random())
+            return
         roll = self.rng.random()
         order_id, line = self.order(), self.line()
         if roll < 0.58:
@@ -379,6 +403,38 @@ class Workload:
                 "UPDATE director.cards SET id = %s, payload = %s WHERE id = %s",
                 (new, payload, old)))  # fmt: skip
 
+    def _event_change(self, txn: Txn, roll: float) -> None:
+        rng = self.rng
+        event, day = rng.randint(1, EVENTS), rng.randrange(DAYS)
+        if roll < 0.35:
+            row = self.event_row(event, day)
+            txn.add("event insert", lambda c: insert_event(c, row))
+        elif roll < 0.55:
+            kind = rng.choice(["open", "done", "late", None])
+            txn.add("event kind", lambda c: c.execute(
+                "UPDATE director.events SET kind = %s WHERE id = %s", (kind, event)))  # fmt: skip
+        elif roll < 0.67:
+            # Into another partition: Postgres deletes the row there and inserts it here.
+            step = rng.choice([10, 20])
+            txn.add("event move partition", lambda c: c.execute(
+                "UPDATE director.events SET day = (day + %s) %% %s WHERE id = %s",
+                (step, DAYS, event)))  # fmt: skip
+        elif roll < 0.77:
+            # Another key in the same partition, the out-of-line body left alone.
+            txn.add("event next day", lambda c: c.execute(
+                "UPDATE director.events SET day = day + 1 WHERE id = %s AND day %% 10 < 9",
+                (event,)))  # fmt: skip
+        elif roll < 0.85:
+            body = self.long_text()
+            txn.add("event body", lambda c: c.execute(
+                "UPDATE director.events SET body = %s WHERE id = %s", (body, event)))  # fmt: skip
+        elif roll < 0.98:
+            txn.add("event delete", lambda c: c.execute(
+                "DELETE FROM director.events WHERE id = %s", (event,)))  # fmt: skip
+        else:
+            # A partition truncated by itself: Postgres streams nothing for it.
+            txn.add("event partition truncate", truncate_events_a)
+
     def _team_change(self, txn: Txn, roll: float) -> None:
         rng = self.rng
         if roll < 0.88:
@@ -423,6 +479,15 @@ def insert_card(conn: psycopg.Connection[Any], row: tuple[Any, ...], upsert: boo
         else ""
     )
     conn.execute("INSERT INTO director.cards VALUES (%s, %s, %s, %s, %s, %s)" + conflict, row)
+
+
+def insert_event(conn: psycopg.Connection[Any], row: tuple[Any, ...]) -> None:
+    conn.execute("INSERT INTO director.events VALUES (%s, %s, %s, %s)", row)
+
+
+def truncate_events_a(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET LOCAL lock_timeout = '2s'")
+    conn.execute("TRUNCATE director.events_a")
 
 
 def insert_team(conn: psycopg.Connection[Any], row: tuple[Any, ...]) -> None:
@@ -543,6 +608,11 @@ MIGRATIONS = (
     'ALTER TABLE director."Team Notes" ADD COLUMN "Level" int NOT NULL DEFAULT 3',
     "ALTER TABLE director.cards ADD COLUMN state text DEFAULT 'open'",
     "ALTER TABLE director.cards RENAME COLUMN state TO stage",
+    "CREATE TABLE director.events_c (LIKE director.events INCLUDING ALL); "
+    "INSERT INTO director.events_c SELECT g, 20 + g % 10, 'attached', md5(g::text) "
+    "FROM generate_series(1, 8) g; "
+    "ALTER TABLE director.events ATTACH PARTITION director.events_c FOR VALUES FROM (20) TO (30)",
+    "ALTER TABLE director.events DETACH PARTITION director.events_b",
     'ALTER TABLE director."Team Notes" DROP COLUMN "Level"',
     'ALTER TABLE director."Team Notes" ADD COLUMN "Level" int NOT NULL DEFAULT 4',
     'ALTER TABLE director."Team Notes" ALTER "Rank" TYPE bigint USING "Rank" * 10',
