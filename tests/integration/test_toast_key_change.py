@@ -13,14 +13,18 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
+from typer.testing import CliRunner
 
 from cdc.apply.batch import Batch
 from cdc.apply.batcher import BatchBuilder
 from cdc.apply.changes import Record, RecordChunk, Transaction
+from cdc.cli import app
 from cdc.errors import CdcError, ErrorKind
 from cdc.protocol import UNCHANGED_TOAST, Insert, Relation, RelationColumn, Update
 from cdc.protocol.lsn import Lsn
@@ -29,7 +33,7 @@ from cdc.schema import TableSchema, describe_table
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.historic.sink import HistoricSink
 from tests.harness import ClickHouseServer
-from tests.pipeline import make_settings, running_daemon, wait_in_step
+from tests.pipeline import cli_env, make_settings, running_daemon, wait_in_step, wait_until
 
 ITEMS = """
 CREATE SCHEMA director;
@@ -89,6 +93,44 @@ def seed_items(conn: psycopg.Connection[Any]) -> None:
                     "INSERT INTO director.items VALUES (%s, %s, %s, %s)",
                     (order_id, line, line, note),
                 )
+
+
+def test_a_value_no_row_holds_is_said_unless_a_replacing_copy_covers_the_row(
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    clickhouse_server: ClickHouseServer,
+    ch_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A row whose unchanged value no historic row holds (the table never copied) is
+    stored with a NULL and said. A change replayed from before a copy that replaced the
+    table's rows, of a key the copy does not hold, is below the copy's truncate watermark:
+    never read, and nothing to say."""
+    monkeypatch.chdir(tmp_path)
+    pg.execute(ITEMS)
+    seed_items(pg)
+    ch = clickhouse_server.client
+    settings = make_settings(
+        pg_dsn, clickhouse_server.url, ch_database, initial_load=False, batch_size=1
+    )
+    with capture_logs() as logs, running_daemon(settings, ch):
+        pg.execute("UPDATE director.items SET qty = 99 WHERE order_id = 1 AND line = 1")
+        wait_until(lambda: pg.execute("SELECT note IS NULL FROM historic.items_current "
+                                      "WHERE qty = 99").fetchone() == (True,),
+                   what="the update, with no value for its note")  # fmt: skip
+    said = [(e["table"], e["rows"]) for e in logs if e["event"] == "unchanged_values_unknown"]
+    assert said == [("director.items", 1)]
+    # While the daemon is stopped: rows moved to other keys, their notes left alone, one
+    # of them deleted then; a copy that replaces what the targets hold, at a snapshot
+    # after these: neither key of the deleted row is in it.
+    pg.execute("UPDATE director.items SET line = line + 1000 WHERE order_id = 2")
+    pg.execute("DELETE FROM director.items WHERE order_id = 2 AND line = 1001")
+    copied = CliRunner().invoke(app, ["backfill", "--replace"], env=cli_env(settings))
+    assert copied.exit_code == 0, copied.output
+    with capture_logs() as logs, running_daemon(settings, ch) as running:
+        wait_in_step(pg, ch, ch_database, ["items"], running=running)
+    assert not [e for e in logs if e["event"] == "unchanged_values_unknown"]
 
 
 @pytest.mark.parametrize("identity", list(IDENTITIES))

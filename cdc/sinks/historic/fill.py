@@ -113,7 +113,7 @@ NO_EARLIER = Earlier({}, 0)
 
 class Filled(NamedTuple):
     completed: list[RowImage]  # the planned rows, complete
-    unfilled: int  # live rows that had no donor (their unknown values are NULL)
+    unfilled: list[int]  # the versions of live rows without a donor (unknown values: NULL)
     # Tombstones that took every value from their own key's historic row: that row holds
     # them already (their historic write need only mark it deleted).
     kept: list[RowImage]
@@ -130,7 +130,7 @@ def fill(
     rows = table.rows
     completed = []
     kept = []
-    unfilled = 0
+    unfilled: list[int] = []
     # A row whose every value but its key is to be filled from its own key's row (a
     # tombstone of a row the batch held no image of) takes that row's values as they are:
     # no value copied or compared one by one.
@@ -141,7 +141,8 @@ def fill(
         image = rows[key]
         values: TupleData
         if donor is None:
-            unfilled += not image.deleted
+            if not image.deleted:
+                unfilled.append(image.version)
             values = tuple(None if v is UNCHANGED_TOAST else v for v in image.values)
         elif (
             own

@@ -43,6 +43,7 @@ from cdc.sinks.historic.sql import (
     copy_within_sql,
     donors_sql,
     truncate_sql,
+    watermark_sql,
 )
 from cdc.sinks.historic.targets import HistoricTargets
 from cdc.sinks.historic.writers import Writers
@@ -190,14 +191,25 @@ class HistoricSink:
             make_donor = fill.make_donor
             donors = {keys[row[0] - 1]: make_donor((int(row[1]), row[2:])) for row in found}
         completed, unfilled, kept = fill.fill(table, planned, donors, held)
-        if unfilled:
+        if unfilled and (unknown := self._visible(conn, layout, unfilled)):
             _log.warning(
-                "unchanged_values_unknown", table=layout.qualified_name, rows=unfilled,
+                "unchanged_values_unknown", table=layout.qualified_name, rows=unknown,
                 hint="rows whose TOASTed values the stream did not resend and historic does "
                 f"not hold; they are stored as NULL: run {backfill_command(layout.name)}",
             )  # fmt: skip
         rowtext.add_completed(table, text, completed)
         return [id(image) for image in kept]
+
+    def _visible(
+        self, conn: psycopg.Connection[Any], layout: TableSchema, versions: list[int]
+    ) -> int:
+        """How many of the rows of `versions` are above the table's truncate watermark:
+        a row below it (a change replayed from before a copy that replaced the table's
+        rows, the key gone at its snapshot) is never read, and a later change of the
+        replay removes it."""
+        row = conn.execute(watermark_sql(self.schema), (layout.name,)).fetchone()
+        watermark = int(row[0]) if row else 0
+        return sum(version > watermark for version in versions)
 
     def in_database(self, dsn: str) -> bool:
         """True if this sink writes into the database `dsn` names (same server, port and
