@@ -64,8 +64,6 @@ LEFT_PUBLICATION = (
 )
 REWRITE_ATTEMPTS = 5  # copies again of a table rewritten while it is copied
 FEW_TABLES = 20  # recorded as they were at the copy's snapshot one by one, not by schema
-# The job's tables (of one schema) a leaf of which has another file than the snapshot's
-# catalog names: rewritten or truncated since (run in a transaction that imported it).
 # The tables of `schema` named in `names` that none of the publications `pubs` holds
 # (read at the copy's snapshot: plain catalog reads see the catalog as it was then).
 UNPUBLISHED_SQL = """
@@ -79,6 +77,8 @@ WHERE n.nspname = %(schema)s AND c.relname = ANY(%(names)s) AND NOT EXISTS (
 SCHEMA_PUBLICATIONS = 150000  # from Postgres 15 a publication may hold a schema's tables
 IN_SCHEMA_SQL = """OR EXISTS (SELECT 1 FROM pg_publication_namespace s
                    WHERE s.pnpubid = p.oid AND s.pnnspid = n.oid)"""
+# The job's tables (of one schema) a leaf of which has another file than the snapshot's
+# catalog names: rewritten or truncated since (run in a transaction that imported it).
 REWRITTEN_SQL = """
 SELECT DISTINCT c.relname FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
