@@ -32,6 +32,7 @@ from cdc.apply import rowtext
 from cdc.apply.batch import Batch, Key, TableBatch
 from cdc.apply.unwritten import Unwritten
 from cdc.errors import backfill_command
+from cdc.ops import status
 from cdc.ops.logs import get_logger
 from cdc.schema import VERSION_COLUMN, TableSchema
 from cdc.sinks.base import CopiedRows, CopyFormat
@@ -47,6 +48,7 @@ from cdc.sinks.historic.sql import (
 )
 from cdc.sinks.historic.targets import HistoricTargets
 from cdc.sinks.historic.writers import Writers
+from cdc.versions import snapshot_version
 
 PARALLEL_MIN_ROWS = 2_000  # smaller batches are written on one connection
 
@@ -203,13 +205,17 @@ class HistoricSink:
     def _visible(
         self, conn: psycopg.Connection[Any], layout: TableSchema, versions: list[int]
     ) -> int:
-        """How many of the rows of `versions` are above the table's truncate watermark:
-        a row below it (a change replayed from before a copy that replaced the table's
-        rows, the key gone at its snapshot) is never read, and a later change of the
-        replay removes it."""
+        """How many of the rows of `versions` are newer than the table's truncate watermark
+        and its last completed copy. A row of a change replayed from before either is
+        never read, or replaced by the same replay: its key, absent from the copy (else
+        the copy's newer row is kept), was deleted or moved on by a change between the
+        row and the copy's snapshot."""
         row = conn.execute(watermark_sql(self.schema), (layout.name,)).fetchone()
-        watermark = int(row[0]) if row else 0
-        return sum(version > watermark for version in versions)
+        below = int(row[0]) if row else 0
+        copied = status.copied_at(conn, self.schema, layout.name)
+        if copied is not None:
+            below = max(below, snapshot_version(copied) - 1)
+        return sum(version > below for version in versions)
 
     def in_database(self, dsn: str) -> bool:
         """True if this sink writes into the database `dsn` names (same server, port and
