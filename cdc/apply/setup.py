@@ -105,9 +105,15 @@ class Setup:
                     self._run_load(load, snapshot)
         elif settings.initial_load and load.unfinished():
             load.restart_unfinished()  # one snapshot per table (`Backfill.restart_unfinished`)
+            # Replacing: the stream replays from the slot's start, older than this snapshot,
+            # and may bring back rows that left the table since without a change (a
+            # partition truncated by itself, detached): they fall below the copy's
+            # truncate watermark. (The schema follower tells that apart by the table as the
+            # copy at the slot's snapshot recorded it; the daemon stopped before that.)
+            resumed = self.initial_load(tables, replaces=True)
             with exported_snapshot(self.source_dsn) as snapshot:
                 self.log.info("initial_load_resumed", snapshot_lsn=str(snapshot.lsn))
-                self._run_load(load, snapshot)
+                self._run_load(resumed, snapshot)
 
     def _ensure_publication(self, conn: psycopg.Connection[Any]) -> None:
         """Create the publications, or bring the existing one in line with the schema."""

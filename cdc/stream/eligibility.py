@@ -29,21 +29,31 @@ _USABLE: Final = """({c}.relreplident = 'f' OR EXISTS (
     SELECT 1 FROM pg_index i WHERE i.indrelid = {c}.oid AND CASE {c}.relreplident
         WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END))"""
 
+# A table's partitions (or inheritance children), all levels, `{c}` the alias of its
+# pg_class row: from pg_inherits, so a transaction that imported a snapshot sees them as
+# they were then (`pg_partition_tree` reads the catalog as it is now).
+_PARTITIONS: Final = """(WITH RECURSIVE tree(relid) AS (
+        SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = {c}.oid
+        UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid)
+    SELECT relid FROM tree)"""
+_LEAVES: Final = _PARTITIONS.format(c="c")
+
 SOURCE_TABLES_SQL: Final = f"""
 SELECT c.relname, format('%%I.%%I', n.nspname, c.relname), c.relkind = 'p',
        c.relpersistence = 'u', c.relreplident,
        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
        CASE WHEN c.relkind = 'p' THEN
            ARRAY(SELECT format('%%I.%%I', ln.nspname, l.relname)
-                 FROM pg_partition_tree(c.oid) t
+                 FROM {_LEAVES} t
                  JOIN pg_class l ON l.oid = t.relid
                  JOIN pg_namespace ln ON ln.oid = l.relnamespace
-                 WHERE t.isleaf AND l.relkind = 'r' AND NOT {_USABLE.format(c="l")}
+                 WHERE l.relkind = 'r' AND NOT {_USABLE.format(c="l")}
                  ORDER BY 1)
        WHEN NOT {_USABLE.format(c="c")} THEN ARRAY[format('%%I.%%I', n.nspname, c.relname)]
        ELSE '{{}}'::text[] END,
-       ARRAY(SELECT t.relid::oid::bigint FROM pg_partition_tree(c.oid) t
-             WHERE t.isleaf AND t.relid <> c.oid ORDER BY 1),
+       ARRAY(SELECT t.relid::oid::bigint FROM {_LEAVES} t
+             JOIN pg_class l ON l.oid = t.relid
+             WHERE c.relkind = 'p' AND l.relkind <> 'p' ORDER BY 1),
        c.oid::bigint,
        coalesce((SELECT jsonb_agg(jsonb_build_array(a.attnum, a.attname, a.atttypid::bigint,
                                                     a.atttypmod) ORDER BY a.attnum)
@@ -51,9 +61,9 @@ SELECT c.relname, format('%%I.%%I', n.nspname, c.relname), c.relkind = 'p',
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                    AND a.attgenerated = ''), '[]'::jsonb),
        CASE WHEN c.relkind = 'p' THEN
-           ARRAY(SELECT l.relfilenode::bigint FROM pg_partition_tree(c.oid) t
+           ARRAY(SELECT l.relfilenode::bigint FROM {_LEAVES} t
                  JOIN pg_class l ON l.oid = t.relid
-                 WHERE t.isleaf AND t.relid <> c.oid ORDER BY t.relid)
+                 WHERE l.relkind <> 'p' ORDER BY t.relid)
        ELSE ARRAY[c.relfilenode::bigint] END,
        coalesce((SELECT jsonb_agg(jsonb_build_array(e.typ, e.labels) ORDER BY e.typ)
                  FROM (SELECT en.enumtypid::bigint AS typ,

@@ -694,6 +694,46 @@ def test_a_copy_the_daemon_was_killed_before_is_made_at_its_next_start(
     assert "2 tables: all agree" in verify.stdout
 
 
+def test_rows_a_partition_lost_before_a_resumed_initial_load_stay_out(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """A daemon killed right after making its slot resumes the initial load at its next
+    start, at a newer snapshot; the stream replays from the slot's. Rows changed in
+    between and then gone with no change streamed for them (a partition truncated by
+    itself, one detached) are replayed: the resumed copy replaces what the targets held,
+    so they fall below its truncate watermark instead of staying for good."""
+    pg.execute("CREATE SCHEMA director")
+    pg.execute("CREATE TABLE director.events (id int, day int, v text, PRIMARY KEY (id, day)) "
+               "PARTITION BY RANGE (day)")  # fmt: skip
+    for leaf, low in (("events_a", 0), ("events_b", 10), ("events_c", 20)):
+        pg.execute(f"CREATE TABLE director.{leaf} PARTITION OF director.events "
+                   f"FOR VALUES FROM ({low}) TO ({low + 10})")  # fmt: skip
+    pg.execute("INSERT INTO director.events SELECT g, g % 30, 'old' FROM generate_series(1, 90) g")
+    env, _ = daemon_env(pg_dsn, clickhouse_server, ch_database, tmp_path, "resume_kill")
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(env, log, faults="after_slot_created=kill")
+    assert daemon.wait(timeout=60) == -signal.SIGKILL, log.read_text()[-3000:]
+    pg.execute("INSERT INTO director.events VALUES (100, 1, 'replayed, then truncated')")
+    pg.execute("UPDATE director.events SET v = 'replayed, then detached' WHERE day = 12")
+    pg.execute("TRUNCATE director.events_a")
+    pg.execute("ALTER TABLE director.events DETACH PARTITION director.events_b")
+    pg.execute("UPDATE director.events SET v = 'streamed' WHERE day = 25")
+    daemon = start_daemon(env, log)
+    try:
+        wait_until(lambda: historic_rows(pg, "events", columns=["id", "day", "v"])
+                   == director_rows(pg, "director", "events", ["id", "day", "v"]), 60,
+                   "historic to hold the source's rows")  # fmt: skip
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0, log.read_text()[-3000:]
+    verify = subprocess.run([sys.executable, "-m", "cdc.cli", "verify"], cwd=ROOT,
+                            env={**os.environ, **env}, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "initial_load_resumed" in log.read_text()
+
+
 def test_a_table_that_loses_its_key_and_gets_it_back_arrives_whole(
     pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
     ch_database: str,
