@@ -26,7 +26,7 @@ from cdc.protocol import Keepalive, decode_frame, encode_standby_status
 from cdc.protocol.lsn import Lsn
 from cdc.protocol.messages import datetime_to_pg_timestamp
 from cdc.stream.feedback import Progress, flush_lsn
-from cdc.stream.session import canonical_dsn
+from cdc.stream.session import replication_connect
 from cdc.stream.walsender import (
     SLOT_LOST_STATES,
     classify,
@@ -87,9 +87,7 @@ class ReplicationStream:
         received before stays received: the caller skips it when it is sent again."""
         start = self.progress.durable
         try:
-            conn = psycopg.connect(
-                canonical_dsn(self._dsn), replication="database", autocommit=True
-            )
+            conn = replication_connect(self._dsn)
         except psycopg.Error as exc:
             raise classify(exc, "cannot open a replication connection") from exc
         self._conn = conn

@@ -58,3 +58,13 @@ def shown_dsn(dsn: str) -> str:
     if options.strip():
         params["options"] = options.strip()
     return redact_url(make_conninfo("", **params))
+
+
+def replication_connect(dsn: str) -> psycopg.Connection[Any]:
+    """A `replication=database` session. Never prepared: psycopg prepares a statement it
+    has run a few times (`prepare_threshold`), which a replication session refuses
+    ("extended query protocol not supported"); a slot made again after a race runs the
+    same command more often than that."""
+    return psycopg.connect(
+        canonical_dsn(dsn), replication="database", autocommit=True, prepare_threshold=None
+    )

@@ -31,7 +31,7 @@ from psycopg import sql
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.logs import get_logger
 from cdc.protocol.lsn import Lsn
-from cdc.stream.session import canonical_dsn
+from cdc.stream.session import canonical_dsn, replication_connect
 from cdc.stream.slotcheck import PendingCheck
 from cdc.stream.slots import FAILOVER_VERSION, PLUGIN
 from cdc.stream.slotwait import waits_noticed
@@ -95,7 +95,7 @@ def exported_snapshot(
     temporary = slot is None
     name = slot or f"cdc_snapshot_{uuid.uuid4().hex[:12]}"
     try:
-        conn = psycopg.connect(canonical_dsn(dsn), replication="database", autocommit=True)
+        conn = replication_connect(dsn)
     except psycopg.Error as exc:
         raise classify(exc, "cannot open a replication connection for a snapshot") from exc
     with conn:

@@ -20,12 +20,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from structlog.testing import capture_logs
 
 from cdc.ops import status
 from cdc.stream import slots, slotwait
+from cdc.stream.session import replication_connect
 from cdc.stream.slotcheck import PendingCheck
-from cdc.stream.snapshot import NEXT_XID_SQL, exported_snapshot
+from cdc.stream.snapshot import NEXT_XID_SQL, create_slot_sql, exported_snapshot
 from tests.harness import ClickHouseServer
 from tests.pipeline import make_settings, running_daemon, wait_in_step
 
@@ -226,3 +228,15 @@ def test_a_slot_creation_held_up_by_an_open_transaction_names_it(
         assert not any(e["event"] == "slot_creation_raced" for e in logs)
     finally:
         app.close()
+
+
+def test_a_slot_made_again_many_times_runs_its_command_each_time(pg_dsn: str) -> None:
+    """psycopg prepares a statement it has run `prepare_threshold` (5) times, and a
+    replication session refuses a prepared one: a slot made again after its sixth race
+    failed the daemon's setup. The daemon's replication sessions are never prepared."""
+    name = "remade"
+    with replication_connect(pg_dsn) as conn:
+        command = create_slot_sql(name, False, conn.info.server_version)
+        for _ in range(12):
+            assert conn.execute(command).fetchone() is not None
+            conn.execute(sql.SQL("DROP_REPLICATION_SLOT {}").format(sql.Identifier(name)))
