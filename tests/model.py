@@ -317,6 +317,9 @@ class Workload:
         qty = self.rng.randint(0, 9)
 
         def rewrite(conn: psycopg.Connection[Any]) -> None:
+            # An application's transactional message, which the daemon passes over; over
+            # 64 kB alone, so the transaction is large whatever rows the others find.
+            conn.execute("SELECT pg_logical_emit_message(true, 'model-big', repeat('x', 70000))")
             for line, note in enumerate(notes, start=1):
                 conn.execute(
                     "UPDATE director.order_lines SET note = %s WHERE order_id = %s AND line = %s",
