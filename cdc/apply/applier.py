@@ -105,14 +105,17 @@ class Applier:
         if self.error is not None:
             raise self.error
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: Batch, waiting: Callable[[], None] | None = None) -> None:
+        """Hand `batch` to the first stage once it takes it; `waiting` is called every
+        `_POLL_S` meanwhile (the reader keeps its replication session alive)."""
         while True:
             self.check()
             try:
                 self._submitted.put(batch, timeout=_POLL_S)
                 return
             except queue.Full:
-                continue
+                if waiting is not None:
+                    waiting()
 
     def drain(self) -> None:
         """Wait until everything submitted has passed every stage (or failed)."""

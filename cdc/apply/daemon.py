@@ -244,6 +244,7 @@ class Daemon:
             self.table_schema, max_changes=settings.batch_size, set_aside=self.quarantine.add
         )
         latency = settings.batch_latency_ms / 1000
+        submit = functools.partial(applier.submit, waiting=source.stream.keep_alive)
         acknowledged = Lsn.ZERO
         batch_started = kept_at = time.monotonic()
         for event in source.events(latency):
@@ -252,7 +253,7 @@ class Daemon:
                 received = True
                 if builder.transactions == 0:
                     batch_started = time.monotonic()
-                builder.add(event, emit=applier.submit)
+                builder.add(event, emit=submit)
                 event.close()
             now = time.monotonic()
             # Read once per turn: a stop requested (by a signal) between two reads would
@@ -261,7 +262,7 @@ class Daemon:
             stopping = stop.is_set()
             full = builder.changes >= settings.batch_size
             if builder.transactions and (full or now - batch_started >= latency or stopping):
-                applier.submit(builder.build())
+                submit(builder.build())
             if stopping:  # the builder is empty: its batch was just submitted
                 applier.drain()
             elif received and applier.applied == acknowledged and now - kept_at < KEEP_EVERY_S:

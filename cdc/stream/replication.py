@@ -12,6 +12,7 @@ functions in `cdc.stream.walsender`.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
 from collections.abc import Callable, Sequence
@@ -211,6 +212,16 @@ class ReplicationStream:
         """The WAL position of the last message `read_until` returned (to name it when it
         cannot be decoded)."""
         return Lsn(int.from_bytes(self._frame[WAL_START], "big"))
+
+    def keep_alive(self) -> None:
+        """Send the status update that is due, while the reader cannot read (the applier
+        is full: a batch waits for a table's copy, or a slow target): the server ends a
+        session it has not heard from for `wal_sender_timeout`. A lost session is left
+        for the next read to find."""
+        if self._conn is None:
+            return
+        with contextlib.suppress(CdcError):
+            self._maybe_send_status(self._conn.pgconn)
 
     def send_status(self, reply_requested: bool = False) -> None:
         self._send_status(self._pgconn(), reply_requested)

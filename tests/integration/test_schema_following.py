@@ -332,7 +332,11 @@ def test_changes_that_need_a_copied_value_wait_for_the_copy(
 ) -> None:  # fmt: skip
     """An update that leaves a TOASTed value alone, made after the snapshot of a new
     table's copy and streamed before the copy lands, waits for the copy: the value is in
-    no other place, and the row, newer than the copy, would keep a NULL over it."""
+    no other place, and the row, newer than the copy, would keep a NULL over it. While it
+    waits, the reader keeps its replication session alive (the server ends one it has not
+    heard from for `wal_sender_timeout`)."""
+    pg.execute(sql.SQL("ALTER DATABASE {} SET wal_sender_timeout = '1s'").format(
+        sql.Identifier(pg.info.dbname)))  # fmt: skip
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.first (id int PRIMARY KEY)")
     ch = clickhouse_server.client
@@ -360,9 +364,13 @@ def test_changes_that_need_a_copied_value_wait_for_the_copy(
         pg.execute("UPDATE director.notes SET n = n + 1")
         wait_until(lambda: any(e["event"] in ("changes_wait_for_copy", "unchanged_values_unknown")
                                for e in logs), what="the update to reach the stages")  # fmt: skip
+        for i in range(8):  # batches behind it fill the applier: the reader cannot read
+            pg.execute("INSERT INTO director.first VALUES (%s)", (i,))
+            time.sleep(0.5)
         reader.commit()
         wait_in_step(pg, ch, ch_database, ["notes"], running=running)
-    assert not any(e["event"] == "unchanged_values_unknown" for e in logs)
+    assert not any(e["event"] in ("unchanged_values_unknown", "source_connection_lost")
+                   for e in logs)  # fmt: skip
     waited = [e for e in logs if e["event"] == "changes_wait_for_copy"]
     assert [(e["table"], e["rows"]) for e in waited] == [("director.notes", 20)]
     rows = pg.execute("SELECT count(*) FROM historic.notes_current WHERE n = 1 AND "
