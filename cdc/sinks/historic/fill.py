@@ -65,10 +65,13 @@ class Earlier(NamedTuple):
 
 
 def earlier_donors(
-    table: TableBatch, earlier: Sequence[TableBatch], keys: Sequence[Key]
+    table: TableBatch, earlier: Sequence[TableBatch], keys: Sequence[Key], since: int = 0
 ) -> Earlier:
     """The images of `keys` in `earlier` (the same table in batches completed before
-    `table`'s and not yet written to historic, oldest first), laid out as `table`'s rows."""
+    `table`'s and not yet written to historic, oldest first), laid out as `table`'s rows.
+    `since`: the version of the table's last copy. An image older than it is no donor:
+    the stream before a copy may lack changes the copy holds (those made before the table
+    was published again), and historic keeps the copy's row over it."""
     donors: dict[Key, Donor] = {}
     floor = 0
     names = table.columns
@@ -80,7 +83,7 @@ def earlier_donors(
             where = {name: i for i, name in enumerate(older.columns)}
             places = [where.get(name) for name in names]
         for key in keys:
-            if key in donors or (image := rows.get(key)) is None:
+            if key in donors or (image := rows.get(key)) is None or image.version < since:
                 continue
             values = image.values
             if places is not None:

@@ -181,7 +181,8 @@ class HistoricSink:
         layout = table.schema
         text = rowtext.shared_row_text(table)
         planned = fill.plan(table, text.incomplete)
-        held = fill.earlier_donors(table, earlier, planned.donor_keys)
+        since = self._copied_version(conn, layout) if earlier and planned.donor_keys else 0
+        held = fill.earlier_donors(table, earlier, planned.donor_keys, since)
         keys = fill.to_read(planned, held, table.truncate_version or 0)
         donors: dict[Key, fill.Donor] = {}
         if keys:
@@ -202,6 +203,11 @@ class HistoricSink:
         rowtext.add_completed(table, text, completed)
         return [id(image) for image in kept]
 
+    def _copied_version(self, conn: psycopg.Connection[Any], layout: TableSchema) -> int:
+        """The version of the rows of the table's last completed copy (0: none)."""
+        copied = status.copied_at(conn, self.schema, layout.name)
+        return 0 if copied is None else snapshot_version(copied)
+
     def _visible(
         self, conn: psycopg.Connection[Any], layout: TableSchema, versions: list[int]
     ) -> int:
@@ -211,10 +217,7 @@ class HistoricSink:
         the copy's newer row is kept), was deleted or moved on by a change between the
         row and the copy's snapshot."""
         row = conn.execute(watermark_sql(self.schema), (layout.name,)).fetchone()
-        below = int(row[0]) if row else 0
-        copied = status.copied_at(conn, self.schema, layout.name)
-        if copied is not None:
-            below = max(below, snapshot_version(copied) - 1)
+        below = max(int(row[0]) if row else 0, self._copied_version(conn, layout) - 1)
         return sum(version > below for version in versions)
 
     def in_database(self, dsn: str) -> bool:
