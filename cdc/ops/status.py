@@ -330,16 +330,19 @@ def read_set_aside(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]
     return dict(rows)
 
 
-def copied_at(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
-    """The LSN of the snapshot of the table's last copy that ended (the earliest of its
-    chunks' snapshots), None if none is recorded. Fails no transaction it runs in: the
-    state tables are looked for first."""
+def copies_recorded(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether the tables that record copies exist (read without failing a transaction)."""
     names = [_ident(schema, name).as_string(conn) for name in (TABLES_TABLE, CHUNKS_TABLE)]
     made = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL", names
     ).fetchone()
-    if not (made and made[0]):
-        return None
+    return bool(made and made[0])
+
+
+def copied_at(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
+    """The LSN of the snapshot of the table's last copy that ended (the earliest of its
+    chunks' snapshots), None if none is recorded; the tables that record copies must
+    exist (`copies_recorded`)."""
     row = conn.execute(
         sql.SQL(
             "SELECT (min(c.snapshot_lsn) - '0/0'::pg_lsn)::bigint FROM {} t JOIN {} c "

@@ -78,6 +78,7 @@ class HistoricSink:
         # of the writes. A batch without an entry is dealt out by `apply`, its tombstones
         # written with their values.
         self._planned: dict[int, tuple[Batch, list[list[tuple[TableSchema, Share]]]]] = {}
+        self._copies_recorded = False  # the tables that record copies were found
 
     def close(self) -> None:
         self._planned = {}
@@ -205,6 +206,10 @@ class HistoricSink:
 
     def _copied_version(self, conn: psycopg.Connection[Any], layout: TableSchema) -> int:
         """The version of the rows of the table's last completed copy (0: none)."""
+        if not self._copies_recorded:  # made once, never dropped: looked for until then
+            self._copies_recorded = status.copies_recorded(conn, self.schema)
+            if not self._copies_recorded:
+                return 0
         copied = status.copied_at(conn, self.schema, layout.name)
         return 0 if copied is None else snapshot_version(copied)
 
