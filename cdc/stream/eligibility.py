@@ -29,14 +29,13 @@ _USABLE: Final = """({c}.relreplident = 'f' OR EXISTS (
     SELECT 1 FROM pg_index i WHERE i.indrelid = {c}.oid AND CASE {c}.relreplident
         WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END))"""
 
-# A table's partitions (or inheritance children), all levels, `{c}` the alias of its
-# pg_class row: from pg_inherits, so a transaction that imported a snapshot sees them as
-# they were then (`pg_partition_tree` reads the catalog as it is now).
-_PARTITIONS: Final = """(WITH RECURSIVE tree(relid) AS (
-        SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = {c}.oid
+# The partitions (or inheritance children), all levels, of the table whose pg_class row is
+# `c`: from pg_inherits, so a transaction that imported a snapshot sees them as they were
+# then (`pg_partition_tree` reads the catalog as it is now).
+_LEAVES: Final = """(WITH RECURSIVE tree(relid) AS (
+        SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = c.oid
         UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid)
     SELECT relid FROM tree)"""
-_LEAVES: Final = _PARTITIONS.format(c="c")
 
 SOURCE_TABLES_SQL: Final = f"""
 SELECT c.relname, format('%%I.%%I', n.nspname, c.relname), c.relkind = 'p',
