@@ -49,7 +49,7 @@ from cdc.stream import slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.following import SchemaFollower
 from cdc.stream.source import ChangeSource, SourceConfig
-from cdc.stream.tableload import Copies
+from cdc.stream.tableload import TableLoader
 
 HEARTBEAT_PREFIX = "cdc_heartbeat"
 # While transactions stream in (a small one can arrive every few µs), the loop's
@@ -76,17 +76,18 @@ class Daemon:
                             self.metrics, self.log, self._stopping)  # fmt: skip
         self.catalog = Catalog(self._setup.connect_source, settings.max_retry_delay_s,
                                self._stopping)  # fmt: skip
-        copies = Copies(self.log)  # the tables the follower copies; the stages wait for them
-        self._stages = BatchStages(settings, self.sinks, self.quarantine, copies,
+        # Copies the tables the schema follower adds; the stages wait for them.
+        loader = TableLoader(self.source_dsn, self._setup.initial_load, self.quarantine.add,
+                             self.log)  # fmt: skip
+        self._stages = BatchStages(settings, self.sinks, self.quarantine, loader,
                                    self.metrics, self.health, self.position,
                                    self._stopping)  # fmt: skip
         self.stats = self._stages.stats
         self.upkeep = Upkeep(settings, self.catalog, self.metrics, self.stats,
                              lambda: self.quarantined, HEARTBEAT_PREFIX, self.log)  # fmt: skip
-        self.follower = SchemaFollower(self.source_dsn, settings, self.catalog,
-                                       self.sink_factory, self._setup.initial_load,
+        self.follower = SchemaFollower(settings, self.catalog, self.sink_factory, loader,
                                        self.quarantine.add, self.quarantine.tables,
-                                       copies, self.log)  # fmt: skip
+                                       self.log)  # fmt: skip
 
     def setup(self) -> None:
         """Create what is missing: publication, targets, slot; load existing rows once."""

@@ -26,7 +26,7 @@ from cdc.protocol import datetime_to_pg_timestamp
 from cdc.protocol.lsn import Lsn
 from cdc.retry import Backoff, retrying
 from cdc.sinks.base import Sink
-from cdc.stream.tableload import Copies
+from cdc.stream.tableload import TableLoader
 
 
 @dataclass
@@ -47,7 +47,7 @@ class BatchStages:
         settings: Settings,
         sinks: list[Sink],
         quarantine: Quarantine,
-        copies: Copies,
+        loader: TableLoader,
         metrics: Metrics,
         health: HealthState,
         position: TargetPosition,
@@ -60,7 +60,7 @@ class BatchStages:
         self.position = position
         self.stats = Stats()
         self._quarantine = quarantine
-        self._copies = copies
+        self._loader = loader
         self._stopping = stopping
         # Batches between the stages: when the first began.
         self._in_flight: dict[int, float] = {}
@@ -105,10 +105,10 @@ class BatchStages:
 
     def _await_copies(self, batch: Batch) -> None:
         """Rows of a table whose copy is queued or running that need values the stream did
-        not resend wait for the copy (`cdc.stream.tableload.Copies`)."""
+        not resend wait for the copy (`cdc.stream.tableload.TableLoader.wait`)."""
         for name, table in batch.tables.items():
-            if name in self._copies and (incomplete := rowtext.shared_row_text(table).incomplete):
-                self._copies.wait(name, len(incomplete), self._stopping)
+            if name in self._loader and (incomplete := rowtext.shared_row_text(table).incomplete):
+                self._loader.wait(name, len(incomplete), self._stopping)
 
     def _apply_others(self, batch: Batch) -> None:
         started = self._in_flight.pop(id(batch))

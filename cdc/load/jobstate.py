@@ -82,15 +82,18 @@ class JobState:
         ).fetchone()
         return (last[0] + 1, last[1]) if last else (0, None)
 
+    def _delete(self, conn: psycopg.Connection[Any], state_table: str, table: str) -> None:
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE job = %s AND table_name = %s").format(
+                self._ident(state_table)
+            ),
+            (self.job, table),
+        )
+
     def restart(self, conn: psycopg.Connection[Any], table: str) -> None:
         """Forget the table's chunks: it is split and copied again from its start."""
         with conn.transaction():
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE job = %s AND table_name = %s").format(
-                    self._ident(CHUNKS_TABLE)
-                ),
-                (self.job, table),
-            )
+            self._delete(conn, CHUNKS_TABLE, table)
             conn.execute(
                 sql.SQL(
                     "INSERT INTO {} (job, table_name) VALUES (%s, %s) "
@@ -102,13 +105,8 @@ class JobState:
     def forget(self, conn: psycopg.Connection[Any], table: str) -> None:
         """Take the table out of the job: its chunks and its plan."""
         with conn.transaction():
-            for name in (CHUNKS_TABLE, PLANS_TABLE):
-                conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE job = %s AND table_name = %s").format(
-                        self._ident(name)
-                    ),
-                    (self.job, table),
-                )
+            self._delete(conn, CHUNKS_TABLE, table)
+            self._delete(conn, PLANS_TABLE, table)
 
     def record(self, conn: psycopg.Connection[Any], chunk: Chunk) -> None:
         """Record a chunk; the last of its table (no upper key) completes the table's plan."""

@@ -55,7 +55,7 @@ from cdc.stream import eligibility, slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 from cdc.stream.followplan import plan
-from cdc.stream.tableload import Copies, LoadFactory, TableLoader
+from cdc.stream.tableload import TableLoader
 
 LOG_CHANGES_SQL = """
 SELECT relname, n_tup_upd + n_tup_del FROM pg_stat_user_tables
@@ -76,14 +76,12 @@ class SchemaFollower:
 
     def __init__(
         self,
-        source_dsn: str,
         settings: Settings,
         catalog: Catalog,
         sink_factory: SinkFactory,
-        make_load: LoadFactory,
+        loader: TableLoader,
         quarantine: Callable[[tuple[str, str], CdcError], None],
         quarantined: Callable[[], Mapping[tuple[str, str], str]],
-        copies: Copies,
         log: Any,
     ) -> None:
         self._settings = settings
@@ -100,7 +98,7 @@ class SchemaFollower:
         self._warned_logs: set[str] = set()  # append-only logs said to be updated
         self._locked: set[str] = set()  # said to be locked by another session
         self._last_poll = float("-inf")
-        self._loader = TableLoader(source_dsn, make_load, quarantine, copies, log)
+        self._loader = loader
 
     # -- polling ---------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ version than the copy).
 Until a table's copy has landed, historic holds nothing of that table the stream can take
 the values it did not resend from (unchanged TOAST, a tombstone's columns), or only rows
 from before a rewrite; a row completed without them would be stored newer than the copy,
-its NULLs kept over the copy's values. So such rows wait for the copy (`Copies`).
+its NULLs kept over the copy's values. So such rows wait for the copy
+(`TableLoader.wait`).
 """
 
 from __future__ import annotations
@@ -26,37 +27,39 @@ from cdc.schema import TableSchema
 from cdc.stream.snapshot import exported_snapshot
 
 LOAD_JOIN_S = 30.0
-COPIES_POLL_S = 0.2
+WAIT_POLL_S = 0.2
 
 # (tables, job, replaces): a copy job; `replaces`: the copy replaces what the targets hold.
 LoadFactory = Callable[[list[TableSchema], str, bool], Backfill]
 
 
-class Copies:
-    """The tables whose copy is queued or running (safe from any thread)."""
+class TableLoader:
+    """Copies the tables queued with `queue`; a table whose rows a target cannot hold is
+    handed to `quarantine`. A table is in the loader (`in`) while its copy is queued or
+    running: rows that need values only the copy holds `wait` for it."""
 
-    def __init__(self, log: Any) -> None:
+    def __init__(
+        self,
+        source_dsn: str,
+        make_load: LoadFactory,
+        quarantine: Callable[[tuple[str, str], CdcError], None],
+        log: Any,
+    ) -> None:
+        self._source_dsn = source_dsn
+        self._make_load = make_load
+        self._quarantine = quarantine
         self._log = log
-        self._names: set[tuple[str, str]] = set()
-        self._changed = threading.Condition()
+        self._loads: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        # The tables queued and not yet started: (schema, name) -> (the table as last
+        # described, whether a copy replaces what its targets hold).
+        self._waiting: dict[tuple[str, str], tuple[TableSchema, bool]] = {}
+        self._copying: tuple[str, str] | None = None
+        self._changed = threading.Condition()  # guards the two above
+        self._loader: threading.Thread | None = None
 
     def __contains__(self, name: tuple[str, str]) -> bool:
         with self._changed:
-            return name in self._names
-
-    def add(self, name: tuple[str, str]) -> None:
-        with self._changed:
-            self._names.add(name)
-
-    def done(self, name: tuple[str, str]) -> None:
-        with self._changed:
-            self._names.discard(name)
-            self._changed.notify_all()
-
-    def clear(self) -> None:
-        with self._changed:
-            self._names.clear()
-            self._changed.notify_all()
+            return name in self._waiting or name == self._copying
 
     def wait(self, name: tuple[str, str], rows: int, stopping: Callable[[], bool]) -> None:
         """Block until `name`'s copy has landed (or failed), or `stopping()`: `rows` of a
@@ -64,62 +67,36 @@ class Copies:
         stored with NULLs only when the daemon stops first; the table's copy, cut short,
         is made again at the next start at a newer snapshot, which overwrites it."""
         with self._changed:
-            if name not in self._names:
+            if name not in self._waiting and name != self._copying:
                 return
             self._log.info("changes_wait_for_copy", table=".".join(name), rows=rows,
                            detail="rows whose TOASTed values the stream did not resend wait "
                            "for the table's copy, which holds them")  # fmt: skip
-            while name in self._names and not stopping():
-                self._changed.wait(COPIES_POLL_S)
-
-
-class TableLoader:
-    """Copies the tables queued with `queue`; a table whose rows a target cannot hold is
-    handed to `quarantine`."""
-
-    def __init__(
-        self,
-        source_dsn: str,
-        make_load: LoadFactory,
-        quarantine: Callable[[tuple[str, str], CdcError], None],
-        copies: Copies,
-        log: Any,
-    ) -> None:
-        self._source_dsn = source_dsn
-        self._copies = copies
-        self._make_load = make_load
-        self._quarantine = quarantine
-        self._log = log
-        self._loads: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        # The tables queued and not yet started: name -> (the table as last described,
-        # whether a copy replaces what its targets hold).
-        self._waiting: dict[str, tuple[TableSchema, bool]] = {}
-        self._lock = threading.Lock()
-        self._copying: str | None = None
-        self._loader: threading.Thread | None = None
+            while (name in self._waiting or name == self._copying) and not stopping():
+                self._changed.wait(WAIT_POLL_S)
 
     def queue(self, table: TableSchema, replaces: bool = False) -> None:
         """Copy `table` after the ones queued before it (once while it waits: queued again,
         it is copied as described last); `replaces`: the copy replaces every row the
         targets hold. A table queued while it is being copied is copied again after: the
         copy in progress may be of a snapshot from before the change that queued it."""
-        with self._lock:
-            waiting = self._waiting.get(table.name)
-            self._waiting[table.name] = (table, replaces or (waiting is not None and waiting[1]))
-            self._copies.add((table.schema, table.name))
+        key = (table.schema, table.name)
+        with self._changed:
+            waiting = self._waiting.get(key)
+            self._waiting[key] = (table, replaces or (waiting is not None and waiting[1]))
             if waiting is not None:
                 return
         if self._loader is None:
             self._loader = threading.Thread(target=self._load_all, name="cdc-table-load",
                                             daemon=True)  # fmt: skip
             self._loader.start()
-        self._loads.put(table.name)
+        self._loads.put(key)
 
     def _load_all(self) -> None:
-        while (name := self._loads.get()) is not None:
-            with self._lock:
-                table, replaces = self._waiting.pop(name)
-            self._copying = name
+        while (key := self._loads.get()) is not None:
+            with self._changed:
+                table, replaces = self._waiting.pop(key)
+                self._copying = key
             try:
                 faults.point("before_table_load")
                 self._load(table, replaces)
@@ -133,10 +110,9 @@ class TableLoader:
                                 error=str(exc).strip() if known else repr(exc),
                                 hint=hint)  # fmt: skip
             finally:
-                self._copying = None
-                with self._lock:
-                    if name not in self._waiting:  # not queued again meanwhile
-                        self._copies.done((table.schema, table.name))
+                with self._changed:
+                    self._copying = None
+                    self._changed.notify_all()
 
     def _load(self, table: TableSchema, replaces: bool) -> None:
         job = f"table_{table.name}_{uuid.uuid4().hex[:8]}"
@@ -155,8 +131,11 @@ class TableLoader:
             return
         self._loads.put(None)
         self._loader.join(timeout=LOAD_JOIN_S)
-        if self._loader.is_alive():
-            left = {*self._waiting, *([self._copying] if self._copying else [])}
-            self._log.warning("table_load_abandoned", tables=sorted(left))
+        with self._changed:
+            if self._loader.is_alive():
+                left = {*self._waiting, *([self._copying] if self._copying else [])}
+                self._log.warning("table_load_abandoned", tables=sorted(n for _, n in left))
+            self._waiting.clear()
+            self._copying = None
+            self._changed.notify_all()
         self._loader = None
-        self._copies.clear()

@@ -14,7 +14,7 @@ from cdc.errors import CdcError
 from cdc.load.backfill import Progress
 from cdc.schema import TableSchema, describe_table
 from cdc.stream.snapshot import Snapshot
-from cdc.stream.tableload import Copies, TableLoader
+from cdc.stream.tableload import TableLoader
 
 
 class _Load:
@@ -48,23 +48,22 @@ def test_a_failed_copy_lets_the_next_ones_and_the_waiting_changes_go_on(
         raise AssertionError(f"{name} set aside: {error}")
 
     log = structlog.get_logger()
-    copies = Copies(log)
-    loader = TableLoader(pg_dsn, make_load, quarantine, copies, log)
+    loader = TableLoader(pg_dsn, make_load, quarantine, log)
     with capture_logs() as logs:
         loader.queue(tables["broken"])
         loader.queue(tables["fine"])
-        assert ("director", "broken") in copies and ("director", "fine") in copies
+        assert ("director", "broken") in loader and ("director", "fine") in loader
         waited = threading.Event()
 
         def changes() -> None:  # as the apply stage does for rows that need the copy
-            copies.wait(("director", "broken"), 1, lambda: False)
-            copies.wait(("director", "fine"), 1, lambda: False)
+            loader.wait(("director", "broken"), 1, lambda: False)
+            loader.wait(("director", "fine"), 1, lambda: False)
             waited.set()
 
         threading.Thread(target=changes, daemon=True).start()
         assert waited.wait(30), "the changes waiting for the copies were held back"
         loader.close()
-    assert ("director", "broken") not in copies and ("director", "fine") not in copies
+    assert ("director", "broken") not in loader and ("director", "fine") not in loader
     failed = [e for e in logs if e["event"] == "table_load_failed"]
     assert [(e["table"], e["error"]) for e in failed] == [
         ("director.broken", "RuntimeError('a bug')")
