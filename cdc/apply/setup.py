@@ -13,7 +13,7 @@ import psycopg
 from cdc.apply.quarantine import Quarantine
 from cdc.errors import Action, CdcError, ErrorKind
 from cdc.load.backfill import Backfill
-from cdc.load.backfill import Progress as BackfillProgress
+from cdc.load.workers import Progress as BackfillProgress
 from cdc.ops import faults, preflight
 from cdc.ops.metrics import Metrics
 from cdc.ops.settings import Settings, redact_url

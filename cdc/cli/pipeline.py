@@ -31,8 +31,8 @@ from cdc.cli.app import JsonOption, app, fail, settings_of, source_connection
 from cdc.cli.output import console, print_json
 from cdc.errors import CdcError, ErrorKind
 from cdc.load.backfill import Backfill
-from cdc.load.backfill import Progress as BackfillProgress
 from cdc.load.planning import published_schemas
+from cdc.load.workers import Progress as BackfillProgress
 from cdc.ops import faults, logs
 from cdc.ops.settings import redact_url
 from cdc.sinks.factory import default_sinks

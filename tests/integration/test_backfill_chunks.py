@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.load.backfill import Backfill, Progress
+from cdc.load.backfill import Backfill
+from cdc.load.workers import Progress
 from cdc.schema import TableSchema
 from cdc.sinks.base import CopiedRows
 from cdc.sinks.clickhouse.sink import ClickHouseSink

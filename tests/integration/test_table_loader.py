@@ -11,7 +11,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from cdc.errors import CdcError
-from cdc.load.backfill import Progress
+from cdc.load.workers import Progress
 from cdc.schema import TableSchema, describe_table
 from cdc.stream.snapshot import Snapshot
 from cdc.stream.tableload import TableLoader
