@@ -28,7 +28,7 @@ from cdc.schema import (
     source_relation,
 )
 from cdc.sinks.clickhouse.client import quote_identifier
-from cdc.sinks.ddl import distributed_name
+from cdc.sinks.clickhouse.ddl import distributed_name
 
 PgQuery = tuple[sql.Composed, list[Any]]
 ChQuery = tuple[str, dict[str, Any]]

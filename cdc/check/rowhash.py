@@ -55,9 +55,9 @@ from psycopg import sql
 
 from cdc.schema import Column, TypeKind
 from cdc.sinks.clickhouse.client import quote_identifier
+from cdc.sinks.clickhouse.ddl import quote_string
 from cdc.sinks.clickhouse.limits import INFINITE_DATES, INFINITE_TIMESTAMPS
 from cdc.sinks.clickhouse.types import PgType, storage_column
-from cdc.sinks.ddl import quote_string
 
 NULL_MARK: Final = "N"
 

@@ -5,8 +5,8 @@ each range with `COPY (SELECT ...) TO STDOUT` inside a transaction that imports 
 snapshot (`cdc.load.chunkcopy`); every row gets `_version = snapshot_lsn << 64`, so it
 never overwrites a newer streamed change and every later change overwrites it (DESIGN.md
 invariant 3). The workers copy chunks while they are being found (`cdc.load.workers`);
-what the snapshot's catalog says of the tables is read by `cdc.load.atsnapshot`. Progress is kept in the
-historic database (`cdc.load.jobstate`: `_cdc_backfill` chunks, recorded as they are
+what the snapshot's catalog says of the tables is read by `cdc.load.atsnapshot`. Progress
+is kept in the historic database (`cdc.load.jobstate`: `_cdc_backfill` chunks, recorded as they are
 found; `_cdc_backfill_plans` the job's tables, each planned once its last chunk is
 recorded; `_cdc_tables` per-table state `copying -> ready | failed | quarantined`): a
 restarted job copies only the chunks not done yet and continues a plan that was cut short,

@@ -21,6 +21,8 @@ from cdc.ops import status
 from cdc.ops.settings import Settings, redact_url
 from cdc.sinks import ddl
 from cdc.sinks.clickhouse import client as clickhouse
+from cdc.sinks.clickhouse import ddl as clickhouse_ddl
+from cdc.sinks.historic import ddl as historic_ddl
 from cdc.states import TableState
 from cdc.stream.session import canonical_dsn
 
@@ -58,8 +60,8 @@ def _drop_historic(conn: psycopg.Connection[Any], schema: str, table: str) -> li
         "WHERE n.nspname = %s AND c.relname = ANY(%s) ORDER BY c.relkind = 'v' DESC",
         (schema, [view, table]),
     ).fetchall()
-    conn.execute(ddl.historic_drop_current_view(schema, table))
-    conn.execute(ddl.historic_drop_table(schema, table))
+    conn.execute(historic_ddl.historic_drop_current_view(schema, table))
+    conn.execute(historic_ddl.historic_drop_table(schema, table))
     return [f"{schema}.{name}" for (name,) in found]
 
 
@@ -69,7 +71,7 @@ def _drop_clickhouse(settings: Settings, table: str) -> list[str]:
     try:
         names = [ddl.current_view_name(table), table]
         if cluster is not None:
-            names.insert(1, ddl.distributed_name(table))
+            names.insert(1, clickhouse_ddl.distributed_name(table))
         present = {
             row[0]
             for row in client.query(
@@ -80,7 +82,7 @@ def _drop_clickhouse(settings: Settings, table: str) -> list[str]:
         dropped = []
         for name in names:
             if name in present:
-                client.command(ddl.clickhouse_drop(database, name, cluster))
+                client.command(clickhouse_ddl.clickhouse_drop(database, name, cluster))
                 dropped.append(f"ClickHouse {database}.{name}")
         return dropped
     finally:

@@ -19,7 +19,7 @@ from cdc.load.backfill import Backfill
 from cdc.load.chunks import Chunk, direct_copy_sql
 from cdc.load.copyout import copy_out
 from cdc.schema import TableSchema, describe_table
-from cdc.sinks import ddl
+from cdc.sinks.clickhouse import ddl as ch_ddl
 from cdc.sinks.clickhouse import rowbinary
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.types import clickhouse_type
@@ -80,7 +80,7 @@ def binary_copy(pg: psycopg.Connection[Any], where: str = "true") -> bytes:
 
 def target(ch: Any, database: str, table: TableSchema, name: str) -> str:
     qualified = f"{quote_identifier(database)}.{quote_identifier(name)}"
-    ch.command(ddl.clickhouse_table(database, table).replace(
+    ch.command(ch_ddl.clickhouse_table(database, table).replace(
         f"{quote_identifier(database)}.{quote_identifier(table.name)}", qualified, 1
     ))  # fmt: skip
     return qualified
@@ -181,7 +181,7 @@ def test_numerics_convert_exactly(
     converted, rows = rowbinary.convert(data, plan, VERSION)
     assert rows == len(values)
     ch.command(f"DROP TABLE IF EXISTS {quote_identifier(ch_database)}.n")
-    ch.command(ddl.clickhouse_table(ch_database, table))
+    ch.command(ch_ddl.clickhouse_table(ch_database, table))
     qualified = f"{quote_identifier(ch_database)}.n"
     ch.raw_insert(qualified, column_names=[*table.column_names, "_version"],
                   insert_block=converted, fmt="RowBinary")  # fmt: skip
@@ -269,7 +269,7 @@ def test_a_plan_needs_every_column_in_the_type_its_postgres_type_maps_to(
     session: psycopg.Connection[Any], ch: Any, ch_database: str
 ) -> None:
     table = make_table(session)
-    ch.command(ddl.clickhouse_table(ch_database, table))
+    ch.command(ch_ddl.clickhouse_table(ch_database, table))
     actual = dict(ch.query(
         "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = 't'",
         parameters={"db": ch_database},

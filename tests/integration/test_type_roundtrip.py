@@ -28,11 +28,12 @@ from cdc.schema import (
     describe_relation,
     describe_table,
 )
-from cdc.sinks import ddl
+from cdc.sinks.clickhouse import ddl as ch_ddl
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.clickhouse.types import PgType, clickhouse_type
 from cdc.sinks.clickhouse.values import INSERT_SETTINGS, RowEncoder
+from cdc.sinks.historic import ddl as pg_ddl
 from cdc.stream.slots import publication_tables
 from tests.harness import ClickHouseServer
 
@@ -230,7 +231,7 @@ def test_every_type_round_trips(pg: psycopg.Connection[Any], ch: Any, ch_databas
     create_source(pg)
     table = describe_table(pg, "src", "All Types")
     assert table.primary_key == ("id",)
-    ch.command(ddl.clickhouse_table(ch_database, table))
+    ch.command(ch_ddl.clickhouse_table(ch_database, table))
 
     rows = text_rows(pg, b'SELECT * FROM src."All Types" ORDER BY id')
     encoder = RowEncoder(table)
@@ -278,7 +279,7 @@ def test_tombstones_of_not_null_columns_insert(
     )
     table = describe_table(pg, "public", "nn")
     assert not any(column.nullable for column in table.columns)
-    ch.command(ddl.clickhouse_table(ch_database, table))
+    ch.command(ch_ddl.clickhouse_table(ch_database, table))
     encoder = RowEncoder(table)
     tombstone = [b"7", *[None] * (len(table.columns) - 1)]
     qualified = f"{quote_identifier(ch_database)}.{quote_identifier('nn')}"
@@ -461,10 +462,10 @@ def test_historic_table_and_current_view(pg: psycopg.Connection[Any]) -> None:
     pg.execute('CREATE TABLE "It\'s" (id int PRIMARY KEY, name text NOT NULL, tags text[])')
     table = describe_table(pg, "public", "It's")
     for statement in (
-        ddl.historic_schema("historic"),
-        ddl.historic_truncations_table("historic"),
-        ddl.historic_table("historic", table),
-        ddl.historic_current_view("historic", table),
+        pg_ddl.historic_schema("historic"),
+        pg_ddl.historic_truncations_table("historic"),
+        pg_ddl.historic_table("historic", table),
+        pg_ddl.historic_current_view("historic", table),
     ):
         pg.execute(statement)
         pg.execute(statement)  # idempotent
@@ -484,18 +485,18 @@ def test_historic_table_and_current_view(pg: psycopg.Connection[Any]) -> None:
 
     extra = Column("extra", 25, -1, "text", False, TypeKind.BASE)
     added = TableSchema(table.schema, table.name, (*table.columns, extra), ("id",), "d")
-    pg.execute(ddl.historic_add_column("historic", added.name, added.column("extra")))
-    pg.execute(ddl.historic_drop_not_null("historic", added.name, "name"))
-    pg.execute(ddl.historic_current_view("historic", added))
+    pg.execute(pg_ddl.historic_add_column("historic", added.name, added.column("extra")))
+    pg.execute(pg_ddl.historic_drop_not_null("historic", added.name, "name"))
+    pg.execute(pg_ddl.historic_current_view("historic", added))
     assert live_rows(pg, "It's_current")[0] == (1, "live", ["a"], None)
 
 
 def test_clickhouse_current_view(ch: Any, ch_database: str, pg: psycopg.Connection[Any]) -> None:
     pg.execute('CREATE TABLE "it\'s" (id int PRIMARY KEY, name text)')
     table = describe_table(pg, "public", "it's")
-    ch.command(ddl.clickhouse_table(ch_database, table))
-    ch.command(ddl.clickhouse_truncations_table(ch_database))
-    ch.command(ddl.clickhouse_current_view(ch_database, table))
+    ch.command(ch_ddl.clickhouse_table(ch_database, table))
+    ch.command(ch_ddl.clickhouse_truncations_table(ch_database))
+    ch.command(ch_ddl.clickhouse_current_view(ch_database, table))
     encoder = RowEncoder(table)
     big = 1 << 64
     lines: Sequence[bytes] = [
@@ -521,10 +522,10 @@ def test_clickhouse_current_view(ch: Any, ch_database: str, pg: psycopg.Connecti
 
     pg.execute('ALTER TABLE "it\'s" ADD COLUMN score bigint')
     grown = describe_table(pg, "public", "it's")
-    ch.command(ddl.clickhouse_add_column(ch_database, table.name, grown.column("score")))
-    ch.command(ddl.clickhouse_add_column(ch_database, table.name, grown.column("score")))
-    ch.command(ddl.clickhouse_make_nullable(ch_database, table.name, "name", "String"))
-    ch.command(ddl.clickhouse_current_view(ch_database, grown))
+    ch.command(ch_ddl.clickhouse_add_column(ch_database, table.name, grown.column("score")))
+    ch.command(ch_ddl.clickhouse_add_column(ch_database, table.name, grown.column("score")))
+    ch.command(ch_ddl.clickhouse_make_nullable(ch_database, table.name, "name", "String"))
+    ch.command(ch_ddl.clickhouse_current_view(ch_database, grown))
     assert ch.query(f"SELECT * FROM {view}").result_rows == [(3, "max", None)]
 
 
@@ -535,7 +536,7 @@ def test_clickhouse_targets_made_whole_after_a_kill_between_statements(
     CREATE VIEW leaves a table without its view. The next run makes the view."""
     pg.execute("CREATE TABLE halfmade (id int PRIMARY KEY, name text)")
     table = describe_table(pg, "public", "halfmade")
-    ch.command(ddl.clickhouse_table(ch_database, table))  # what the killed run made
+    ch.command(ch_ddl.clickhouse_table(ch_database, table))  # what the killed run made
 
     ClickHouseSink(clickhouse_server.url, ch_database, client=ch).prepare([table])
     view = f"{quote_identifier(ch_database)}.`halfmade_current`"

@@ -15,7 +15,8 @@ from cdc.errors import CdcError, ErrorKind
 from cdc.load.chunks import Chunk, chunk_filter, log_copy_sql
 from cdc.protocol.lsn import Lsn
 from cdc.schema import Column, TableSchema, TypeKind, _choose_key
-from cdc.sinks import ddl
+from cdc.sinks.clickhouse import ddl as ch_ddl
+from cdc.sinks.historic import ddl as pg_ddl
 from cdc.sinks.historic.sql import upsert_sql
 from cdc.stream.eligibility import SourceTable, classify, logged_only
 from cdc.stream.followplan import plan
@@ -89,9 +90,9 @@ def test_the_stream_asks_for_every_publication() -> None:
 
 
 def test_log_targets_are_keyed_by_version() -> None:
-    historic = ddl.historic_table("historic", LOG).as_string(None)
+    historic = pg_ddl.historic_table("historic", LOG).as_string(None)
     assert historic.endswith('PRIMARY KEY ("_version"))')
-    clickhouse = ddl.clickhouse_table("db", LOG)
+    clickhouse = ch_ddl.clickhouse_table("db", LOG)
     assert "ENGINE = ReplacingMergeTree(`_version`, `_is_deleted`) ORDER BY (`_version`)" in (
         clickhouse
     )

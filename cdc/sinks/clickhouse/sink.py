@@ -26,10 +26,9 @@ from cdc.schema import (
     VERSION_COLUMN,
     TableSchema,
 )
-from cdc.sinks import ddl
 from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.clickhouse import client as clickhouse
-from cdc.sinks.clickhouse import rowbinary
+from cdc.sinks.clickhouse import ddl, rowbinary
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.targets import ClickHouseTargets
 from cdc.sinks.clickhouse.values import INSERT_SETTINGS, RowEncoder

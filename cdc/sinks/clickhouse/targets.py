@@ -19,7 +19,8 @@ from cdc.schema import (
     VERSION_COLUMN,
     TableSchema,
 )
-from cdc.sinks import ddl, retype
+from cdc.sinks import retype
+from cdc.sinks.clickhouse import ddl
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.types import clickhouse_type
 

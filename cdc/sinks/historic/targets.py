@@ -25,11 +25,12 @@ from cdc.schema import (
     TableSchema,
     TypeKind,
 )
-from cdc.sinks import ddl, retype
+from cdc.sinks import retype
 from cdc.sinks.clickhouse.types import PgType
-from cdc.sinks.ddl import FIRST_USER_OID
+from cdc.sinks.historic import ddl
+from cdc.sinks.historic.ddl import FIRST_USER_OID
 
-# The sink's own columns (`cdc.sinks.ddl.historic_table`): numeric, boolean, timestamptz.
+# The sink's own columns (`cdc.sinks.historic.ddl.historic_table`): numeric, boolean, timestamptz.
 _OWN_TYPES = {VERSION_COLUMN: PgType.NUMERIC, DELETED_COLUMN: PgType.BOOL,
               COMMIT_TIME_COLUMN: PgType.TIMESTAMPTZ}  # fmt: skip
 DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
