@@ -139,7 +139,7 @@ class Setup:
         settings = self.settings
         self._preflight_logged = True
         for finding in preflight.source_findings(
-            conn, settings.publication, settings.source_schema
+            conn, settings.publication, settings.source_schema, settings.slot
         ):
             self.log.warning("preflight", check=finding.check, hint=finding.message)
         if not appended:

@@ -62,8 +62,7 @@ def status_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
 def _read(settings: Settings) -> StatusView:
     with source_connection(settings) as conn:
         slot = slots.get_slot(conn, settings.slot)
-        schema_tables, exclusions, published = _source_tables(conn, settings)
-        logs = _append_only(conn, settings)
+        schema_tables, exclusions, published, logs = _source_tables(conn, settings)
     with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
         daemon, recorded = status.read(conn, settings.historic_schema, settings.slot)
         checks = status.read_checks(conn, settings.historic_schema)
@@ -151,20 +150,12 @@ def _drift_text(check: status.TableCheck | None) -> str:
     return ", ".join(f"{t} {'-' if n is None else n}" for t, n in counts.items())
 
 
-def _append_only(conn: psycopg.Connection[Any], settings: Settings) -> set[str]:
-    """The tables replicated as append-only logs (in the append publication)."""
-    append = slots.append_publication(settings.publication)
-    if not slots.publication_exists(conn, append):
-        return set()
-    listed = slots.publication_tables(conn, append)
-    return {t for s, t in listed if s == settings.source_schema}
-
-
 def _source_tables(
     conn: psycopg.Connection[Any], settings: Settings
-) -> tuple[list[SourceTable], dict[str, Exclusion], set[str]]:
-    """The source schema's tables, the exclusions among them, and the published ones (in
-    either publication: tables without a key are in the append publication)."""
+) -> tuple[list[SourceTable], dict[str, Exclusion], set[str], set[str]]:
+    """The source schema's tables, the exclusions among them, the published ones (in
+    either publication), and those replicated as append-only logs (tables without a key,
+    unless the slot predates their publication: `slots.logs_replicated`)."""
     schema = settings.source_schema
     found = eligibility.source_tables(conn, schema)
     publishes_changes, published = True, set()
@@ -174,17 +165,10 @@ def _source_tables(
             t for s, t in slots.replicated_tables(conn, settings.publication) if s == schema
         }
     _, excluded = eligibility.split(found, publishes_changes)
-    append = slots.publication_exists(conn, slots.append_publication(settings.publication))
-    by_table = {t.name: t for t in found}
-    return (
-        found,
-        {
-            why.table: why
-            for why in excluded
-            if not (append and eligibility.logged_only(by_table[why.table]))
-        },
-        published,
-    )
+    logs: set[str] = set()
+    if slots.logs_replicated(conn, settings.publication, settings.slot):
+        logs = {t.name for t in found if eligibility.logged_only(t)}
+    return found, {why.table: why for why in excluded if why.table not in logs}, published, logs
 
 
 @app.command("check-grants")
@@ -199,7 +183,9 @@ def check_grants(ctx: typer.Context) -> None:
         ):
             findings = preflight.grant_findings(
                 source, historic, settings.publication, settings.historic_schema
-            ) + preflight.source_findings(source, settings.publication, settings.source_schema)
+            ) + preflight.source_findings(
+                source, settings.publication, settings.source_schema, settings.slot
+            )
     except psycopg.Error as exc:
         raise fail(CdcError(ErrorKind.SINK_CONNECTION, redact_url(str(exc).strip()))) from exc
     except CdcError as exc:

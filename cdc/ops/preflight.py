@@ -53,8 +53,11 @@ def _setting(conn: psycopg.Connection[Any], name: str) -> str:
     return str(row[0]) if row and row[0] is not None else ""
 
 
-def source_findings(conn: psycopg.Connection[Any], publication: str, schema: str) -> list[Finding]:
-    """What could make the pipeline lose changes or the source fill its disk."""
+def source_findings(
+    conn: psycopg.Connection[Any], publication: str, schema: str, slot: str
+) -> list[Finding]:
+    """What could make the pipeline lose changes or the source fill its disk (`slot`: the
+    daemon's, which decides whether tables without a key are replicated)."""
     findings: list[Finding] = []
     if _setting(conn, "max_slot_wal_keep_size") in ("-1", ""):
         findings.append(Finding(
@@ -87,12 +90,12 @@ def source_findings(conn: psycopg.Connection[Any], publication: str, schema: str
             "warning", "publication scope",
             f"{name} is published but outside the source schema {schema!r}",
         ))  # fmt: skip
-    findings.extend(excluded_findings(conn, publication, schema))
+    findings.extend(excluded_findings(conn, publication, schema, slot))
     return findings
 
 
 def excluded_findings(
-    conn: psycopg.Connection[Any], publication: str, schema: str
+    conn: psycopg.Connection[Any], publication: str, schema: str, slot: str
 ) -> list[Finding]:
     """Each table of `schema` that is not replicated, why, and the statement that fixes it;
     one that is published anyway (by hand, or by an older version) says that Postgres now
@@ -103,8 +106,7 @@ def excluded_findings(
     if slots.publication_exists(conn, publication):
         publishes_changes = slots.publication_options(conn, publication).publishes_changes
         listed = {t for s, t, _ in slots.listed_tables(conn, publication) if s == schema}
-    # Replicated as append-only logs instead (unless the slot predates that publication).
-    logs_replicated = slots.publication_exists(conn, slots.append_publication(publication))
+    logs_replicated = slots.logs_replicated(conn, publication, slot)
     findings: list[Finding] = []
     for table in eligibility.source_tables(conn, schema):
         why = eligibility.exclusion(table, publishes_changes)

@@ -172,6 +172,14 @@ def append_publication(name: str) -> str:
     return name + APPEND_SUFFIX
 
 
+def logs_replicated(conn: psycopg.Connection[Any], publication: str, slot: str) -> bool:
+    """Whether tables without a key are replicated as append-only logs: the publication of
+    them that goes with `publication` exists, or `slot` does not yet (the daemon's first
+    start makes both; a slot made without that publication cannot stream it)."""
+    append = append_publication(publication)
+    return publication_exists(conn, append) or get_slot(conn, slot) is None
+
+
 def create_publication_sql(
     name: str, schema: str, tables: list[str], options: sql.Composable = VIA_ROOT
 ) -> sql.Composed:

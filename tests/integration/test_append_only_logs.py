@@ -220,3 +220,33 @@ def test_a_slot_older_than_the_log_publication_names_the_keyless_tables_once(
     pg.execute("INSERT INTO director.log VALUES (now(), 'x')")
     pg.execute("UPDATE director.log SET what = 'y'")
     pg.execute("DELETE FROM director.log")
+
+
+def test_status_and_check_grants_name_a_keyless_table_as_a_log_before_the_first_start(
+    pg: psycopg.Connection[Any], pg_dsn: str, clickhouse_server: ClickHouseServer,
+    ch_database: str,
+) -> None:  # fmt: skip
+    """Before the daemon first starts, a table without a key is what it will be: an
+    append-only log to pick up, not excluded; once a slot exists without the publication
+    of logs (made by an older version), it is excluded, with the fix."""
+    pg.execute(LEDGER)
+    settings = make_settings(pg_dsn, clickhouse_server.url, ch_database)
+    env = {**cli_env(settings), "CDC_CLICKHOUSE_DATABASE": ch_database}
+
+    def ledger() -> tuple[dict[str, Any], list[str], str]:
+        shown = runner.invoke(app, ["status", "--json"], env=env)
+        assert shown.exit_code == 0, shown.output
+        document = json.loads(shown.stdout)
+        row = next(t for t in document["tables"] if t["table"] == "ledger")
+        checked = runner.invoke(app, ["check-grants"], env=env)
+        return row, [e["table"] for e in document["excluded"]], checked.output
+
+    row, excluded, checked = ledger()
+    assert (row["state"], row["append_only"], row["error"]) == ("new", True, None)
+    assert excluded == []
+    assert "director.ledger is not replicated" not in checked
+    pg.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.slot,))
+    row, excluded, checked = ledger()
+    assert (row["state"], row["append_only"]) == ("excluded", False)
+    assert "no primary key" in row["error"] and excluded == ["ledger"]
+    assert "director.ledger is not replicated: no primary key" in checked

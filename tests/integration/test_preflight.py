@@ -39,7 +39,7 @@ def test_source_findings_name_each_risk(pg: psycopg.Connection[Any]) -> None:
         "CREATE PUBLICATION p FOR TABLE director.ok, director.nokey, director.silent, "
         "public.elsewhere WITH (publish = 'insert, update')"
     )
-    findings = preflight.source_findings(pg, "p", "director")
+    findings = preflight.source_findings(pg, "p", "director", "s")
     text = "\n".join(f"{f.check}: {f.message}" for f in findings)
     assert "max_slot_wal_keep_size: max_slot_wal_keep_size is unlimited" in text
     assert "does not publish delete, truncate" in text
