@@ -24,7 +24,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import psycopg
 
@@ -139,9 +139,9 @@ class Verifier:
             self.settings.clickhouse_cluster is not None,
         )
 
-    def tables(self, names: Sequence[str]) -> list[TableSchema]:
+    def tables(self, names: Sequence[str]) -> tuple[list[TableSchema], list[str]]:
         """The published tables to compare (all, or `names`): keyed ones only, as ranges
-        are key ranges (an append-only log is left out)."""
+        are key ranges; and the names of the append-only logs left out."""
         assert self._source is not None
         found = published_schemas(self._source, self.settings.publication, names)
         named = sorted(t.name for t in found if t.append_only and t.name in names)
@@ -151,7 +151,8 @@ class Verifier:
                 f"{', '.join(named)}: an append-only log has no key to compare ranges of; "
                 "`cdc backfill` copies it again whole",
             )
-        return [t for t in found if not t.append_only]
+        logs = sorted(t.name for t in found if t.append_only)
+        return [t for t in found if not t.append_only], logs
 
     def set_aside(self) -> dict[str, str]:
         """The tables the daemon set aside (recorded quarantined), with why: their targets
@@ -287,16 +288,25 @@ def failed(stores: TableStores, exc: CdcError) -> TableResult:
     return TableResult(table, 0, None, stores.targets, failed=why)
 
 
+class Outcome(NamedTuple):
+    """What `run` found: each table's result, the results of re-checking what was
+    repaired, and the append-only logs not compared (no key to compare ranges of)."""
+
+    results: list[TableResult]
+    repaired: list[TableResult]
+    not_compared: list[str]
+
+
 def run(
     settings: Settings, tables: Sequence[str], *, range_size: int, wait_s: float, repair: bool
-) -> tuple[list[TableResult], list[TableResult]]:
-    """Verify the published tables (or `tables`); with `repair`, repair the drift found.
-    Returns the results, and the results of re-checking what was repaired."""
+) -> Outcome:
+    """Verify the published tables (or `tables`); with `repair`, repair the drift found."""
     results: list[TableResult] = []
     repaired: list[TableResult] = []
     with Verifier(settings, range_size=range_size, wait_s=wait_s) as verifier:
         aside = verifier.set_aside()
-        for table in verifier.tables(tables):
+        keyed, logs = verifier.tables(tables)
+        for table in keyed:
             stores = verifier.stores(table)
             if table.name in aside:
                 # Not compared (nor repaired): the difference is known, and so is its fix.
@@ -313,4 +323,4 @@ def run(
             results.append(result)
             if repair and not result.clean:
                 repaired.append(verifier.repair(stores, result))
-    return results, repaired
+    return Outcome(results, repaired, logs)

@@ -199,7 +199,7 @@ def run(admin_dsn: str, clickhouse_url: str, clients: int = 8, scorecards: int =
                 raise CdcError(ErrorKind.SETUP, "the daemon did not catch up within 120 s")
             seconds = time.monotonic() - started
             report = _compare(conn, client, ch_database, recorder, daemon, seconds)
-            results, _ = verify.run(settings, [], range_size=50, wait_s=30, repair=False)
+            results = verify.run(settings, [], range_size=50, wait_s=30, repair=False).results
             report.verified_ranges = sum(r.ranges for r in results)
             report.verify_clean = all_clean(results, [])
     finally:

@@ -97,6 +97,7 @@ def test_status_and_verify_json(
 ) -> None:
     pg.execute("CREATE SCHEMA director")
     pg.execute("CREATE TABLE director.t (id int PRIMARY KEY, v text)")
+    pg.execute("CREATE TABLE director.log (at int)")  # no key: an append-only log
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, slot="json_slot")
     env = {**env, "CDC_SLOT": "json_slot", "CDC_PUBLICATION": settings.publication}
     with running_daemon(settings, clickhouse_server.client) as running:
@@ -126,6 +127,10 @@ def test_status_and_verify_json(
     (table,) = verified["tables"]
     assert table["table"] == "director.t" and table["source_rows"] == 2
     assert table["targets"]["historic"]["status"] == "equal"
+    assert [t["table"] for t in verified["not_compared"]] == ["log"]
+    shown = runner.invoke(app, ["verify", "--wait", "5"], env=verify_env)
+    assert shown.exit_code == 0, shown.output
+    assert "not compared: log (append-only logs: no key" in shown.output
 
     pg.execute("UPDATE historic.t SET v = 'drifted' WHERE id = 2")
     result = runner.invoke(app, ["verify", "--json", "--wait", "5"], env=verify_env)
