@@ -5,7 +5,8 @@ quarantined). Every call runs on the autocommit connection it is given.
 
 Chunks are recorded as the plan finds them; a table is planned once its last chunk (the
 one without an upper key) is recorded, so a plan cut short continues after its last
-recorded chunk.
+recorded chunk. `copied_at` answers, whatever the job, the snapshot of a table's last
+copy (what the historic sink's fill of unchanged values compares donors with).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from cdc.load.chunks import CHUNKS_TABLE, PLANS_TABLE, TABLES_TABLE, Chunk, Key,
 from cdc.states import TableState
 
 
+def _qualified(schema: str, name: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+
+
 class JobState:
     """The state of job `job` over `tables`, in `schema`."""
 
@@ -29,7 +34,7 @@ class JobState:
         self.tables = tables
 
     def _ident(self, name: str) -> sql.Composed:
-        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
+        return _qualified(self.schema, name)
 
     def pending_chunks(self, conn: psycopg.Connection[Any]) -> list[Chunk]:
         rows = conn.execute(
@@ -179,3 +184,27 @@ class JobState:
                 self.set_state(conn, name, TableState.FAILED, error)
             else:
                 self.set_state(conn, name, TableState.READY)
+
+
+def copies_recorded(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether the tables that record copies exist (read without failing a transaction)."""
+    names = [_qualified(schema, name).as_string(conn) for name in (TABLES_TABLE, CHUNKS_TABLE)]
+    made = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL", names
+    ).fetchone()
+    return bool(made and made[0])
+
+
+def copied_at(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
+    """The LSN of the snapshot of the table's last copy that ended (the earliest of its
+    chunks' snapshots), None if none is recorded; the tables that record copies must
+    exist (`copies_recorded`)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (min(c.snapshot_lsn) - '0/0'::pg_lsn)::bigint FROM {} t JOIN {} c "
+            "ON c.job = t.job AND c.table_name = t.table_name "
+            "WHERE t.table_name = %s AND t.state = %s AND c.done"
+        ).format(_qualified(schema, TABLES_TABLE), _qualified(schema, CHUNKS_TABLE)),
+        (table, TableState.READY),
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])

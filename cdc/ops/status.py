@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple
 import psycopg
 from psycopg import sql
 
-from cdc.load.chunks import CHUNKS_TABLE, TABLES_TABLE, state_ddl
+from cdc.load.chunks import TABLES_TABLE, state_ddl
 from cdc.ops.settings import redact_url
 from cdc.states import DaemonState, TableState
 from cdc.stream.eligibility import Exclusion, Shape, SourceTable
@@ -328,27 +328,3 @@ def read_set_aside(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]
     except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
         return {}
     return dict(rows)
-
-
-def copies_recorded(conn: psycopg.Connection[Any], schema: str) -> bool:
-    """Whether the tables that record copies exist (read without failing a transaction)."""
-    names = [_ident(schema, name).as_string(conn) for name in (TABLES_TABLE, CHUNKS_TABLE)]
-    made = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL", names
-    ).fetchone()
-    return bool(made and made[0])
-
-
-def copied_at(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
-    """The LSN of the snapshot of the table's last copy that ended (the earliest of its
-    chunks' snapshots), None if none is recorded; the tables that record copies must
-    exist (`copies_recorded`)."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT (min(c.snapshot_lsn) - '0/0'::pg_lsn)::bigint FROM {} t JOIN {} c "
-            "ON c.job = t.job AND c.table_name = t.table_name "
-            "WHERE t.table_name = %s AND t.state = %s AND c.done"
-        ).format(_ident(schema, TABLES_TABLE), _ident(schema, CHUNKS_TABLE)),
-        (table, TableState.READY),
-    ).fetchone()
-    return None if row is None or row[0] is None else int(row[0])

@@ -32,7 +32,7 @@ from cdc.apply import rowtext
 from cdc.apply.batch import Batch, Key, TableBatch
 from cdc.apply.unwritten import Unwritten
 from cdc.errors import backfill_command
-from cdc.ops import status
+from cdc.load import jobstate
 from cdc.ops.logs import get_logger
 from cdc.schema import VERSION_COLUMN, TableSchema
 from cdc.sinks.base import CopiedRows, CopyFormat
@@ -207,10 +207,10 @@ class HistoricSink:
     def _copied_version(self, conn: psycopg.Connection[Any], layout: TableSchema) -> int:
         """The version of the rows of the table's last completed copy (0: none)."""
         if not self._copies_recorded:  # made once, never dropped: looked for until then
-            self._copies_recorded = status.copies_recorded(conn, self.schema)
+            self._copies_recorded = jobstate.copies_recorded(conn, self.schema)
             if not self._copies_recorded:
                 return 0
-        copied = status.copied_at(conn, self.schema, layout.name)
+        copied = jobstate.copied_at(conn, self.schema, layout.name)
         return 0 if copied is None else snapshot_version(copied)
 
     def _visible(
