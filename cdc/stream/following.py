@@ -43,10 +43,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from cdc.errors import Action, CdcError, ErrorKind, backfill_command
-from cdc.ops import status
 from cdc.ops.settings import Settings
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.factory import SinkFactory
@@ -55,6 +53,7 @@ from cdc.stream import eligibility, slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 from cdc.stream.followplan import plan
+from cdc.stream.followrecords import FollowRecords
 from cdc.stream.tableload import TableLoader
 
 LOG_CHANGES_SQL = """
@@ -99,6 +98,7 @@ class SchemaFollower:
         self._locked: set[str] = set()  # said to be locked by another session
         self._last_poll = float("-inf")
         self._loader = loader
+        self._records = FollowRecords(settings)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -114,19 +114,19 @@ class SchemaFollower:
             tables, published, appended, options = self._query(self._read)
             listed = published | (appended or set())
             unpublished = [t for t in tables if t.name not in listed]
-            recorded = self._recorded() if unpublished or self._seen is None else {}
+            recorded = self._records.states() if unpublished or self._seen is None else {}
             first = self._excluded is None
             if self._oids is not None and self._shapes is not None:
                 oids, shapes = self._oids, self._shapes
             else:
-                oids, shapes = self._recorded_followed()
-            rebuilt = self._rebuilt(recorded, listed) if first else set()
+                oids, shapes = self._records.followed()
+            rebuilt = self._records.rebuilt(recorded, listed) if first else set()
             todo = plan(tables, published, recorded, self._seen, self._excluded or set(),
                         options.publishes_changes, appended, oids, shapes, rebuilt)  # fmt: skip
             by_name = {t.name: t for t in tables}
             if first:  # every table streamed is recorded: one taken out later stays out
                 for name in listed - set(recorded):
-                    self._record(name, TableState.STREAMING, None)
+                    self._records.record(name, TableState.STREAMING, None)
             excluded = self._excluded or set()
             for why in todo.unpublish:
                 if self._unpublish(why):
@@ -135,7 +135,9 @@ class SchemaFollower:
                 if not first:
                     self._log.warning("table_excluded", table=self._name(why.table),
                                       reason=why.reason, fix=why.fix)  # fmt: skip
-                self._record(why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}")
+                self._records.record(
+                    why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}"
+                )
                 excluded.add(why.table)
             self._excluded = {n for n in excluded if n in by_name} - set(todo.seen or {})
             renamed = todo.renamed or {}
@@ -145,7 +147,7 @@ class SchemaFollower:
                           else "dropped at the source: its targets are kept")  # fmt: skip
                 event = "table_renamed" if name in renamed else "table_dropped"
                 self._log.warning(event, table=self._name(name), detail=detail)
-                self._record(name, TableState.DROPPED, detail)
+                self._records.record(name, TableState.DROPPED, detail)
             seen, new_oids = dict(todo.seen or {}), dict(todo.oids or {})
             new_shapes = dict(todo.shapes or {})
             append = slots.append_publication(settings.publication)
@@ -160,7 +162,7 @@ class SchemaFollower:
             for name in (*todo.recopy, *todo.shrunk):  # whole: their targets hold rows no
                 self._reload(name, reasons[name], replaces=True)  # longer at the source
             if new_oids != oids or new_shapes != shapes:
-                self._record_followed(oids, shapes, new_oids, new_shapes)
+                self._records.record_followed(oids, shapes, new_oids, new_shapes)
             self._seen, self._oids, self._shapes = seen, new_oids, new_shapes
             self._watch_logs(todo.logs)
         except psycopg.Error as exc:
@@ -198,72 +200,6 @@ class SchemaFollower:
             self._log.warning("append_only_changes_not_replicated", table=self._name(name),
                               updates_and_deletes=changes, detail=what, fix=fix)  # fmt: skip
 
-    def _recorded(self) -> dict[str, str]:
-        settings = self._settings
-        with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
-            _, states = status.read(conn, settings.historic_schema, settings.slot)
-        return {s.table: s.state for s in states}
-
-    def _rebuilt(self, recorded: Mapping[str, str], listed: set[str]) -> set[str]:
-        """The published tables the last run set aside whose historic table is gone or
-        empty (made again at this start): the operator dropped their targets to have them
-        made again (`rebuild_steps`). (Targets that still cannot take the table set it
-        aside again at this start, before this look.)"""
-        aside = [n for n in listed if recorded.get(n) == TableState.QUARANTINED]
-        if not aside:
-            return set()
-        schema = self._settings.historic_schema
-        rebuilt = set()
-        with psycopg.connect(self._settings.require_historic_dsn(), autocommit=True) as conn:
-            for name in aside:
-                table = sql.Identifier(schema, name)
-                row = conn.execute(
-                    "SELECT to_regclass(%s) IS NULL", (table.as_string(conn),)
-                ).fetchone()
-                empty = (
-                    bool(row and row[0])
-                    or conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(table)).fetchone()
-                    is None
-                )
-                if empty:
-                    rebuilt.add(name)
-        return rebuilt
-
-    def _recorded_followed(self) -> tuple[dict[str, int], dict[str, Shape]]:
-        """The OIDs and shapes of the tables the names followed at the last run stood for
-        (a table renamed, made again, or whose columns changed while the daemon was stopped
-        is told apart by them)."""
-        settings = self._settings
-        with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
-            followed = status.read_followed(conn, settings.historic_schema)
-        oids = {name: f.oid for name, f in followed.items()}
-        return oids, {name: f.shape for name, f in followed.items() if f.shape is not None}
-
-    def _record_followed(
-        self,
-        before_oids: Mapping[str, int],
-        before_shapes: Mapping[str, Shape],
-        oids: Mapping[str, int],
-        shapes: Mapping[str, Shape],
-    ) -> None:
-        """Record the names followed now with their tables' OIDs and shapes, for the next
-        run: those that differ from the record (`before_*`: as recorded by the last look,
-        or the last run); a table truncated often replaces its files at every look."""
-        changed = {
-            name: status.Followed(oid, shapes.get(name))
-            for name, oid in oids.items()
-            if before_oids.get(name) != oid or before_shapes.get(name) != shapes.get(name)
-        }
-        gone = [name for name in before_oids if name not in oids]
-        settings = self._settings
-        with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
-            status.record_followed(conn, settings.historic_schema, changed, gone)
-
-    def _record(self, table: str, state: TableState, error: str | None) -> None:
-        settings = self._settings
-        status.record_table(settings.require_historic_dsn(), settings.historic_schema, table,
-                            state, error)  # fmt: skip
-
     def _name(self, table: str) -> str:
         return f"{self._settings.source_schema}.{table}"
 
@@ -299,7 +235,7 @@ class SchemaFollower:
             return False
         self._log.error("publication_table_removed", table=self._name(why.table),
                         reason=why.reason, fix=why.fix)  # fmt: skip
-        self._record(why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}")
+        self._records.record(why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}")
         return True
 
     def _add(self, found: SourceTable, publication: str | None = None) -> bool:
@@ -350,7 +286,7 @@ class SchemaFollower:
             f"append-only log, stop the daemon, `cdc rebuild {name}`, start it"
         )
         self._log.warning("table_excluded", table=self._name(name), reason=reason, fix=fix)
-        self._record(name, TableState.EXCLUDED, f"{reason}; fix: {fix}")
+        self._records.record(name, TableState.EXCLUDED, f"{reason}; fix: {fix}")
 
     def _prepare(self, table: TableSchema) -> None:
         """Create the targets with sinks of its own (the apply threads use theirs)."""
@@ -390,7 +326,7 @@ class SchemaFollower:
             self._log.info("table_streamed_without_copy", table=table.qualified_name,
                            hint=f"initial_load is off: {backfill_command(table.name)}")  # fmt: skip
             return False
-        self._record(table.name, TableState.REPLACING if replaces else TableState.COPYING,
+        self._records.record(table.name, TableState.REPLACING if replaces else TableState.COPYING,
                      None)  # fmt: skip
         return True
 
