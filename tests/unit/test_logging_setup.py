@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import structlog
@@ -34,6 +35,29 @@ def test_a_logger_made_before_configure_logs_json_on_stderr(
         ("early_event", None),
         ("bound_event", "s"),
     ]
+
+
+def test_a_library_warning_is_one_json_line_with_its_logger(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """clickhouse-connect logs through the standard `logging` module: its "Unexpected Http
+    Driver Exception" came out as a bare line amid the daemon's JSON lines."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.configure(json=True)
+        logging.getLogger("clickhouse_connect.driver").warning("driver trouble %s", "here")
+        logging.getLogger("clickhouse_connect.driver").info("below the level shown")
+        logging.getLogger("urllib3.connectionpool").warning("a retry inside one request")
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:], root.level = handlers, level
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["event"], e["logger"], e["level"]) for e in events] == [
+        ("driver trouble here", "clickhouse_connect.driver", "warning")
+    ]
+    assert events[0]["timestamp"].endswith("Z")
 
 
 def test_a_failure_no_policy_names_ends_the_daemon_in_one_json_line(
