@@ -66,3 +66,4 @@ def test_a_data_path_open_in_another_process_is_refused_naming_it(tmp_path: Path
     assert second.stdout.startswith("sink_connection "), (second.stdout, second.stderr)
     assert f"open in another process (pid {holder.pid})" in second.stdout
     assert "cdc status" in second.stdout
+    assert "DB::Exception" not in second.stderr, "refused before the engine opens the path"

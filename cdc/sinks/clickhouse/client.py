@@ -81,6 +81,8 @@ def connect(url: str, database: str | None = None) -> Any:
     try:
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
+            if (holder := held_by(path)) is not None:  # before the engine prints its own
+                raise _held_error(path, holder)
             client = _embedded_client(path)
             if database is not None:
                 client.database = database
@@ -105,18 +107,22 @@ def connect(url: str, database: str | None = None) -> Any:
         raise
     except Exception as exc:
         if path is not None and (holder := held_by(path)) is not None:
-            raise CdcError(
-                ErrorKind.SINK_CONNECTION,
-                f"the embedded ClickHouse at {path} is open in another process ({holder}): one "
-                "process at a time can open it, and a running daemon holds it. Stop that "
-                "process first (with the embedded engine, `cdc verify` and `cdc backfill` run "
-                "while the daemon is stopped; while it runs, its drift monitor checks the "
-                "tables, shown by `cdc status`), or use a ClickHouse server (http(s)://)",
-            ) from exc
+            raise _held_error(path, holder) from exc
         error = clickhouse_error(exc, url, "cannot connect to ClickHouse")
         if error is None:
             raise
         raise error from exc
+
+
+def _held_error(path: Path, holder: str) -> CdcError:
+    return CdcError(
+        ErrorKind.SINK_CONNECTION,
+        f"the embedded ClickHouse at {path} is open in another process ({holder}): one "
+        "process at a time can open it, and a running daemon holds it. Stop that "
+        "process first (with the embedded engine, `cdc verify` and `cdc backfill` run "
+        "while the daemon is stopped; while it runs, its drift monitor checks the "
+        "tables, shown by `cdc status`), or use a ClickHouse server (http(s)://)",
+    )
 
 
 def held_by(path: Path) -> str | None:
