@@ -12,10 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from cdc.apply.batch import Batch
 from cdc.load.backfill import Backfill
-from cdc.load.chunkcopy import ChunkCopier
 from cdc.schema import TableSchema, describe_table
 from cdc.sinks.base import CopiedRows, CopyFormat
+from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.historic.sink import HistoricSink
 from cdc.stream.snapshot import exported_snapshot
 from tests.harness import ClickHouseServer
@@ -182,19 +183,20 @@ def test_a_timestamp_clickhouse_cannot_hold_quarantines_the_table_and_names_it(
     table, sinks = prepared_sinks(
         pg, pg_dsn, clickhouse_server.url, clickhouse_server.client, ch_database, "t"
     )
-    parsed: list[int] = []
-    copy_parsed = ChunkCopier._copy_parsed
+    parsed: list[tuple[int, int]] = []  # the keys of each chunk given to a sink parsed
+    apply = ClickHouseSink.apply
 
-    def counted(self: ChunkCopier, *args: Any) -> int:
-        parsed.append(args[3].number)
-        return copy_parsed(self, *args)
+    def counted(self: ClickHouseSink, batch: Batch) -> None:
+        ids = [int(k) for t in batch.tables.values() for k, *_ in t.rows if isinstance(k, bytes)]
+        parsed.append((min(ids), max(ids)))
+        apply(self, batch)
 
-    monkeypatch.setattr(ChunkCopier, "_copy_parsed", counted)
+    monkeypatch.setattr(ClickHouseSink, "apply", counted)
     with exported_snapshot(pg_dsn) as snapshot:
         backfill = Backfill(pg_dsn, pg_dsn, "historic", "t-job", [table], sinks,
                             chunk_size=1000, workers=1)  # fmt: skip
         progress = backfill.run(snapshot)
-    assert parsed == [2], "only the chunk with the old timestamp is parsed"
+    assert parsed == [(2001, 3000)], "only the chunk with the old timestamp is parsed"
     assert "column 'at'" in progress.failed["t"]
     ch = clickhouse_server.client.query(
         f"SELECT count(), max(id), min(d) FROM `{ch_database}`.t FINAL"
