@@ -233,9 +233,7 @@ class Daemon:
             for sink in self.sinks:
                 sink.close()
             self.catalog.close()
-        self.log.info(
-            "daemon_stopped", applied_lsn=str(self.stats.applied_lsn), changes=self.stats.changes
-        )
+        self.log.info("daemon_stopped", applied_lsn=self.stats.applied, changes=self.stats.changes)
 
     def _consume(self, source: ChangeSource, applier: Applier, stop: threading.Event) -> None:
         """Read the stream into batches for the applier, acknowledge what both sinks hold,

@@ -40,6 +40,11 @@ class Stats:
     # Seconds from commit at the source to durable in every sink, per transaction.
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
+    @property
+    def applied(self) -> str | None:
+        """The end of the last batch applied, as text; None before the first (this run)."""
+        return str(self.applied_lsn) if self.applied_lsn else None
+
 
 class BatchStages:
     def __init__(

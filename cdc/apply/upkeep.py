@@ -91,7 +91,7 @@ class Upkeep:
         self._check_slot()
         self.log.info(
             "progress",
-            applied_lsn=str(self.stats.applied_lsn),
+            applied_lsn=self.stats.applied,
             lag_bytes=lag_bytes,
             lag_from=str(feedback.flush_lsn(progress)),  # what is durable (or idle)
             lag_to=str(progress.server_wal_end),  # the server's WAL end

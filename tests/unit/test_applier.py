@@ -12,6 +12,7 @@ import pytest
 
 from cdc.apply.applier import Applier
 from cdc.apply.batch import Batch
+from cdc.apply.stages import Stats
 from cdc.protocol.lsn import Lsn
 
 pytestmark = pytest.mark.unit
@@ -78,3 +79,11 @@ def test_the_pipeline_holds_one_batch_per_stage_and_the_one_submitted() -> None:
         applier.drain()
         applier.close()
     assert applier.applied == Lsn(10)
+
+
+def test_the_position_applied_is_none_until_a_batch_is_applied() -> None:
+    """The progress line said `applied_lsn: 0/0` after a start with nothing to apply."""
+    stats = Stats()
+    assert stats.applied is None
+    stats.applied_lsn = Lsn.parse("16/B374D848")
+    assert stats.applied == "16/B374D848"
