@@ -1,9 +1,10 @@
 """A seeded random workload for the model-based oracle test (`test_model.py`).
 
-Four tables that meet every hard case at once: a composite key whose rows move between
+Five tables that meet every hard case at once: a composite key whose rows move between
 keys, a uuid key, quoted identifiers with spaces and capitals, a partitioned table whose
 rows move between partitions (one attached with rows while running, one detached, one
-truncated by itself); out-of-line text
+truncated by itself), a table without a key (an append-only log: inserts, identical rows,
+TRUNCATE then inserts); out-of-line text
 (`STORAGE EXTERNAL`, incompressible, over 2 kB, so unchanged values are not resent),
 `text[]`, jsonb, numeric, timestamptz at 1969/1970/2100 and bytea that is not UTF-8.
 Transactions mix inserts, updates of a subset of columns, deletes, multi-row key shifts,
@@ -53,6 +54,7 @@ CREATE TABLE director.events (
 CREATE TABLE director.events_a PARTITION OF director.events FOR VALUES FROM (0) TO (10);
 CREATE TABLE director.events_b PARTITION OF director.events FOR VALUES FROM (10) TO (20);
 ALTER TABLE director.events ALTER body SET STORAGE EXTERNAL;
+CREATE TABLE director.ledger (account int, amount numeric(12,2), note text, at timestamptz);
 """
 # Replica identities a run may give order_lines (each carries key changes differently).
 IDENTITIES = {
@@ -72,6 +74,7 @@ TEAMS = 40
 EVENTS = 30
 DAYS = 30  # events_a holds days 0-9, events_b 10-19; 20-29 once events_c is attached
 CARD_POOL = 60
+LEDGER_ROWS = 20
 INSTANTS: list[datetime | str] = [
     datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
     datetime(1970, 1, 1, tzinfo=UTC),
@@ -119,7 +122,7 @@ def _instant(name: str) -> Column:
 @dataclass(frozen=True)
 class Table:
     name: str
-    key: tuple[str, ...]
+    key: tuple[str, ...]  # none: an append-only log, each row identified by its `_version`
     columns: tuple[Column, ...]
 
 
@@ -167,6 +170,11 @@ TABLES = (
         "events",  # partitioned: rows move between partitions; one attached, one detached
         ("id", "day"),
         (_int("id"), _int("day"), Column("kind", "{c}", "{c}"), _long_text("body")),
+    ),
+    Table(
+        "ledger",  # no key: only inserted to and truncated, so the targets equal the source
+        (),
+        (_int("account"), _numeric("amount"), _long_text("note"), _instant("at")),
     ),
 )
 
@@ -288,12 +296,19 @@ class Workload:
                 insert_team(conn, self.team_row(team))
             for event in range(1, EVENTS // 2):
                 insert_event(conn, self.event_row(event, self.rng.randrange(20)))
+            insert_entries(conn, [self.entry() for _ in range(LEDGER_ROWS)] * 2)  # twice each
 
     def card_row(self, card: uuid.UUID) -> tuple[Any, ...]:
         return (card, self.payload(), self.price(), self.instant(), self.blob(), self.long_text())
 
     def event_row(self, event: int, day: int) -> tuple[Any, ...]:
         return (event, day, self.rng.choice(["open", "done", None]), self.long_text())
+
+    def entry(self) -> tuple[Any, ...]:
+        """A ledger row; a few accounts and amounts, so identical rows are frequent."""
+        amount = Decimal(self.rng.randint(-3, 3)) / 2
+        note = self.long_text() if self.rng.random() < 0.3 else None
+        return (self.rng.randint(1, 4), amount, note, self.rng.choice(INSTANTS))
 
     def team_row(self, team: int) -> tuple[Any, ...]:
         return (team, self.rng.randint(0, 9), self.instant(), self.long_text())
@@ -335,6 +350,9 @@ class Workload:
     def _one(self, txn: Txn) -> None:
         if self.rng.random() < 0.12:
             self._event_change(txn, self.rng.random())
+            return
+        if self.rng.random() < 0.08:
+            self._ledger_change(txn, self.rng.random())
             return
         roll = self.rng.random()
         order_id, line = self.order(), self.line()
@@ -438,6 +456,17 @@ class Workload:
             # A partition truncated by itself: Postgres streams nothing for it.
             txn.add("event partition truncate", truncate_events_a)
 
+    def _ledger_change(self, txn: Txn, roll: float) -> None:
+        if roll < 0.7:
+            entries = [self.entry() for _ in range(self.rng.randint(1, 3))]
+            txn.add("ledger insert", lambda c: insert_entries(c, entries))
+        elif roll < 0.95:
+            entry, times = self.entry(), self.rng.randint(2, 5)
+            txn.add("ledger same rows", lambda c: insert_entries(c, [entry] * times))
+        else:
+            entries = [self.entry() for _ in range(2)]
+            txn.add("ledger truncate+insert", lambda c: truncate_ledger(c, entries))
+
     def _team_change(self, txn: Txn, roll: float) -> None:
         rng = self.rng
         if roll < 0.88:
@@ -491,6 +520,17 @@ def insert_event(conn: psycopg.Connection[Any], row: tuple[Any, ...]) -> None:
 def truncate_events_a(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET LOCAL lock_timeout = '2s'")
     conn.execute("TRUNCATE director.events_a")
+
+
+def insert_entries(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO director.ledger VALUES (%s, %s, %s, %s)", rows)
+
+
+def truncate_ledger(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+    conn.execute("SET LOCAL lock_timeout = '2s'")
+    conn.execute("TRUNCATE director.ledger")
+    insert_entries(conn, rows)
 
 
 def insert_team(conn: psycopg.Connection[Any], row: tuple[Any, ...]) -> None:

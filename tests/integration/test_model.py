@@ -95,14 +95,17 @@ def ch_queries(database: str) -> dict[str, str]:
         columns = ", ".join(c.ch.replace("{c}", q(c.name)) for c in table.columns)
         queries[f"rows {table.name}"] = f"SELECT {columns} FROM {db}.{q(table.name + '_current')}"
         keys = ", ".join(c.ch.replace("{c}", q(c.name)) for c in model.key_columns(table))
+        # An append-only log's rows are keyed by `_version` alone.
+        keys, grouped = (
+            (f"{keys}, ", ", ".join(q(k) for k in table.key)) if keys else ("", "_version")
+        )
         watermark = (
             f"(SELECT max(version) FROM {db}.{q(TRUNCATIONS_TABLE)} FINAL "
             f"WHERE table_name = '{table.name}')"
         )
         queries[f"versions {table.name}"] = (
-            f"SELECT {keys}, toString(max(_version)) FROM {db}.{q(table.name)} "
-            f"GROUP BY {', '.join(q(k) for k in table.key)} "
-            f"HAVING max(_version) > ifNull({watermark}, 0)"
+            f"SELECT {keys}toString(max(_version)) FROM {db}.{q(table.name)} "
+            f"GROUP BY {grouped} HAVING max(_version) > ifNull({watermark}, 0)"
         )
     queries["watermarks"] = (
         f"SELECT table_name, toString(max(version)) FROM {db}.{q(TRUNCATIONS_TABLE)} "
@@ -132,12 +135,13 @@ def pg_state(conn: psycopg.Connection[Any], schema: str, live_suffix: str) -> di
         state[f"rows {table.name}"] = rows
         if schema == "director":
             continue
+        keys = model.pg_exprs(model.key_columns(table))
         state[f"versions {table.name}"] = conn.execute(
             sql.SQL(
-                "SELECT {keys}, _version::text FROM {table} WHERE _version > coalesce("
+                "SELECT {keys}_version::text FROM {table} WHERE _version > coalesce("
                 "(SELECT version FROM {truncations} WHERE table_name = {name}), 0)"
             ).format(
-                keys=model.pg_exprs(model.key_columns(table)),
+                keys=sql.SQL("{}, ").format(keys) if table.key else sql.SQL(""),
                 table=sql.Identifier(schema, table.name),
                 truncations=sql.Identifier(schema, TRUNCATIONS_TABLE),
                 name=sql.Literal(table.name),
