@@ -70,6 +70,8 @@ class TableBatch:
     # The batch's commit times as text (`commit_time_text`), by commit LSN: a row's is
     # `commit_times[version >> 64]`. Shared by every table of the batch.
     commit_times: dict[int, bytes] = field(default_factory=dict)
+    # The commit LSN of the first change folded in (`cdc.apply.copybounds`).
+    first_commit: int = 0
     # The schema's column names and key positions, kept for the fold's inner loop.
     columns: tuple[str, ...] = field(init=False)
     key_positions: tuple[int, ...] = field(init=False)

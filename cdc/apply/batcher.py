@@ -14,6 +14,7 @@ from collections.abc import Callable
 from cdc.apply import rowimages
 from cdc.apply.batch import Batch, Key, RowImage, TableBatch, TableName, commit_time_text, widen
 from cdc.apply.changes import Change, Op, RecordChunk, Transaction
+from cdc.apply.copybounds import CopyBounds
 from cdc.apply.rowimages import KeyGetter, image, no_key
 from cdc.errors import Action, CdcError
 from cdc.protocol import UNCHANGED_TOAST, Delete, Insert, Relation, Update
@@ -90,17 +91,21 @@ class BatchBuilder:
         max_changes: int | None = None,
         native: bool = True,
         set_aside: Callable[[TableName, CdcError], None] | None = None,
+        bounds: CopyBounds | None = None,
     ) -> None:
         """`max_changes`: a transaction larger than this is cut into several batches (its
         end is acknowledged only with the batch that completes it), so memory stays bounded
         by the batch size, not by the largest transaction. `native`: fold in C when
         `cdc.apply._fold` is built (False: always in Python, the reference). `set_aside`:
         quarantines a table changed in a way its targets cannot follow (`widen`; None:
-        the error is raised)."""
+        the error is raised). `bounds`: where tables' copies divide the stream (a batch
+        ends there)."""
         self._native_fold = _fold if native else None
         self._resolve = resolve
         self._set_aside = set_aside
         self._max_changes = max_changes
+        self._bounds = bounds
+        self._commit_lsn = 0  # of the transaction being folded
         self._last_end = Lsn.ZERO
         self._batch = Batch()
         self._relations: dict[TableName, Relation] = {}  # the latest of each table's
@@ -141,6 +146,11 @@ class BatchBuilder:
         hand_over = emit if emit is not None else full.append
         limit = self._max_changes
         batch = self._batch
+        bounds = self._bounds
+        if bounds is not None and batch.tables and bounds.splits(batch.tables, txn.commit_lsn):
+            hand_over(self.build())
+            batch = self._batch
+        self._commit_lsn = txn.commit_lsn
         batch.end_lsn = self._last_end
         commit_high = version_of(txn.commit_lsn, 0)  # `| ordinal` gives each version
         commit_time = commit_time_text(txn.commit_ts)
@@ -253,7 +263,7 @@ class BatchBuilder:
             schema = self._resolve(relation)
             if schema is None:
                 return None
-            table = TableBatch(schema)
+            table = TableBatch(schema, first_commit=self._commit_lsn)
             table.commit_times = self._batch.commit_time_text
             self._batch.tables[name] = table
             self._relations[name] = relation

@@ -20,10 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 
+import psycopg
+
 from cdc.apply.applier import Applier, Stage
 from cdc.apply.batch import Batch
 from cdc.apply.batcher import BatchBuilder
 from cdc.apply.changes import Transaction
+from cdc.apply.copybounds import CopyBounds
 from cdc.apply.quarantine import Quarantine
 from cdc.apply.setup import DESCRIBE_QUARANTINES, Setup
 from cdc.apply.stages import BatchStages
@@ -31,6 +34,7 @@ from cdc.apply.upkeep import Upkeep
 from cdc.check.monitor import Monitor
 from cdc.check.position import TargetPosition
 from cdc.errors import REPLAY_LOST, CdcError, ErrorKind
+from cdc.load import jobstate
 from cdc.ops import faults, status
 from cdc.ops.freshness import FreshnessRecorder
 from cdc.ops.leader import Leadership
@@ -76,9 +80,11 @@ class Daemon:
                             self.metrics, self.log, self._stopping)  # fmt: skip
         self.catalog = Catalog(self._setup.connect_source, settings.max_retry_delay_s,
                                self._stopping)  # fmt: skip
-        # Copies the tables the schema follower adds; the stages wait for them.
+        # Copies the tables the schema follower adds; the stages wait for them, and the
+        # batches end at their snapshots.
+        self.copy_bounds = CopyBounds()
         loader = TableLoader(self.source_dsn, self._setup.initial_load, self.quarantine.add,
-                             self.log)  # fmt: skip
+                             self.log, self.copy_bounds)  # fmt: skip
         self._stages = BatchStages(settings, self.sinks, self.quarantine, loader,
                                    self.metrics, self.health, self.position,
                                    self._stopping)  # fmt: skip
@@ -235,13 +241,24 @@ class Daemon:
             self.catalog.close()
         self.log.info("daemon_stopped", applied_lsn=self.stats.applied, changes=self.stats.changes)
 
+    def _recorded_copies(self) -> None:
+        """The snapshots of the copies made before this start: the stream replays from the
+        slot's position, which may be older than some."""
+        settings = self.settings
+        with psycopg.connect(settings.require_historic_dsn(), autocommit=True) as conn:
+            if jobstate.copies_recorded(conn, settings.historic_schema):
+                for name, lsn in jobstate.copies(conn, settings.historic_schema).items():
+                    self.copy_bounds.copied((settings.source_schema, name), lsn)
+
     def _consume(self, source: ChangeSource, applier: Applier, stop: threading.Event) -> None:
         """Read the stream into batches for the applier, acknowledge what both sinks hold,
         and keep the daemon's bookkeeping, until `stop` and every batch is applied."""
         settings = self.settings
+        self._recorded_copies()
         builder = BatchBuilder(
-            self.table_schema, max_changes=settings.batch_size, set_aside=self.quarantine.add
-        )
+            self.table_schema, max_changes=settings.batch_size, set_aside=self.quarantine.add,
+            bounds=self.copy_bounds,
+        )  # fmt: skip
         latency = settings.batch_latency_ms / 1000
         submit = functools.partial(applier.submit, waiting=source.stream.keep_alive)
         acknowledged = Lsn.ZERO

@@ -195,16 +195,22 @@ def copies_recorded(conn: psycopg.Connection[Any], schema: str) -> bool:
     return bool(made and made[0])
 
 
-def copied_at(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
-    """The LSN of the snapshot of the table's last copy that ended (the earliest of its
-    chunks' snapshots), None if none is recorded; the tables that record copies must
-    exist (`copies_recorded`)."""
-    row = conn.execute(
+def copies(conn: psycopg.Connection[Any], schema: str, table: str | None = None) -> dict[str, int]:
+    """Per table (or `table` alone), the LSN of the snapshot of its last copy that ended
+    (the earliest of its chunks' snapshots); the tables that record copies must exist
+    (`copies_recorded`)."""
+    rows = conn.execute(
         sql.SQL(
-            "SELECT (min(c.snapshot_lsn) - '0/0'::pg_lsn)::bigint FROM {} t JOIN {} c "
-            "ON c.job = t.job AND c.table_name = t.table_name "
-            "WHERE t.table_name = %s AND t.state = %s AND c.done"
+            "SELECT t.table_name, (min(c.snapshot_lsn) - '0/0'::pg_lsn)::bigint FROM {} t "
+            "JOIN {} c ON c.job = t.job AND c.table_name = t.table_name "
+            "WHERE (t.table_name = %s OR %s::text IS NULL) AND t.state = %s AND c.done "
+            "GROUP BY t.table_name"
         ).format(_qualified(schema, TABLES_TABLE), _qualified(schema, CHUNKS_TABLE)),
-        (table, TableState.READY),
-    ).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
+        (table, table, TableState.READY),
+    ).fetchall()
+    return {name: int(lsn) for name, lsn in rows}
+
+
+def copied_at(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
+    """The LSN of the snapshot of `table`'s last copy that ended (`copies`), or None."""
+    return copies(conn, schema, table).get(table)

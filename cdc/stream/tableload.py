@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from cdc.apply.copybounds import CopyBounds
 from cdc.errors import CdcError, ErrorKind, backfill_command
 from cdc.load.backfill import Backfill
 from cdc.ops import faults
@@ -44,8 +45,12 @@ class TableLoader:
         make_load: LoadFactory,
         quarantine: Callable[[tuple[str, str], CdcError], None],
         log: Any,
+        bounds: CopyBounds | None = None,
     ) -> None:
+        """`bounds`: told of each copy, from its start (its snapshot unknown) to the
+        snapshot it ended at."""
         self._source_dsn = source_dsn
+        self._bounds = bounds or CopyBounds()
         self._make_load = make_load
         self._quarantine = quarantine
         self._log = log
@@ -116,12 +121,19 @@ class TableLoader:
 
     def _load(self, table: TableSchema, replaces: bool) -> None:
         job = f"table_{table.name}_{uuid.uuid4().hex[:8]}"
-        with exported_snapshot(self._source_dsn) as snapshot:
-            self._log.info("table_load_started", table=table.qualified_name,
-                           snapshot_lsn=str(snapshot.lsn))  # fmt: skip
-            progress = self._make_load([table], job, replaces).run(snapshot)
-        for name, reason in progress.failed.items():
-            self._quarantine((table.schema, name), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
+        name = (table.schema, table.name)
+        self._bounds.copying(name)  # before its snapshot: changes read until then are older
+        load: Backfill | None = None
+        try:
+            with exported_snapshot(self._source_dsn) as snapshot:
+                self._log.info("table_load_started", table=table.qualified_name,
+                               snapshot_lsn=str(snapshot.lsn))  # fmt: skip
+                load = self._make_load([table], job, replaces)
+                progress = load.run(snapshot)
+        finally:
+            self._bounds.ended(name, load.snapshot_lsn if load is not None else None)
+        for failed, reason in progress.failed.items():
+            self._quarantine((table.schema, failed), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
         self._log.info("table_load_done", table=table.qualified_name, rows=progress.rows)
 
     def close(self) -> None:

@@ -10,8 +10,11 @@ import psycopg
 import structlog
 from structlog.testing import capture_logs
 
+from cdc.apply.batch import TableBatch
+from cdc.apply.copybounds import CopyBounds
 from cdc.errors import CdcError
 from cdc.load.workers import Progress
+from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema, describe_table
 from cdc.stream.snapshot import Snapshot
 from cdc.stream.tableload import TableLoader
@@ -22,9 +25,11 @@ class _Load:
 
     def __init__(self, outcome: int | BaseException) -> None:
         self.outcome = outcome
+        self.snapshot_lsn: int | None = None
 
     def run(self, snapshot: Snapshot) -> Progress:
         assert snapshot.lsn  # taken from the real server
+        self.snapshot_lsn = snapshot.lsn
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         progress = Progress()
@@ -48,7 +53,8 @@ def test_a_failed_copy_lets_the_next_ones_and_the_waiting_changes_go_on(
         raise AssertionError(f"{name} set aside: {error}")
 
     log = structlog.get_logger()
-    loader = TableLoader(pg_dsn, make_load, quarantine, log)
+    bounds = CopyBounds()
+    loader = TableLoader(pg_dsn, make_load, quarantine, log, bounds)
     with capture_logs() as logs:
         loader.queue(tables["broken"])
         loader.queue(tables["fine"])
@@ -70,3 +76,11 @@ def test_a_failed_copy_lets_the_next_ones_and_the_waiting_changes_go_on(
     ]
     done = [(e["table"], e["rows"]) for e in logs if e["event"] == "table_load_done"]
     assert done == [("director.fine", 3)]
+    # Each copy divides the stream at its snapshot, the failed one too (rows of it landed).
+    started = {e["table"]: int(Lsn.parse(e["snapshot_lsn"])) for e in logs
+               if e["event"] == "table_load_started"}  # fmt: skip
+    held = {("director", n): TableBatch(tables[n], first_commit=1) for n in ("broken", "fine")}
+    first, last = sorted(started.values())
+    assert not bounds.splits(held, first - 1), "no copy runs any more"
+    assert bounds.splits(held, last), "a change from after the snapshots starts a batch"
+    assert not bounds.splits(held, last + 1), "passed"

@@ -1,0 +1,69 @@
+"""Where a table's copy divides its stream: a batch never folds a change made after a
+table's copy snapshot onto an image of the table's row from before it.
+
+A copy the schema follower makes (a table made again, rewritten, renamed into, given a
+partition) holds what the stream never sent: rows changed without a change streamed for
+them. An image from before the copy's snapshot is then stale, and a later update that
+leaves a value unchanged (TOAST) must take it from the copy, not from that image. Across
+batches the historic sink's fill passes over such images (`cdc.sinks.historic.fill`);
+inside one batch the fold would merge them, so the batch ends there instead
+(`BatchBuilder.add` asks `splits`).
+
+A boundary is a table's last copy snapshot: recorded ones at a start (a replay starts
+before them), and each copy the daemon makes (`cdc.stream.tableload`). While a copy runs
+its final snapshot is not known yet (a table rewritten meanwhile is copied again, at a
+newer one): a batch then holds changes of the table from one transaction only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Mapping
+
+from cdc.apply.batch import TableBatch, TableName
+
+
+class CopyBounds:
+    """The copy boundaries the stream has not passed yet, and the tables being copied;
+    safe from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ahead: list[tuple[int, TableName]] = []  # (snapshot LSN, table), a min-heap
+        self._copying: dict[TableName, int] = {}  # copies running, per table
+
+    def copied(self, table: TableName, lsn: int) -> None:
+        """A copy of `table` at the snapshot `lsn` has landed (or was recorded before)."""
+        with self._lock:
+            heapq.heappush(self._ahead, (lsn, table))
+
+    def copying(self, table: TableName) -> None:
+        """A copy of `table` starts; its snapshot is not known yet."""
+        with self._lock:
+            self._copying[table] = self._copying.get(table, 0) + 1
+
+    def ended(self, table: TableName, lsn: int | None) -> None:
+        """The copy of `table` started with `copying` ended (or failed: it is copied again
+        later), its last snapshot at `lsn` (None: none was taken)."""
+        with self._lock:
+            left = self._copying.pop(table, 1) - 1
+            if left:
+                self._copying[table] = left
+            if lsn is not None:
+                heapq.heappush(self._ahead, (lsn, table))
+
+    def splits(self, tables: Mapping[TableName, TableBatch], commit_lsn: int) -> bool:
+        """Whether a transaction committed at `commit_lsn` must start a new batch, given
+        the batch's `tables`: one of them is being copied, or its copy's snapshot lies
+        after the batch's first change of it and at or before `commit_lsn`. Boundaries at
+        or before `commit_lsn` are passed from then on (later changes are all newer), and
+        forgotten."""
+        with self._lock:
+            split = any(table in tables for table in self._copying)
+            ahead = self._ahead
+            while ahead and ahead[0][0] <= commit_lsn:
+                lsn, table = heapq.heappop(ahead)
+                held = tables.get(table)
+                split = split or (held is not None and held.first_commit < lsn)
+            return split
