@@ -59,6 +59,8 @@ class CopyBounds:
         after the batch's first change of it and at or before `commit_lsn`. Boundaries at
         or before `commit_lsn` are passed from then on (later changes are all newer), and
         forgotten."""
+        if not self._copying and not self._ahead:  # as almost always: no lock taken (a
+            return False  # copy starting right now has its snapshot after this change)
         with self._lock:
             split = any(table in tables for table in self._copying)
             ahead = self._ahead
