@@ -47,11 +47,11 @@ class CopyBounds:
         """The copy of `table` started with `copying` ended (or failed: it is copied again
         later), its last snapshot at `lsn` (None: none was taken)."""
         with self._lock:
+            if lsn is not None:  # first: `splits` reads the two without the lock
+                heapq.heappush(self._ahead, (lsn, table))
             left = self._copying.pop(table, 1) - 1
             if left:
                 self._copying[table] = left
-            if lsn is not None:
-                heapq.heappush(self._ahead, (lsn, table))
 
     def splits(self, tables: Mapping[TableName, TableBatch], commit_lsn: int) -> bool:
         """Whether a transaction committed at `commit_lsn` must start a new batch, given
