@@ -41,10 +41,12 @@ from tests.processes import ROOT, daemon_env, start_daemon, wait_for_slot
 
 FIXED_SEEDS = [1, 2, 3]
 SECONDS = float(os.environ.get("CDC_MODEL_SECONDS", "12"))
-FAULT_POINTS = [
-    "before_historic", "after_historic", "before_clickhouse", "after_clickhouse",
-    "before_ack", "after_ack", "mid_backfill_chunk", "after_slot_created",
-]  # fmt: skip
+# Fault points, and the last hit of each a kill is drawn at (the rarer a point, the lower).
+FAULT_POINTS = {
+    "before_historic": 40, "after_historic": 40, "before_clickhouse": 40,
+    "after_clickhouse": 40, "before_ack": 40, "after_ack": 40, "mid_backfill_chunk": 10,
+    "mid_backfill_plan": 4, "before_table_load": 2, "after_slot_created": 1,
+}  # fmt: skip
 WRITERS = 4
 
 
@@ -250,8 +252,8 @@ class DaemonRounds:
         while time.monotonic() < until:
             faults = ""
             if self.rng.random() < 0.6:
-                point = self.rng.choice(FAULT_POINTS)
-                faults = f"{point}=kill@{self.rng.randint(1, 40)}"
+                point = self.rng.choice(sorted(FAULT_POINTS))
+                faults = f"{point}=kill@{self.rng.randint(1, FAULT_POINTS[point])}"
             daemon = start_daemon(self.env, self.log, faults)
             deadline = time.monotonic() + self.rng.uniform(1.5, 5.0)
             while daemon.poll() is None and time.monotonic() < deadline:
