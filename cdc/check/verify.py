@@ -45,6 +45,8 @@ from cdc.stream.session import canonical_dsn
 
 MAX_CHECKS: Final = 3  # key comparisons per differing range
 POLL_S: Final = 0.1
+# Why an append-only log is not compared.
+LOG_NOT_COMPARED: Final = "no key to compare ranges of; `cdc backfill` copies it again whole"
 
 
 class SlotWatch:
@@ -148,8 +150,7 @@ class Verifier:
         if named:
             raise CdcError(
                 ErrorKind.CONFIG,
-                f"{', '.join(named)}: an append-only log has no key to compare ranges of; "
-                "`cdc backfill` copies it again whole",
+                f"{', '.join(named)}: an append-only log has {LOG_NOT_COMPARED}",
             )
         logs = sorted(t.name for t in found if t.append_only)
         return [t for t in found if not t.append_only], logs

@@ -26,6 +26,7 @@ from cdc.apply.daemon import Daemon
 from cdc.check.drift import all_clean
 from cdc.check.drift import document as verify_document
 from cdc.check.drift import report as verify_report
+from cdc.check.verify import LOG_NOT_COMPARED
 from cdc.check.verify import run as run_verify
 from cdc.cli.app import JsonOption, app, fail, settings_of, source_connection
 from cdc.cli.output import console, print_json
@@ -42,9 +43,7 @@ from cdc.stream.eligibility import source_tables
 from cdc.stream.snapshot import exported_snapshot
 
 # Why `cdc verify` leaves the append-only logs out.
-NOT_COMPARED = (
-    "append-only logs: no key to compare ranges of; `cdc backfill` copies one again whole"
-)
+NOT_COMPARED = f"append-only logs: {LOG_NOT_COMPARED}"
 
 
 @app.command("run")
