@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import workloads
 from bench.run import cluster
-from cdc.schema import TableSchema, describe_table
+from cdc.describe import describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.historic.sink import HistoricSink
 from cdc.sinks.historic.sql import (
     KEY_PROBES_SQL,

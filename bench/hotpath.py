@@ -26,8 +26,9 @@ from cdc.apply.assembler import Assembler
 from cdc.apply.batch import Batch
 from cdc.apply.batcher import BatchBuilder
 from cdc.apply.changes import Transaction
+from cdc.describe import describe_table
 from cdc.protocol import Decoder
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.clickhouse.values import RowEncoder
 from cdc.stream.replication import ReplicationStream
 

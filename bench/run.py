@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import hotpath, streaming, workloads
 from cdc.apply.daemon import Daemon
+from cdc.describe import describe_table
 from cdc.dev import localstack
 from cdc.load.backfill import Backfill
 from cdc.ops.settings import Settings
-from cdc.schema import describe_table
 from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.factory import default_sinks
 from cdc.stream.snapshot import exported_snapshot

@@ -19,9 +19,10 @@ from structlog.testing import capture_logs
 
 from cdc.apply.daemon import Daemon
 from cdc.apply.setup import Setup
+from cdc.describe import describe_table
 from cdc.errors import CdcError
 from cdc.ops.settings import Settings
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.base import Sink
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.sink import ClickHouseSink

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from cdc.apply.quarantine import Quarantine
+from cdc.describe import describe_table
 from cdc.errors import Action, CdcError, ErrorKind
 from cdc.load.backfill import Backfill
 from cdc.load.workers import Progress as BackfillProgress
@@ -18,7 +19,7 @@ from cdc.ops import faults, preflight
 from cdc.ops.metrics import Metrics
 from cdc.ops.settings import Settings, redact_url
 from cdc.retry import Backoff, retryable, retrying
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.base import Sink
 from cdc.sinks.factory import SinkFactory
 from cdc.stream import eligibility, slots

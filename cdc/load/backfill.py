@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from cdc.describe import describe_table
 from cdc.errors import Action, CdcError, ErrorKind, backfill_command
 from cdc.load import atsnapshot
 from cdc.load.appendonly import block_chunks, replace_copied
@@ -35,7 +36,7 @@ from cdc.load.planning import key_chunks
 from cdc.load.workers import DESCRIBED_OTHERWISE, CopyRun, Progress
 from cdc.ops import faults, status
 from cdc.ops.logs import get_logger
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.base import Sink
 from cdc.states import TableState
 from cdc.stream.session import canonical_dsn

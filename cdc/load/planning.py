@@ -10,9 +10,10 @@ from typing import Any
 
 import psycopg
 
+from cdc.describe import describe_table
 from cdc.errors import CdcError, ErrorKind
 from cdc.load.chunks import Chunk, Key, next_boundary_sql
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.stream.slots import replicated_tables
 
 

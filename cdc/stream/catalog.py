@@ -11,11 +11,12 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from cdc.describe import describe_relation
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops.settings import redact_url
 from cdc.protocol import Relation
 from cdc.retry import Backoff, retrying
-from cdc.schema import TableSchema, describe_relation
+from cdc.schema import TableSchema
 
 ATTEMPTS = 30
 T = TypeVar("T")

@@ -44,9 +44,10 @@ from typing import Any
 
 import psycopg
 
+from cdc.describe import describe_table
 from cdc.errors import Action, CdcError, ErrorKind, backfill_command
 from cdc.ops.settings import Settings
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.factory import SinkFactory
 from cdc.states import TableState
 from cdc.stream import eligibility, slots

@@ -13,8 +13,9 @@ import psycopg
 import pytest
 
 from cdc.apply.batch import Batch
+from cdc.describe import describe_table
 from cdc.load.backfill import Backfill
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.base import CopiedRows, CopyFormat
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.historic.sink import HistoricSink

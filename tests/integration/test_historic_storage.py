@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from cdc.schema import describe_table
+from cdc.describe import describe_table
 from cdc.sinks.historic.sql import array_literal, donors_sql, tombstones_sql
 from cdc.sinks.historic.writers import Writers
 from tests.harness import ClickHouseServer

@@ -15,10 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from cdc.describe import describe_table
 from cdc.load.backfill import Backfill
 from cdc.load.chunks import Chunk, direct_copy_sql
 from cdc.load.copyout import copy_out
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.clickhouse import ddl as ch_ddl
 from cdc.sinks.clickhouse import rowbinary
 from cdc.sinks.clickhouse.client import quote_identifier

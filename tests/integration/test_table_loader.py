@@ -12,10 +12,11 @@ from structlog.testing import capture_logs
 
 from cdc.apply.batch import TableBatch
 from cdc.apply.copybounds import CopyBounds
+from cdc.describe import describe_table
 from cdc.errors import CdcError
 from cdc.load.workers import Progress
 from cdc.protocol.lsn import Lsn
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.stream.snapshot import Snapshot
 from cdc.stream.tableload import TableLoader
 

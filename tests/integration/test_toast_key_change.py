@@ -25,11 +25,12 @@ from cdc.apply.batch import Batch
 from cdc.apply.batcher import BatchBuilder
 from cdc.apply.changes import Record, RecordChunk, Transaction
 from cdc.cli import app
+from cdc.describe import describe_table
 from cdc.errors import CdcError, ErrorKind
 from cdc.protocol import UNCHANGED_TOAST, Insert, Relation, RelationColumn, Update
 from cdc.protocol.lsn import Lsn
 from cdc.protocol.tags import ReplicaIdentity, TupleMarker
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.historic.sink import HistoricSink
 from tests.harness import ClickHouseServer

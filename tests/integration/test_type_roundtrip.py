@@ -18,16 +18,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cdc.describe import describe_relation, describe_table
 from cdc.errors import Action, CdcError, ErrorKind
 from cdc.protocol.messages import Relation, RelationColumn
 from cdc.protocol.tags import ReplicaIdentity
-from cdc.schema import (
-    Column,
-    TableSchema,
-    TypeKind,
-    describe_relation,
-    describe_table,
-)
+from cdc.schema import Column, TableSchema, TypeKind
 from cdc.sinks.clickhouse import ddl as ch_ddl
 from cdc.sinks.clickhouse.client import quote_identifier
 from cdc.sinks.clickhouse.sink import ClickHouseSink

@@ -17,9 +17,10 @@ from cdc.apply.batch import Batch
 from cdc.apply.batcher import BatchBuilder
 from cdc.apply.changes import Record, Transaction
 from cdc.apply.unwritten import Unwritten
+from cdc.describe import describe_table
 from cdc.protocol import UNCHANGED_TOAST, Delete, Relation, RelationColumn, Update
 from cdc.protocol.tags import TupleMarker
-from cdc.schema import TableSchema, describe_table
+from cdc.schema import TableSchema
 from cdc.sinks.historic.sink import HistoricSink
 from cdc.sinks.historic.sql import copy_within_sql, truncate_sql
 from tests.integration.test_toast_key_change import (

@@ -11,10 +11,11 @@ import pytest
 
 from cdc.apply.batcher import BatchBuilder, native_fold
 from cdc.apply.changes import Op
+from cdc.describe import choose_key
 from cdc.errors import CdcError, ErrorKind
 from cdc.load.chunks import Chunk, chunk_filter, log_copy_sql
 from cdc.protocol.lsn import Lsn
-from cdc.schema import Column, TableSchema, TypeKind, _choose_key
+from cdc.schema import Column, TableSchema, TypeKind
 from cdc.sinks.clickhouse import ddl as ch_ddl
 from cdc.sinks.historic import ddl as pg_ddl
 from cdc.sinks.historic.sql import upsert_sql
@@ -48,10 +49,10 @@ def test_keyless_tables_are_logs_unless_partitioned_or_unlogged() -> None:
 
 
 def test_a_table_without_a_key_is_an_append_only_log_unless_its_identity_is_full() -> None:
-    assert _choose_key("s.t", "d", [], []) == ()
-    assert _choose_key("s.t", "n", [], []) == ()
+    assert choose_key("s.t", "d", [], []) == ()
+    assert choose_key("s.t", "n", [], []) == ()
     with pytest.raises(CdcError) as refused:
-        _choose_key("s.t", "f", [], [])
+        choose_key("s.t", "f", [], [])
     assert refused.value.kind is ErrorKind.NO_KEY
     assert LOG.append_only and LOG.target_key == ("_version",)
 
