@@ -49,7 +49,7 @@ from cdc.sinks.clickhouse.client import embedded_path
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.factory import SinkFactory, default_sinks
 from cdc.states import DaemonState
-from cdc.stream import slots
+from cdc.stream import publications, slots
 from cdc.stream.catalog import Catalog
 from cdc.stream.following import SchemaFollower
 from cdc.stream.source import ChangeSource, SourceConfig
@@ -169,7 +169,9 @@ class Daemon:
         try:
             with self._setup.connect_source() as conn:
                 slot_gone = slots.get_slot(conn, self.settings.slot) is None
-                publication_gone = not slots.publication_exists(conn, self.settings.publication)
+                publication_gone = not publications.publication_exists(
+                    conn, self.settings.publication
+                )
         except CdcError:
             return exc
         if slot_gone:

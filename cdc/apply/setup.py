@@ -22,7 +22,7 @@ from cdc.retry import Backoff, retryable, retrying
 from cdc.schema import TableSchema
 from cdc.sinks.base import Sink
 from cdc.sinks.factory import SinkFactory
-from cdc.stream import eligibility, slots
+from cdc.stream import eligibility, publications, slots
 from cdc.stream.session import canonical_dsn
 from cdc.stream.slotcheck import PendingCheck
 from cdc.stream.snapshot import Snapshot, exported_snapshot, raced_relations
@@ -119,16 +119,18 @@ class Setup:
     def _ensure_publication(self, conn: psycopg.Connection[Any]) -> None:
         """Create the publications, or bring the existing one in line with the schema."""
         settings = self.settings
-        if not slots.publication_exists(conn, settings.publication):
-            published, logs, _ = slots.create_publication(
+        if not publications.publication_exists(conn, settings.publication):
+            published, logs, _ = publications.create_publication(
                 conn, settings.publication, settings.source_schema
             )
             self.log.info("publication_created", publication=settings.publication, tables=published)
             self.log.info("publication_created", publish="insert, truncate",
-                          publication=slots.append_publication(settings.publication),
+                          publication=publications.append_publication(settings.publication),
                           tables=logs)  # fmt: skip
             return
-        for repair in slots.repair_publication(conn, settings.publication, settings.source_schema):
+        for repair in publications.repair_publication(
+            conn, settings.publication, settings.source_schema
+        ):
             self.log.warning(repair.event, publication=settings.publication,
                              table=repair.table, detail=repair.detail)  # fmt: skip
 
@@ -171,12 +173,12 @@ class Setup:
         is asked for, so a slot made without it keeps the keyless tables excluded. False if
         the publication is missing."""
         settings = self.settings
-        append = slots.append_publication(settings.publication)
-        if slots.publication_exists(conn, append):
+        append = publications.append_publication(settings.publication)
+        if publications.publication_exists(conn, append):
             return True
         if slot_exists:
             return False
-        tables = slots.create_append_publication(conn, settings.publication,
+        tables = publications.create_append_publication(conn, settings.publication,
                                                  settings.source_schema)  # fmt: skip
         self.log.info("publication_created", publication=append, tables=tables,
                       publish="insert, truncate")  # fmt: skip
@@ -185,13 +187,13 @@ class Setup:
     def _log_append_missing(self, conn: psycopg.Connection[Any]) -> None:
         """A warning naming the keyless tables that are not replicated, or, when the schema
         has none, a note that one made later will not be."""
-        append = slots.append_publication(self.settings.publication)
+        append = publications.append_publication(self.settings.publication)
         _, logs, _ = eligibility.classify(
             eligibility.source_tables(conn, self.settings.source_schema)
         )
         fix = (
             f"stop the daemon; CREATE PUBLICATION {append} WITH "
-            f"({slots.INSERTS_ONLY.as_string(None)}); `cdc slot recreate`; start; then "
+            f"({publications.INSERTS_ONLY.as_string(None)}); `cdc slot recreate`; start; then "
             "`cdc backfill`"
         )
         if logs:
@@ -210,8 +212,8 @@ class Setup:
 
     def _streamed_publications(self, conn: psycopg.Connection[Any]) -> tuple[str, ...]:
         """The publications the slot streams: the main one, and the append one if it exists."""
-        append = slots.append_publication(self.settings.publication)
-        extra = (append,) if slots.publication_exists(conn, append) else ()
+        append = publications.append_publication(self.settings.publication)
+        extra = (append,) if publications.publication_exists(conn, append) else ()
         return (self.settings.publication, *extra)
 
     def _prepared(self, table: TableSchema) -> bool:
@@ -266,7 +268,7 @@ class Setup:
 
     def _published_schemas(self, conn: psycopg.Connection[Any]) -> list[TableSchema]:
         found = []
-        for schema, name in slots.replicated_tables(conn, self.settings.publication):
+        for schema, name in publications.replicated_tables(conn, self.settings.publication):
             try:
                 found.append(describe_table(conn, schema, name))
             except CdcError as exc:

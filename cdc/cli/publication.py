@@ -8,7 +8,7 @@ from rich.table import Table
 from cdc.cli.app import JsonOption, publication_app, source_session
 from cdc.cli.output import console, print_json
 from cdc.errors import CdcError, ErrorKind, backfill_command
-from cdc.stream import membership, slots
+from cdc.stream import membership, publications
 
 
 @publication_app.command("create")
@@ -16,7 +16,7 @@ def publication_create(ctx: typer.Context) -> None:
     """Create the publication (CDC_PUBLICATION) for every table of CDC_SOURCE_SCHEMA that
     can be published without making Postgres refuse its UPDATE and DELETE."""
     with source_session(ctx) as (settings, conn):
-        tables, logs, excluded = slots.create_publication(
+        tables, logs, excluded = publications.create_publication(
             conn, settings.publication, settings.source_schema
         )
     typer.echo(
@@ -24,7 +24,7 @@ def publication_create(ctx: typer.Context) -> None:
         + ", ".join(tables)
     )
     typer.echo(
-        f"created publication {slots.append_publication(settings.publication)} (inserts and "
+        f"created publication {publications.append_publication(settings.publication)} (inserts and "
         f"truncates only) with {len(logs)} tables without a key, replicated as append-only "
         "logs: " + ", ".join(logs)
     )
@@ -58,16 +58,18 @@ def publication_drop_table(ctx: typer.Context, table: str) -> None:
 def publication_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """The tables in the publication."""
     with source_session(ctx) as (settings, conn):
-        if not slots.publication_exists(conn, settings.publication):
+        if not publications.publication_exists(conn, settings.publication):
             raise CdcError(
                 ErrorKind.SETUP,
                 f"publication {settings.publication!r} does "
                 "not exist; create it with `cdc publication create`",
             )
-        tables = slots.publication_tables(conn, settings.publication)
-        append = slots.append_publication(settings.publication)
+        tables = publications.publication_tables(conn, settings.publication)
+        append = publications.append_publication(settings.publication)
         logs = (
-            slots.publication_tables(conn, append) if slots.publication_exists(conn, append) else []
+            publications.publication_tables(conn, append)
+            if publications.publication_exists(conn, append)
+            else []
         )
     if as_json:
         print_json(

@@ -15,7 +15,7 @@ from cdc.cli.output import console, iso_time, print_json, slot_document, slot_ta
 from cdc.errors import CdcError, ErrorKind
 from cdc.ops import preflight, status
 from cdc.ops.settings import Settings, redact_url
-from cdc.stream import eligibility, slots
+from cdc.stream import eligibility, publications, slots
 from cdc.stream.eligibility import Exclusion, SourceTable
 
 
@@ -155,18 +155,20 @@ def _source_tables(
 ) -> tuple[list[SourceTable], dict[str, Exclusion], set[str], set[str]]:
     """The source schema's tables, the exclusions among them, the published ones (in
     either publication), and those replicated as append-only logs (tables without a key,
-    unless the slot predates their publication: `slots.logs_replicated`)."""
+    unless the slot predates their publication: `publications.logs_replicated`)."""
     schema = settings.source_schema
     found = eligibility.source_tables(conn, schema)
     publishes_changes, published = True, set()
-    if slots.publication_exists(conn, settings.publication):
-        publishes_changes = slots.publication_options(conn, settings.publication).publishes_changes
+    if publications.publication_exists(conn, settings.publication):
+        publishes_changes = publications.publication_options(
+            conn, settings.publication
+        ).publishes_changes
         published = {
-            t for s, t in slots.replicated_tables(conn, settings.publication) if s == schema
+            t for s, t in publications.replicated_tables(conn, settings.publication) if s == schema
         }
     _, excluded = eligibility.split(found, publishes_changes)
     logs: set[str] = set()
-    if slots.logs_replicated(conn, settings.publication, settings.slot):
+    if publications.logs_replicated(conn, settings.publication, settings.slot):
         logs = {t.name for t in found if eligibility.logged_only(t)}
     return found, {why.table: why for why in excluded if why.table not in logs}, published, logs
 

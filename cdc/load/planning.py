@@ -14,7 +14,7 @@ from cdc.describe import describe_table
 from cdc.errors import CdcError, ErrorKind
 from cdc.load.chunks import Chunk, Key, next_boundary_sql
 from cdc.schema import TableSchema
-from cdc.stream.slots import replicated_tables
+from cdc.stream.publications import replicated_tables
 
 
 def check_tables(requested: Sequence[str], published: Sequence[str]) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import psycopg
 
 from cdc.errors import CdcError, ErrorKind
-from cdc.stream import eligibility, slots
+from cdc.stream import eligibility, publications
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,10 @@ def excluded_findings(
     not listed."""
     publishes_changes = True
     listed: set[str] = set()
-    if slots.publication_exists(conn, publication):
-        publishes_changes = slots.publication_options(conn, publication).publishes_changes
-        listed = {t for s, t, _ in slots.listed_tables(conn, publication) if s == schema}
-    logs_replicated = slots.logs_replicated(conn, publication, slot)
+    if publications.publication_exists(conn, publication):
+        publishes_changes = publications.publication_options(conn, publication).publishes_changes
+        listed = {t for s, t, _ in publications.listed_tables(conn, publication) if s == schema}
+    logs_replicated = publications.logs_replicated(conn, publication, slot)
     findings: list[Finding] = []
     for table in eligibility.source_tables(conn, schema):
         why = eligibility.exclusion(table, publishes_changes)

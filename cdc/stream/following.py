@@ -31,7 +31,7 @@ function) and acts:
   fresh snapshot, replacing what its targets hold.
 
 A table without a usable replica identity is followed the same way through the append
-publication (`slots.append_publication`: inserts and truncates only), as an append-only
+publication (`publications.append_publication`: inserts and truncates only), as an append-only
 log; once it is seen updated or deleted from at the source (`pg_stat_user_tables`), the
 daemon says once that those changes are not replicated and how to fix it.
 """
@@ -50,7 +50,7 @@ from cdc.ops.settings import Settings
 from cdc.schema import TableSchema
 from cdc.sinks.factory import SinkFactory
 from cdc.states import TableState
-from cdc.stream import eligibility, slots
+from cdc.stream import eligibility, publications
 from cdc.stream.catalog import Catalog
 from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 from cdc.stream.followplan import plan
@@ -151,7 +151,7 @@ class SchemaFollower:
                 self._records.record(name, TableState.DROPPED, detail)
             seen, new_oids = dict(todo.seen or {}), dict(todo.oids or {})
             new_shapes = dict(todo.shapes or {})
-            append = slots.append_publication(settings.publication)
+            append = publications.append_publication(settings.publication)
             for name, publication in [*((n, None) for n in todo.add),
                                       *((n, append) for n in todo.add_log)]:  # fmt: skip
                 if not self._add(by_name[name], publication):
@@ -172,19 +172,19 @@ class SchemaFollower:
 
     def _read(
         self, conn: psycopg.Connection[Any]
-    ) -> tuple[list[SourceTable], set[str], set[str] | None, slots.PublicationOptions]:
+    ) -> tuple[list[SourceTable], set[str], set[str] | None, publications.PublicationOptions]:
         settings = self._settings
         tables = eligibility.source_tables(conn, settings.source_schema)
 
         def listed(publication: str) -> set[str]:
             return {
-                t for s, t in slots.publication_tables(conn, publication)
+                t for s, t in publications.publication_tables(conn, publication)
                 if s == settings.source_schema
             }  # fmt: skip
 
-        append = slots.append_publication(settings.publication)
-        appended = listed(append) if slots.publication_exists(conn, append) else None
-        options = slots.publication_options(conn, settings.publication)
+        append = publications.append_publication(settings.publication)
+        appended = listed(append) if publications.publication_exists(conn, append) else None
+        options = publications.publication_options(conn, settings.publication)
         return tables, listed(settings.publication), appended, options
 
     def _watch_logs(self, logs: tuple[str, ...]) -> None:
@@ -208,7 +208,7 @@ class SchemaFollower:
         """Add `table` to the publication or drop it from it; False, said once, while
         another session's lock on the table keeps it from happening (tried again at the
         next look): waiting would stop the stream of every table meanwhile."""
-        statement = slots.alter_publication_sql(
+        statement = publications.alter_publication_sql(
             publication or self._settings.publication, action, self._settings.source_schema,
             table,
         )  # fmt: skip

@@ -12,7 +12,7 @@ import psycopg
 
 from cdc.errors import CdcError, ErrorKind
 from cdc.stream import eligibility
-from cdc.stream.slots import (
+from cdc.stream.publications import (
     INSERTS_ONLY,
     alter_publication_sql,
     append_publication,

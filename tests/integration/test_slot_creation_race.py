@@ -24,7 +24,7 @@ from psycopg import sql
 from structlog.testing import capture_logs
 
 from cdc.ops import status
-from cdc.stream import slots, slotwait
+from cdc.stream import publications, slotwait
 from cdc.stream.session import replication_connect
 from cdc.stream.slotcheck import PendingCheck
 from cdc.stream.snapshot import NEXT_XID_SQL, create_slot_sql, exported_snapshot
@@ -152,7 +152,7 @@ def test_a_daemon_stopped_before_checking_its_slot_checks_it_at_start(
     pg.execute("CREATE TABLE director.race (id int PRIMARY KEY, v text)")
     pg.execute("CREATE TABLE director.other (id int PRIMARY KEY)")
     settings = make_settings(pg_dsn, clickhouse_server.url, ch_database, slot="stopped")
-    slots.create_publication(pg, settings.publication, "director")
+    publications.create_publication(pg, settings.publication, "director")
     check = PendingCheck(pg_dsn, settings.historic_schema, settings.slot)
 
     def create() -> None:  # what a daemon killed right after creating its slot did

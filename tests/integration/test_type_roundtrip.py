@@ -29,7 +29,7 @@ from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.clickhouse.types import PgType, clickhouse_type
 from cdc.sinks.clickhouse.values import INSERT_SETTINGS, RowEncoder
 from cdc.sinks.historic import ddl as pg_ddl
-from cdc.stream.slots import publication_tables
+from cdc.stream.publications import publication_tables
 from tests.harness import ClickHouseServer
 
 SESSION_SETTINGS = (

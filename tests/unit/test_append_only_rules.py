@@ -21,7 +21,7 @@ from cdc.sinks.historic import ddl as pg_ddl
 from cdc.sinks.historic.sql import upsert_sql
 from cdc.stream.eligibility import SourceTable, classify, logged_only
 from cdc.stream.followplan import plan
-from cdc.stream.slots import INSERTS_ONLY, append_publication, create_publication_sql
+from cdc.stream.publications import INSERTS_ONLY, append_publication, create_publication_sql
 from cdc.stream.walsender import start_replication_command
 from tests.unit.test_batch import RELATION, builder_of, txn
 

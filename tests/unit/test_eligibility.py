@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from cdc.stream.eligibility import Shape, SourceTable, exclusion
 from cdc.stream.followplan import carried, plan, reshaped
-from cdc.stream.slots import create_publication_sql, via_root_sql
+from cdc.stream.publications import create_publication_sql, via_root_sql
 
 KEYED = SourceTable("t", "director.t", False, False, "d", True, ())
 KEYLESS = replace(KEYED, has_primary_key=False, unusable=("director.t",))
