@@ -13,9 +13,8 @@ from typing import Any
 
 import psycopg
 
-from cdc.ops import status
 from cdc.schema import TableSchema
-from cdc.stream import eligibility
+from cdc.stream import eligibility, followrecords
 from cdc.stream.snapshot import Snapshot, import_snapshot
 
 FEW_TABLES = 20  # read one by one, not by schema (a schema of thousands takes ~0.5 s)
@@ -89,9 +88,9 @@ def rewritten(dsn: str, snapshot: Snapshot, tables: Iterable[TableSchema]) -> li
 
 def followed(
     dsn: str, snapshot: Snapshot, tables: Iterable[TableSchema]
-) -> dict[str, status.Followed]:
+) -> dict[str, followrecords.Followed]:
     """`tables` as they were at `snapshot` (OID, `Shape`), by name; one gone is left out."""
-    result: dict[str, status.Followed] = {}
+    result: dict[str, followrecords.Followed] = {}
     with _at(dsn, snapshot) as conn:
         for schema, names in _by_schema(tables).items():
             if len(names) > FEW_TABLES:
@@ -102,5 +101,5 @@ def followed(
             wanted = set(names)
             for table in found:
                 if table.name in wanted:
-                    result[table.name] = status.Followed(table.oid, table.shape)
+                    result[table.name] = followrecords.Followed(table.oid, table.shape)
     return result

@@ -34,11 +34,12 @@ from cdc.load.chunks import Chunk
 from cdc.load.jobstate import JobState
 from cdc.load.planning import key_chunks
 from cdc.load.workers import DESCRIBED_OTHERWISE, CopyRun, Progress
-from cdc.ops import faults, status
+from cdc.ops import faults
 from cdc.ops.logs import get_logger
 from cdc.schema import TableSchema
 from cdc.sinks.base import Sink
 from cdc.states import TableState
+from cdc.stream import followrecords
 from cdc.stream.session import canonical_dsn
 from cdc.stream.snapshot import Snapshot, exported_snapshot, import_snapshot
 
@@ -231,7 +232,7 @@ class Backfill:
         tables = [self.tables[name] for name in names]
         found = atsnapshot.followed(self.source_dsn, snapshot, tables)
         with self.state() as state:
-            status.record_followed(state, self.job_state.schema, found, keep=True)
+            followrecords.record_followed(state, self.job_state.schema, found, keep=True)
 
     def _to_copy_again(self, snapshot: Snapshot) -> dict[str, str | None]:
         """The tables to copy again, described again, at a new snapshot, in name order:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql
@@ -31,13 +31,6 @@ _ADDED_COLUMNS: Final = (
     (DAEMON_TABLE, "held_through", "timestamptz"),
     (FOLLOWED_TABLE, "shape", "text"),
 )
-
-
-class Followed(NamedTuple):
-    """A table the schema follower followed: its OID, and its shape (None: not recorded)."""
-
-    oid: int
-    shape: Shape | None
 
 
 @dataclass(frozen=True)
@@ -274,45 +267,6 @@ def read_table(
     ).fetchone()
     state, shape = row if row is not None else (None, None)
     return state, Shape.from_json(shape) if shape else None
-
-
-def read_followed(conn: psycopg.Connection[Any], schema: str) -> dict[str, Followed]:
-    """The source table each name the schema follower followed stood for, as the last run
-    recorded it (`record_followed`)."""
-    ensure(conn, schema)
-    rows = conn.execute(
-        sql.SQL("SELECT table_name, source_oid, shape FROM {}").format(
-            _ident(schema, FOLLOWED_TABLE)
-        )
-    ).fetchall()
-    return {
-        name: Followed(oid, Shape.from_json(shape) if shape else None) for name, oid, shape in rows
-    }
-
-
-def record_followed(
-    conn: psycopg.Connection[Any],
-    schema: str,
-    followed: Mapping[str, Followed],
-    gone: Collection[str] = (),
-    keep: bool = False,
-) -> None:
-    """Record `followed` tables, and forget the `gone` ones; with `keep`, only those not
-    recorded yet (or without a shape), keeping every record there is."""
-    ensure(conn, schema)
-    table = _ident(schema, FOLLOWED_TABLE)
-    upsert = sql.SQL(
-        "INSERT INTO {table} AS f (table_name, source_oid, shape) VALUES (%s, %s, %s) "
-        "ON CONFLICT (table_name) DO UPDATE SET source_oid = excluded.source_oid, "
-        "shape = excluded.shape{keep}"
-    ).format(table=table, keep=sql.SQL(" WHERE f.shape IS NULL" if keep else ""))
-    with conn.transaction():
-        if gone:
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE table_name = ANY(%s)").format(table), (list(gone),)
-            )
-        for name, (oid, shape) in followed.items():
-            conn.execute(upsert, (name, oid, shape.to_json() if shape is not None else None))
 
 
 def read_set_aside(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:

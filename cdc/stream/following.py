@@ -55,20 +55,13 @@ from cdc.stream.catalog import Catalog
 from cdc.stream.eligibility import Exclusion, Shape, SourceTable
 from cdc.stream.followplan import plan
 from cdc.stream.followrecords import FollowRecords
+from cdc.stream.publishing import PublicationEditor
 from cdc.stream.tableload import TableLoader
 
 LOG_CHANGES_SQL = """
 SELECT relname, n_tup_upd + n_tup_del FROM pg_stat_user_tables
 WHERE schemaname = %(schema)s AND relname = ANY(%(tables)s) AND n_tup_upd + n_tup_del > 0
 """
-
-# The publication changes wait this long for another session's lock on the table (the
-# stream stands still meanwhile), then are tried again at the next look.
-LOCK_TIMEOUT_SQL = "SET LOCAL lock_timeout = '1s'"
-LOCKED_DETAIL = (
-    "another session's transaction holds a lock on the table (a migration, LOCK TABLE): "
-    "tried again at every look at the schema until it ends"
-)
 
 
 class SchemaFollower:
@@ -96,10 +89,10 @@ class SchemaFollower:
         self._excluded: set[str] | None = None  # None until the first poll
         self._refused: dict[str, SourceTable] = {}  # could not be described, as it was then
         self._warned_logs: set[str] = set()  # append-only logs said to be updated
-        self._locked: set[str] = set()  # said to be locked by another session
         self._last_poll = float("-inf")
         self._loader = loader
         self._records = FollowRecords(settings)
+        self._editor = PublicationEditor(settings, catalog.query, log)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -204,35 +197,10 @@ class SchemaFollower:
     def _name(self, table: str) -> str:
         return f"{self._settings.source_schema}.{table}"
 
-    def _alter(self, action: str, table: str, publication: str | None = None) -> bool:
-        """Add `table` to the publication or drop it from it; False, said once, while
-        another session's lock on the table keeps it from happening (tried again at the
-        next look): waiting would stop the stream of every table meanwhile."""
-        statement = publications.alter_publication_sql(
-            publication or self._settings.publication, action, self._settings.source_schema,
-            table,
-        )  # fmt: skip
-
-        def alter(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                conn.execute(LOCK_TIMEOUT_SQL)
-                conn.execute(statement)
-
-        try:
-            self._query(alter)
-        except psycopg.errors.LockNotAvailable:
-            if table not in self._locked:
-                self._locked.add(table)
-                self._log.warning("publication_change_waiting", table=self._name(table),
-                                  change=f"{action} table", detail=LOCKED_DETAIL)  # fmt: skip
-            return False
-        self._locked.discard(table)
-        return True
-
     def _unpublish(self, why: Exclusion) -> bool:
         """Take the table out at once: while it is published, Postgres refuses its UPDATE
-        and DELETE. False while the table is locked (`_alter`)."""
-        if not self._alter("drop", why.table):
+        and DELETE. False while the table is locked (`PublicationEditor.alter`)."""
+        if not self._editor.alter("drop", why.table):
             return False
         self._log.error("publication_table_removed", table=self._name(why.table),
                         reason=why.reason, fix=why.fix)  # fmt: skip
@@ -265,7 +233,7 @@ class SchemaFollower:
         # Its targets may hold the rows of a table that had its name before. Due before it
         # is published: a daemon stopped in between picks it up at its next start.
         due = self._copy_due(table, replaces=True)
-        if not self._alter("add", name, publication):
+        if not self._editor.alter("add", name, publication):
             return False  # due, as `replacing`: picked up again at the next look or start
         self._log.info("table_added", table=self._name(name), publication=publication,
                        append_only=table.append_only)  # fmt: skip

@@ -6,8 +6,8 @@ table renamed, made again or changed while the daemon was stopped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -16,6 +16,52 @@ from cdc.ops import status
 from cdc.ops.settings import Settings
 from cdc.states import TableState
 from cdc.stream.eligibility import Shape
+
+
+class Followed(NamedTuple):
+    """A table the schema follower followed: its OID, and its shape (None: not recorded)."""
+
+    oid: int
+    shape: Shape | None
+
+
+def read_followed(conn: psycopg.Connection[Any], schema: str) -> dict[str, Followed]:
+    """The source table each name the schema follower followed stood for, as the last run
+    recorded it (`record_followed`)."""
+    status.ensure(conn, schema)
+    rows = conn.execute(
+        sql.SQL("SELECT table_name, source_oid, shape FROM {}").format(
+            sql.Identifier(schema, status.FOLLOWED_TABLE)
+        )
+    ).fetchall()
+    return {
+        name: Followed(oid, Shape.from_json(shape) if shape else None) for name, oid, shape in rows
+    }
+
+
+def record_followed(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    followed: Mapping[str, Followed],
+    gone: Collection[str] = (),
+    keep: bool = False,
+) -> None:
+    """Record `followed` tables, and forget the `gone` ones; with `keep`, only those not
+    recorded yet (or without a shape), keeping every record there is."""
+    status.ensure(conn, schema)
+    table = sql.Identifier(schema, status.FOLLOWED_TABLE)
+    upsert = sql.SQL(
+        "INSERT INTO {table} AS f (table_name, source_oid, shape) VALUES (%s, %s, %s) "
+        "ON CONFLICT (table_name) DO UPDATE SET source_oid = excluded.source_oid, "
+        "shape = excluded.shape{keep}"
+    ).format(table=table, keep=sql.SQL(" WHERE f.shape IS NULL" if keep else ""))
+    with conn.transaction():
+        if gone:
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE table_name = ANY(%s)").format(table), (list(gone),)
+            )
+        for name, (oid, shape) in followed.items():
+            conn.execute(upsert, (name, oid, shape.to_json() if shape is not None else None))
 
 
 class FollowRecords:
@@ -65,7 +111,7 @@ class FollowRecords:
         is told apart by them)."""
         settings = self._settings
         with self._connect() as conn:
-            followed = status.read_followed(conn, settings.historic_schema)
+            followed = read_followed(conn, settings.historic_schema)
         oids = {name: f.oid for name, f in followed.items()}
         return oids, {name: f.shape for name, f in followed.items() if f.shape is not None}
 
@@ -80,14 +126,14 @@ class FollowRecords:
         run: those that differ from the record (`before_*`: as recorded by the last look,
         or the last run); a table truncated often replaces its files at every look."""
         changed = {
-            name: status.Followed(oid, shapes.get(name))
+            name: Followed(oid, shapes.get(name))
             for name, oid in oids.items()
             if before_oids.get(name) != oid or before_shapes.get(name) != shapes.get(name)
         }
         gone = [name for name in before_oids if name not in oids]
         settings = self._settings
         with self._connect() as conn:
-            status.record_followed(conn, settings.historic_schema, changed, gone)
+            record_followed(conn, settings.historic_schema, changed, gone)
 
     def record(self, table: str, state: TableState, error: str | None) -> None:
         settings = self._settings
