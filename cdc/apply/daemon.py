@@ -33,7 +33,7 @@ from cdc.apply.stages import BatchStages
 from cdc.apply.upkeep import Upkeep
 from cdc.check.monitor import Monitor
 from cdc.check.position import TargetPosition
-from cdc.errors import REPLAY_LOST, CdcError, ErrorKind
+from cdc.errors import CdcError, ErrorKind
 from cdc.load import jobstate
 from cdc.ops import faults, status
 from cdc.ops.freshness import FreshnessRecorder
@@ -49,7 +49,7 @@ from cdc.sinks.clickhouse.client import embedded_path
 from cdc.sinks.clickhouse.sink import ClickHouseSink
 from cdc.sinks.factory import SinkFactory, default_sinks
 from cdc.states import DaemonState
-from cdc.stream import publications, slots
+from cdc.stream import publications
 from cdc.stream.catalog import Catalog
 from cdc.stream.following import SchemaFollower
 from cdc.stream.source import ChangeSource, SourceConfig
@@ -164,29 +164,12 @@ class Daemon:
         record(DaemonState.STOPPED)
 
     def _explain_lost(self, exc: CdcError) -> CdcError:
-        """The server says 'does not exist' for a dropped slot and a dropped publication
-        alike (same SQLSTATE): look which one it is and say what to do."""
         try:
             with self._setup.connect_source() as conn:
-                slot_gone = slots.get_slot(conn, self.settings.slot) is None
-                publication_gone = not publications.publication_exists(
-                    conn, self.settings.publication
-                )
+                return publications.explain_lost(conn, self.settings.slot,
+                                                 self.settings.publication, exc)  # fmt: skip
         except CdcError:
             return exc
-        if slot_gone:
-            return CdcError(
-                ErrorKind.SLOT_LOST,
-                f"{exc}; to recover: {REPLAY_LOST}",
-            )
-        if publication_gone:
-            return CdcError(
-                ErrorKind.SETUP,
-                f"publication {self.settings.publication!r} was dropped while streaming: "
-                "recreate it (`cdc publication create`), restart, then `cdc backfill "
-                "--replace` the tables to copy the changes made without it (deletes too)",
-            )
-        return exc
 
     def _run(self, stop: threading.Event, record: Callable[[str], None]) -> None:
         try:

@@ -22,7 +22,6 @@ targets again at a fresh snapshot; the repaired ranges are verified again.
 from __future__ import annotations
 
 import shlex
-import time
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
@@ -36,50 +35,15 @@ from cdc.errors import CdcError, ErrorKind
 from cdc.load.planning import published_schemas
 from cdc.ops import status
 from cdc.ops.settings import Settings
-from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
 from cdc.sinks.clickhouse import client as clickhouse
 from cdc.sinks.factory import SinkFactory, default_sinks
-from cdc.stream import slots
 from cdc.stream.session import canonical_dsn
+from cdc.stream.slots import SlotWatch
 
 MAX_CHECKS: Final = 3  # key comparisons per differing range
-POLL_S: Final = 0.1
 # Why an append-only log is not compared.
 LOG_NOT_COMPARED: Final = "no key to compare ranges of; `cdc backfill` copies it again whole"
-
-
-class SlotWatch:
-    """Waits, bounded, until the pipeline's slot has confirmed a WAL position."""
-
-    def __init__(self, conn: psycopg.Connection[Any], slot: str, timeout_s: float) -> None:
-        self.conn = conn
-        self.slot = slot
-        self.timeout_s = timeout_s
-        self.confirmed = Lsn.ZERO
-        self.problem: str | None = None  # set once a wait failed; later waits only look
-
-    def wait_past(self, lsn: Lsn) -> bool:
-        deadline = time.monotonic() + (0.0 if self.problem else self.timeout_s)
-        while self.confirmed < lsn:
-            info = slots.get_slot(self.conn, self.slot)
-            if info is None:
-                self.problem = (
-                    f"slot {self.slot!r} does not exist, so verify cannot tell drift from "
-                    "changes the daemon has not applied yet"
-                )
-                return False
-            self.confirmed = max(self.confirmed, info.confirmed_flush_lsn or Lsn.ZERO)
-            if self.confirmed >= lsn:
-                break
-            if time.monotonic() >= deadline:
-                self.problem = (
-                    f"slot {self.slot!r} did not pass {lsn} within {self.timeout_s:g} s (it "
-                    f"is at {self.confirmed}): is the daemon running and keeping up?"
-                )
-                return False
-            time.sleep(POLL_S)
-        return True
 
 
 class Verifier:

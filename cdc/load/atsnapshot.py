@@ -103,3 +103,20 @@ def followed(
                 if table.name in wanted:
                     result[table.name] = followrecords.Followed(table.oid, table.shape)
     return result
+
+
+def record_followed(
+    dsn: str,
+    snapshot: Snapshot,
+    tables: Iterable[TableSchema],
+    state: psycopg.Connection[Any],
+    state_schema: str,
+) -> None:
+    """Record `tables`, copied at `snapshot`, as they were in it (OID, `Shape`), unless
+    recorded already: what the schema follower compares the source with at its first
+    look after a start, so a column renamed or a partition dropped after the copy's
+    snapshot, which the copy does not hold, is seen. An older record is kept: chunks
+    copied at an older snapshot (a copy resumed) hold the table as it was then, and a
+    record older than the rows costs a copy too many, never one too few."""
+    found = followed(dsn, snapshot, tables)
+    followrecords.record_followed(state, state_schema, found, keep=True)

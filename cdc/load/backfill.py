@@ -26,20 +26,19 @@ from typing import Any
 import psycopg
 
 from cdc.describe import describe_table
-from cdc.errors import Action, CdcError, ErrorKind, backfill_command
+from cdc.errors import Action, CdcError, backfill_command
 from cdc.load import atsnapshot
 from cdc.load.appendonly import block_chunks, replace_copied
 from cdc.load.chunkcopy import ChunkCopier
 from cdc.load.chunks import Chunk
 from cdc.load.jobstate import JobState
-from cdc.load.planning import key_chunks
+from cdc.load.planning import check_where, key_chunks
 from cdc.load.workers import DESCRIBED_OTHERWISE, CopyRun, Progress
 from cdc.ops import faults
 from cdc.ops.logs import get_logger
 from cdc.schema import TableSchema
 from cdc.sinks.base import Sink
 from cdc.states import TableState
-from cdc.stream import followrecords
 from cdc.stream.session import canonical_dsn
 from cdc.stream.snapshot import Snapshot, exported_snapshot, import_snapshot
 
@@ -78,19 +77,7 @@ class Backfill:
         """`replaces`: the copy replaces every row the targets hold, for every table (for
         an append-only log it always does). `publications`: those the daemon streams; a
         table none of them holds at the copy's snapshot is not copied (`_run`)."""
-        if where and replaces:
-            raise CdcError(
-                ErrorKind.CONFIG,
-                "--where cannot be used with --replace: a copy that replaces what the targets "
-                "hold copies whole tables (it would remove every row the predicate leaves out)",
-            )
-        logs = sorted(t.name for t in tables if t.append_only)
-        if where and logs:
-            raise CdcError(
-                ErrorKind.CONFIG,
-                f"--where cannot be used for {', '.join(logs)}: a table without a key is "
-                "copied whole (its copy replaces what the targets hold)",
-            )
+        check_where(where, replaces, tables)
         self.source_dsn = canonical_dsn(source_dsn)
         self.state_dsn = state_dsn
         self.tables = {t.name: t for t in tables}
@@ -222,18 +209,6 @@ class Backfill:
         progress.failed.update(self.set_aside)
         return progress
 
-    def _record_followed(self, snapshot: Snapshot, names: Collection[str]) -> None:
-        """Record the tables copied at `snapshot` as they were in it (OID, `Shape`), unless
-        recorded already: what the schema follower compares the source with at its first
-        look after a start, so a column renamed or a partition dropped after the copy's
-        snapshot, which the copy does not hold, is seen. An older record is kept: chunks
-        copied at an older snapshot (a copy resumed) hold the table as it was then, and a
-        record older than the rows costs a copy too many, never one too few."""
-        tables = [self.tables[name] for name in names]
-        found = atsnapshot.followed(self.source_dsn, snapshot, tables)
-        with self.state() as state:
-            followrecords.record_followed(state, self.job_state.schema, found, keep=True)
-
     def _to_copy_again(self, snapshot: Snapshot) -> dict[str, str | None]:
         """The tables to copy again, described again, at a new snapshot, in name order:
         those rewritten since `snapshot` (None), and those whose copy could
@@ -312,7 +287,10 @@ class Backfill:
                 self.job_state.set_state(
                     state, name, TableState.REPLACING if name in replaced else TableState.COPYING
                 )
-        self._record_followed(snapshot, copying)
+        with self.state() as state:
+            copied = [self.tables[name] for name in copying]
+            atsnapshot.record_followed(self.source_dsn, snapshot, copied, state,
+                                       self.job_state.schema)  # fmt: skip
         if replaced:
             replace_copied(self.make_sinks, [self.tables[name] for name in replaced], snapshot)
             with self.state() as state:

@@ -27,6 +27,24 @@ def check_tables(requested: Sequence[str], published: Sequence[str]) -> None:
         )
 
 
+def check_where(where: str | None, replaces: bool, tables: Sequence[TableSchema]) -> None:
+    """Refuse a `--where` that would lose rows: with a copy that replaces what the
+    targets hold, or for an append-only log (always copied whole, replacing)."""
+    if where and replaces:
+        raise CdcError(
+            ErrorKind.CONFIG,
+            "--where cannot be used with --replace: a copy that replaces what the targets "
+            "hold copies whole tables (it would remove every row the predicate leaves out)",
+        )
+    logs = sorted(t.name for t in tables if t.append_only)
+    if where and logs:
+        raise CdcError(
+            ErrorKind.CONFIG,
+            f"--where cannot be used for {', '.join(logs)}: a table without a key is "
+            "copied whole (its copy replaces what the targets hold)",
+        )
+
+
 def published_schemas(
     conn: psycopg.Connection[Any], publication: str, only: Sequence[str] = ()
 ) -> list[TableSchema]:

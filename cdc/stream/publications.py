@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.errors import CdcError, ErrorKind
+from cdc.errors import REPLAY_LOST, CdcError, ErrorKind
 from cdc.stream import eligibility
 from cdc.stream.eligibility import Exclusion
 from cdc.stream.slots import get_slot
@@ -195,3 +195,20 @@ def publication_tables(conn: psycopg.Connection[Any], name: str) -> list[tuple[s
         (name,),
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
+
+
+def explain_lost(
+    conn: psycopg.Connection[Any], slot: str, publication: str, exc: CdcError
+) -> CdcError:
+    """The server says 'does not exist' for a dropped slot and a dropped publication
+    alike (same SQLSTATE): look which one it is and say what to do."""
+    if get_slot(conn, slot) is None:
+        return CdcError(ErrorKind.SLOT_LOST, f"{exc}; to recover: {REPLAY_LOST}")
+    if not publication_exists(conn, publication):
+        return CdcError(
+            ErrorKind.SETUP,
+            f"publication {publication!r} was dropped while streaming: recreate it "
+            "(`cdc publication create`), restart, then `cdc backfill --replace` the tables "
+            "to copy the changes made without it (deletes too)",
+        )
+    return exc

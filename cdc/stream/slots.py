@@ -136,3 +136,39 @@ def drop_slot(conn: psycopg.Connection[Any], name: str, force: bool = False) -> 
             )
         time.sleep(0.05)
         slot = get_slot(conn, name)
+
+
+WATCH_POLL_S = 0.1
+
+
+class SlotWatch:
+    """Waits, bounded, until the pipeline's slot has confirmed a WAL position."""
+
+    def __init__(self, conn: psycopg.Connection[Any], slot: str, timeout_s: float) -> None:
+        self.conn = conn
+        self.slot = slot
+        self.timeout_s = timeout_s
+        self.confirmed = Lsn.ZERO
+        self.problem: str | None = None  # set once a wait failed; later waits only look
+
+    def wait_past(self, lsn: Lsn) -> bool:
+        deadline = time.monotonic() + (0.0 if self.problem else self.timeout_s)
+        while self.confirmed < lsn:
+            info = get_slot(self.conn, self.slot)
+            if info is None:
+                self.problem = (
+                    f"slot {self.slot!r} does not exist, so verify cannot tell drift from "
+                    "changes the daemon has not applied yet"
+                )
+                return False
+            self.confirmed = max(self.confirmed, info.confirmed_flush_lsn or Lsn.ZERO)
+            if self.confirmed >= lsn:
+                break
+            if time.monotonic() >= deadline:
+                self.problem = (
+                    f"slot {self.slot!r} did not pass {lsn} within {self.timeout_s:g} s (it "
+                    f"is at {self.confirmed}): is the daemon running and keeping up?"
+                )
+                return False
+            time.sleep(WATCH_POLL_S)
+        return True
