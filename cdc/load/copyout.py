@@ -12,6 +12,7 @@ when it is built and finds that libpq, and in Python otherwise.
 from __future__ import annotations
 
 import select
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -24,35 +25,21 @@ except ImportError:  # not built: the rows are read in Python
 
 COPY_WOULD_BLOCK = 0
 NATIVE = _copyout is not None and _copyout.load()
+# Reads a COPY's rows from a pgconn in COPY_OUT state; None: it cannot (then they are read
+# in Python).
+Reader = Callable[[Any], tuple[bytes, int] | None]
 
 
-def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> tuple[bytes, int]:
-    """What `query` (a `COPY ... TO STDOUT`) writes, as the server sent it, and the number
-    of rows (CopyData messages) it came in."""
-    text = query.as_bytes(conn)
-    with conn.lock:
-        pgconn = conn.pgconn
-        pgconn.send_query(text)
-        _flush(pgconn)
-        result = _next_result(pgconn)
-        if result is None or result.status != pq.ExecStatus.COPY_OUT:
-            _raise(conn, pgconn, result)
-        read = _read_native(pgconn) if NATIVE else None
-        data, rows = read if read is not None else _read(pgconn)
-        result = _next_result(pgconn)
-        if result is None or result.status != pq.ExecStatus.COMMAND_OK:
-            _raise(conn, pgconn, result)
-        while _next_result(pgconn) is not None:
-            pass
-    return data, rows
-
-
-def _read_native(pgconn: Any) -> tuple[bytes, int] | None:
+def read_in_c(pgconn: Any) -> tuple[bytes, int] | None:
+    """The rows read in C, without the GIL; None when the C reader is not built, found no
+    libpq, or cannot vouch for the connection (another libpq than the one it loaded)."""
     address = pgconn.pgconn_ptr
-    return None if address is None else _copyout.read_rows(address, pgconn.backend_pid)
+    if not NATIVE or address is None:
+        return None
+    return _copyout.read_rows(address, pgconn.backend_pid)
 
 
-def _read(pgconn: Any) -> tuple[bytes, int]:
+def read_in_python(pgconn: Any) -> tuple[bytes, int]:
     out = bytearray()  # grown in place: no bytes object per row
     rows = 0
     read = pgconn.get_copy_data
@@ -65,6 +52,29 @@ def _read(pgconn: Any) -> tuple[bytes, int]:
             _wait_readable(pgconn)
         else:
             return bytes(out), rows
+
+
+def copy_out(
+    conn: psycopg.Connection[Any], query: sql.Composable, read: Reader = read_in_c
+) -> tuple[bytes, int]:
+    """What `query` (a `COPY ... TO STDOUT`) writes, as the server sent it, and the number
+    of rows (CopyData messages) it came in; read by `read`, else in Python."""
+    text = query.as_bytes(conn)
+    with conn.lock:
+        pgconn = conn.pgconn
+        pgconn.send_query(text)
+        _flush(pgconn)
+        result = _next_result(pgconn)
+        if result is None or result.status != pq.ExecStatus.COPY_OUT:
+            _raise(conn, pgconn, result)
+        got = read(pgconn)
+        data, rows = got if got is not None else read_in_python(pgconn)
+        result = _next_result(pgconn)
+        if result is None or result.status != pq.ExecStatus.COMMAND_OK:
+            _raise(conn, pgconn, result)
+        while _next_result(pgconn) is not None:
+            pass
+    return data, rows
 
 
 def _flush(pgconn: Any) -> None:

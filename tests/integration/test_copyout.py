@@ -14,23 +14,22 @@ from cdc.load import copyout
 from cdc.load.copyout import copy_out
 
 pytestmark = pytest.mark.integration
-READ_IN_PYTHON = copyout._read
 
 
-@pytest.fixture(autouse=True, params=["C", "Python"])
-def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def only_in_c(pgconn: Any) -> tuple[bytes, int]:
+    got = copyout.read_in_c(pgconn)
+    assert got is not None, "the rows were not read in C"
+    return got
+
+
+@pytest.fixture(params=["C", "Python"])
+def read(request: pytest.FixtureRequest) -> copyout.Reader:
     if request.param == "C":
         assert copyout.NATIVE, (
             "cdc.load._copyout is not built or found no libpq: run `make install`"
         )
-
-        def not_in_python(pgconn: Any) -> tuple[bytes, int]:
-            raise AssertionError("the rows were read in Python")
-
-        monkeypatch.setattr(copyout, "_read", not_in_python)
-    else:
-        monkeypatch.setattr(copyout, "NATIVE", False)
-    return str(request.param)
+        return only_in_c
+    return copyout.read_in_python
 
 
 ROWS = """
@@ -46,49 +45,48 @@ def via_psycopg(conn: psycopg.Connection[Any], query: sql.SQL) -> bytes:
         return b"".join(bytes(block) for block in copy)
 
 
-def test_the_same_bytes_as_psycopg_and_the_row_count(pg_dsn: str) -> None:
+def test_the_same_bytes_as_psycopg_and_the_row_count(pg_dsn: str, read: copyout.Reader) -> None:
     query = sql.SQL("COPY (SELECT * FROM t ORDER BY id) TO STDOUT")
     with psycopg.connect(pg_dsn) as conn:
         conn.execute(ROWS)
         conn.commit()
-        data, rows = copy_out(conn, query)
+        data, rows = copy_out(conn, query, read)
         assert rows == 20000
         assert data == via_psycopg(conn, query)
         assert data.count(b"\n") == 20000
         assert b"\n7\t\\N\t" in data and b"\n8\ta\\tb\\\\c\\n8\t" in data
 
 
-def test_it_reads_inside_the_open_transaction(pg_dsn: str) -> None:
+def test_it_reads_inside_the_open_transaction(pg_dsn: str, read: copyout.Reader) -> None:
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("CREATE TABLE t (id int)")
         conn.commit()
         conn.execute("INSERT INTO t VALUES (1), (2)")  # not committed
-        data, rows = copy_out(conn, sql.SQL("COPY t TO STDOUT"))
+        data, rows = copy_out(conn, sql.SQL("COPY t TO STDOUT"), read)
         assert (data, rows) == (b"1\n2\n", 2)
         assert conn.info.transaction_status is psycopg.pq.TransactionStatus.INTRANS
         conn.rollback()
-        assert copy_out(conn, sql.SQL("COPY t TO STDOUT")) == (b"", 0)
+        assert copy_out(conn, sql.SQL("COPY t TO STDOUT"), read) == (b"", 0)
 
 
 def test_an_error_is_raised_as_psycopg_raises_it_and_the_connection_recovers(
-    pg_dsn: str,
+    pg_dsn: str, read: copyout.Reader
 ) -> None:
     with psycopg.connect(pg_dsn) as conn:
         with pytest.raises(psycopg.errors.UndefinedTable, match="missing"):
-            copy_out(conn, sql.SQL("COPY missing TO STDOUT"))
+            copy_out(conn, sql.SQL("COPY missing TO STDOUT"), read)
         conn.rollback()
         with pytest.raises(psycopg.errors.DivisionByZero):
             copy_out(
                 conn,
                 sql.SQL("COPY (SELECT 1 / (g - 500) FROM generate_series(1, 1000) g) TO STDOUT"),
+                read,
             )
         conn.rollback()
         assert conn.execute("SELECT 42").fetchone() == (42,)
 
 
-def test_the_c_reader_refuses_a_connection_it_cannot_vouch_for(
-    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_c_reader_refuses_a_connection_it_cannot_vouch_for(pg_dsn: str) -> None:
     """A PID that does not match (as through another libpq than the connection's): no rows
     read in C, and the copy then reads them in Python."""
     from cdc.load import _copyout
@@ -96,6 +94,5 @@ def test_the_c_reader_refuses_a_connection_it_cannot_vouch_for(
     with psycopg.connect(pg_dsn) as conn:
         address: int = conn.pgconn.pgconn_ptr  # type: ignore[attr-defined]
         assert _copyout.read_rows(address, conn.pgconn.backend_pid + 1) is None
-        monkeypatch.setattr(copyout, "_read", READ_IN_PYTHON)
-        monkeypatch.setattr(_copyout, "read_rows", lambda address, pid: None)
-        assert copy_out(conn, sql.SQL("COPY (SELECT 1) TO STDOUT")) == (b"1\n", 1)
+        refused = copy_out(conn, sql.SQL("COPY (SELECT 1) TO STDOUT"), lambda pgconn: None)
+        assert refused == (b"1\n", 1)
