@@ -9,10 +9,11 @@ batches the historic sink's fill passes over such images (`cdc.sinks.historic.fi
 inside one batch the fold would merge them, so the batch ends there instead
 (`BatchBuilder.add` asks `splits`).
 
-A boundary is a table's last copy snapshot: recorded ones at a start (a replay starts
-before them), and each copy the daemon makes (`cdc.stream.tableload`). While a copy runs
-its final snapshot is not known yet (a table rewritten meanwhile is copied again, at a
-newer one): a batch then holds changes of the table from one transaction only.
+A boundary is a table's copy snapshot: recorded ones at a start (a replay starts before
+them), and each snapshot a copy the daemon makes takes (`cdc.stream.tableload`; a table
+rewritten while it is copied is copied again, at a newer one). While a snapshot is being
+taken its position is not known yet, and the stream may pass it before it is: a batch then
+holds changes of the table from one transaction only, until the position is known.
 """
 
 from __future__ import annotations
@@ -31,38 +32,37 @@ class CopyBounds:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ahead: list[tuple[int, TableName]] = []  # (snapshot LSN, table), a min-heap
-        self._copying: dict[TableName, int] = {}  # copies running, per table
+        self._taking: dict[TableName, int] = {}  # snapshots being taken, per table
 
     def copied(self, table: TableName, lsn: int) -> None:
-        """A copy of `table` at the snapshot `lsn` has landed (or was recorded before)."""
+        """A copy of `table` was made at the snapshot `lsn` (or is being made)."""
         with self._lock:
             heapq.heappush(self._ahead, (lsn, table))
 
-    def copying(self, table: TableName) -> None:
-        """A copy of `table` starts; its snapshot is not known yet."""
+    def taking(self, table: TableName) -> None:
+        """A snapshot to copy `table` at is being taken; its position is not known yet."""
         with self._lock:
-            self._copying[table] = self._copying.get(table, 0) + 1
+            self._taking[table] = self._taking.get(table, 0) + 1
 
-    def ended(self, table: TableName, lsn: int | None) -> None:
-        """The copy of `table` started with `copying` ended (or failed: it is copied again
-        later), its last snapshot at `lsn` (None: none was taken)."""
+    def taken(self, table: TableName, lsn: int | None) -> None:
+        """The snapshot announced with `taking` is at `lsn` (None: none was taken)."""
         with self._lock:
             if lsn is not None:  # first: `splits` reads the two without the lock
                 heapq.heappush(self._ahead, (lsn, table))
-            left = self._copying.pop(table, 1) - 1
+            left = self._taking.pop(table, 1) - 1
             if left:
-                self._copying[table] = left
+                self._taking[table] = left
 
     def splits(self, tables: Mapping[TableName, TableBatch], commit_lsn: int) -> bool:
         """Whether a transaction committed at `commit_lsn` must start a new batch, given
-        the batch's `tables`: one of them is being copied, or its copy's snapshot lies
+        the batch's `tables`: a snapshot of one of them is being taken, or one's lies
         after the batch's first change of it and at or before `commit_lsn`. Boundaries at
         or before `commit_lsn` are passed from then on (later changes are all newer), and
         forgotten."""
-        if not self._copying and not self._ahead:  # as almost always: no lock taken (a
-            return False  # copy starting right now has its snapshot after this change)
+        if not self._taking and not self._ahead:  # as almost always: no lock taken (a
+            return False  # snapshot taken from now on is after this change)
         with self._lock:
-            split = any(table in tables for table in self._copying)
+            split = any(table in tables for table in self._taking)
             ahead = self._ahead
             while ahead and ahead[0][0] <= commit_lsn:
                 lsn, table = heapq.heappop(ahead)

@@ -25,7 +25,7 @@ from cdc.sinks.factory import SinkFactory
 from cdc.stream import eligibility, publications, slots
 from cdc.stream.session import canonical_dsn
 from cdc.stream.slotcheck import PendingCheck
-from cdc.stream.snapshot import Snapshot, exported_snapshot, raced_relations
+from cdc.stream.snapshot import Snapshot, SnapshotSource, exported_snapshot, raced_relations
 
 INITIAL_LOAD_JOB = "initial"
 # What describing a table may raise that sets that table aside while the others go on.
@@ -229,7 +229,11 @@ class Setup:
         return True
 
     def initial_load(
-        self, tables: list[TableSchema], job: str = INITIAL_LOAD_JOB, replaces: bool = False
+        self,
+        tables: list[TableSchema],
+        job: str = INITIAL_LOAD_JOB,
+        replaces: bool = False,
+        snapshots: SnapshotSource | None = None,
     ) -> Backfill:
         settings = self.settings
         return Backfill(
@@ -245,6 +249,7 @@ class Setup:
             on_progress=self._backfill_progress,
             replaces=replaces,
             publications=self.publications,
+            snapshots=snapshots,
         )
 
     def _backfill_progress(self, progress: BackfillProgress) -> None:

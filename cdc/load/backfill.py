@@ -20,6 +20,7 @@ again from its first chunk, at the new snapshot.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -40,7 +41,7 @@ from cdc.schema import TableSchema
 from cdc.sinks.base import Sink
 from cdc.states import TableState
 from cdc.stream.session import canonical_dsn
-from cdc.stream.snapshot import Snapshot, exported_snapshot, import_snapshot
+from cdc.stream.snapshot import Snapshot, SnapshotSource, exported_snapshot, import_snapshot
 
 # COPY data a worker holds for one write to a target. ClickHouse makes a part of each
 # insert: 1M rows in parts of 50k cost it as much again in merges as the inserts
@@ -73,10 +74,12 @@ class Backfill:
         on_progress: Callable[[Progress], None] | None = None,
         replaces: bool = False,
         publications: Collection[str] = (),
+        snapshots: SnapshotSource | None = None,
     ) -> None:
         """`replaces`: the copy replaces every row the targets hold, for every table (for
         an append-only log it always does). `publications`: those the daemon streams; a
-        table none of them holds at the copy's snapshot is not copied (`_run`)."""
+        table none of them holds at the copy's snapshot is not copied (`_run`). `snapshots`:
+        takes the snapshots a table rewritten while copied is copied again at (`run`)."""
         check_where(where, replaces, tables)
         self.source_dsn = canonical_dsn(source_dsn)
         self.state_dsn = state_dsn
@@ -89,6 +92,7 @@ class Backfill:
         self.on_progress = on_progress
         self.replaces = replaces
         self.publications = list(publications)
+        self.snapshots = snapshots or functools.partial(exported_snapshot, self.source_dsn)
         self.progress = Progress()
         self.snapshot_lsn: int | None = None  # of the last pass (`run` may copy again)
         # Tables whose copy could not be read as they were described, with why.
@@ -193,7 +197,7 @@ class Backfill:
                          detail="rewritten, truncated or its columns changed while it was "
                          "copied: copied again, whole, at a new snapshot")  # fmt: skip
             self._copy_again(list(rewritten))
-            with exported_snapshot(self.source_dsn) as again:
+            with self.snapshots() as again:
                 more = self._run(again)
                 rewritten = self._to_copy_again(again)
             progress.rows += more.rows

@@ -20,8 +20,8 @@ slot is unusable for good.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,10 @@ def create_slot_sql(slot: str, temporary: bool, server_version: int) -> sql.Comp
     return sql.SQL("CREATE_REPLICATION_SLOT {}{} LOGICAL {} {}").format(
         sql.Identifier(slot), temp, sql.Identifier(PLUGIN), options
     )
+
+
+# Takes a fresh snapshot to copy at (as `exported_snapshot` with a temporary slot does).
+SnapshotSource = Callable[[], AbstractContextManager["Snapshot"]]
 
 
 @contextmanager

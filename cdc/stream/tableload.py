@@ -12,10 +12,12 @@ its NULLs kept over the copy's values. So such rows wait for the copy
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -25,13 +27,14 @@ from cdc.errors import CdcError, ErrorKind, backfill_command
 from cdc.load.backfill import Backfill
 from cdc.ops import faults
 from cdc.schema import TableSchema
-from cdc.stream.snapshot import exported_snapshot
+from cdc.stream.snapshot import Snapshot, SnapshotSource, exported_snapshot
 
 LOAD_JOIN_S = 30.0
 WAIT_POLL_S = 0.2
 
-# (tables, job, replaces): a copy job; `replaces`: the copy replaces what the targets hold.
-LoadFactory = Callable[[list[TableSchema], str, bool], Backfill]
+# (tables, job, replaces, snapshots): a copy job; `replaces`: the copy replaces what the
+# targets hold; `snapshots`: takes the snapshots it copies again at.
+LoadFactory = Callable[[list[TableSchema], str, bool, SnapshotSource], Backfill]
 
 
 class TableLoader:
@@ -47,8 +50,7 @@ class TableLoader:
         log: Any,
         bounds: CopyBounds | None = None,
     ) -> None:
-        """`bounds`: told of each copy, from its start (its snapshot unknown) to the
-        snapshot it ended at."""
+        """`bounds`: told of each snapshot a copy takes, from before it is requested."""
         self._source_dsn = source_dsn
         self._bounds = bounds or CopyBounds()
         self._make_load = make_load
@@ -121,20 +123,30 @@ class TableLoader:
 
     def _load(self, table: TableSchema, replaces: bool) -> None:
         job = f"table_{table.name}_{uuid.uuid4().hex[:8]}"
-        name = (table.schema, table.name)
-        self._bounds.copying(name)  # before its snapshot: changes read until then are older
-        load: Backfill | None = None
-        try:
-            with exported_snapshot(self._source_dsn) as snapshot:
-                self._log.info("table_load_started", table=table.qualified_name,
-                               snapshot_lsn=str(snapshot.lsn))  # fmt: skip
-                load = self._make_load([table], job, replaces)
-                progress = load.run(snapshot)
-        finally:
-            self._bounds.ended(name, load.snapshot_lsn if load is not None else None)
+        snapshots = functools.partial(self._snapshot, (table.schema, table.name))
+        with snapshots() as snapshot:
+            self._log.info("table_load_started", table=table.qualified_name,
+                           snapshot_lsn=str(snapshot.lsn))  # fmt: skip
+            load = self._make_load([table], job, replaces, snapshots)
+            progress = load.run(snapshot)
         for failed, reason in progress.failed.items():
             self._quarantine((table.schema, failed), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
         self._log.info("table_load_done", table=table.qualified_name, rows=progress.rows)
+
+    @contextmanager
+    def _snapshot(self, name: tuple[str, str]) -> Iterator[Snapshot]:
+        """A fresh snapshot to copy `name` at, told to the copy bounds from before it is
+        requested: the stream may pass its position before it is known."""
+        self._bounds.taking(name)
+        lsn: int | None = None
+        try:
+            with exported_snapshot(self._source_dsn) as snapshot:
+                lsn = snapshot.lsn
+                self._bounds.taken(name, lsn)
+                yield snapshot
+        finally:
+            if lsn is None:
+                self._bounds.taken(name, None)
 
     def close(self) -> None:
         """Stop the loader after the copy in progress (a copy still running after

@@ -17,22 +17,24 @@ from cdc.errors import CdcError
 from cdc.load.workers import Progress
 from cdc.protocol.lsn import Lsn
 from cdc.schema import TableSchema
-from cdc.stream.snapshot import Snapshot
+from cdc.stream.snapshot import Snapshot, SnapshotSource
 from cdc.stream.tableload import TableLoader
 
 
 class _Load:
-    """A copy that ends as `outcome` says: a number of rows, or an exception raised."""
+    """A copy that ends as `outcome` says: a number of rows (copied again at a second
+    snapshot, as a table rewritten while it is copied is), or an exception raised."""
 
-    def __init__(self, outcome: int | BaseException) -> None:
+    def __init__(self, outcome: int | BaseException, snapshots: SnapshotSource) -> None:
         self.outcome = outcome
-        self.snapshot_lsn: int | None = None
+        self.snapshots = snapshots
 
     def run(self, snapshot: Snapshot) -> Progress:
         assert snapshot.lsn  # taken from the real server
-        self.snapshot_lsn = snapshot.lsn
         if isinstance(self.outcome, BaseException):
             raise self.outcome
+        with self.snapshots() as again:
+            assert again.lsn > snapshot.lsn
         progress = Progress()
         progress.rows = self.outcome
         return progress
@@ -47,8 +49,10 @@ def test_a_failed_copy_lets_the_next_ones_and_the_waiting_changes_go_on(
     tables = {name: describe_table(pg, "director", name) for name in ("broken", "fine")}
     outcomes: dict[str, int | BaseException] = {"broken": RuntimeError("a bug"), "fine": 3}
 
-    def make_load(chosen: list[TableSchema], job: str, replaces: bool) -> Any:
-        return _Load(outcomes[chosen[0].name])
+    def make_load(
+        chosen: list[TableSchema], job: str, replaces: bool, snapshots: SnapshotSource
+    ) -> Any:
+        return _Load(outcomes[chosen[0].name], snapshots)
 
     def quarantine(name: tuple[str, str], error: CdcError) -> None:
         raise AssertionError(f"{name} set aside: {error}")
@@ -77,11 +81,14 @@ def test_a_failed_copy_lets_the_next_ones_and_the_waiting_changes_go_on(
     ]
     done = [(e["table"], e["rows"]) for e in logs if e["event"] == "table_load_done"]
     assert done == [("director.fine", 3)]
-    # Each copy divides the stream at its snapshot, the failed one too (rows of it landed).
-    started = {e["table"]: int(Lsn.parse(e["snapshot_lsn"])) for e in logs
-               if e["event"] == "table_load_started"}  # fmt: skip
+    # Each copy divides the stream at its snapshots, the failed one too (rows of it landed):
+    # the first ones are logged, a copy made again takes a later one.
+    started = sorted(int(Lsn.parse(e["snapshot_lsn"])) for e in logs
+                     if e["event"] == "table_load_started")  # fmt: skip
     held = {("director", n): TableBatch(tables[n], first_commit=1) for n in ("broken", "fine")}
-    first, last = sorted(started.values())
-    assert not bounds.splits(held, first - 1), "no copy runs any more"
-    assert bounds.splits(held, last), "a change from after the snapshots starts a batch"
-    assert not bounds.splits(held, last + 1), "passed"
+    assert not bounds.splits(held, started[0] - 1), "no snapshot is being taken any more"
+    assert bounds.splits(held, started[-1]), "a change from after the snapshots starts a batch"
+    assert bounds.splits({}, started[-1] + 1) is False
+    held["director", "fine"] = TableBatch(tables["fine"], first_commit=started[-1] + 1)
+    assert bounds.splits(held, 1 << 62), "the second snapshot of the copy made again"
+    assert not bounds.splits(held, (1 << 62) + 1), "passed"

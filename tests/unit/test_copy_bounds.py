@@ -58,17 +58,43 @@ def test_a_boundary_divides_only_a_batch_that_holds_the_table_from_before_it(
     assert fold.build().transactions == 3
 
 
-def test_while_a_copy_runs_a_batch_holds_the_table_of_one_transaction(
+def test_while_a_snapshot_is_taken_a_batch_holds_the_table_of_one_transaction(
     builder: Callable[[CopyBounds], BatchBuilder],
 ) -> None:
-    """Its final snapshot is not known until it ends (a table rewritten meanwhile is
-    copied again, at a newer snapshot)."""
+    """The stream may pass the snapshot's position before it is known."""
     bounds = CopyBounds()
     fold = builder(bounds)
     assert fold.add(txn(100, [(Op.INSERT, (b"1", b"a"), None)])) == []
-    bounds.copying(T)
+    bounds.taking(T)
     assert len(fold.add(txn(150, [(Op.UPDATE, (b"1", UNCHANGED_TOAST), None)]))) == 1
     assert len(fold.add(txn(160, [(Op.UPDATE, (b"1", b"b"), None)]))) == 1
-    bounds.ended(T, 155)
+    bounds.taken(T, 155)
     assert fold.add(txn(170, [(Op.UPDATE, (b"1", UNCHANGED_TOAST), None)])) == []
     assert fold.build().tables[T].rows[(b"1",)].values == (b"1", b"b")
+
+
+def test_a_copy_that_runs_on_divides_the_stream_only_at_its_snapshots(
+    builder: Callable[[CopyBounds], BatchBuilder],
+) -> None:
+    """Once a snapshot's position is known the table's changes fold again, however long
+    the copy runs; a table copied again (rewritten meanwhile) divides it at each snapshot."""
+    bounds = CopyBounds()
+    bounds.taking(T)
+    bounds.taken(T, 200)
+    fold = builder(bounds)
+    unchanged = [(Op.UPDATE, (b"1", UNCHANGED_TOAST), None)]
+    assert fold.add(txn(100, [(Op.INSERT, (b"1", b"a"), None)])) == []
+    assert fold.add(txn(150, unchanged)) == [], "before the snapshot: folded"
+    (before,) = fold.add(txn(250, unchanged))
+    assert before.transactions == 2
+    assert fold.add(txn(260, unchanged)) == [], "after it: folded"
+    bounds.taking(T)  # copied again
+    assert [b.transactions for b in fold.add(txn(270, unchanged))] == [2]
+    bounds.taken(T, 265)
+    assert fold.add(txn(280, unchanged)) == [], "after the second snapshot: folded"
+    assert fold.build().transactions == 2
+    assert fold.add(txn(290, unchanged)) == []
+    bounds.taking(T)
+    assert len(fold.add(txn(300, unchanged))) == 1
+    bounds.taken(T, None)  # it could not be taken
+    assert fold.add(txn(310, unchanged)) == [], "folded again"
