@@ -94,7 +94,6 @@ class Backfill:
         self.publications = list(publications)
         self.snapshots = snapshots or functools.partial(exported_snapshot, self.source_dsn)
         self.progress = Progress()
-        self.snapshot_lsn: int | None = None  # of the last pass (`run` may copy again)
         # Tables whose copy could not be read as they were described, with why.
         self.changed: dict[str, str] = {}
         # Described again, their targets could not follow: not copied again, with why.
@@ -253,7 +252,6 @@ class Backfill:
                 sink.close()
 
     def _run(self, snapshot: Snapshot) -> Progress:
-        self.snapshot_lsn = snapshot.lsn
         # A table dropped, renamed or made again (under its name) between the look that
         # described it and the snapshot is in none of the daemon's publications there. The
         # stream does not follow the table the name stands for at the snapshot, so its copy
