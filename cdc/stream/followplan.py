@@ -209,66 +209,98 @@ def plan(
     `seen_shapes`: the followed tables' shapes at the last poll (at the first: as the last
     run recorded them). `rebuilt`: the tables recorded as set aside whose targets were
     dropped (`cdc.errors.rebuild_steps`): copied whole at the first poll."""
-    add: list[str] = []
-    add_log: list[str] = []
-    copies: dict[str, list[str]] = {"reload": [], "recopy": [], "shrunk": [], "reshaped": []}
-    again_why: dict[str, str] = {}
-    oids_before = set((seen_oids or {}).values())
-    unpublish: list[Exclusion] = []
-    excluded: list[Exclusion] = []
-    followed: dict[str, frozenset[int]] = {}
-    logs: list[str] = []
+    planner = _Planner(published, recorded, seen, excluded_before, publishes_changes,
+                       appended, seen_oids, seen_shapes or {}, rebuilt)  # fmt: skip
     for table in tables:
-        why = eligibility.exclusion(table, publishes_changes)
+        planner.table(table)
+    return planner.result(tables)
+
+
+class _Planner:
+    """`plan`'s walk over the schema's tables: what each one needs, collected."""
+
+    def __init__(
+        self,
+        published: set[str],
+        recorded: Mapping[str, str],
+        seen: Mapping[str, frozenset[int]] | None,
+        excluded_before: set[str],
+        publishes_changes: bool,
+        appended: set[str] | None,
+        seen_oids: Mapping[str, int] | None,  # None: not recorded
+        seen_shapes: Mapping[str, Shape],
+        rebuilt: Collection[str],
+    ) -> None:
+        self.published, self.recorded, self.seen = published, recorded, seen
+        self.excluded_before, self.publishes_changes = excluded_before, publishes_changes
+        self.appended, self.seen_oids, self.seen_shapes = appended, seen_oids, seen_shapes
+        self.rebuilt = rebuilt
+        self.oids_before = set((seen_oids or {}).values())
+        self.add: list[str] = []
+        self.add_log: list[str] = []
+        self.copies: dict[str, list[str]] = {"reload": [], "recopy": [], "shrunk": [],
+                                             "reshaped": []}  # fmt: skip
+        self.again_why: dict[str, str] = {}
+        self.unpublish: list[Exclusion] = []
+        self.excluded: list[Exclusion] = []
+        self.followed: dict[str, frozenset[int]] = {}
+        self.logs: list[str] = []
+
+    def table(self, table: SourceTable) -> None:
+        appended, seen = self.appended, self.seen
+        why = eligibility.exclusion(table, self.publishes_changes)
         as_log = appended is not None and (
             table.name in appended
-            or (why is not None and publishes_changes and eligibility.logged_only(table))
+            or (why is not None and self.publishes_changes and eligibility.logged_only(table))
         )
-        if why is not None and table.name in published:
-            unpublish.append(why)
-            continue
+        if why is not None and table.name in self.published:
+            self.unpublish.append(why)
+            return
         if why is not None and not as_log:
-            if table.name not in excluded_before:
-                excluded.append(why)
-            continue
-        state = recorded.get(table.name)
-        listed = appended if as_log and appended is not None else published
-        another, known = _another_table(table, seen is None, seen_oids, oids_before)
+            if table.name not in self.excluded_before:
+                self.excluded.append(why)
+            return
+        state = self.recorded.get(table.name)
+        listed = appended if as_log and appended is not None else self.published
+        another, known = _another_table(table, seen is None, self.seen_oids, self.oids_before)
         if table.name not in listed:
             again = LOG_PICKED_UP_AGAIN if as_log else PICKED_UP_AGAIN
             if state is None or state in again or (another and known):
-                (add_log if as_log else add).append(table.name)
-                followed[table.name] = table.partitions
+                (self.add_log if as_log else self.add).append(table.name)
+                self.followed[table.name] = table.partitions
                 if as_log:
-                    logs.append(table.name)
-            continue
+                    self.logs.append(table.name)
+            return
         if as_log:
-            logs.append(table.name)
-        followed[table.name] = table.partitions
-        before = (seen_shapes or {}).get(table.name)
+            self.logs.append(table.name)
+        self.followed[table.name] = table.partitions
+        before = self.seen_shapes.get(table.name)
         replace_it = (
             "another table had its name" if another
             else "set aside, and its targets dropped since"
-            if seen is None and table.name in rebuilt else None
+            if seen is None and table.name in self.rebuilt else None
         )  # fmt: skip
         if (copy := _copy_again(table, state, replace_it, before, seen)) is not None:
-            copies[copy[0]].append(table.name)
-            again_why[table.name] = copy[1]
-    present = {t.name for t in tables}
-    dropped = tuple(sorted(name for name in (seen or {}) if name not in present))
-    oids = {t.name: t.oid for t in tables if t.name in followed}
-    by_oid = {oid: name for name, oid in oids.items()}
-    renamed = {
-        old: by_oid[oid]
-        for old, oid in (seen_oids or {}).items()
-        if old in dropped and oid in by_oid
-    }
-    shapes = {
-        t.name: carried((seen_shapes or {}).get(t.name), t.shape)
-        for t in tables
-        if t.name in followed
-    }
-    return Plan(tuple(add), tuple(add_log), tuple(copies["reload"]), tuple(copies["recopy"]),
-                tuple(copies["shrunk"]), tuple(unpublish), tuple(excluded), dropped, renamed,
-                followed, oids, tuple(logs), tuple(copies["reshaped"]), again_why,
-                shapes)  # fmt: skip
+            self.copies[copy[0]].append(table.name)
+            self.again_why[table.name] = copy[1]
+
+    def result(self, tables: list[SourceTable]) -> Plan:
+        followed, copies = self.followed, self.copies
+        present = {t.name for t in tables}
+        dropped = tuple(sorted(name for name in (self.seen or {}) if name not in present))
+        oids = {t.name: t.oid for t in tables if t.name in followed}
+        by_oid = {oid: name for name, oid in oids.items()}
+        renamed = {
+            old: by_oid[oid]
+            for old, oid in (self.seen_oids or {}).items()
+            if old in dropped and oid in by_oid
+        }
+        shapes = {
+            t.name: carried(self.seen_shapes.get(t.name), t.shape)
+            for t in tables
+            if t.name in followed
+        }
+        return Plan(tuple(self.add), tuple(self.add_log), tuple(copies["reload"]),
+                    tuple(copies["recopy"]), tuple(copies["shrunk"]), tuple(self.unpublish),
+                    tuple(self.excluded), dropped, renamed, followed, oids, tuple(self.logs),
+                    tuple(copies["reshaped"]), self.again_why, shapes)  # fmt: skip
