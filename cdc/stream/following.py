@@ -39,7 +39,7 @@ daemon says once that those changes are not replicated and how to fix it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import psycopg
@@ -53,7 +53,7 @@ from cdc.states import TableState
 from cdc.stream import eligibility, publications
 from cdc.stream.catalog import Catalog
 from cdc.stream.eligibility import Exclusion, Shape, SourceTable
-from cdc.stream.followplan import plan
+from cdc.stream.followplan import Plan, plan
 from cdc.stream.followrecords import FollowRecords
 from cdc.stream.publishing import PublicationEditor
 from cdc.stream.tableload import TableLoader
@@ -103,65 +103,73 @@ class SchemaFollower:
 
     def poll(self) -> None:
         self._last_poll = time.monotonic()
-        settings = self._settings
         try:
-            tables, published, appended, options = self._query(self._read)
-            listed = published | (appended or set())
-            unpublished = [t for t in tables if t.name not in listed]
-            recorded = self._records.states() if unpublished or self._seen is None else {}
-            first = self._excluded is None
-            if self._oids is not None and self._shapes is not None:
-                oids, shapes = self._oids, self._shapes
-            else:
-                oids, shapes = self._records.followed()
-            rebuilt = self._records.rebuilt(recorded, listed) if first else set()
-            todo = plan(tables, published, recorded, self._seen, self._excluded or set(),
-                        options.publishes_changes, appended, oids, shapes, rebuilt)  # fmt: skip
-            by_name = {t.name: t for t in tables}
-            if first:  # every table streamed is recorded: one taken out later stays out
-                for name in listed - set(recorded):
-                    self._records.record(name, TableState.STREAMING, None)
-            excluded = self._excluded or set()
-            for why in todo.unpublish:
-                if self._unpublish(why):
-                    excluded.add(why.table)
-            for why in todo.excluded:
-                if not first:
-                    self._log.warning("table_excluded", table=self._name(why.table),
-                                      reason=why.reason, fix=why.fix)  # fmt: skip
-                self._records.record(
-                    why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}"
-                )
-                excluded.add(why.table)
-            self._excluded = {n for n in excluded if n in by_name} - set(todo.seen or {})
-            renamed = todo.renamed or {}
-            for name in todo.dropped:
-                detail = (f"renamed to {self._name(renamed[name])} at the source: its targets "
-                          "under the old name are kept" if name in renamed
-                          else "dropped at the source: its targets are kept")  # fmt: skip
-                event = "table_renamed" if name in renamed else "table_dropped"
-                self._log.warning(event, table=self._name(name), detail=detail)
-                self._records.record(name, TableState.DROPPED, detail)
-            seen, new_oids = dict(todo.seen or {}), dict(todo.oids or {})
-            new_shapes = dict(todo.shapes or {})
-            append = publications.append_publication(settings.publication)
-            for name, publication in [*((n, None) for n in todo.add),
-                                      *((n, append) for n in todo.add_log)]:  # fmt: skip
-                if not self._add(by_name[name], publication):
-                    for followed in (seen, new_oids, new_shapes):
-                        followed.pop(name, None)
-            reasons = todo.why or {}
-            for name in (*todo.reload, *todo.reshaped):
-                self._reload(name, reasons[name])
-            for name in (*todo.recopy, *todo.shrunk):  # whole: their targets hold rows no
-                self._reload(name, reasons[name], replaces=True)  # longer at the source
-            if new_oids != oids or new_shapes != shapes:
-                self._records.record_followed(oids, shapes, new_oids, new_shapes)
-            self._seen, self._oids, self._shapes = seen, new_oids, new_shapes
-            self._watch_logs(todo.logs)
+            self._follow()
         except psycopg.Error as exc:
             self._log.warning("schema_follow_failed", error=str(exc).strip(),
-                              schema=settings.source_schema)  # fmt: skip
+                              schema=self._settings.source_schema)  # fmt: skip
+
+    def _follow(self) -> None:
+        tables, published, appended, options = self._query(self._read)
+        listed = published | (appended or set())
+        unpublished = [t for t in tables if t.name not in listed]
+        recorded = self._records.states() if unpublished or self._seen is None else {}
+        first = self._excluded is None
+        if self._oids is not None and self._shapes is not None:
+            oids, shapes = self._oids, self._shapes
+        else:
+            oids, shapes = self._records.followed()
+        rebuilt = self._records.rebuilt(recorded, listed) if first else set()
+        todo = plan(tables, published, recorded, self._seen, self._excluded or set(),
+                    options.publishes_changes, appended, oids, shapes, rebuilt)  # fmt: skip
+        by_name = {t.name: t for t in tables}
+        if first:  # every table streamed is recorded: one taken out later stays out
+            for name in listed - set(recorded):
+                self._records.record(name, TableState.STREAMING, None)
+        self._exclude(todo, first, by_name)
+        self._forget_dropped(todo)
+        seen, new_oids = dict(todo.seen or {}), dict(todo.oids or {})
+        new_shapes = dict(todo.shapes or {})
+        append = publications.append_publication(self._settings.publication)
+        for name, publication in [*((n, None) for n in todo.add),
+                                  *((n, append) for n in todo.add_log)]:  # fmt: skip
+            if not self._add(by_name[name], publication):
+                for followed in (seen, new_oids, new_shapes):
+                    followed.pop(name, None)
+        reasons = todo.why or {}
+        for name in (*todo.reload, *todo.reshaped):
+            self._reload(name, reasons[name])
+        for name in (*todo.recopy, *todo.shrunk):  # whole: their targets hold rows no
+            self._reload(name, reasons[name], replaces=True)  # longer at the source
+        if new_oids != oids or new_shapes != shapes:
+            self._records.record_followed(oids, shapes, new_oids, new_shapes)
+        self._seen, self._oids, self._shapes = seen, new_oids, new_shapes
+        self._watch_logs(todo.logs)
+
+    def _exclude(self, todo: Plan, first: bool, present: Collection[str]) -> None:
+        """Take out the published tables that may not be published any more, and record
+        (and, after the first look, say) the new ones that may not be."""
+        excluded = self._excluded or set()
+        for why in todo.unpublish:
+            if self._unpublish(why):
+                excluded.add(why.table)
+        for why in todo.excluded:
+            if not first:
+                self._log.warning("table_excluded", table=self._name(why.table),
+                                  reason=why.reason, fix=why.fix)  # fmt: skip
+            self._records.record(why.table, TableState.EXCLUDED, f"{why.reason}; fix: {why.fix}")
+            excluded.add(why.table)
+        self._excluded = {n for n in excluded if n in present} - set(todo.seen or {})
+
+    def _forget_dropped(self, todo: Plan) -> None:
+        renamed = todo.renamed or {}
+        for name in todo.dropped:
+            detail = (f"renamed to {self._name(renamed[name])} at the source: its targets "
+                      "under the old name are kept" if name in renamed
+                      else "dropped at the source: its targets are kept")  # fmt: skip
+            event = "table_renamed" if name in renamed else "table_dropped"
+            self._log.warning(event, table=self._name(name), detail=detail)
+            self._records.record(name, TableState.DROPPED, detail)
 
     def _read(
         self, conn: psycopg.Connection[Any]
