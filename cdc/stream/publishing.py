@@ -2,9 +2,10 @@
 
 Adding a table to a publication or taking it out needs a `SHARE UPDATE EXCLUSIVE` lock on
 the table, which an application's transaction may hold against it (a migration, `LOCK
-TABLE`). Waiting for it would stop the stream of every table meanwhile, and queue the
-application's next statements on that table behind the daemon's: the change waits at most
-`lock_timeout`, says so once, and is tried again at the schema follower's next look.
+TABLE`). Waiting for it would stop the stream of every table meanwhile, and queue behind
+the daemon's request the locks other sessions ask for that conflict with it (DDL,
+`VACUUM`, `CREATE INDEX`; the application's reads and writes do not): the change waits at
+most `lock_timeout`, says so once, and is tried again at the schema follower's next look.
 """
 
 from __future__ import annotations
