@@ -8,6 +8,8 @@ results written to docs/benchmarks.md.
 - hotpath: Python time per change of each stage, without I/O (`bench/hotpath.py`);
 - backfill: raw binary `COPY ... TO STDOUT` vs a backfill into both targets;
 - latency: commit -> durable in both targets at a steady rate of single-row updates;
+- copying: streaming while a table is copied again, against the same writes with no copy
+  running (`bench/copying.py`);
 - memory: peak anonymous memory applying one large transaction vs a small one;
 - scaling: end-to-end throughput for 1, 4, 16 tables and 10 or 100 columns, relative to the
   1-table, 10-column case.
@@ -38,7 +40,7 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import hotpath, streaming, workloads
+from bench import copying, hotpath, streaming, workloads
 from cdc.apply.daemon import Daemon
 from cdc.describe import describe_table
 from cdc.dev import localstack
@@ -215,6 +217,13 @@ def bench_latency(rate: int, seconds: float) -> Results:
         "p99_ms": round(cut[98] * 1000, 1),
         "batch_latency_ms": 50,
     }
+
+
+def bench_copying(rows: int, seconds: float) -> Results:
+    with cluster() as (pg, root):
+        settings = settings_for(pg.paths.dsn, root / "ch", batch_latency_ms=50,
+                                schema_poll_interval_s=0.5)  # fmt: skip
+        return copying.measure(pg.paths.dsn, settings, rows, seconds)
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -459,6 +468,8 @@ def write_report(results: Results, command: str, out: Path) -> None:
             f"close after {lat['batch_latency_ms']} ms).",
             "",
         ]
+    if c := results.get("copying"):
+        lines += copying.section(c)
     if m := results.get("memory"):
         lines += [
             "## Memory",
@@ -503,6 +514,7 @@ def main() -> None:
         "hotpath": lambda: hotpath.measure(changes // 5),
         "backfill": lambda: bench_backfill(changes),
         "latency": lambda: bench_latency(500, 5.0) if quick else bench_latency(2_000, 20.0),
+        "copying": lambda: bench_copying(100_000 if quick else 1_000_000, 3.0 if quick else 8.0),
         "memory": lambda: bench_memory(200_000 if quick else 5_000_000, 10_000),
         "scaling": lambda: bench_scaling(50_000 if quick else 200_000),
     }
