@@ -179,7 +179,7 @@ class Setup:
         if slot_exists:
             return False
         tables = publications.create_append_publication(conn, settings.publication,
-                                                 settings.source_schema)  # fmt: skip
+                                                        settings.source_schema)  # fmt: skip
         self.log.info("publication_created", publication=append, tables=tables,
                       publish="insert, truncate")  # fmt: skip
         return True
