@@ -1,4 +1,5 @@
-"""Replication slots: create, drop, inspect (SQL built by pure functions).
+"""Replication slots: create, drop, inspect (SQL built by pure functions), and wait for
+one to confirm a position (`SlotWatch`, for `cdc verify`).
 
 A pipeline is one `pgoutput` slot streaming the publications of `cdc.stream.publications`.
 """
