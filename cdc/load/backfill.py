@@ -251,7 +251,9 @@ class Backfill:
             for sink in sinks:
                 sink.close()
 
-    def _run(self, snapshot: Snapshot) -> Progress:
+    def _begin(self, snapshot: Snapshot) -> tuple[list[str], list[Chunk], set[str], list[str]]:
+        """Record what this pass at `snapshot` copies: the tables to plan, the chunks left,
+        the tables copied (each recorded as copying, or replacing) and those replaced."""
         # A table dropped, renamed or made again (under its name) between the look that
         # described it and the snapshot is in none of the daemon's publications there. The
         # stream does not follow the table the name stands for at the snapshot, so its copy
@@ -289,6 +291,10 @@ class Backfill:
                 self.job_state.set_state(
                     state, name, TableState.REPLACING if name in replaced else TableState.COPYING
                 )
+        return to_plan, chunks, copying, replaced
+
+    def _run(self, snapshot: Snapshot) -> Progress:
+        to_plan, chunks, copying, replaced = self._begin(snapshot)
         with self.state() as state:
             copied = [self.tables[name] for name in copying]
             atsnapshot.record_followed(self.source_dsn, snapshot, copied, state,
