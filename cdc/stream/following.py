@@ -142,7 +142,7 @@ class SchemaFollower:
         for name in (*todo.recopy, *todo.shrunk):  # whole: their targets hold rows no
             self._reload(name, reasons[name], replaces=True)  # longer at the source
         if new_oids != oids or new_shapes != shapes:
-            self._records.record_followed(oids, shapes, new_oids, new_shapes)
+            self._records.update_followed(oids, shapes, new_oids, new_shapes)
         self._seen, self._oids, self._shapes = seen, new_oids, new_shapes
         self._watch_logs(todo.logs)
 

@@ -115,7 +115,7 @@ class FollowRecords:
         oids = {name: f.oid for name, f in followed.items()}
         return oids, {name: f.shape for name, f in followed.items() if f.shape is not None}
 
-    def record_followed(
+    def update_followed(
         self,
         before_oids: Mapping[str, int],
         before_shapes: Mapping[str, Shape],

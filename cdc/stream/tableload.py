@@ -127,10 +127,9 @@ class TableLoader:
         with snapshots() as snapshot:
             self._log.info("table_load_started", table=table.qualified_name,
                            snapshot_lsn=str(snapshot.lsn))  # fmt: skip
-            load = self._make_load([table], job, replaces, snapshots)
-            progress = load.run(snapshot)
-        for failed, reason in progress.failed.items():
-            self._quarantine((table.schema, failed), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
+            progress = self._make_load([table], job, replaces, snapshots).run(snapshot)
+        for name, reason in progress.failed.items():
+            self._quarantine((table.schema, name), CdcError(ErrorKind.VALUE_OUT_OF_RANGE, reason))
         self._log.info("table_load_done", table=table.qualified_name, rows=progress.rows)
 
     @contextmanager
